@@ -1,0 +1,58 @@
+"""tf_dessilbi: deep networks sparse by construction, for Keras 3 / TensorFlow."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    (HERE / "tf_dessilbi" / "__init__.py").read_text(),
+    re.M,
+).group(1)
+
+setup(
+    name="tf_dessilbi",
+    version=VERSION,
+    description=(
+        "DessiLBI and Continuous Sparsification for Keras 3: train sparse "
+        "networks, export them to plain Keras, SavedModel and TF-MOT."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_dessilbi", "tf_dessilbi.*"]),
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3,<4",
+        # TF-MOT bridge only (tf_dessilbi.tfmot); tf-keras must match TF's minor.
+        "tf-keras>=2.16,<2.22",
+        "tensorflow-model-optimization>=0.8,<0.9",
+        "tensorflow-datasets>=4.9,<5",
+        "absl-py>=1.4,<3",
+        "ml-collections>=0.1.1,<2",
+        "numpy>=1.26,<3",
+    ],
+    extras_require={
+        "plot": ["matplotlib>=3.7,<4"],
+        "test": [
+            "pytest>=7.4,<10",
+            "pytest-xdist>=3.3,<4",
+            "matplotlib>=3.7,<4",
+        ],
+        # Other Keras backends (CPU builds) for the backend-portability tests.
+        "backends": [
+            "jax[cpu]>=0.4.30,<1",
+            "torch>=2.4,<3",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["tf-dessilbi-train=tf_dessilbi.train:run_main"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

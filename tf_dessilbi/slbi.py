@@ -1,0 +1,73 @@
+"""One step of split linearized Bregman iteration, as pure tensor maths.
+
+Shared by the Keras 3 optimizer (`tf_dessilbi.DessiLBI`) and the tf_keras
+optimizer of the TF-MOT bridge, so the update rule exists once.
+
+For a coupled weight W with structure parameter Γ and auxiliary V (paper:
+Fu et al., ICML 2020, Alg. 1; step α, scale κ, coupling ν written ``mu``)::
+
+    d      = momentum buffer of the loss gradient g
+    W_new  = W − κ·α·(d + (W − Γ)/μ)
+    V_new  = V + (α/μ)·(W − Γ)
+    Γ_new  = κ · prox_{λΩ}(V_new)
+
+An uncoupled weight takes ``W_new = W − κ·α·d``.
+"""
+
+from __future__ import annotations
+
+from tf_dessilbi import proximal
+from tf_dessilbi.structures import ELEMENTWISE, GROUP_STRUCTURES
+
+
+def momentum_direction(gradient, buffer, momentum, nesterov: bool):
+    """Heavy-ball or Nesterov direction (the convention of SGD with momentum).
+
+    ``buffer_new = momentum·buffer + g``; the direction is ``buffer_new``, or
+    ``g + momentum·buffer_new`` with Nesterov. With ``buffer=None`` (momentum
+    0) the direction is ``g``.
+
+    Returns:
+        ``(direction, buffer_new)``; ``buffer_new`` is ``None`` without buffer.
+    """
+    if buffer is None:
+        return gradient, None
+    buffer_new = momentum * buffer + gradient
+    if nesterov:
+        return gradient + momentum * buffer_new, buffer_new
+    return buffer_new, buffer_new
+
+
+def prox(v, threshold, structure: str):
+    """``prox_{threshold·Ω}(v)`` for a structure name."""
+    if structure == ELEMENTWISE:
+        return proximal.soft_threshold(v, threshold)
+    if structure in GROUP_STRUCTURES:
+        return proximal.group_soft_threshold(v, threshold)
+    raise ValueError(f"Unknown structure {structure!r}")
+
+
+def coupled_update(w, direction, v, gamma, lr, kappa, mu, threshold, structure):
+    """New ``(W, V, Γ)`` of a coupled variable; see the module docstring."""
+    gap = w - gamma
+    w_new = w - kappa * lr * (direction + gap / mu)
+    v_new = v + (lr / mu) * gap
+    gamma_new = kappa * prox(v_new, threshold, structure)
+    return w_new, v_new, gamma_new
+
+
+def threshold_scale(shape, structure: str, lambda_scaling: str) -> float:
+    """Factor c with per-variable threshold ``λ·c``.
+
+    ``"none"``: c = 1 everywhere (λ is the raw threshold on |V| or ‖V_g‖).
+    ``"fan_in"``: c = 1 for groups and ``1/√fan_in`` for elementwise kernels,
+    fan_in being the entries per output unit (all axes but the last). A group
+    of n entries of size a has norm a·√n, so this makes λ mean the same for a
+    single weight as for the unit that holds it, whatever the layer width.
+    """
+    if lambda_scaling == "none" or structure != ELEMENTWISE:
+        return 1.0
+    fan_in = 1
+    for dim in shape[:-1]:
+        fan_in *= int(dim)
+    return 1.0 / (max(fan_in, 1) ** 0.5)

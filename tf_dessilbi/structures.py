@@ -1,0 +1,198 @@
+"""Which weights DessiLBI couples to a structure parameter Γ, and how.
+
+A *structure* names the sparsity pattern of Γ for one variable:
+
+* ``"elementwise"``: lasso, Ω(Γ) = ‖Γ‖₁; each weight enters the support alone.
+* ``"filter"``: group lasso with one group per convolution filter (the last
+  axis of a Keras conv kernel ``(*kernel_size, in, out)``).
+* ``"neuron"``: group lasso with one group per Dense output unit (the last
+  axis of a Dense kernel ``(in, out)``).
+* ``None``: the variable is not coupled and takes plain (momentum) SGD steps.
+
+``"auto"`` couples Conv1D/2D/3D kernels by filter and Dense kernels
+elementwise, leaving biases, normalization, embedding, depthwise and
+transposed-convolution variables uncoupled. It decides from the variable
+itself (name ``kernel``, its rank, and its path), because an optimizer never
+sees layers; `structures_for(model)` decides from the layer classes instead
+and returns an explicit mapping that can be passed as ``structure=``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Optional
+
+import keras
+
+ELEMENTWISE = "elementwise"
+FILTER = "filter"
+NEURON = "neuron"
+STRUCTURES = (ELEMENTWISE, FILTER, NEURON)
+GROUP_STRUCTURES = (FILTER, NEURON)
+AUTO = "auto"
+
+_EXCLUDED_BY_AUTO = ("depthwise", "transpose", "separable")
+
+
+def auto_structure(path: str, shape) -> Optional[str]:
+    """The structure ``"auto"`` assigns to a variable with this path and shape."""
+    parts = path.lower().split("/")
+    if parts[-1] != "kernel":
+        return None
+    if any(word in part for part in parts[:-1] for word in _EXCLUDED_BY_AUTO):
+        return None
+    rank = len(shape)
+    if rank == 2:
+        return ELEMENTWISE
+    if rank in (3, 4, 5):
+        return FILTER
+    return None
+
+
+def validate_structure(structure):
+    """Checks a ``structure=`` argument; returns it in canonical form.
+
+    Returns:
+        ``"auto"``, or a tuple of ``(pattern, structure)`` pairs in the order
+        given (the first pattern that matches a variable path wins).
+
+    Raises:
+        TypeError: `structure` is neither ``"auto"`` nor a mapping, or a
+            pattern is not a string.
+        ValueError: an unknown structure name or an invalid regex.
+    """
+    if isinstance(structure, str):
+        if structure != AUTO:
+            raise ValueError(
+                f"`structure` must be 'auto' or a mapping from variable-path "
+                f"regex patterns to one of {STRUCTURES + (None,)}. "
+                f"Received: structure={structure!r}"
+            )
+        return AUTO
+    if isinstance(structure, Mapping):
+        items = list(structure.items())
+    elif isinstance(structure, (list, tuple)) and all(
+        isinstance(item, (list, tuple)) and len(item) == 2 for item in structure
+    ):
+        items = [tuple(item) for item in structure]  # from get_config()
+    else:
+        raise TypeError(
+            "`structure` must be 'auto' or a mapping {pattern: structure}. "
+            f"Received: structure={structure!r} of type {type(structure).__name__}"
+        )
+    if not items:
+        raise ValueError(
+            "`structure` mapping is empty: nothing would be coupled. "
+            "Use a plain optimizer such as keras.optimizers.SGD instead. "
+            f"Received: structure={structure!r}"
+        )
+    checked = []
+    for pattern, value in items:
+        if not isinstance(pattern, str):
+            raise TypeError(
+                f"`structure` keys must be regex strings matched against "
+                f"variable paths. Received key {pattern!r} of type "
+                f"{type(pattern).__name__}"
+            )
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(
+                f"`structure` key {pattern!r} is not a valid regular "
+                f"expression: {e}"
+            ) from None
+        if value is not None and value not in STRUCTURES:
+            raise ValueError(
+                f"`structure[{pattern!r}]` must be one of "
+                f"{STRUCTURES + (None,)}. Received: {value!r}"
+            )
+        checked.append((pattern, value))
+    return tuple(checked)
+
+
+def resolve_structures(variables, structure) -> list:
+    """The structure of each variable, in order.
+
+    Args:
+        variables: model variables (anything with ``path`` and ``shape``).
+        structure: the output of `validate_structure`.
+
+    Returns:
+        A list of structure names or ``None``, aligned with `variables`.
+
+    Raises:
+        ValueError: a pattern matches no variable (a typo would otherwise
+            silently leave the layer dense), or a group structure is asked for
+            a variable of rank < 2.
+    """
+    paths = [_path(v) for v in variables]
+    if structure == AUTO:
+        return [auto_structure(p, v.shape) for p, v in zip(paths, variables)]
+    used = set()
+    result = []
+    for path, variable in zip(paths, variables):
+        chosen = None
+        for pattern, value in structure:
+            if re.search(pattern, path):
+                used.add(pattern)
+                chosen = value
+                break
+        if chosen in GROUP_STRUCTURES and len(variable.shape) < 2:
+            raise ValueError(
+                f"Structure {chosen!r} groups a kernel by its last axis and "
+                f"needs a variable of rank >= 2, but variable {path!r} has "
+                f"shape {tuple(variable.shape)}. Use 'elementwise' or None."
+            )
+        result.append(chosen)
+    unused = [p for p, _ in structure if p not in used]
+    if unused:
+        shown = ", ".join(repr(p) for p in paths[:12])
+        raise ValueError(
+            f"`structure` patterns {unused} match no trainable variable. "
+            f"Variable paths are: {shown}{', ...' if len(paths) > 12 else ''}"
+        )
+    return result
+
+
+def structures_for(model: keras.Model) -> dict:
+    """An explicit ``{variable_path: structure}`` mapping from layer classes.
+
+    Conv1D/2D/3D kernels → ``"filter"``, Dense kernels → ``"elementwise"``;
+    everything else is left out (uncoupled). Unlike ``"auto"`` this does not
+    depend on layer names, so renamed layers are handled correctly.
+
+    Args:
+        model: a built Keras model.
+
+    Returns:
+        A dict usable as ``DessiLBI(structure=...)``; its keys are escaped
+        exact-match regexes.
+    """
+    if not model.built:
+        raise ValueError(
+            f"structures_for() needs a built model; build or call "
+            f"{model.name!r} first."
+        )
+    mapping = {}
+    conv_types = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+    transpose_types = (
+        keras.layers.Conv1DTranspose,
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv3DTranspose,
+    )
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, conv_types) and not isinstance(layer, transpose_types):
+            kind = FILTER
+        elif isinstance(layer, keras.layers.Dense):
+            kind = ELEMENTWISE
+        else:
+            continue
+        for variable in layer._trainable_variables:
+            if _path(variable).split("/")[-1] == "kernel":
+                mapping["^" + re.escape(_path(variable)) + "$"] = kind
+    return mapping
+
+
+def _path(variable) -> str:
+    return getattr(variable, "path", None) or variable.name
