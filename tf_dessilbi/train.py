@@ -1,0 +1,432 @@
+"""Train a sparse network from a config file.
+
+    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py \\
+        --workdir=runs/fmnist_dessilbi [--config.optimizer.kappa=2 ...]
+
+`train_and_evaluate(config, workdir)` does the work and is importable. The
+workdir receives: ``config.json``; ``tensorboard/`` (scalars, sparsity,
+histograms); ``path.npz`` / ``path.png`` (the regularization path, DessiLBI);
+``backup/`` (BackupAndRestore: a killed run started again with the same
+command resumes at its last finished epoch); ``early_tickets/``;
+``export/<version>/`` (the stripped SavedModel); and ``summary.json`` (final
+metrics and sparsity; for DessiLBI the accuracy of the dense W and of W*).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import keras
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from tf_dessilbi import config_lib
+from tf_dessilbi import early_tickets as tickets_lib
+from tf_dessilbi import input_pipeline
+from tf_dessilbi import models as models_lib
+from tf_dessilbi.dessilbi import DessiLBI
+from tf_dessilbi.sparsity import apply_w_star
+from tf_dessilbi.sparsity import sparsity_report
+from tf_dessilbi.structures import structures_for
+
+STRATEGIES = {
+    "default": lambda config: tf.distribute.get_strategy(),
+    "mirrored": lambda config: tf.distribute.MirroredStrategy(),
+    "multi_worker": lambda config: tf.distribute.MultiWorkerMirroredStrategy(),
+    "tpu": lambda config: _tpu_strategy(config.tpu_address),
+}
+
+
+def _tpu_strategy(address: str):
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker job."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+    """The learning rate (float or schedule) described by ``config.schedule``."""
+    lr = config.optimizer.learning_rate
+    s = config.schedule
+    total = config.num_epochs * steps_per_epoch
+    if s.name == "constant":
+        return lr
+    if s.name == "cosine":
+        warmup = int(s.warmup_epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else lr,
+            decay_steps=max(total - warmup, 1),
+            alpha=s.final_fraction,
+            warmup_target=lr if warmup else None,
+            warmup_steps=warmup,
+        )
+    if s.name == "step":
+        epochs = list(range(s.step_epochs, config.num_epochs, s.step_epochs))
+    else:
+        epochs = list(s.boundaries)
+    if not epochs:
+        return lr
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries=[e * steps_per_epoch for e in epochs],
+        values=[lr * s.decay_factor**i for i in range(len(epochs) + 1)],
+    )
+
+
+def _structure(config, model):
+    name = config.optimizer.structure
+    if name == "auto":
+        return "auto"
+    mapping = structures_for(model)  # conv → filter, dense → elementwise
+    if name == "elementwise":
+        return {k: "elementwise" for k in mapping}
+    # filter_neuron: conv filters and hidden dense neurons as groups; the
+    # logits layer stays elementwise (dropping a class unit drops a class).
+    last = list(mapping)[-1]
+    return {
+        k: ("neuron" if v == "elementwise" and k != last else v)
+        for k, v in mapping.items()
+    }
+
+
+def build_optimizer(config, model, steps_per_epoch: int):
+    """SGD or DessiLBI from ``config.optimizer`` and ``config.schedule``."""
+    o = config.optimizer
+    common = dict(
+        learning_rate=learning_rate_schedule(config, steps_per_epoch),
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay or None,
+        clipnorm=o.clipnorm or None,
+    )
+    if o.name == "sgd":
+        return keras.optimizers.SGD(**common)
+    return DessiLBI(
+        kappa=o.kappa,
+        mu=o.mu,
+        lambda_=o.lambda_,
+        structure=_structure(config, model),
+        lambda_scaling=o.lambda_scaling,
+        **common,
+    )
+
+
+def build_model(config, input_shape, num_classes) -> keras.Model:
+    """The model named by ``config.model.name``, gated if ``config.gates.enabled``."""
+    kwargs = dict(input_shape=input_shape, num_classes=num_classes)
+    if config.model.weight_decay:
+        kwargs["weight_decay"] = config.model.weight_decay
+    model = models_lib.get_model(config.model.name, **kwargs)
+    if config.gates.enabled:
+        model = _gates().gate_model(
+            model,
+            granularity=config.gates.granularity,
+            gate_init=config.gates.gate_init,
+            penalty=config.gates.penalty,
+        )
+    return model
+
+
+def _gates():
+    """The Continuous Sparsification API, or a clear error if it is missing."""
+    try:
+        import tf_dessilbi
+        from tf_dessilbi import callbacks  # noqa: F401
+
+        tf_dessilbi.gate_model  # noqa: B018
+        return tf_dessilbi
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(
+            "config.gates.enabled=True needs the Continuous Sparsification API "
+            f"(tf_dessilbi.gate_model, tf_dessilbi.callbacks): {e}"
+        ) from e
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Logs one line per epoch: metrics and the sparsity (units/weights kept)."""
+
+    def __init__(self, num_epochs: int):
+        super().__init__()
+        self.num_epochs = num_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
+        logging.info(
+            "epoch %d/%d: %s | %s", epoch + 1, self.num_epochs, metrics,
+            sparsity_line(self.model),
+        )
+
+
+def sparsity_line(model) -> str:
+    """``filters kept 40/112, weights kept 12.34%`` (or "dense")."""
+    try:
+        report = sparsity_report(model)
+    except ValueError:
+        return "sparsity n/a"
+    if not len(report):
+        return "dense"
+    return (
+        f"units kept {report.units_kept}/{report.units_total}, weights kept "
+        f"{report.weights_kept}/{report.weights_total} "
+        f"({100 * report.weight_fraction:.2f}%)"
+    )
+
+
+def _callbacks(config, workdir, chief, steps_per_epoch):
+    from tf_dessilbi import path as path_lib
+    from tf_dessilbi import summaries
+
+    cbs = [EpochLog(config.num_epochs)]
+    if config.outputs.backup:
+        backup = "backup" if chief else f"backup_worker_{_task_id()}"
+        cbs.append(
+            keras.callbacks.BackupAndRestore(
+                os.path.join(workdir, backup), delete_checkpoint=False
+            )
+        )
+    if config.gates.enabled:
+        cbs.append(
+            _gates().callbacks.GateTemperature(
+                final_beta=config.gates.final_beta,
+                epochs=config.num_epochs,
+                steps_per_epoch=steps_per_epoch,
+                per_step=config.gates.per_step,
+            )
+        )
+    if chief and config.outputs.tensorboard:
+        cbs.append(
+            summaries.SparsitySummaries(
+                os.path.join(workdir, "tensorboard"), config.outputs.histograms
+            )
+        )
+    if chief and config.outputs.path:
+        cbs.append(path_lib.RegularizationPath(workdir))
+    if config.early_tickets.epochs:
+        rewind = config.early_tickets.rewind_epoch if config.early_tickets.rewind == "epoch" else 0
+        cbs.append(
+            tickets_lib.SupportSnapshots(
+                os.path.join(workdir, "early_tickets"),
+                config.early_tickets.epochs,
+                rewind,
+            )
+        )
+    return cbs
+
+
+def _task_id():
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    return tf_config.get("task", {}).get("index", 0)
+
+
+def _evaluate(model, ds, steps):
+    loss, accuracy = model.evaluate(ds, steps=steps or None, verbose=0)[:2]
+    return {"loss": float(loss), "accuracy": float(accuracy)}
+
+
+def _export(model, optimizer, workdir, version):
+    try:
+        from tf_dessilbi.export import export_saved_model
+    except ImportError as e:
+        raise RuntimeError(
+            "config.outputs.export=True needs tf_dessilbi.export "
+            f"(export_saved_model): {e}. Set --config.outputs.export=False."
+        ) from e
+    export_dir = os.path.join(workdir, "export")
+    return export_saved_model(
+        model, export_dir, version=version, overwrite=True, optimizer=optimizer
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates the model described by `config`, writing to `workdir`.
+
+    Args:
+        config: a training config (see `tf_dessilbi.config_lib.base_config`).
+        workdir: output folder; an unfinished run there is resumed.
+
+    Returns:
+        The summary also written to ``<workdir>/summary.json``.
+
+    Raises:
+        ValueError: an invalid config (before anything is built).
+    """
+    config_lib.validate(config)
+    start = time.time()
+    strategy = STRATEGIES[config.strategy](config)
+    chief = is_chief(strategy)
+    os.makedirs(workdir, exist_ok=True)
+    if chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    keras.utils.set_random_seed(config.seed)
+    keras.config.set_dtype_policy(config.mixed_precision)
+    try:
+        return _run(config, workdir, strategy, chief, start)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _run(config, workdir, strategy, chief, start) -> dict:
+    data = input_pipeline.get_datasets(
+        config.data, config.batch_size, config.eval_batch_size, config.seed
+    )
+    steps_per_epoch = config.steps_per_epoch or max(data.num_train // config.batch_size, 1)
+    logging.info(
+        "%s: %d train / %d eval examples, %d steps per epoch, %d replicas",
+        config.data.name, data.num_train, data.num_eval, steps_per_epoch,
+        strategy.num_replicas_in_sync,
+    )
+
+    def new_model():
+        return build_model(config, data.input_shape, data.num_classes)
+
+    with strategy.scope():
+        model = new_model()
+        optimizer = build_optimizer(config, model, steps_per_epoch)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=config.jit_compile,
+        )
+    initial_weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    history = model.fit(
+        data.train,
+        epochs=config.num_epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=data.eval,
+        validation_steps=config.eval_steps or None,
+        callbacks=_callbacks(config, workdir, chief, steps_per_epoch),
+        verbose=config.verbose,
+    )
+    summary = {
+        "workdir": os.path.abspath(workdir),
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "optimizer": config.optimizer.name,
+        "gates": bool(config.gates.enabled),
+        "epochs": config.num_epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "eval": _evaluate(model, data.eval, config.eval_steps),
+    }
+    optimizer = model.optimizer
+    report = sparsity_report(model, optimizer)
+    summary["sparsity"] = report.to_dict()
+    if config.optimizer.name == "dessilbi":
+        with apply_w_star(model, optimizer):
+            summary["eval_w_star"] = _evaluate(model, data.eval, config.eval_steps)
+    if config.early_tickets.epochs:
+        summary["early_tickets"] = _early_tickets(
+            config, workdir, strategy, data, steps_per_epoch, new_model, initial_weights
+        )
+    if chief and config.outputs.export:
+        summary["export_dir"] = os.path.abspath(
+            _export(model, optimizer, workdir, config.outputs.export_version)
+        )
+    if chief and config.outputs.path and os.path.exists(os.path.join(workdir, "path.png")):
+        summary["path_png"] = os.path.abspath(os.path.join(workdir, "path.png"))
+    summary["sparsity_table"] = str(report) if len(report) else ""
+    summary["time_s"] = time.time() - start
+    if chief:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _early_tickets(config, workdir, strategy, data, steps_per_epoch, new_model, initial_weights):
+    t = config.early_tickets
+    directory = os.path.join(workdir, "early_tickets")
+    start = initial_weights
+    if t.rewind == "epoch" and t.rewind_epoch > 0:
+        start = tickets_lib.load_weights(tickets_lib.weights_file(directory, t.rewind_epoch))
+    epochs = t.retrain_epochs or config.num_epochs
+    results = {}
+    for epoch in t.epochs:
+        with __import__("numpy").load(tickets_lib.support_file(directory, epoch)) as f:
+            masks = {k: f[k] for k in f.files}
+        with strategy.scope():
+            result = tickets_lib.retrain_ticket(
+                new_model, start, masks, data.train, data.eval, epochs,
+                steps_per_epoch,
+                make_optimizer=lambda: keras.optimizers.SGD(
+                    learning_rate_schedule(config, steps_per_epoch),
+                    momentum=config.optimizer.momentum,
+                    nesterov=config.optimizer.nesterov,
+                ),
+                eval_steps=config.eval_steps or None,
+                jit_compile=config.jit_compile,
+            )
+        logging.info(
+            "early ticket from epoch %d: accuracy %.4f with %d/%d weights",
+            epoch, result["accuracy"], result["weights_kept"], result["weights_total"],
+        )
+        results[str(epoch)] = result
+    return results
+
+
+def print_summary(summary: dict) -> None:
+    """The CLI's closing lines: metrics, the sparsity table, output paths."""
+    print(f"\naccuracy (dense W): {summary['eval']['accuracy']:.4f}")
+    if "eval_w_star" in summary:
+        print(f"accuracy (W* = W on supp Γ): {summary['eval_w_star']['accuracy']:.4f}")
+    for epoch, result in summary.get("early_tickets", {}).items():
+        print(f"early ticket (support at epoch {epoch}), retrained: {result['accuracy']:.4f}")
+    if summary["sparsity_table"]:
+        print("\n" + summary["sparsity_table"])
+    if "export_dir" in summary:
+        print(f"\nSavedModel: {summary['export_dir']}")
+    if "path_png" in summary:
+        print(f"regularization path: {summary['path_png']}")
+    print(f"summary: {os.path.join(summary['workdir'], 'summary.json')}")
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments: {argv[1:]}")
+    flags_ = flags.FLAGS
+    summary = train_and_evaluate(flags_.config, flags_.workdir)
+    if is_chief(tf.distribute.get_strategy()):
+        print_summary(summary)
+
+
+def define_flags() -> None:
+    """``--config`` (a config file, locked) and ``--workdir``."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    if "config" not in flags.FLAGS:
+        config_flags.DEFINE_config_file(
+            "config", None, "Training config file (configs/*.py).", lock_config=True
+        )
+        flags.DEFINE_string("workdir", None, "Output folder (resumed if it exists).")
+        flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_main(argv: Optional[list] = None) -> None:
+    """Console entry point (``tf-dessilbi-train``, ``python -m tf_dessilbi.train``)."""
+    from absl import app
+
+    define_flags()
+    logging.set_verbosity(logging.INFO)
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run_main()
