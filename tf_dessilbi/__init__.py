@@ -7,7 +7,10 @@ models to plain Keras, SavedModel and TF-MOT.
 
 __version__ = "0.1.0"
 
+from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used
 from tf_dessilbi.dessilbi import DessiLBI
+from tf_dessilbi.export import export_saved_model
+from tf_dessilbi.export import strip
 from tf_dessilbi.proximal import group_soft_threshold
 from tf_dessilbi.proximal import soft_threshold
 from tf_dessilbi.sparsity import SparsityReport
@@ -32,9 +35,12 @@ __all__ = [
     "WStar",
     "__version__",
     "apply_w_star",
+    "export_saved_model",
     "group_soft_threshold",
     "make_train_step",
     "soft_threshold",
     "sparsity_report",
+    "strip",
     "structures_for",
+    "tfmot",
 ]
