@@ -22,7 +22,8 @@ def make_train_step(model: keras.Model, optimizer, loss_fn, jit_compile: bool = 
             built here for ``model.trainable_variables`` if needed, so call
             this inside the strategy scope that owns the model.
         loss_fn: ``loss_fn(y_true, y_pred)`` returning per-example losses or
-            their mean (e.g. a `keras.losses.Loss`).
+            their mean, or a `keras.losses.Loss` (its per-example ``call`` is
+            used and averaged here).
         jit_compile: compile the step with XLA. Defaults to `False`.
 
     Returns:
@@ -39,6 +40,10 @@ def make_train_step(model: keras.Model, optimizer, loss_fn, jit_compile: bool = 
             f"Model {model.name!r} is not built; build it (or call it on data) "
             "before make_train_step()."
         )
+    # A keras.losses.Loss divides its reduced value by the number of replicas
+    # itself; take its per-example values instead, so that scaling happens
+    # exactly once below, for Keras losses and plain callables alike.
+    per_example = loss_fn.call if isinstance(loss_fn, keras.losses.Loss) else loss_fn
     variables = model.trainable_variables
     if not optimizer.built:
         optimizer.build(variables)
@@ -47,7 +52,7 @@ def make_train_step(model: keras.Model, optimizer, loss_fn, jit_compile: bool = 
     def train_step(x, y):
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = tf.reduce_mean(tf.cast(loss_fn(y, y_pred), tf.float32))
+            loss = tf.reduce_mean(tf.cast(per_example(y, y_pred), tf.float32))
             if model.losses:
                 loss += tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
