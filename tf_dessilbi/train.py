@@ -132,7 +132,7 @@ def build_model(config, input_shape, num_classes) -> keras.Model:
         kwargs["weight_decay"] = config.model.weight_decay
     model = models_lib.get_model(config.model.name, **kwargs)
     if config.gates.enabled:
-        model = _gates().gate_model(
+        model = _gates().gating.gate_model(
             model,
             granularity=config.gates.granularity,
             gate_init=config.gates.gate_init,
@@ -142,18 +142,22 @@ def build_model(config, input_shape, num_classes) -> keras.Model:
 
 
 def _gates():
-    """The Continuous Sparsification API, or a clear error if it is missing."""
+    """The Continuous Sparsification modules, or a clear error if missing."""
     try:
-        import tf_dessilbi
-        from tf_dessilbi import callbacks  # noqa: F401
-
-        tf_dessilbi.gate_model  # noqa: B018
-        return tf_dessilbi
-    except (ImportError, AttributeError) as e:
+        from tf_dessilbi import callbacks
+        from tf_dessilbi import gating
+    except ImportError as e:
         raise RuntimeError(
             "config.gates.enabled=True needs the Continuous Sparsification API "
-            f"(tf_dessilbi.gate_model, tf_dessilbi.callbacks): {e}"
+            f"(tf_dessilbi.gating, tf_dessilbi.callbacks): {e}"
         ) from e
+
+    class _Api:
+        pass
+
+    api = _Api()
+    api.gating, api.callbacks = gating, callbacks
+    return api
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -330,6 +334,10 @@ def _run(config, workdir, strategy, chief, start) -> dict:
     if config.optimizer.name == "dessilbi":
         with apply_w_star(model, optimizer):
             summary["eval_w_star"] = _evaluate(model, data.eval, config.eval_steps)
+    if config.gates.enabled:  # the hard mask 1[s > 0]/σ(s₀): the ticket
+        gating = _gates().gating
+        gating.set_ticket_mode(model, True)
+        summary["eval_ticket"] = _evaluate(model, data.eval, config.eval_steps)
     if config.early_tickets.epochs:
         summary["early_tickets"] = _early_tickets(
             config, workdir, strategy, data, steps_per_epoch, new_model, initial_weights
@@ -384,6 +392,8 @@ def print_summary(summary: dict) -> None:
     print(f"\naccuracy (dense W): {summary['eval']['accuracy']:.4f}")
     if "eval_w_star" in summary:
         print(f"accuracy (W* = W on supp Γ): {summary['eval_w_star']['accuracy']:.4f}")
+    if "eval_ticket" in summary:
+        print(f"accuracy (hard gate mask): {summary['eval_ticket']['accuracy']:.4f}")
     for epoch, result in summary.get("early_tickets", {}).items():
         print(f"early ticket (support at epoch {epoch}), retrained: {result['accuracy']:.4f}")
     if summary["sparsity_table"]:

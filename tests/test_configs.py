@@ -1,0 +1,149 @@
+"""Config files: they load and validate; overrides; bad values fail early."""
+
+import glob
+import os
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from tf_dessilbi import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+REQUIRED = [
+    "fmnist_sgd", "fmnist_dessilbi", "fmnist_dessilbi_elementwise", "fmnist_cs",
+    "mnist_lenet5_dessilbi", "cifar10_vgg16bn_dessilbi", "cifar10_resnet20_dessilbi",
+    "cifar10_resnet56_dessilbi", "cifar10_resnet20_cs", "imagenet_resnet18_dessilbi",
+]
+
+
+def _load(name):
+    return config_lib.load_config(os.path.join(ROOT, "configs", name + ".py"))
+
+
+def test_all_configs_exist():
+    names = {os.path.splitext(os.path.basename(f))[0] for f in CONFIG_FILES}
+    assert set(REQUIRED) <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_config_is_valid_and_documented(path):
+    config = config_lib.load_config(path)
+    config_lib.validate(config)
+    with open(path) as f:
+        text = f.read()
+    assert "python -m tf_dessilbi.train --config=configs/" in text
+
+
+@pytest.mark.parametrize(
+    "variant,base,changed",
+    [
+        ("fmnist_dessilbi_elementwise", "fmnist_dessilbi", {"optimizer.structure": "elementwise"}),
+        ("cifar10_resnet20_dessilbi", "cifar10_resnet56_dessilbi", {"model.name": "resnet20"}),
+        ("fmnist_cs", "fmnist_sgd", {"gates.enabled": True}),
+    ],
+)
+def test_variants_override_a_few_fields(variant, base, changed):
+    v, b = _load(variant).to_dict(), _load(base).to_dict()
+    for field, value in changed.items():
+        section, key = field.split(".")
+        assert v[section][key] == value
+        assert b[section][key] != value
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("optimizer.name", "adam", r"config.optimizer.name='adam' is invalid: allowed one of \('sgd', 'dessilbi'\)"),
+        ("model.name", "resnet99", r"config.model.name='resnet99'"),
+        ("strategy", "horovod", r"config.strategy='horovod'.*'mirrored'"),
+        ("optimizer.kappa", -1.0, r"config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
+        ("optimizer.mu", 0.0, r"config.optimizer.mu=0.0"),
+        ("optimizer.lambda_", -0.5, r"config.optimizer.lambda_=-0.5"),
+        ("optimizer.momentum", 1.0, r"config.optimizer.momentum=1.0.*< 1"),
+        ("optimizer.learning_rate", float("nan"), r"config.optimizer.learning_rate=nan"),
+        ("num_epochs", 0, r"config.num_epochs=0.*>= 1"),
+        ("batch_size", 2.5, r"config.batch_size=2.5.*an integer"),
+        ("schedule.name", "linear", r"config.schedule.name='linear'"),
+        ("mixed_precision", "float16", r"config.mixed_precision='float16'"),
+        ("optimizer.structure", "group", r"config.optimizer.structure='group'"),
+        ("data.augment", "mixup", r"config.data.augment='mixup'"),
+        ("early_tickets.epochs", (0,), r"config.early_tickets.epochs=\(0,\)"),
+        ("early_tickets.epochs", (9,), r"integer epochs in \[1, num_epochs=3\]"),
+    ],
+)
+def test_bad_values_name_the_field(field, value, match):
+    config = _load("fmnist_dessilbi")
+    section = config
+    *parents, key = field.split(".")
+    for p in parents:
+        section = section[p]
+    with section.ignore_type():
+        section[key] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(config)
+
+
+def test_gates_with_dessilbi_is_rejected():
+    config = _load("fmnist_cs")
+    config.optimizer.name = "dessilbi"
+    with pytest.raises(ValueError, match="config.optimizer.name='dessilbi'.*'sgd' with gates.enabled=True"):
+        config_lib.validate(config)
+
+
+def test_early_tickets_need_dessilbi():
+    config = _load("fmnist_sgd")
+    config.early_tickets.epochs = (1,)
+    with pytest.raises(ValueError, match="early_tickets.epochs.*optimizer.name='dessilbi'"):
+        config_lib.validate(config)
+
+
+def test_piecewise_needs_boundaries():
+    config = _load("fmnist_dessilbi")
+    config.schedule.name = "piecewise"
+    with pytest.raises(ValueError, match="config.schedule.boundaries=\\(\\)"):
+        config_lib.validate(config)
+
+
+def test_unknown_field_programmatic():
+    config = _load("fmnist_dessilbi")
+    config.optimizer.kapa = 2.0  # a typo
+    with pytest.raises(ValueError, match="Unknown config field config.optimizer.kapa; known fields of config.optimizer"):
+        config_lib.validate(config)
+
+
+def _parse(argv):
+    values = flags.FlagValues()
+    argv = ["prog"] + argv
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    return values.config
+
+
+def test_command_line_overrides():
+    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    config = _parse([f"--config={path}", "--config.optimizer.kappa=2", "--config.early_tickets.epochs=(1,2)"])
+    assert config.optimizer.kappa == 2.0
+    assert tuple(config.early_tickets.epochs) == (1, 2)
+    config_lib.validate(config)
+
+
+def test_command_line_unknown_field_fails():
+    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    with pytest.raises((flags.Error, AttributeError, KeyError), match="kapa"):
+        _parse([f"--config={path}", "--config.optimizer.kapa=2"])
+
+
+def test_command_line_wrong_type_fails():
+    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    with pytest.raises(flags.Error):
+        _parse([f"--config={path}", "--config.optimizer.kappa=abc"])
+
+
+def test_base_config_is_locked_by_flags():
+    assert isinstance(config_lib.base_config(), ml_collections.ConfigDict)
+    config_lib.validate(config_lib.base_config())
