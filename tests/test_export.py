@@ -1,0 +1,415 @@
+"""Tests of tf_dessilbi.export: strip() and export_saved_model()."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_dessilbi
+from tf_dessilbi import export
+from tf_dessilbi.layers import SparseGate
+
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def _functional(nested: bool = False):
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.25, name="drop")(x)
+    if nested:
+        head = keras.Sequential(
+            [keras.Input((96,)), keras.layers.Dense(12, activation="relu", name="fc")],
+            name="head",
+        )
+        x = head(x)
+    else:
+        x = keras.layers.Dense(12, activation="relu", name="fc")(x)
+    outputs = keras.layers.Dense(3, name="logits")(x)
+    return keras.Model(inputs, outputs, name="net")
+
+
+def _data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=n)
+    return x, y
+
+
+def _dessilbi_trained(nested=False, steps=8):
+    """A small model after a few DessiLBI steps, with a partial support of Γ."""
+    keras.utils.set_random_seed(1)
+    model = _functional(nested)
+    optimizer = tf_dessilbi.DessiLBI(learning_rate=0.1, mu=1.0, lambda_=0.5)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x, y = _data()
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    report = tf_dessilbi.sparsity_report(model, optimizer)
+    assert 0 < report.weights_kept < report.weights_total  # a real sparse model
+    return model, optimizer
+
+
+def _weights(model):
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in model.weights]
+
+
+def _same_weights(before, model):
+    after = _weights(model)
+    return len(before) == len(after) and all(
+        np.array_equal(a, b) for a, b in zip(before, after)
+    )
+
+
+# -- strip ----------------------------------------------------------------------
+@pytest.mark.parametrize("prune_bias", [True, False])
+@pytest.mark.parametrize("nested", [False, True])
+def test_strip_dessilbi_equals_w_star(prune_bias, nested):
+    model, optimizer = _dessilbi_trained(nested)
+    x, _ = _data(seed=1)
+    before = _weights(model)
+
+    stripped = tf_dessilbi.strip(model, optimizer, prune_bias=prune_bias)
+
+    assert _same_weights(before, model)  # the input model is untouched
+    with tf_dessilbi.apply_w_star(model, optimizer, prune_bias=prune_bias):
+        expected = keras.ops.convert_to_numpy(model(x, training=False))
+        w_star = _weights(model)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(stripped(x, training=False)), expected
+    )
+    # Same weights as W*, nothing more, and independent variables.
+    assert [w.path.split("/")[-2:] for w in stripped.weights] == [
+        w.path.split("/")[-2:] for w in model.weights
+    ]
+    for a, b in zip(w_star, _weights(stripped)):
+        np.testing.assert_array_equal(a, b)
+    assert not {id(v) for v in stripped.weights} & {id(v) for v in model.weights}
+
+
+def test_strip_kernels_are_zero_outside_support():
+    model, optimizer = _dessilbi_trained()
+    stripped = tf_dessilbi.strip(model, optimizer)
+    for variable, _ in optimizer.coupled_variables():
+        support = keras.ops.convert_to_numpy(optimizer.support(variable))
+        layer_name = variable.path.split("/")[-2]
+        kernel = keras.ops.convert_to_numpy(stripped.get_layer(layer_name).kernel)
+        assert np.all(kernel[~support] == 0)
+        np.testing.assert_array_equal(
+            kernel[support], keras.ops.convert_to_numpy(variable)[support]
+        )
+
+
+def _gated(granularity):
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="image"),
+            SparseGate(
+                keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+                granularity=granularity,
+                gate_init=0.5,
+            ),
+            keras.layers.Flatten(name="flatten"),
+            SparseGate(
+                keras.layers.Dense(5, activation="relu", name="fc"),
+                granularity=granularity,
+                gate_init=0.5,
+            ),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name="gated",
+    )
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, SparseGate):
+            scores = rng.normal(size=layer.gate_scores.shape).astype("float32")
+            layer.gate_scores.assign(scores)
+            layer.ticket.assign(1.0)
+    return model
+
+
+@pytest.mark.parametrize("granularity", ["weight", "filter"])
+def test_strip_gated_equals_ticket_mode(granularity):
+    model = _gated(granularity)
+    x, _ = _data(seed=4)
+    before = _weights(model)
+
+    stripped = tf_dessilbi.strip(model)
+
+    assert _same_weights(before, model)
+    assert not any(isinstance(l, SparseGate) for l in stripped._flatten_layers())
+    assert [l.name for l in stripped.layers] == ["conv", "flatten", "fc", "logits"]
+    plain = keras.Sequential(
+        [keras.Input((8, 8, 1))]
+        + [
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5, activation="relu"),
+            keras.layers.Dense(3),
+        ]
+    )
+    assert [tuple(w.shape) for w in stripped.weights] == [
+        tuple(w.shape) for w in plain.weights
+    ]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(stripped(x)),
+        keras.ops.convert_to_numpy(model(x)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    for layer in model.layers:
+        if isinstance(layer, SparseGate):
+            kernel = keras.ops.convert_to_numpy(stripped.get_layer(layer.layer.name).kernel)
+            np.testing.assert_array_equal(kernel, layer.stripped_kernel())
+            assert np.all(kernel[~layer.kept_mask()] == 0)
+
+
+def test_strip_without_optimizer_is_an_independent_copy():
+    model = _functional()
+    x, _ = _data()
+    stripped = tf_dessilbi.strip(model)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(stripped(x)), keras.ops.convert_to_numpy(model(x))
+    )
+    stripped.get_layer("fc").kernel.assign(
+        np.zeros(stripped.get_layer("fc").kernel.shape, "float32")
+    )
+    assert np.any(keras.ops.convert_to_numpy(model.get_layer("fc").kernel) != 0)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="sub")
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+def test_strip_rejects_subclassed_models():
+    model = _Subclassed()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(
+        ValueError,
+        match=r"Only Sequential and Functional models can be stripped or "
+        r"exported; 'sub' is a subclassed model of type _Subclassed",
+    ):
+        tf_dessilbi.strip(model)
+    inputs = keras.Input((3,))
+    outer = keras.Model(inputs, _Subclassed()(inputs), name="outer")
+    with pytest.raises(
+        ValueError, match=r"it contains the subclassed model 'sub' of type _Subclassed"
+    ):
+        tf_dessilbi.strip(outer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"model": "net"}, TypeError, r"`model` must be a keras.Model .* Received: model='net'"),
+        ({"prune_bias": 1}, TypeError, r"`prune_bias` must be a bool. Received: prune_bias=1"),
+    ],
+)
+def test_strip_bad_arguments(kwargs, error, message):
+    arguments = {"model": _functional(), **kwargs}
+    with pytest.raises(error, match=message):
+        tf_dessilbi.strip(**arguments)
+
+
+def test_strip_with_unbuilt_optimizer_fails_and_leaves_model():
+    model = _functional()
+    before = _weights(model)
+    with pytest.raises(ValueError, match=r"apply_w_star\(\) needs an optimizer"):
+        tf_dessilbi.strip(model, tf_dessilbi.DessiLBI())
+    assert _same_weights(before, model)
+
+
+# -- SavedModel ---------------------------------------------------------------------
+def _checkpoint_variables(version_dir):
+    prefix = os.path.join(version_dir, "variables", "variables")
+    return [
+        (name, tuple(shape))
+        for name, shape in tf.train.list_variables(prefix)
+        if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
+    ]
+
+
+def test_saved_model_matches_keras_in_a_fresh_process(tmp_path):
+    model, optimizer = _dessilbi_trained()
+    x, _ = _data(n=5, seed=5)
+    path = tf_dessilbi.export_saved_model(model, tmp_path / "net", optimizer=optimizer)
+    assert path == str(tmp_path / "net" / "1")
+    stripped = tf_dessilbi.strip(model, optimizer)
+    expected = keras.ops.convert_to_numpy(stripped(x, training=False))
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        f"""
+        import json
+        import numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({path!r})
+        serve = loaded.signatures["serving_default"]
+        out = serve(image=tf.constant(np.load({str(tmp_path / "x.npy")!r})))
+        np.save({str(tmp_path / "y.npy")!r}, out["logits"].numpy())
+        print(json.dumps({{
+            "inputs": sorted(serve.structured_input_signature[1]),
+            "outputs": sorted(serve.structured_outputs),
+        }}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["inputs"] == ["image"] and info["outputs"] == ["logits"]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_model_stores_each_weight_once(tmp_path):
+    model, optimizer = _dessilbi_trained()
+    path = tf_dessilbi.export_saved_model(model, tmp_path, optimizer=optimizer)
+    stored = _checkpoint_variables(path)
+    expected = sorted(tuple(w.shape) for w in model.weights)
+    assert sorted(shape for _, shape in stored) == expected
+
+
+def test_saved_model_cli_show_and_run(tmp_path):
+    model = _functional()
+    path = tf_dessilbi.export_saved_model(model, tmp_path / "net")
+    np.save(tmp_path / "x.npy", _data(n=2)[0])
+    show = subprocess.run(
+        [SAVED_MODEL_CLI, "show", "--dir", path, "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert show.returncode == 0, show.stderr[-3000:]
+    assert "serving_default" in show.stdout
+    assert "inputs['image']" in show.stdout and "outputs['logits']" in show.stdout
+    run = subprocess.run(
+        [
+            SAVED_MODEL_CLI, "run", "--dir", path, "--tag_set", "serve",
+            "--signature_def", "serving_default",
+            "--inputs", f"image={tmp_path / 'x.npy'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "logits" in run.stdout
+
+
+def test_signature_names_for_several_inputs_and_outputs(tmp_path):
+    a = keras.Input((4,), name="left")
+    b = keras.Input((4,), name="right")
+    h = keras.layers.Concatenate(name="cat")([a, b])
+    out1 = keras.layers.Dense(2, name="score")(h)
+    out2 = keras.layers.Dense(3, name="class_probs")(h)
+    model = keras.Model([a, b], [out1, out2])
+    path = tf_dessilbi.export_saved_model(model, tmp_path)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    assert sorted(serve.structured_input_signature[1]) == ["left", "right"]
+    assert sorted(serve.structured_outputs) == ["class_probs", "score"]
+    xa = np.ones((2, 4), "float32")
+    xb = np.arange(8, dtype="float32").reshape(2, 4)
+    out = serve(left=tf.constant(xa), right=tf.constant(xb))
+    expected = model([xa, xb])
+    np.testing.assert_allclose(out["score"].numpy(), keras.ops.convert_to_numpy(expected[0]), rtol=1e-6)
+    np.testing.assert_allclose(out["class_probs"].numpy(), keras.ops.convert_to_numpy(expected[1]), rtol=1e-6)
+
+
+def test_versions_overwrite_and_no_partial_directories(tmp_path):
+    model = _functional()
+    assert tf_dessilbi.export_saved_model(model, tmp_path) == str(tmp_path / "1")
+    assert tf_dessilbi.export_saved_model(model, tmp_path) == str(tmp_path / "2")
+    assert tf_dessilbi.export_saved_model(model, tmp_path, version=7) == str(tmp_path / "7")
+    assert tf_dessilbi.export_saved_model(model, tmp_path) == str(tmp_path / "8")
+    os.makedirs(tmp_path / "9")  # an empty version directory may be filled
+    assert tf_dessilbi.export_saved_model(model, tmp_path, version=9) == str(tmp_path / "9")
+    assert sorted(os.listdir(tmp_path)) == ["1", "2", "7", "8", "9"]
+
+    listing = sorted(os.listdir(tmp_path / "2"))
+    with pytest.raises(
+        ValueError,
+        match=r"Version directory '.*2' already exists and is not empty. Pass "
+        r"overwrite=True to replace it",
+    ):
+        tf_dessilbi.export_saved_model(model, tmp_path, version=2)
+    assert sorted(os.listdir(tmp_path / "2")) == listing
+
+    changed = tf_dessilbi.strip(model)
+    changed.get_layer("logits").bias.assign(np.full((3,), 5.0, "float32"))
+    tf_dessilbi.export_saved_model(changed, tmp_path, version=2, overwrite=True)
+    serve = tf.saved_model.load(str(tmp_path / "2")).signatures["serving_default"]
+    x, _ = _data(n=2)
+    np.testing.assert_allclose(
+        serve(image=tf.constant(x))["logits"].numpy(),
+        keras.ops.convert_to_numpy(changed(x)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert sorted(os.listdir(tmp_path)) == ["1", "2", "7", "8", "9"]
+
+
+def test_failed_export_writes_nothing(tmp_path, monkeypatch):
+    model = _functional()
+
+    def broken_save(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        tf_dessilbi.export_saved_model(model, tmp_path / "net", version=3)
+    assert os.listdir(tmp_path / "net") == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"version": "1"}, TypeError, r"`version` must be a non-negative integer or None. Received: version='1' of type str"),
+        ({"version": True}, TypeError, r"Received: version=True of type bool"),
+        ({"version": -1}, ValueError, r"`version` must be a non-negative integer or None. Received: version=-1"),
+        ({"overwrite": "yes"}, TypeError, r"`overwrite` must be a bool. Received: overwrite='yes'"),
+        ({"export_dir": 3}, TypeError, r"`export_dir` must be a path. Received: export_dir=3"),
+    ],
+)
+def test_export_bad_arguments(tmp_path, kwargs, error, message):
+    arguments = {"export_dir": tmp_path, **kwargs}
+    with pytest.raises(error, match=message):
+        tf_dessilbi.export_saved_model(_functional(), **arguments)
+    if os.path.isdir(tmp_path):
+        assert os.listdir(tmp_path) == []
+
+
+def test_export_dir_that_is_a_file(tmp_path):
+    target = tmp_path / "model"
+    target.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"`export_dir` must be a directory. Received: export_dir='.*model', which is a file"):
+        tf_dessilbi.export_saved_model(_functional(), target)
+
+
+def test_export_of_a_subclassed_model_writes_nothing(tmp_path):
+    model = _Subclassed()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match=r"'sub' is a subclassed model"):
+        tf_dessilbi.export_saved_model(model, tmp_path / "sub")
+    assert not os.path.exists(tmp_path / "sub")
+
+
+def test_signature_name_sanitizing():
+    assert export._spec_name("class probs") == "class_probs"
+    assert export._spec_name("_x") == "x_x"
+    assert export._unique(["a", "a", "b"]) == ["a", "a_1", "b"]
