@@ -11,14 +11,23 @@ from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when u
 from tf_dessilbi.dessilbi import DessiLBI
 from tf_dessilbi.export import export_saved_model
 from tf_dessilbi.export import strip
+from tf_dessilbi.gating import gate_masks
+from tf_dessilbi.gating import gate_model
+from tf_dessilbi.gating import gated_layers
+from tf_dessilbi.gating import reset_gates
+from tf_dessilbi.gating import set_beta
+from tf_dessilbi.gating import set_ticket_mode
 from tf_dessilbi.proximal import group_soft_threshold
 from tf_dessilbi.proximal import soft_threshold
+from tf_dessilbi.registry import register_gated_layer
 from tf_dessilbi.sparsity import SparsityReport
 from tf_dessilbi.sparsity import SparsityRow
 from tf_dessilbi.sparsity import WStar
 from tf_dessilbi.sparsity import apply_w_star
 from tf_dessilbi.sparsity import sparsity_report
 from tf_dessilbi.structures import structures_for
+from tf_dessilbi.ticket_search import TicketSearch
+from tf_dessilbi.ticket_search import TicketSearchResult
 
 
 def make_train_step(*args, **kwargs):
@@ -32,12 +41,21 @@ __all__ = [
     "DessiLBI",
     "SparsityReport",
     "SparsityRow",
+    "TicketSearch",
+    "TicketSearchResult",
     "WStar",
     "__version__",
     "apply_w_star",
     "export_saved_model",
+    "gate_masks",
+    "gate_model",
+    "gated_layers",
     "group_soft_threshold",
     "make_train_step",
+    "register_gated_layer",
+    "reset_gates",
+    "set_beta",
+    "set_ticket_mode",
     "soft_threshold",
     "sparsity_report",
     "strip",

@@ -1,10 +1,10 @@
-"""Gate a whole model, find its gates, read their masks, strip them.
+"""Gate a whole model, find its gates, read and drive their masks.
 
 `gate_model` wraps the supported layers of a Sequential or Functional model
 (clone-based, the original is left untouched). Everything else here finds
 gates by walking the model's tracked layers, so it works as well for
 subclassed and nested models whose layers were wrapped in `SparseGate`
-directly.
+directly. `tf_dessilbi.strip` (export) turns a gated model into a plain one.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import keras
-import numpy as np
-from keras import ops
 
 from tf_dessilbi import gates
 from tf_dessilbi import registry
@@ -201,32 +199,3 @@ def reset_gates(model: keras.layers.Layer) -> None:
     for gate, scores in zip(found, new_scores):
         gate.gate_scores.assign(scores)
         gate.beta.assign(1.0)
-
-
-def strip_gates(model: keras.Model) -> keras.Model:
-    """A copy of a gated model with plain layers and kernels W ⊙ 1[s>0]/σ(s₀).
-
-    Its outputs equal the gated model's outputs in ticket mode. Biases are
-    kept as they are (a closed filter still outputs act(bias), as in the
-    gated model).
-
-    Args:
-        model: a built Sequential or Functional model with `SparseGate` layers.
-
-    Returns:
-        The stripped model (uncompiled).
-    """
-    _check_graph_model(model, "strip_gates")
-    _require_gates(model, "strip_gates")
-
-    def make_clone(layer):
-        if not isinstance(layer, SparseGate):
-            return _plain_clone(layer)
-        inner = layer.layer
-        clone = inner.__class__.from_config(inner.get_config())
-        weights = inner.get_weights()
-        index = [id(v) for v in inner.weights].index(id(layer._kernel_variable))
-        weights[index] = layer.stripped_kernel()
-        return clone, lambda c: c.set_weights(weights)
-
-    return _clone_with(model, make_clone)

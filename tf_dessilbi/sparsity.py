@@ -220,7 +220,9 @@ def sparsity_report(model: keras.Model, optimizer=None) -> SparsityReport:
 
     For a DessiLBI run the kept weights are the support of Γ; a unit is kept
     when at least one of its weights is (for group structures: the group is
-    in the support).
+    in the support). Every `SparseGate` adds a row with structure
+    ``"gate:<granularity>"`` whose kept weights are those of the hard mask,
+    s > 0.
 
     Args:
         model: a Keras model.
@@ -247,4 +249,12 @@ def sparsity_report(model: keras.Model, optimizer=None) -> SparsityReport:
             continue
         structure = optimizer.variable_structure(kernel)
         rows.append(_row(layer.name, kernel, structure, ops.convert_to_numpy(support)))
+    from tf_dessilbi.gating import gated_layers  # Continuous Sparsification gates
+
+    for gate in gated_layers(model):
+        if gate.built:
+            rows.append(
+                _row(gate.layer.name, gate._kernel_variable,
+                     f"gate:{gate.granularity}", gate.kept_mask())
+            )
     return SparsityReport(rows)
