@@ -17,12 +17,17 @@ from tests.dessilbi_reference import ReferenceDessiLBI, threshold
 
 
 def conv_dense_model(seed=0):
-    keras.utils.set_random_seed(seed)
+    """Conv2D + Dense with weights drawn by NumPy: identical on every backend."""
     inputs = keras.Input((6, 6, 2))
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(3, name="dense")(x)
-    return keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        fan_in = int(np.prod(v.shape[:-1])) if len(v.shape) > 1 else 1
+        v.assign(rng.normal(scale=1.0 / np.sqrt(fan_in), size=v.shape).astype("float32"))
+    return model
 
 
 def expected_structures(model, spec):

@@ -1,0 +1,48 @@
+# Two entry points (see README): `make train` and `make test`.
+# Both create ./.venv, install the package, and fetch real Fashion-MNIST from
+# Debian's `dataset-fashion-mnist` if it is not installed yet.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WORKDIR ?= runs/fmnist_dessilbi
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test data train test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+
+$(VENV)/.installed: setup.py | $(VENV)/bin/python
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[plot]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -e ".[test,backends]"
+	touch $@
+
+$(FMNIST):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y dataset-fashion-mnist
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+data: $(FMNIST)
+
+# The main job: a short DessiLBI run on real Fashion-MNIST. Prints progress and
+# the sparsity table; writes the SavedModel and path.png under $(WORKDIR).
+train: $(VENV)/.installed $(FMNIST)
+	$(PY) -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py --workdir=$(WORKDIR)
+
+# The whole suite, slow end-to-end tests included (CI runs exactly this).
+test: $(VENV)/.installed-test $(FMNIST)
+	$(PY) -m pytest -n 2 --dist loadfile -q -rs --durations=15 $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test $(FMNIST)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

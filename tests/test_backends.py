@@ -1,0 +1,39 @@
+"""The backend-agnostic optimizer tests, rerun under JAX and PyTorch.
+
+Each backend runs in its own process with ``KERAS_BACKEND`` set (Keras picks
+its backend once per process). Installed by ``pip install -e .[backends]``
+(`make test` does it); a backend that is not installed is skipped with the
+reason.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND_AGNOSTIC_TESTS = ["tests/test_proximal.py", "tests/test_dessilbi.py"]
+EXTRA_TESTS = {
+    # Gate maths and the SparseGate wrapper are backend-agnostic too.
+    name: path
+    for name, path in [("gates", "tests/test_gates.py"), ("sparse_gate", "tests/test_sparse_gate.py")]
+    if os.path.exists(os.path.join(ROOT, path))
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
+def test_optimizer_tests_pass_on_backend(backend, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install -e .[backends])")
+    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         *BACKEND_AGNOSTIC_TESTS, *EXTRA_TESTS.values()],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    tail = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == 0, f"{backend} backend failed:\n{tail}"
+    assert " passed" in result.stdout and " failed" not in result.stdout, tail
