@@ -43,9 +43,11 @@ setup(
             "matplotlib>=3.7,<4",
         ],
         # Other Keras backends (CPU builds) for the backend-portability tests.
+        # torch < 2.14 resolves to the 2.13 CPU wheel that the project's
+        # machines carry; newer resolutions pull several GB of CUDA packages.
         "backends": [
             "jax[cpu]>=0.4.30,<1",
-            "torch>=2.4,<3",
+            "torch>=2.4,<2.14",
         ],
     },
     entry_points={
