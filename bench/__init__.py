@@ -1,0 +1,179 @@
+"""Benchmarks of tf_dessilbi: `python -m bench.run [--quick]` runs them all.
+
+Each benchmark module exposes ``run(quick: bool) -> dict`` (plain JSON data)
+and ``to_markdown(results: dict) -> str``; `bench.run` collects them into
+``bench/RESULTS.md``. Helpers shared by the modules live here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK_DIR = os.path.join(REPO_ROOT, "bench", "_work")
+
+
+def quiet_tf():
+    """Silences TensorFlow's C++ start-up chatter (call before importing TF)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def optional_import(name: str):
+    """``(module, None)`` or ``(None, "why it is not available")``."""
+    try:
+        return importlib.import_module(name), None
+    except Exception as e:  # noqa: BLE001 - any failure means "not available"
+        return None, f"{type(e).__name__}: {e}"
+
+
+def optional_attr(module_name: str, attr: str):
+    """``(obj, None)`` or ``(None, why)`` for ``module.attr``."""
+    module, why = optional_import(module_name)
+    if module is None:
+        return None, f"`{module_name}` cannot be imported ({why})"
+    if not hasattr(module, attr):
+        return None, f"`{module_name}.{attr}` does not exist yet"
+    return getattr(module, attr), None
+
+
+def median_ms(seconds) -> float:
+    return 1000.0 * statistics.median(seconds)
+
+
+def alternate_timings(
+    contenders: dict,
+    batches,
+    warmup: int,
+    steps_per_block: int,
+    blocks: int,
+) -> dict:
+    """Times train steps of several contenders alternately, in blocks.
+
+    Args:
+        contenders: ``{name: step}``, ``step(x, y)`` returning a tensor
+            (its ``.numpy()`` is read each step so every step has finished).
+        batches: a list of ``(x, y)`` held in memory (no input pipeline).
+        warmup: untimed steps per contender first (tracing, caches).
+        steps_per_block: consecutive timed steps of one contender.
+        blocks: rounds over all contenders; odd rounds go in reverse order,
+            so slow drifts of the machine hit every contender alike.
+
+    Returns:
+        ``{name: {"median_ms", "steps", "p10_ms", "p90_ms"}}``.
+    """
+    names = list(contenders)
+    for name in names:
+        for i in range(warmup):
+            x, y = batches[i % len(batches)]
+            _sync(contenders[name](x, y))
+    times = {name: [] for name in names}
+    k = 0
+    for block in range(blocks):
+        order = names if block % 2 == 0 else names[::-1]
+        for name in order:
+            step = contenders[name]
+            for _ in range(steps_per_block):
+                x, y = batches[k % len(batches)]
+                k += 1
+                t0 = time.perf_counter()
+                _sync(step(x, y))
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, ts in times.items():
+        qs = statistics.quantiles(ts, n=10) if len(ts) > 1 else [ts[0]] * 9
+        out[name] = {
+            "median_ms": median_ms(ts),
+            "p10_ms": 1000.0 * qs[0],
+            "p90_ms": 1000.0 * qs[-1],
+            "steps": len(ts),
+        }
+    return out
+
+
+def _sync(value):
+    if hasattr(value, "numpy"):
+        value.numpy()
+    return value
+
+
+def run_worker(module: str, args: list, timeout: Optional[float] = None) -> dict:
+    """Runs ``python -m <module> <args> --json <file>`` in a fresh process.
+
+    Used for everything that needs tf_keras / TF-MOT, which sets
+    ``TF_USE_LEGACY_KERAS=1`` for the whole process: our Keras 3 code never
+    shares a process with it.
+
+    Returns:
+        The JSON the worker wrote, or ``{"error": ...}`` with its output tail.
+    """
+    os.makedirs(WORK_DIR, exist_ok=True)
+    out = os.path.join(WORK_DIR, f"{module.split('.')[-1]}_{os.getpid()}_{time.time_ns()}.json")
+    env = dict(os.environ)
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", module, *args, "--json", out]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"worker {' '.join(cmd[2:])} timed out after {timeout}s"}
+    if proc.returncode != 0 or not os.path.exists(out):
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        return {"error": f"worker exited with {proc.returncode}: {tail}"}
+    with open(out) as f:
+        data = json.load(f)
+    os.remove(out)
+    return data
+
+
+def md_table(header, rows) -> str:
+    """A GitHub-markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def timed(fn: Callable, *args, **kwargs):
+    """``(result, seconds)``."""
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0
+
+
+
+def dessilbi_hparams() -> dict:
+    """DessiLBI keyword arguments from the Fashion-MNIST config.
+
+    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.load_config`)
+    so the benchmarks and the configs never disagree.
+
+    Returns:
+        ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
+        "structure": config.optimizer.structure}``.
+    """
+    from bench.accuracy import load_config
+
+    config, source = load_config(quick=False)
+    o = config.optimizer
+    opt = {
+        "learning_rate": float(o.learning_rate),
+        "kappa": float(o.kappa),
+        "mu": float(o.mu),
+        "lambda_": float(o.lambda_),
+        "momentum": float(o.momentum),
+        "nesterov": bool(o.nesterov),
+        "lambda_scaling": o.lambda_scaling,
+    }
+    return {"source": source, "optimizer": opt, "structure": o.structure}

@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark suite: `python -m bench.run --quick` runs and parses.
+
+Numbers are never asserted (timings and tiny-data accuracies are noise); the
+test checks that every part produced either results or an explicit
+"not available: <why>", and that the report has its sections and tables.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_and_report_parses(tmp_path):
+    report = tmp_path / "RESULTS.md"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--output", str(report)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    text = report.read_text()
+    for heading in (
+        "## Machine",
+        "## Commands",
+        "## Step time",
+        "## Optimizer memory",
+        "## Accuracy vs sparsity on Fashion-MNIST",
+        "## Reproduction of the papers' claims",
+        "### 1.", "### 2.", "### 3.", "### 4.",
+    ):
+        assert heading in text, heading
+    for word in ("TensorFlow", "Keras", "TF-MOT", "CPU"):
+        assert re.search(rf"^\| {word}", text, re.M), word
+    # Every markdown table is rectangular.
+    for block in re.findall(r"(?:^\|.*\|\n)+", text, re.M):
+        widths = {line.count("|") for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+    assert (tmp_path / "accuracy_sparsity.png").stat().st_size > 0
+    assert (tmp_path / "dessilbi_support_path.png").stat().st_size > 0
+
+    with open(os.path.join(REPO, "bench", "_work", "results_quick.json")) as f:
+        results = json.load(f)
+    for part in ("step_time", "memory", "accuracy"):
+        assert part in results
+        assert "error" not in results[part], results[part]["error"]
+    for part, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            assert value["error"].startswith(("not available", "failed")), part
+    step = results["step_time"]
+    assert {"sgd", "dessilbi_auto"} <= set(step["fmnist"])
+    assert all(t["median_ms"] > 0 for t in step["fmnist"].values())
+    acc = results["accuracy"]["summary"]["rows"]
+    assert "SGD (dense)" in acc
+    assert all(0.0 <= r["acc"]["mean"] <= 1.0 for r in acc.values())
