@@ -70,20 +70,25 @@ def imagenet_train_crop(image: tf.Tensor, size: int) -> tf.Tensor:
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
+    channels = image.shape[-1]
     image = tf.slice(image, begin, crop)
     image = tf.image.resize(image, (size, size))
+    image.set_shape((size, size, channels))
     return tf.image.random_flip_left_right(image)
 
 
 def imagenet_eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     """Resize the short side to size/0.875, then a central `size` crop."""
+    channels = image.shape[-1]
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = (size / 0.875) / tf.reduce_min(shape)
     new = tf.cast(tf.round(shape * scale), tf.int32)
     image = tf.image.resize(image, new)
     top = (new[0] - size) // 2
     left = (new[1] - size) // 2
-    return tf.image.crop_to_bounding_box(image, top, left, size, size)
+    image = tf.image.crop_to_bounding_box(image, top, left, size, size)
+    image.set_shape((size, size, channels))
+    return image
 
 
 def synthetic_arrays(num: int, shape, num_classes: int, seed: int):
@@ -138,7 +143,10 @@ def _tfds(data_config, split: str):
         with_info=True,
         shuffle_files=False,
     )
-    num = info.splits[split].num_examples
+    try:
+        num = info.splits[split].num_examples
+    except (KeyError, ValueError):  # no split metadata (e.g. mocked data)
+        num = int(dataset.reduce(0, lambda count, _: count + 1))
     num_classes = info.features["label"].num_classes
     return dataset, num, num_classes
 

@@ -1,0 +1,208 @@
+"""train_and_evaluate end to end on tiny synthetic configs (the train_test)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tf_dessilbi import config_lib
+from tf_dessilbi import path as path_lib
+from tf_dessilbi import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(optimizer="dessilbi"):
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_dessilbi.py"))
+    config.data.name = "synthetic"
+    config.data.synthetic_train = 96
+    config.data.synthetic_eval = 32
+    config.data.synthetic_shape = (12, 12, 1)
+    config.data.synthetic_classes = 4
+    config.batch_size = 16
+    config.num_epochs = 2
+    config.steps_per_epoch = 3
+    config.verbose = 0
+    config.optimizer.name = optimizer
+    config.optimizer.lambda_ = 0.05  # let something enter the support in 6 steps
+    config.optimizer.mu = 1.0
+    return config
+
+
+def test_train_and_evaluate_dessilbi(tmp_path):
+    workdir = str(tmp_path)
+    summary = train.train_and_evaluate(tiny_config(), workdir)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["eval"] == summary["eval"]
+    assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
+    assert 0.0 <= summary["eval_w_star"]["accuracy"] <= 1.0
+    assert len(summary["history"]["loss"]) == 2
+    assert all(np.isfinite(summary["history"]["loss"]))
+    layers = [row["layer"] for row in summary["sparsity"]["layers"]]
+    assert layers == ["conv1", "conv2", "conv3", "fc1", "logits"]
+    assert 0 < summary["sparsity"]["weights_kept"] < summary["sparsity"]["weights_total"]
+    # Outputs in the workdir.
+    epochs, history = path_lib.load_path(os.path.join(workdir, "path.npz"))
+    assert epochs == [1, 2] and set(history) == set(layers)
+    assert os.path.getsize(os.path.join(workdir, "path.png")) > 0
+    assert summary["path_png"] == os.path.join(workdir, "path.png")
+    assert glob.glob(os.path.join(workdir, "tensorboard", "train", "events.out.tfevents.*"))
+    assert glob.glob(os.path.join(workdir, "tensorboard", "eval", "events.out.tfevents.*"))
+    assert os.path.exists(os.path.join(summary["export_dir"], "saved_model.pb"))
+    assert summary["export_dir"] == os.path.join(workdir, "export", "1")
+    assert os.path.exists(os.path.join(workdir, "backup", "training_metadata.json"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["optimizer"]["mu"] == 1.0
+
+
+def test_tensorboard_scalars_and_histograms(tmp_path):
+    import tensorflow as tf
+
+    config = tiny_config()
+    config.outputs.export = False
+    train.train_and_evaluate(config, str(tmp_path))
+    tags = {}
+    for event_file in glob.glob(str(tmp_path / "tensorboard" / "train" / "events.*")):
+        for raw in tf.data.TFRecordDataset(event_file):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                tags.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
+    for tag in ("loss", "accuracy", "learning_rate", "sparsity/conv1/units_kept",
+                "sparsity/total/weights_kept"):
+        assert tags.get(tag) == "scalars", tag
+    assert tags.get("unit_norm_w/conv2") == "histograms"
+    assert tags.get("unit_norm_gamma/fc1") == "histograms"
+
+
+def test_train_and_evaluate_sgd_has_no_sparsity(tmp_path):
+    config = tiny_config("sgd")
+    config.outputs.path = False
+    config.outputs.export = False
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert "eval_w_star" not in summary
+    assert summary["sparsity"]["layers"] == []
+
+
+def test_resume_continues_after_the_last_finished_epoch(tmp_path):
+    config = tiny_config()
+    config.outputs.export = False
+    config.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path))
+    config.num_epochs = 3
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    # Only epochs 2 and 3 ran; the path file holds all three.
+    assert len(summary["history"]["loss"]) == 2
+    epochs, _ = path_lib.load_path(str(tmp_path / "path.npz"))
+    assert epochs == [1, 2, 3]
+
+
+def test_early_tickets_retrain_the_support(tmp_path):
+    config = tiny_config()
+    config.outputs.export = False
+    config.early_tickets.epochs = (1, 2)
+    config.early_tickets.retrain_epochs = 1
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    for epoch in ("1", "2"):
+        ticket = summary["early_tickets"][epoch]
+        assert 0.0 <= ticket["accuracy"] <= 1.0
+        assert ticket["weights_kept"] <= ticket["weights_total"]
+    kept1 = summary["early_tickets"]["1"]["weights_kept"]
+    kept2 = summary["early_tickets"]["2"]["weights_kept"]
+    assert kept1 <= kept2  # the support grows along the path
+    assert os.path.exists(tmp_path / "early_tickets" / "support_epoch1.npz")
+
+
+@pytest.mark.parametrize("rewind", ["init", "epoch"])
+def test_retrained_ticket_stays_masked(tmp_path, rewind):
+    import keras
+
+    from tf_dessilbi import early_tickets
+
+    def build():
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+
+    model = build()
+    mask = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], bool)
+    masks = {model.get_layer("d").kernel.path: mask}
+    x = np.random.default_rng(0).random((16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
+    start = [w.numpy() for w in model.weights]
+    if rewind == "epoch":
+        start = [w + 1.0 for w in start]
+    built = []
+
+    def build_and_keep():
+        built.append(build())
+        return built[-1]
+
+    result = early_tickets.retrain_ticket(
+        build_and_keep, start, masks, ds, ds.take(4), epochs=2, steps_per_epoch=4,
+        make_optimizer=lambda: keras.optimizers.SGD(0.5),
+    )
+    kernel = built[-1].get_layer("d").kernel.numpy()
+    assert np.all(kernel[~mask] == 0.0)
+    assert np.any(kernel[mask] != start[0][mask])  # it trained
+    assert result["weights_kept"] == int(mask.sum())
+
+
+def test_invalid_config_fails_before_training(tmp_path):
+    config = tiny_config()
+    config.optimizer.kappa = -1.0
+    with pytest.raises(ValueError, match="config.optimizer.kappa=-1.0"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _cli(args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        [sys.executable, "-m", "tf_dessilbi.train", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+TINY_FLAGS = [
+    "--config=configs/fmnist_dessilbi.py",
+    "--config.data.name=synthetic",
+    "--config.data.synthetic_train=64",
+    "--config.data.synthetic_eval=16",
+    "--config.data.synthetic_shape=(12,12,1)",
+    "--config.batch_size=16",
+    "--config.num_epochs=1",
+    "--config.steps_per_epoch=2",
+    "--config.optimizer.lambda_=0.05",
+    "--config.optimizer.mu=1",
+]
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_prints_table_and_paths(tmp_path):
+    result = _cli(TINY_FLAGS + [f"--workdir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "accuracy (W* = W on supp Γ)" in out
+    assert "layer" in out and "conv1" in out and "total" in out
+    assert f"SavedModel: {tmp_path}/export/1" in out
+    assert f"regularization path: {tmp_path}/path.png" in out
+    assert "epoch 1/1:" in result.stderr and "units kept" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,message", [
+    ("--config.optimizer.kapa=2", "kapa"),
+    ("--config.optimizer.kappa=-1", "config.optimizer.kappa=-1.0 is invalid"),
+])
+def test_cli_rejects_bad_overrides_before_training(tmp_path, flag, message):
+    result = _cli(TINY_FLAGS + [flag, f"--workdir={tmp_path}/run"], timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "backup")
