@@ -140,6 +140,8 @@ def strip(
     new_weights = []  # (new layer, arrays for new_layer.weights)
 
     def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation (keras.ops in a graph)
         if isinstance(layer, keras.Model):
             # Sequential/Functional submodels are cloned recursively by
             # clone_model; anything reaching here is subclassed.

@@ -246,10 +246,17 @@ def _tf_keras_layer(layer, tf_keras):
     return cls.from_config(config)
 
 
+# tf_keras weight name -> the Keras 3 name of the same weight.
+_WEIGHT_ALIASES = {"depthwise_kernel": "kernel"}
+
+
 def _copy_weights(source, target):
     """Copies `source`'s (Keras 3) weights into `target` (tf_keras), by name."""
     names = [w.name.split("/")[-1].split(":")[0] for w in source.weights]
-    target_names = [w.name.split("/")[-1].split(":")[0] for w in target.weights]
+    target_names = [
+        _WEIGHT_ALIASES.get(name, name)
+        for name in (w.name.split("/")[-1].split(":")[0] for w in target.weights)
+    ]
     if names != target_names:
         raise ValueError(
             f"Layer {source.name!r}: Keras 3 weights {names} do not match the "
