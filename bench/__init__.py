@@ -120,16 +120,20 @@ def run_worker(module: str, args: list, timeout: Optional[float] = None) -> dict
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", module, *args, "--json", out]
+    log = out[:-5] + ".log"  # the worker's output, for progress and errors
     try:
-        proc = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-            timeout=timeout,
-        )
+        with open(log, "w") as log_file:
+            proc = subprocess.run(
+                cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                text=True, timeout=timeout,
+            )
     except subprocess.TimeoutExpired:
-        return {"error": f"worker {' '.join(cmd[2:])} timed out after {timeout}s"}
+        return {"error": f"worker {' '.join(cmd[2:])} timed out after {timeout}s (log: {log})"}
     if proc.returncode != 0 or not os.path.exists(out):
-        tail = (proc.stdout + proc.stderr)[-2000:]
+        with open(log) as f:
+            tail = f.read()[-2000:]
         return {"error": f"worker exited with {proc.returncode}: {tail}"}
+    os.remove(log)
     with open(out) as f:
         data = json.load(f)
     os.remove(out)

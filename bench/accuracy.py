@@ -34,6 +34,12 @@ bench.quiet_tf()
 PATH_SAMPLES_PER_EPOCH = 12
 
 
+def _log(message: str) -> None:
+    import sys
+
+    print(f"[accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 # -- configuration -----------------------------------------------------------------
 def load_config(quick: bool):
     """The DessiLBI config for Fashion-MNIST (and where it came from)."""
@@ -201,19 +207,64 @@ def _retrain(config, data, steps_per_epoch, initial, masks):
     )
 
 
+def load_cs_gates():
+    """The gate settings of ``configs/fmnist_cs.py`` (or the schema defaults)."""
+    from tf_dessilbi import config_lib
+
+    path = os.path.join(bench.REPO_ROOT, "configs", "fmnist_cs.py")
+    try:
+        return config_lib.load_config(path).gates, "`configs/fmnist_cs.py`"
+    except Exception as e:  # noqa: BLE001
+        return config_lib.base_config().gates, f"schema defaults ({type(e).__name__}: {e})"
+
+
 def _cs_ticket(config, data, steps_per_epoch, quick):
-    """A Continuous Sparsification ticket, or ``{"error": why}``."""
+    """A Continuous Sparsification ticket (`tf_dessilbi.TicketSearch`), or ``{"error": why}``.
+
+    Search: ``gates.rounds`` rounds of ``num_epochs`` epochs with the run's
+    SGD schedule; the ticket is then trained ``num_epochs`` epochs from the
+    rewind point, again with the same schedule (a fresh optimizer per fit).
+    """
     TicketSearch, why = bench.optional_attr("tf_dessilbi", "TicketSearch")
     if TicketSearch is None:
         return {"error": f"not available: {why}"}
-    runner, why = bench.optional_attr("bench.cs_search", "search_ticket")
-    if runner is not None:
-        try:
-            return runner(config, data, steps_per_epoch, quick=quick)
-        except Exception as e:  # noqa: BLE001
-            return {"error": f"bench.cs_search.search_ticket failed: {type(e).__name__}: {e}"}
-    return {"error": "not available: no agreed entry point yet "
-                     "(bench.cs_search.search_ticket(config, data, steps_per_epoch, quick))"}
+    import keras
+
+    from tf_dessilbi import models, train
+
+    gates, source = load_cs_gates()
+    sgd = _sgd_config(config)
+    epochs = config.num_epochs
+    keras.utils.set_random_seed(config.seed)
+    t0 = time.time()
+    try:
+        search = TicketSearch(
+            lambda: models.fmnist_cnn_s(input_shape=data.input_shape, num_classes=data.num_classes),
+            lambda: train.build_optimizer(sgd, None, steps_per_epoch),
+            rounds=int(gates.rounds),
+            epochs_per_round=epochs,
+            rewind_epoch=min(int(gates.rewind_epoch), epochs),
+            final_beta=float(gates.final_beta),
+            penalty=float(gates.penalty),
+            per_step=bool(gates.per_step),
+            ticket_epochs=epochs,
+            granularity=gates.granularity,
+            gate_init=float(gates.gate_init),
+        )
+        result = search.run(data.train, data.eval, steps_per_epoch=steps_per_epoch)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"failed: TicketSearch: {type(e).__name__}: {e}"}
+    return {
+        "acc": float(result.ticket_metrics.get("accuracy", float("nan"))),
+        "weight_fraction": float(result.weight_fraction),
+        "rounds": result.rounds,
+        "settings": {"source": source, "rounds": int(gates.rounds), "epochs_per_round": epochs,
+                     "rewind_epoch": min(int(gates.rewind_epoch), epochs),
+                     "final_beta": float(gates.final_beta), "penalty": float(gates.penalty),
+                     "granularity": gates.granularity, "gate_init": float(gates.gate_init),
+                     "per_step": bool(gates.per_step), "ticket_epochs": epochs},
+        "time_s": time.time() - t0,
+    }
 
 
 # -- one seed ----------------------------------------------------------------------------
@@ -231,11 +282,14 @@ def run_seed(config, seed: int, quick: bool) -> dict:
 
     _, _, rec = _fit(config, data, steps_per_epoch, dessilbi=False)
     out["sgd"] = {"acc": rec.out["acc_w"], "time_s": rec.out["time_s"]}
+    _log(f"seed {seed}: SGD {out['sgd']['acc']}")
     keras.utils.clear_session()
 
     model, initial, rec = _fit(config, data, steps_per_epoch, dessilbi=True, ticket_epochs=tickets)
     out["dessilbi"] = {k: v for k, v in rec.out.items() if k != "epoch_weights"}
     masks = rec.masks
+    _log(f"seed {seed}: DessiLBI W {out['dessilbi']['acc_w']} W* {out['dessilbi']['acc_w_star']} "
+         f"kept {[round(x['weight_fraction'], 5) for x in out['dessilbi']['support']]}")
     del model
     keras.utils.clear_session()
 
@@ -244,9 +298,13 @@ def run_seed(config, seed: int, quick: bool) -> dict:
         result = _retrain(config, data, steps_per_epoch, initial, masks[epoch])
         result["weight_fraction"] = result["weights_kept"] / result["weights_total"]
         out["early_tickets"][str(epoch)] = result
+        _log(f"seed {seed}: early ticket {epoch}: {result['accuracy']:.4f} "
+             f"kept {result['weight_fraction']:.5f}")
         keras.utils.clear_session()
 
     out["cs"] = _cs_ticket(config, data, steps_per_epoch, quick)
+    _log(f"seed {seed}: CS {out['cs'].get('acc', out['cs'].get('error'))} "
+         f"kept {out['cs'].get('weight_fraction')}")
     keras.utils.clear_session()
 
     # TF-MOT at the sparsity of each of ours (+ 90 %): trained later, in a tf_keras process.
@@ -380,6 +438,9 @@ def _tfmot_seed(spec) -> dict:
         results[name] = {"target_kept": kept, "sparsity": sparsity, "acc": float(acc),
                          "weight_fraction": nz / tot, "time_s": time.time() - t0}
         done[kept] = results[name]
+        print(f"[tfmot {time.strftime('%H:%M:%S')}] seed {spec['seed']} {name}: "
+              f"{results[name]['acc']:.4f} kept {results[name]['weight_fraction']:.5f}",
+              file=__import__("sys").stderr, flush=True)
     return {"results": results}
 
 
@@ -413,6 +474,10 @@ def summarize(per_seed) -> dict:
         add(f"early ticket (supp Γ at epoch {epoch}), retrained",
             [r["accuracy"] for r in rs], [r["weight_fraction"] for r in rs])
     if all("acc" in s["cs"] for s in per_seed):
+        last = [s["cs"]["rounds"][-1] for s in per_seed]
+        if all("val_accuracy_hard" in r for r in last):
+            add("CS search model, hard mask, before ticket retraining",
+                [r["val_accuracy_hard"] for r in last], [r["weight_fraction"] for r in last])
         add("CS ticket", [s["cs"]["acc"] for s in per_seed],
             [s["cs"]["weight_fraction"] for s in per_seed])
     if all("results" in s["tfmot"] for s in per_seed):
@@ -466,6 +531,16 @@ def to_markdown(results: dict) -> str:
         "or pruned alike), out of "
         f"{results['seeds'][0]['dessilbi']['support'][-1]['layers'] and sum(v[3] for v in results['seeds'][0]['dessilbi']['support'][-1]['layers'].values()):,}.",
     ]
+    cs = results["seeds"][0]["cs"]
+    if "settings" in cs:
+        lines.append(f"\nCS ticket search (`tf_dessilbi.TicketSearch`), gate settings from "
+                     f"{cs['settings']['source']}: `{ {k: v for k, v in cs['settings'].items() if k != 'source'} }`; "
+                     "SGD with the same learning-rate schedule in every round and for the ticket.")
+    tf = results["seeds"][0]["tfmot"]
+    if "schedule" in tf:
+        lines.append(f"\nTF-MOT {tf.get('tfmot')} on tf_keras {tf.get('tf_keras')} (separate process): "
+                     f"`prune_low_magnitude` on every Conv2D/Dense, `{tf['schedule']}`, SGD with the "
+                     "same per-step learning rates; accuracy of the stripped model.")
     for seed in results["seeds"]:
         for key in ("cs", "tfmot"):
             if "error" in seed[key]:

@@ -319,6 +319,15 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
         "Wall time per part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items()) + ".",
         "",
     ]
+    reused = results.get("reused", [])
+    if reused:
+        lines += [
+            f"Parts read back from an earlier run of the same code (`--reuse`, raw data in "
+            f"`bench/_work/<part>.json`): {', '.join(reused)}; each was run as "
+            f"`python -m bench.run --parts <part>`"
+            + ("" if quick else " in full mode") + ". The machine section describes this run.",
+            "",
+        ]
     titles = {
         "step_time": "Step time (issue 2 and 6)",
         "memory": "Optimizer memory",
@@ -365,6 +374,7 @@ def main(argv=None):
         if part in reuse and os.path.exists(cache):
             with open(cache) as f:
                 results[part] = json.load(f)
+            results.setdefault("reused", []).append(part)
             wall[part] = results[part].get("wall_s", 0.0)
         else:
             print(f"[bench] running {part} ...", flush=True)
