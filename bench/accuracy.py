@@ -576,10 +576,11 @@ def plot(results: dict, accuracy_png: str, path_png: str) -> None:
     import matplotlib.pyplot as plt
 
     s = results["summary"]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     styles = [("SGD", "k", "s"), ("DessiLBI dense", "tab:blue", "o"),
               ("DessiLBI W*", "tab:blue", "D"), ("early ticket", "tab:green", "^"),
               ("CS", "tab:red", "*"), ("TF-MOT", "tab:gray", "v")]
+    floor = 0.01  # % kept; an empty support is drawn here (log axis)
     for name, r in s["rows"].items():
         if r["acc"] is None or r["kept"] is None:
             continue
@@ -587,16 +588,20 @@ def plot(results: dict, accuracy_png: str, path_png: str) -> None:
         for prefix, c, m in styles:
             if name.startswith(prefix):
                 colour, marker = c, m
-        ax.errorbar(100 * r["kept"]["mean"], 100 * r["acc"]["mean"],
-                    xerr=100 * r["kept"]["std"], yerr=100 * r["acc"]["std"],
-                    fmt=marker, color=colour, capsize=3, label=name, markersize=7)
+        early = "(epoch" in name
+        kept = max(100 * r["kept"]["mean"], floor)
+        label = name + (" [0 kept: drawn at 0.01 %]" if 100 * r["kept"]["mean"] < floor else "")
+        ax.errorbar(kept, 100 * r["acc"]["mean"],
+                    xerr=min(100 * r["kept"]["std"], kept * 0.9), yerr=100 * r["acc"]["std"],
+                    fmt=marker, color=colour, capsize=3, label=label, markersize=7,
+                    alpha=0.45 if early else 1.0, mfc="none" if early else colour)
     ax.set_xscale("log")
     ax.set_xlabel("weights kept (% of conv + dense kernels, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Fashion-MNIST, FMNIST-CNN-S, {results['config']['num_epochs']} epochs, "
                  f"{len(results['seeds'])} seeds")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(accuracy_png, dpi=110)
     plt.close(fig)
