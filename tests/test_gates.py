@@ -8,7 +8,7 @@ from tf_dessilbi import gates
 
 
 def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype="float64")))
 
 
 SCORES = np.array([[-2.0, -0.3, 0.0], [0.01, 0.7, 3.0]], dtype="float32")

@@ -22,7 +22,7 @@ tf_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow-only fe
 
 
 def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype="float64")))
 
 
 # (layer factory, input shape, number of trailing kernel axes indexing outputs)

@@ -176,16 +176,16 @@ class TicketSearch:
                 f"`model` must be a keras.Model or a builder returning one. "
                 f"Received: model={model!r}"
             )
-        if not (isinstance(optimizer, str) or callable(optimizer)):
-            raise TypeError(
-                f"`optimizer` must be a no-argument factory returning an "
-                f"optimizer, or an optimizer name. Received: optimizer={optimizer!r}"
-            )
         if isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 "`optimizer` must be a factory (e.g. `lambda: keras.optimizers."
                 "SGD(0.1)`), not an optimizer instance: each round and the "
                 "ticket start with a fresh optimizer."
+            )
+        if not (isinstance(optimizer, str) or callable(optimizer)):
+            raise TypeError(
+                f"`optimizer` must be a no-argument factory returning an "
+                f"optimizer, or an optimizer name. Received: optimizer={optimizer!r}"
             )
         self.rounds = _positive_int("rounds", rounds)
         self.epochs_per_round = _positive_int("epochs_per_round", epochs_per_round)
