@@ -74,17 +74,21 @@ def alternate_timings(
             x, y = batches[i % len(batches)]
             _sync(contenders[name](x, y))
     times = {name: [] for name in names}
+    block_medians = {name: [] for name in names}
     k = 0
     for block in range(blocks):
         order = names if block % 2 == 0 else names[::-1]
         for name in order:
             step = contenders[name]
+            block_times = []
             for _ in range(steps_per_block):
                 x, y = batches[k % len(batches)]
                 k += 1
                 t0 = time.perf_counter()
                 _sync(step(x, y))
-                times[name].append(time.perf_counter() - t0)
+                block_times.append(time.perf_counter() - t0)
+            times[name] += block_times
+            block_medians[name].append(statistics.median(block_times))
     out = {}
     for name, ts in times.items():
         qs = statistics.quantiles(ts, n=10) if len(ts) > 1 else [ts[0]] * 9
@@ -93,8 +97,27 @@ def alternate_timings(
             "p10_ms": 1000.0 * qs[0],
             "p90_ms": 1000.0 * qs[-1],
             "steps": len(ts),
+            "block_median_ms": [1000.0 * t for t in block_medians[name]],
         }
     return out
+
+
+def block_ratio_spread(timings: dict, name: str, base: str):
+    """Quartiles of the per-block ratios ``median(name) / median(base)``.
+
+    Each block of `name` is paired with the block of `base` of the same round
+    (run next to it), so the spread shows how much the load of the machine
+    moved the ratio. ``None`` when blocks were not recorded.
+    """
+    a = timings[name].get("block_median_ms")
+    b = timings[base].get("block_median_ms")
+    if not a or not b:
+        return None
+    ratios = sorted(x / y for x, y in zip(a, b))
+    if len(ratios) < 2:
+        return (ratios[0], ratios[0])
+    q = statistics.quantiles(ratios, n=4)
+    return (q[0], q[2])
 
 
 def _sync(value):

@@ -149,8 +149,9 @@ def reproduction(results: dict, quick: bool) -> str:
     if quick:
         out += ["*Quick mode: tiny data and budget; these verdicts exercise the code path only "
                 "and say nothing about the claims.*", ""]
-    if "error" in acc:
-        out.append(f"Accuracy benchmark not available ({acc['error']}); no verdicts.")
+    if "summary" not in acc:
+        why = acc.get("error", "not run (see --parts)")
+        out.append(f"Accuracy benchmark not available ({why}); no verdicts.")
         return "\n".join(out)
     s = acc["summary"]
     rows = s["rows"]
