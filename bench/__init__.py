@@ -17,7 +17,8 @@ import time
 from typing import Callable, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORK_DIR = os.path.join(REPO_ROOT, "bench", "_work")
+# Raw results, worker logs and caches; tests point it at a temporary folder.
+WORK_DIR = os.environ.get("TF_DESSILBI_BENCH_WORK") or os.path.join(REPO_ROOT, "bench", "_work")
 
 
 def quiet_tf():
