@@ -246,6 +246,7 @@ def _checkpoint_variables(version_dir):
     ]
 
 
+@pytest.mark.slow  # fresh processes: > 20 s on a loaded 2-core machine
 def test_saved_model_matches_keras_in_a_fresh_process(tmp_path):
     model, optimizer = _dessilbi_trained()
     x, _ = _data(n=5, seed=5)
@@ -285,6 +286,7 @@ def test_saved_model_stores_each_weight_once(tmp_path):
     assert sorted(shape for _, shape in stored) == expected
 
 
+@pytest.mark.slow  # fresh processes: > 20 s on a loaded 2-core machine
 def test_saved_model_cli_show_and_run(tmp_path):
     model = _functional()
     path = tf_dessilbi.export_saved_model(model, tmp_path / "net")
