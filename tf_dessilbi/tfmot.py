@@ -168,10 +168,14 @@ def sparse_masks(model: keras.Model, optimizer=None) -> dict:
             support = optimizer.support(kernel)
             if support is not None:
                 masks[layer.name] = np.asarray(keras.ops.convert_to_numpy(support))
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if export_lib._is_sparse_gate(layer):
-            kept = np.asarray(layer.kept_mask(), dtype=bool)
-            name = layer.layer.name
+    if any(
+        export_lib._is_sparse_gate(layer)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    ):
+        from tf_dessilbi.gating import gate_masks
+
+        for name, kept in gate_masks(model).items():
+            kept = np.asarray(kept, dtype=bool)
             masks[name] = masks[name] & kept if name in masks else kept
     return masks
 
