@@ -31,7 +31,7 @@ def get_config():
     # to enter within ~3 epochs.
     config.optimizer.learning_rate = 0.05
     config.optimizer.mu = 20.0
-    config.optimizer.lambda_ = 1.0
+    config.optimizer.lambda_ = 1.5
     config.optimizer.name = "dessilbi"
     config.optimizer.momentum = 0.9
     config.optimizer.kappa = 1.0

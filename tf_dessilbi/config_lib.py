@@ -248,6 +248,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 and config.early_tickets.rewind_epoch > min(tickets)):
             _fail("early_tickets.rewind_epoch", config.early_tickets.rewind_epoch,
                   f"<= the first ticket epoch {min(tickets)}")
+    if tickets and config.strategy == "multi_worker":
+        _fail("early_tickets.epochs", tickets, "() with strategy='multi_worker'")
     if config.gates.enabled:
         if config.optimizer.name == "dessilbi":
             _fail("optimizer.name", "dessilbi",

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_dessilbi import config_lib
+from tf_dessilbi import custom_loop
 from tf_dessilbi import early_tickets as tickets_lib
 from tf_dessilbi import input_pipeline
 from tf_dessilbi import models as models_lib
@@ -35,10 +36,17 @@ from tf_dessilbi.structures import structures_for
 
 STRATEGIES = {
     "default": lambda config: tf.distribute.get_strategy(),
-    "mirrored": lambda config: tf.distribute.MirroredStrategy(),
+    "mirrored": lambda config: _mirrored_strategy(),
     "multi_worker": lambda config: tf.distribute.MultiWorkerMirroredStrategy(),
     "tpu": lambda config: _tpu_strategy(config.tpu_address),
 }
+
+
+def _mirrored_strategy():
+    """All local GPUs, or all logical CPU devices on a machine without GPUs."""
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
 def _tpu_strategy(address: str):
@@ -196,12 +204,10 @@ def _callbacks(config, workdir, chief, steps_per_epoch):
 
     cbs = [EpochLog(config.num_epochs)]
     if config.outputs.backup:
-        backup = "backup" if chief else f"backup_worker_{_task_id()}"
-        cbs.append(
-            keras.callbacks.BackupAndRestore(
-                os.path.join(workdir, backup), delete_checkpoint=False
-            )
-        )
+        # Every worker restores the chief's backup, so all resume at the same
+        # epoch; only the chief writes it.
+        backup_cls = keras.callbacks.BackupAndRestore if chief else _RestoreOnly
+        cbs.append(backup_cls(os.path.join(workdir, "backup"), delete_checkpoint=False))
     if config.gates.enabled:
         cbs.append(
             _gates().callbacks.GateTemperature(
@@ -231,9 +237,14 @@ def _callbacks(config, workdir, chief, steps_per_epoch):
     return cbs
 
 
-def _task_id():
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    return tf_config.get("task", {}).get("index", 0)
+class _RestoreOnly(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` for non-chief workers: restores, never writes."""
+
+    def _save_model(self):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
 
 
 def _evaluate(model, ds, steps):
@@ -308,15 +319,27 @@ def _run(config, workdir, strategy, chief, start) -> dict:
             jit_compile=config.jit_compile,
         )
     initial_weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    history = model.fit(
-        data.train,
-        epochs=config.num_epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=data.eval,
-        validation_steps=config.eval_steps or None,
-        callbacks=_callbacks(config, workdir, chief, steps_per_epoch),
-        verbose=config.verbose,
-    )
+    callbacks = _callbacks(config, workdir, chief, steps_per_epoch)
+    if config.strategy == "multi_worker":  # Keras 3 fit can't: see custom_loop
+        history = custom_loop.fit(
+            model, data.train, data.eval, config.num_epochs, steps_per_epoch,
+            strategy, callbacks, config.eval_steps or None, config.verbose,
+            config.jit_compile,
+        )
+        evaluate = lambda: custom_loop.evaluate(  # noqa: E731
+            model, data.eval, strategy, config.eval_steps or None
+        )
+    else:
+        history = model.fit(
+            data.train,
+            epochs=config.num_epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=data.eval,
+            validation_steps=config.eval_steps or None,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+        evaluate = lambda: _evaluate(model, data.eval, config.eval_steps)  # noqa: E731
     summary = {
         "workdir": os.path.abspath(workdir),
         "model": config.model.name,
@@ -325,19 +348,23 @@ def _run(config, workdir, strategy, chief, start) -> dict:
         "gates": bool(config.gates.enabled),
         "epochs": config.num_epochs,
         "steps_per_epoch": steps_per_epoch,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "strategy": config.strategy,
+        "mixed_precision": config.mixed_precision,
+        "chief": chief,
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-        "eval": _evaluate(model, data.eval, config.eval_steps),
+        "eval": evaluate(),
     }
     optimizer = model.optimizer
     report = sparsity_report(model, optimizer)
     summary["sparsity"] = report.to_dict()
     if config.optimizer.name == "dessilbi":
         with apply_w_star(model, optimizer):
-            summary["eval_w_star"] = _evaluate(model, data.eval, config.eval_steps)
+            summary["eval_w_star"] = evaluate()
     if config.gates.enabled:  # the hard mask 1[s > 0]/σ(s₀): the ticket
         gating = _gates().gating
         gating.set_ticket_mode(model, True)
-        summary["eval_ticket"] = _evaluate(model, data.eval, config.eval_steps)
+        summary["eval_ticket"] = evaluate()
     if config.early_tickets.epochs:
         summary["early_tickets"] = _early_tickets(
             config, workdir, strategy, data, steps_per_epoch, new_model, initial_weights
@@ -412,7 +439,7 @@ def main(argv) -> None:
         raise ValueError(f"Unexpected arguments: {argv[1:]}")
     flags_ = flags.FLAGS
     summary = train_and_evaluate(flags_.config, flags_.workdir)
-    if is_chief(tf.distribute.get_strategy()):
+    if summary["chief"]:
         print_summary(summary)
 
 
