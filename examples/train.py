@@ -1,0 +1,9 @@
+r"""Train a sparse network from a config file (same as ``python -m tf_dessilbi.train``).
+
+    python examples/train.py --config=configs/fmnist_dessilbi.py --workdir=runs/fmnist_dessilbi
+"""
+
+from tf_dessilbi.train import run_main
+
+if __name__ == "__main__":
+    run_main()
