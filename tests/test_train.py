@@ -206,3 +206,21 @@ def test_cli_rejects_bad_overrides_before_training(tmp_path, flag, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not os.path.exists(tmp_path / "run" / "backup")
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_train_and_evaluate_gates(tmp_path, rounds):
+    config = tiny_config("sgd")
+    config.gates.enabled = True
+    config.gates.final_beta = 10.0
+    config.gates.penalty = 1e-4
+    config.gates.rounds = rounds
+    config.gates.rewind_epoch = 1
+    config.outputs.tensorboard = rounds == 1
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= summary["eval_ticket"]["accuracy"] <= 1.0
+    assert all(np.isfinite(summary["history"]["loss"]))
+    assert os.path.exists(os.path.join(summary["export_dir"], "saved_model.pb"))
+    if rounds > 1:
+        assert [r["round"] for r in summary["rounds"]] == [0, 1]
+        assert 0.0 < summary["ticket_weight_fraction"] <= 1.0

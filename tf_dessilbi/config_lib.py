@@ -254,6 +254,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if config.optimizer.name == "dessilbi":
             _fail("optimizer.name", "dessilbi",
                   "'sgd' with gates.enabled=True (gates and DessiLBI are two methods)")
+        if config.gates.rounds > 1 and config.strategy == "multi_worker":
+            _fail("gates.rounds", config.gates.rounds, "1 with strategy='multi_worker'")
         if config.gates.rounds > 1 and config.gates.rewind_epoch >= config.num_epochs:
             _fail("gates.rewind_epoch", config.gates.rewind_epoch,
                   f"< num_epochs={config.num_epochs} (epochs per round)")

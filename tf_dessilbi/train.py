@@ -32,6 +32,7 @@ from tf_dessilbi import models as models_lib
 from tf_dessilbi.dessilbi import DessiLBI
 from tf_dessilbi.sparsity import apply_w_star
 from tf_dessilbi.sparsity import sparsity_report
+from tf_dessilbi.sparsity import unwrap_optimizer
 from tf_dessilbi.structures import structures_for
 
 STRATEGIES = {
@@ -261,6 +262,8 @@ def _export(model, optimizer, workdir, version):
             f"(export_saved_model): {e}. Set --config.outputs.export=False."
         ) from e
     export_dir = os.path.join(workdir, "export")
+    if not hasattr(unwrap_optimizer(optimizer), "support"):
+        optimizer = None  # plain or gated model: nothing of Γ to apply
     return export_saved_model(
         model, export_dir, version=version, overwrite=True, optimizer=optimizer
     )
@@ -308,6 +311,9 @@ def _run(config, workdir, strategy, chief, start) -> dict:
 
     def new_model():
         return build_model(config, data.input_shape, data.num_classes)
+
+    if config.gates.enabled and config.gates.rounds > 1:
+        return _ticket_search(config, workdir, strategy, chief, data, steps_per_epoch, start)
 
     with strategy.scope():
         model = new_model()
@@ -376,6 +382,69 @@ def _run(config, workdir, strategy, chief, start) -> dict:
     if chief and config.outputs.path and os.path.exists(os.path.join(workdir, "path.png")):
         summary["path_png"] = os.path.abspath(os.path.join(workdir, "path.png"))
     summary["sparsity_table"] = str(report) if len(report) else ""
+    summary["time_s"] = time.time() - start
+    if chief:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _ticket_search(config, workdir, strategy, chief, data, steps_per_epoch, start) -> dict:
+    """Continuous Sparsification with rounds and rewinding (`TicketSearch`).
+
+    No `BackupAndRestore` here: a killed search starts again from round 0.
+    """
+    try:
+        from tf_dessilbi.ticket_search import TicketSearch
+    except ImportError as e:
+        raise RuntimeError(
+            f"config.gates.rounds={config.gates.rounds} needs "
+            f"tf_dessilbi.ticket_search.TicketSearch: {e}"
+        ) from e
+    g = config.gates
+    with strategy.scope():
+        search = TicketSearch(
+            lambda: models_lib.get_model(
+                config.model.name, input_shape=data.input_shape,
+                num_classes=data.num_classes,
+                **({"weight_decay": config.model.weight_decay} if config.model.weight_decay else {}),
+            ),
+            lambda: build_optimizer(config, None, steps_per_epoch),
+            rounds=g.rounds, epochs_per_round=config.num_epochs,
+            rewind_epoch=g.rewind_epoch, final_beta=g.final_beta, penalty=g.penalty,
+            per_step=g.per_step, granularity=g.granularity, gate_init=g.gate_init,
+            jit_compile=config.jit_compile,
+        )
+        result = search.run(
+            data.train, data.eval, verbose=config.verbose,
+            callbacks=[EpochLog(config.num_epochs)], steps_per_epoch=steps_per_epoch,
+        )
+    model = result.model
+    report = sparsity_report(model)
+    summary = {
+        "workdir": os.path.abspath(workdir),
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "optimizer": config.optimizer.name,
+        "gates": True,
+        "epochs": config.num_epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "strategy": config.strategy,
+        "mixed_precision": config.mixed_precision,
+        "chief": chief,
+        "rounds": result.rounds,
+        "history": {k: [float(x) for x in v] for k, v in result.ticket_history.items()},
+        "eval": _evaluate(model, data.eval, config.eval_steps),
+        "ticket_weight_fraction": result.weight_fraction,
+        "sparsity": report.to_dict(),
+        "sparsity_table": str(report) if len(report) else "",
+    }
+    summary["eval_ticket"] = summary["eval"]
+    if chief and config.outputs.export:
+        summary["export_dir"] = os.path.abspath(
+            _export(model, None, workdir, config.outputs.export_version)
+        )
     summary["time_s"] = time.time() - start
     if chief:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
