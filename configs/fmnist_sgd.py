@@ -24,7 +24,7 @@ def get_config():
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05
     config.optimizer.momentum = 0.9
-    config.schedule.name = "cosine"
+    config.schedule.name = "constant"
 
     # Outputs: nothing sparse to record.
     config.outputs.path = False

@@ -189,6 +189,8 @@ def plot_path(
         raise ImportError(
             "plot_path() needs matplotlib: `pip install tf_dessilbi[plot]`."
         ) from e
+    from matplotlib.ticker import MaxNLocator
+
     epochs, history = load_path(npz_file)
     names = list(history)
     if layers is not None:
@@ -213,6 +215,7 @@ def plot_path(
             ax.plot(x, gamma[:, unit], color="tab:red", lw=0.8, ls="--", alpha=0.6)
         ax.set_title(f"{name}: {int(support.sum())}/{support.size} in support", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("filter norm ‖W_g‖")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
