@@ -67,7 +67,8 @@ def alternate_timings(
             so slow drifts of the machine hit every contender alike.
 
     Returns:
-        ``{name: {"median_ms", "steps", "p10_ms", "p90_ms"}}``.
+        ``{name: {"median_ms", "steps", "p10_ms", "p90_ms", "block_median_ms",
+        "cpu_median_ms"}}``.
     """
     names = list(contenders)
     for name in names:
@@ -75,6 +76,7 @@ def alternate_timings(
             x, y = batches[i % len(batches)]
             _sync(contenders[name](x, y))
     times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
     block_medians = {name: [] for name in names}
     k = 0
     for block in range(blocks):
@@ -85,20 +87,26 @@ def alternate_timings(
             for _ in range(steps_per_block):
                 x, y = batches[k % len(batches)]
                 k += 1
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 _sync(step(x, y))
                 block_times.append(time.perf_counter() - t0)
+                cpu_times[name].append(time.process_time() - c0)
             times[name] += block_times
             block_medians[name].append(statistics.median(block_times))
     out = {}
     for name, ts in times.items():
-        qs = statistics.quantiles(ts, n=10) if len(ts) > 1 else [ts[0]] * 9
+        qs = (statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1
+              else [ts[0]] * 9)
         out[name] = {
             "median_ms": median_ms(ts),
             "p10_ms": 1000.0 * qs[0],
             "p90_ms": 1000.0 * qs[-1],
             "steps": len(ts),
             "block_median_ms": [1000.0 * t for t in block_medians[name]],
+            # CPU time of this process (all threads) per step: less sensitive
+            # than wall time to other jobs on a shared machine.
+            "cpu_median_ms": median_ms(cpu_times[name]),
         }
     return out
 
