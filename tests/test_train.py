@@ -221,6 +221,8 @@ def test_train_and_evaluate_gates(tmp_path, rounds):
     assert 0.0 <= summary["eval_ticket"]["accuracy"] <= 1.0
     assert all(np.isfinite(summary["history"]["loss"]))
     assert os.path.exists(os.path.join(summary["export_dir"], "saved_model.pb"))
+    structures = {row["structure"] for row in summary["sparsity"]["layers"]}
+    assert structures == {"gate:weight"}
     if rounds > 1:
         assert [r["round"] for r in summary["rounds"]] == [0, 1]
         assert 0.0 < summary["ticket_weight_fraction"] <= 1.0
