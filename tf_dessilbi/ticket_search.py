@@ -24,7 +24,6 @@ from keras import ops
 from tf_dessilbi import gating
 from tf_dessilbi.callbacks import GateTemperature
 from tf_dessilbi.callbacks import _sync_jax_state
-from tf_dessilbi.layers.sparse_gate import SparseGate
 
 
 def _positive_int(name, value, minimum=1):
