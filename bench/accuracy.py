@@ -503,6 +503,23 @@ def summarize(per_seed) -> dict:
     }
 
 
+def config_drift(results: dict) -> str:
+    """A sentence when configs/fmnist_dessilbi.py changed since these results were made."""
+    try:
+        now = load_config(quick=False)[0].optimizer.to_dict()
+    except Exception:  # noqa: BLE001
+        return ""
+    used = results["config"]["optimizer"]
+    changed = {k: (used.get(k), v) for k, v in now.items() if used.get(k) != v}
+    if not changed:
+        return ""
+    return ("`configs/fmnist_dessilbi.py` changed after this run started; these results use "
+            + ", ".join(f"{k}={a!r}" for k, (a, b) in changed.items())
+            + " where the config now says "
+            + ", ".join(f"{k}={b!r}" for k, (a, b) in changed.items())
+            + ". Re-run `python -m bench.run` to refresh.")
+
+
 def _pm(x, scale=100.0, digits=2):
     if x is None:
         return "n/a"
@@ -522,6 +539,11 @@ def to_markdown(results: dict) -> str:
            if c["train_limit"] else "Full Fashion-MNIST: 60,000 training / 10,000 test images.")
         + f" Wall time {results['time_s'] / 60:.1f} min.",
         "",
+    ]
+    drift = config_drift(results)
+    if drift:
+        lines += [f"**Note:** {drift}", ""]
+    lines += [
         bench.md_table(
             ("model", "test accuracy %", "weights kept %"),
             [(k, _pm(r["acc"]), _pm(r["kept"])) for k, r in s["rows"].items()],

@@ -323,12 +323,18 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
     reused = results.get("reused", [])
     if reused:
         lines += [
-            f"Parts read back from an earlier run of the same code (`--reuse`, raw data in "
-            f"`bench/_work/<part>.json`): {', '.join(reused)}; each was run as "
-            f"`python -m bench.run --parts <part>`"
-            + ("" if quick else " in full mode") + ". The machine section describes this run.",
+            "Parts read back from earlier runs of the same code on this machine (`--reuse`, "
+            "raw data in `bench/_work/<part>.json`; the machine section describes the run "
+            "that assembled this file):",
             "",
         ]
+        for part in reused:
+            how = results[part].get(
+                "provenance", f"`python -m bench.run --parts {part}"
+                + (" --quick`" if quick else "`"))
+            when = results[part].get("finished", "")
+            lines.append(f"- {part}: {how}" + (f", finished {when}" if when else ""))
+        lines.append("")
     titles = {
         "step_time": "Step time (issue 2 and 6)",
         "memory": "Optimizer memory",
@@ -382,6 +388,7 @@ def main(argv=None):
             results[part] = run_part(part, args.quick)
             wall[part] = time.time() - t0
             results[part]["wall_s"] = wall[part]
+            results[part]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             with open(cache, "w") as f:
                 json.dump(results[part], f, indent=1, default=str)
         print(f"[bench] {part}: {'error: ' + results[part]['error'][:200] if 'error' in results[part] else 'ok'}"
