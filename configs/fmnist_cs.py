@@ -5,6 +5,11 @@ r"""FMNIST-CNN-S with Continuous Sparsification gates (one round, no rewind).
 Every Conv2D/Dense kernel gets one gate per weight; β grows geometrically
 from 1 to β_final every step (per-epoch jumps of ×14 diverge in 3-epoch
 rounds: PAPERS.md, "Measured facts" of Continuous Sparsification).
+
+Measured with that command (3 epochs, 2 shared CPU cores, 4 min 55 s wall
+clock with other jobs running): test accuracy with soft gates 89.86 %, with
+the hard mask (the ticket, as exported) 89.98 %; weights kept 27.02 %
+(249/250 units keep some weight: unstructured).
 """
 
 import os

@@ -66,6 +66,12 @@ def support_file(directory: str, epoch: int) -> str:
     return os.path.join(directory, f"support_epoch{epoch}.npz")
 
 
+def load_support(directory: str, epoch: int) -> dict:
+    """The ``{kernel_path: bool mask}`` saved by `SupportSnapshots` at `epoch`."""
+    with np.load(support_file(directory, epoch)) as data:
+        return {key: data[key] for key in data.files}
+
+
 def weights_file(directory: str, epoch: int) -> str:
     return os.path.join(directory, f"weights_epoch{epoch}.npz")
 

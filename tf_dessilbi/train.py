@@ -21,7 +21,6 @@ from typing import Optional
 
 import keras
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
 from tf_dessilbi import config_lib
@@ -29,145 +28,15 @@ from tf_dessilbi import custom_loop
 from tf_dessilbi import early_tickets as tickets_lib
 from tf_dessilbi import input_pipeline
 from tf_dessilbi import models as models_lib
-from tf_dessilbi.dessilbi import DessiLBI
+from tf_dessilbi.components import STRATEGIES
+from tf_dessilbi.components import build_model
+from tf_dessilbi.components import build_optimizer
+from tf_dessilbi.components import gates_api
+from tf_dessilbi.components import is_chief
+from tf_dessilbi.components import learning_rate_schedule
 from tf_dessilbi.sparsity import apply_w_star
 from tf_dessilbi.sparsity import sparsity_report
 from tf_dessilbi.sparsity import unwrap_optimizer
-from tf_dessilbi.structures import structures_for
-
-STRATEGIES = {
-    "default": lambda config: tf.distribute.get_strategy(),
-    "mirrored": lambda config: _mirrored_strategy(),
-    "multi_worker": lambda config: tf.distribute.MultiWorkerMirroredStrategy(),
-    "tpu": lambda config: _tpu_strategy(config.tpu_address),
-}
-
-
-def _mirrored_strategy():
-    """All local GPUs, or all logical CPU devices on a machine without GPUs."""
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
-
-
-def _tpu_strategy(address: str):
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def is_chief(strategy) -> bool:
-    """True unless this process is a non-chief worker of a multi-worker job."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def learning_rate_schedule(config, steps_per_epoch: int):
-    """The learning rate (float or schedule) described by ``config.schedule``."""
-    lr = config.optimizer.learning_rate
-    s = config.schedule
-    total = config.num_epochs * steps_per_epoch
-    if s.name == "constant":
-        return lr
-    if s.name == "cosine":
-        warmup = int(s.warmup_epochs * steps_per_epoch)
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else lr,
-            decay_steps=max(total - warmup, 1),
-            alpha=s.final_fraction,
-            warmup_target=lr if warmup else None,
-            warmup_steps=warmup,
-        )
-    if s.name == "step":
-        epochs = list(range(s.step_epochs, config.num_epochs, s.step_epochs))
-    else:
-        epochs = list(s.boundaries)
-    if not epochs:
-        return lr
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries=[e * steps_per_epoch for e in epochs],
-        values=[lr * s.decay_factor**i for i in range(len(epochs) + 1)],
-    )
-
-
-def _structure(config, model):
-    name = config.optimizer.structure
-    if name == "auto":
-        return "auto"
-    mapping = structures_for(model)  # conv → filter, dense → elementwise
-    if name == "elementwise":
-        return {k: "elementwise" for k in mapping}
-    # filter_neuron: conv filters and hidden dense neurons as groups; the
-    # logits layer stays elementwise (dropping a class unit drops a class).
-    last = list(mapping)[-1]
-    return {
-        k: ("neuron" if v == "elementwise" and k != last else v)
-        for k, v in mapping.items()
-    }
-
-
-def build_optimizer(config, model, steps_per_epoch: int):
-    """SGD or DessiLBI from ``config.optimizer`` and ``config.schedule``."""
-    o = config.optimizer
-    common = dict(
-        learning_rate=learning_rate_schedule(config, steps_per_epoch),
-        momentum=o.momentum,
-        nesterov=o.nesterov,
-        weight_decay=o.weight_decay or None,
-        clipnorm=o.clipnorm or None,
-    )
-    if o.name == "sgd":
-        return keras.optimizers.SGD(**common)
-    return DessiLBI(
-        kappa=o.kappa,
-        mu=o.mu,
-        lambda_=o.lambda_,
-        structure=_structure(config, model),
-        lambda_scaling=o.lambda_scaling,
-        **common,
-    )
-
-
-def build_model(config, input_shape, num_classes) -> keras.Model:
-    """The model named by ``config.model.name``, gated if ``config.gates.enabled``."""
-    kwargs = dict(input_shape=input_shape, num_classes=num_classes)
-    if config.model.weight_decay:
-        kwargs["weight_decay"] = config.model.weight_decay
-    model = models_lib.get_model(config.model.name, **kwargs)
-    if config.gates.enabled:
-        model = _gates().gating.gate_model(
-            model,
-            granularity=config.gates.granularity,
-            gate_init=config.gates.gate_init,
-            penalty=config.gates.penalty,
-        )
-    return model
-
-
-def _gates():
-    """The Continuous Sparsification modules, or a clear error if missing."""
-    try:
-        from tf_dessilbi import callbacks
-        from tf_dessilbi import gating
-    except ImportError as e:
-        raise RuntimeError(
-            "config.gates.enabled=True needs the Continuous Sparsification API "
-            f"(tf_dessilbi.gating, tf_dessilbi.callbacks): {e}"
-        ) from e
-
-    class _Api:
-        pass
-
-    api = _Api()
-    api.gating, api.callbacks = gating, callbacks
-    return api
-
 
 class EpochLog(keras.callbacks.Callback):
     """Logs one line per epoch: metrics and the sparsity (units/weights kept)."""
@@ -211,7 +80,7 @@ def _callbacks(config, workdir, chief, steps_per_epoch):
         cbs.append(backup_cls(os.path.join(workdir, "backup"), delete_checkpoint=False))
     if config.gates.enabled:
         cbs.append(
-            _gates().callbacks.GateTemperature(
+            gates_api().callbacks.GateTemperature(
                 final_beta=config.gates.final_beta,
                 epochs=config.num_epochs,
                 steps_per_epoch=steps_per_epoch,
@@ -368,7 +237,7 @@ def _run(config, workdir, strategy, chief, start) -> dict:
         with apply_w_star(model, optimizer):
             summary["eval_w_star"] = evaluate()
     if config.gates.enabled:  # the hard mask 1[s > 0]/σ(s₀): the ticket
-        gating = _gates().gating
+        gating = gates_api().gating
         gating.set_ticket_mode(model, True)
         summary["eval_ticket"] = evaluate()
     if config.early_tickets.epochs:
@@ -461,8 +330,7 @@ def _early_tickets(config, workdir, strategy, data, steps_per_epoch, new_model, 
     epochs = t.retrain_epochs or config.num_epochs
     results = {}
     for epoch in t.epochs:
-        with __import__("numpy").load(tickets_lib.support_file(directory, epoch)) as f:
-            masks = {k: f[k] for k in f.files}
+        masks = tickets_lib.load_support(directory, epoch)
         with strategy.scope():
             result = tickets_lib.retrain_ticket(
                 new_model, start, masks, data.train, data.eval, epochs,
@@ -485,7 +353,8 @@ def _early_tickets(config, workdir, strategy, data, steps_per_epoch, new_model, 
 
 def print_summary(summary: dict) -> None:
     """The CLI's closing lines: metrics, the sparsity table, output paths."""
-    print(f"\naccuracy (dense W): {summary['eval']['accuracy']:.4f}")
+    label = "soft gates" if summary["gates"] else "dense W"
+    print(f"\naccuracy ({label}): {summary['eval']['accuracy']:.4f}")
     if "eval_w_star" in summary:
         print(f"accuracy (W* = W on supp Γ): {summary['eval_w_star']['accuracy']:.4f}")
     if "eval_ticket" in summary:

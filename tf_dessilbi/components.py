@@ -1,0 +1,149 @@
+"""The components of a training run, picked by name from small dicts.
+
+`STRATEGIES` (``config.strategy``), the learning-rate schedules
+(``config.schedule.name``), the optimizers (``config.optimizer.name``) and
+the models (``config.model.name``, via `tf_dessilbi.models.MODELS`), plus
+Continuous Sparsification gating when ``config.gates.enabled``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tf_dessilbi import models as models_lib
+from tf_dessilbi.dessilbi import DessiLBI
+from tf_dessilbi.structures import structures_for
+
+STRATEGIES = {
+    "default": lambda config: tf.distribute.get_strategy(),
+    "mirrored": lambda config: _mirrored_strategy(),
+    "multi_worker": lambda config: tf.distribute.MultiWorkerMirroredStrategy(),
+    "tpu": lambda config: _tpu_strategy(config.tpu_address),
+}
+
+
+def _mirrored_strategy():
+    """All local GPUs, or all logical CPU devices on a machine without GPUs."""
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _tpu_strategy(address: str):
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker job."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+    """The learning rate (float or schedule) described by ``config.schedule``."""
+    lr = config.optimizer.learning_rate
+    s = config.schedule
+    total = config.num_epochs * steps_per_epoch
+    if s.name == "constant":
+        return lr
+    if s.name == "cosine":
+        warmup = int(s.warmup_epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else lr,
+            decay_steps=max(total - warmup, 1),
+            alpha=s.final_fraction,
+            warmup_target=lr if warmup else None,
+            warmup_steps=warmup,
+        )
+    if s.name == "step":
+        epochs = list(range(s.step_epochs, config.num_epochs, s.step_epochs))
+    else:
+        epochs = list(s.boundaries)
+    if not epochs:
+        return lr
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries=[e * steps_per_epoch for e in epochs],
+        values=[lr * s.decay_factor**i for i in range(len(epochs) + 1)],
+    )
+
+
+def _structure(config, model):
+    name = config.optimizer.structure
+    if name == "auto":
+        return "auto"
+    mapping = structures_for(model)  # conv → filter, dense → elementwise
+    if name == "elementwise":
+        return {k: "elementwise" for k in mapping}
+    # filter_neuron: conv filters and hidden dense neurons as groups; the
+    # logits layer stays elementwise (dropping a class unit drops a class).
+    last = list(mapping)[-1]
+    return {
+        k: ("neuron" if v == "elementwise" and k != last else v)
+        for k, v in mapping.items()
+    }
+
+
+def build_optimizer(config, model, steps_per_epoch: int):
+    """SGD or DessiLBI from ``config.optimizer`` and ``config.schedule``."""
+    o = config.optimizer
+    common = dict(
+        learning_rate=learning_rate_schedule(config, steps_per_epoch),
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay or None,
+        clipnorm=o.clipnorm or None,
+    )
+    if o.name == "sgd":
+        return keras.optimizers.SGD(**common)
+    return DessiLBI(
+        kappa=o.kappa,
+        mu=o.mu,
+        lambda_=o.lambda_,
+        structure=_structure(config, model),
+        lambda_scaling=o.lambda_scaling,
+        **common,
+    )
+
+
+def build_model(config, input_shape, num_classes) -> keras.Model:
+    """The model named by ``config.model.name``, gated if ``config.gates.enabled``."""
+    kwargs = dict(input_shape=input_shape, num_classes=num_classes)
+    if config.model.weight_decay:
+        kwargs["weight_decay"] = config.model.weight_decay
+    model = models_lib.get_model(config.model.name, **kwargs)
+    if config.gates.enabled:
+        model = gates_api().gating.gate_model(
+            model,
+            granularity=config.gates.granularity,
+            gate_init=config.gates.gate_init,
+            penalty=config.gates.penalty,
+        )
+    return model
+
+
+def gates_api():
+    """The Continuous Sparsification modules, or a clear error if missing."""
+    try:
+        from tf_dessilbi import callbacks
+        from tf_dessilbi import gating
+    except ImportError as e:
+        raise RuntimeError(
+            "config.gates.enabled=True needs the Continuous Sparsification API "
+            f"(tf_dessilbi.gating, tf_dessilbi.callbacks): {e}"
+        ) from e
+
+    class _Api:
+        pass
+
+    api = _Api()
+    api.gating, api.callbacks = gating, callbacks
+    return api
