@@ -112,7 +112,7 @@ def test_mirrored_strategy_matches_one_device_at_same_global_batch():
         dmodel = small_cnn()
         dopt = optimizer()
         dstep = tf_dessilbi.make_train_step(dmodel, dopt, LOSS)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    ds = tf.data.Dataset.from_tensor_slices((x[:32], y[:32])).batch(8)  # the same 4 batches
     for xb, yb in strategy.experimental_distribute_dataset(ds):
         strategy.run(dstep, args=(xb, yb))
     assert_states_close(single, state(dmodel, dopt), rtol=1e-5, atol=1e-6)
@@ -200,8 +200,12 @@ def test_fashion_mnist_end_to_end_w_star_close_to_dense():
     train, test = fashion_mnist_datasets(batch_size=128, train_limit=25600, test_limit=2000)
     keras.utils.set_random_seed(0)
     model = fmnist_cnn_s()
-    model.compile(DessiLBI(learning_rate=0.1, mu=20.0, lambda_=0.5), LOSS, metrics=["accuracy"])
-    model.fit(train, epochs=2, verbose=0)
+    # lr 0.1 with momentum 0.9 sits at the edge of stability for this model
+    # (plain SGD diverges there too for some seeds); μ 10 makes V grow at
+    # α/μ = 5e-3 per step, so supports form within these 400 steps.
+    model.compile(DessiLBI(learning_rate=0.05, mu=10.0, lambda_=0.5), LOSS, metrics=["accuracy"])
+    history = model.fit(train, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
     dense_acc = model.evaluate(test, verbose=0)[1]
     with tf_dessilbi.apply_w_star(model, model.optimizer):
         sparse_acc = model.evaluate(test, verbose=0)[1]
