@@ -287,6 +287,34 @@ def reproduction(results: dict, quick: bool) -> str:
 
 
 # -- report -------------------------------------------------------------------------------
+def _earlier_step_runs() -> list:
+    """Ratios of earlier full step-time runs kept as bench/_work/step_time_run*.json."""
+    import glob
+
+    rows = []
+    for path in sorted(glob.glob(os.path.join(bench.WORK_DIR, "step_time_run*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        if "fmnist_ratios" not in r:
+            continue
+        ratios = r["fmnist_ratios"]
+        tfm = r.get("tfmot", {}).get("ratio")
+        rn = r.get("resnet20", {}).get("ratios", {})
+        rows.append((os.path.basename(path), r.get("finished", ""),
+                     *(f"{ratios[k]:.3f}×" if k in ratios else "n/a"
+                       for k in ("dessilbi_auto", "dessilbi_filter", "dessilbi_elementwise",
+                                 "gated_sgd")),
+                     f"{tfm:.3f}×" if tfm else "n/a",
+                     f"{rn['dessilbi_auto']:.3f}×" if "dessilbi_auto" in rn else "n/a"))
+    if not rows:
+        return []
+    return ["Earlier full runs of the same benchmark on this machine (wall-time median "
+            "ratios), to show the run-to-run spread under the shared load:", "",
+            bench.md_table(("run", "finished", "DessiLBI auto", "DessiLBI groups",
+                            "DessiLBI elementwise", "gated", "TF-MOT", "ResNet-20 DessiLBI"),
+                           rows), ""]
+
+
 def write_report(results: dict, quick: bool, output: str, command: str, wall: dict) -> None:
     m = results["machine"]
     lines = [
@@ -345,6 +373,8 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
         if part not in results:
             continue
         lines += [f"## {titles[part]}", "", part_markdown(part, results[part]), ""]
+        if part == "step_time" and not quick:
+            lines += _earlier_step_runs()
         if part == "accuracy" and "error" not in results[part]:
             lines += ["![accuracy vs weights kept](accuracy_sparsity.png)", "",
                       "![DessiLBI support along training](dessilbi_support_path.png)", ""]
