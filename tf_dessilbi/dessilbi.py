@@ -112,29 +112,9 @@ class DessiLBI(keras.optimizers.Optimizer):
     ):
         # Validate our own hyperparameters before the base class creates
         # variables, so a bad call has no side effects.
-        kappa = _check_real("kappa", kappa, positive=True)
-        mu = _check_real("mu", mu, positive=True)
-        lambda_ = _check_real("lambda_", lambda_, positive=False)
-        momentum = _check_real("momentum", momentum, positive=False)
-        if not momentum < 1.0:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
-        if not isinstance(nesterov, bool):
-            raise TypeError(
-                f"`nesterov` must be a bool. Received: nesterov={nesterov!r}"
-            )
-        if nesterov and momentum == 0.0:
-            raise ValueError(
-                "`nesterov=True` needs `momentum` > 0. "
-                f"Received: momentum={momentum}, nesterov={nesterov}"
-            )
-        if lambda_scaling not in LAMBDA_SCALINGS:
-            raise ValueError(
-                f"`lambda_scaling` must be one of {LAMBDA_SCALINGS}. "
-                f"Received: lambda_scaling={lambda_scaling!r}"
-            )
-        structure = structures_lib.validate_structure(structure)
+        (kappa, mu, lambda_, momentum, nesterov, lambda_scaling,
+         structure) = validate_hyperparameters(
+            kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure)
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -241,35 +221,31 @@ class DessiLBI(keras.optimizers.Optimizer):
         gradient = ops.cast(gradient, dtype)
 
         buffer = self._momentums[index] if self._momentums else None
-        direction, buffer_new = slbi.momentum_direction(
-            gradient,
-            buffer,
-            ops.cast(self.momentum, dtype),
-            self.nesterov,
-        )
-        if buffer is not None:
-            self.assign(buffer, buffer_new)
-
         structure = self._structures[index]
-        if structure is None:
-            self.assign_sub(variable, kappa * lr * direction)
-            return
         v, gamma = self._vs[index], self._gammas[index]
-        threshold = ops.cast(self._lambda, dtype) * self._threshold_scales[index]
-        w_new, v_new, gamma_new = slbi.coupled_update(
+        w_new, buffer_new, v_new, gamma_new = slbi.step(
+            gradient,
             ops.convert_to_tensor(variable),
-            direction,
-            ops.convert_to_tensor(v),
-            ops.convert_to_tensor(gamma),
-            lr,
-            kappa,
-            ops.cast(self._mu, dtype),
-            threshold,
-            structure,
+            None if buffer is None else ops.convert_to_tensor(buffer),
+            None if v is None else ops.convert_to_tensor(v),
+            None if gamma is None else ops.convert_to_tensor(gamma),
+            lr=lr,
+            kappa=kappa,
+            mu=ops.cast(self._mu, dtype),
+            threshold=(
+                None if structure is None
+                else ops.cast(self._lambda, dtype) * self._threshold_scales[index]
+            ),
+            momentum=ops.cast(self.momentum, dtype),
+            nesterov=self.nesterov,
+            structure=structure,
         )
         self.assign(variable, w_new)
-        self.assign(v, v_new)
-        self.assign(gamma, gamma_new)
+        if buffer is not None:
+            self.assign(buffer, buffer_new)
+        if structure is not None:
+            self.assign(v, v_new)
+            self.assign(gamma, gamma_new)
 
     # -- public accessors ----------------------------------------------------
     def variable_structure(self, variable) -> Optional[str]:
@@ -335,6 +311,44 @@ class DessiLBI(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def validate_hyperparameters(kappa, mu, lambda_, momentum, nesterov,
+                             lambda_scaling, structure):
+    """Checks DessiLBI's own arguments (shared with the tf_keras optimizer).
+
+    Returns:
+        ``(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure)``
+        normalized: floats, and the structure in `validate_structure` form.
+
+    Raises:
+        ValueError, TypeError: naming the argument, the value and what is
+            allowed.
+    """
+    kappa = _check_real("kappa", kappa, positive=True)
+    mu = _check_real("mu", mu, positive=True)
+    lambda_ = _check_real("lambda_", lambda_, positive=False)
+    momentum = _check_real("momentum", momentum, positive=False)
+    if not momentum < 1.0:
+        raise ValueError(
+            f"`momentum` must be in [0, 1). Received: momentum={momentum}"
+        )
+    if not isinstance(nesterov, bool):
+        raise TypeError(
+            f"`nesterov` must be a bool. Received: nesterov={nesterov!r}"
+        )
+    if nesterov and momentum == 0.0:
+        raise ValueError(
+            "`nesterov=True` needs `momentum` > 0. "
+            f"Received: momentum={momentum}, nesterov={nesterov}"
+        )
+    if lambda_scaling not in LAMBDA_SCALINGS:
+        raise ValueError(
+            f"`lambda_scaling` must be one of {LAMBDA_SCALINGS}. "
+            f"Received: lambda_scaling={lambda_scaling!r}"
+        )
+    structure = structures_lib.validate_structure(structure)
+    return kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure
 
 
 def _check_real(name, value, positive: bool) -> float:

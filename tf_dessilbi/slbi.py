@@ -56,6 +56,33 @@ def coupled_update(w, direction, v, gamma, lr, kappa, mu, threshold, structure):
     return w_new, v_new, gamma_new
 
 
+def step(gradient, w, buffer, v, gamma, *, lr, kappa, mu, threshold,
+         momentum, nesterov: bool, structure):
+    """One full DessiLBI step of a variable, as new values (nothing assigned).
+
+    Args:
+        gradient: loss gradient g (dense tensor, in W's dtype).
+        w: current W.
+        buffer: momentum buffer, or ``None`` without momentum.
+        v, gamma: V and Γ, or ``None`` for an uncoupled variable.
+        lr, kappa, mu, threshold, momentum: α, κ, μ, the λ-threshold of this
+            variable and the momentum coefficient, in W's dtype.
+        nesterov: Nesterov momentum.
+        structure: the variable's structure, or ``None`` if uncoupled.
+
+    Returns:
+        ``(w_new, buffer_new, v_new, gamma_new)``; ``buffer_new`` is ``None``
+        without momentum, ``v_new`` and ``gamma_new`` for uncoupled variables.
+    """
+    direction, buffer_new = momentum_direction(gradient, buffer, momentum, nesterov)
+    if structure is None:
+        return w - kappa * lr * direction, buffer_new, None, None
+    w_new, v_new, gamma_new = coupled_update(
+        w, direction, v, gamma, lr, kappa, mu, threshold, structure
+    )
+    return w_new, buffer_new, v_new, gamma_new
+
+
 def threshold_scale(shape, structure: str, lambda_scaling: str) -> float:
     """Factor c with per-variable threshold ``λ·c``.
 

@@ -522,8 +522,8 @@ def _dessilbi_class():
     tf_keras, _ = _modules()
     import tensorflow as tf
 
-    from tf_dessilbi.dessilbi import LAMBDA_SCALINGS
     from tf_dessilbi.dessilbi import _check_real
+    from tf_dessilbi.dessilbi import validate_hyperparameters
 
     @tf_keras.utils.register_keras_serializable(package="tf_dessilbi")
     class DessiLBI(tf_keras.optimizers.Optimizer):
@@ -579,29 +579,9 @@ def _dessilbi_class():
             name="dessilbi",
             **kwargs,
         ):
-            kappa = _check_real("kappa", kappa, positive=True)
-            mu = _check_real("mu", mu, positive=True)
-            lambda_ = _check_real("lambda_", lambda_, positive=False)
-            momentum = _check_real("momentum", momentum, positive=False)
-            if not momentum < 1.0:
-                raise ValueError(
-                    f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-                )
-            if not isinstance(nesterov, bool):
-                raise TypeError(
-                    f"`nesterov` must be a bool. Received: nesterov={nesterov!r}"
-                )
-            if nesterov and momentum == 0.0:
-                raise ValueError(
-                    "`nesterov=True` needs `momentum` > 0. "
-                    f"Received: momentum={momentum}, nesterov={nesterov}"
-                )
-            if lambda_scaling not in LAMBDA_SCALINGS:
-                raise ValueError(
-                    f"`lambda_scaling` must be one of {LAMBDA_SCALINGS}. "
-                    f"Received: lambda_scaling={lambda_scaling!r}"
-                )
-            structure = structures_lib.validate_structure(structure)
+            (kappa, mu, lambda_, momentum, nesterov, lambda_scaling,
+             structure) = validate_hyperparameters(
+                kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure)
             super().__init__(
                 name=name,
                 weight_decay=weight_decay,
@@ -706,34 +686,31 @@ def _dessilbi_class():
             lr = tf.cast(self.learning_rate, dtype)
             kappa = tf.cast(self._kappa, dtype)
             buffer = self._momentums[index] if self._momentums else None
-            direction, buffer_new = slbi.momentum_direction(
-                gradient,
-                None if buffer is None else tf.convert_to_tensor(buffer),
-                tf.cast(self.momentum, dtype),
-                self.nesterov,
-            )
-            if buffer is not None:
-                buffer.assign(buffer_new)
             structure = self._structures[index]
-            if structure is None:
-                variable.assign_sub(kappa * lr * direction)
-                return
             v, gamma = self._vs[index], self._gammas[index]
-            threshold = tf.cast(self._lambda, dtype) * self._threshold_scales[index]
-            w_new, v_new, gamma_new = slbi.coupled_update(
+            w_new, buffer_new, v_new, gamma_new = slbi.step(
+                gradient,
                 tf.convert_to_tensor(variable),
-                direction,
-                tf.convert_to_tensor(v),
-                tf.convert_to_tensor(gamma),
-                lr,
-                kappa,
-                tf.cast(self._mu, dtype),
-                threshold,
-                structure,
+                None if buffer is None else tf.convert_to_tensor(buffer),
+                None if v is None else tf.convert_to_tensor(v),
+                None if gamma is None else tf.convert_to_tensor(gamma),
+                lr=lr,
+                kappa=kappa,
+                mu=tf.cast(self._mu, dtype),
+                threshold=(
+                    None if structure is None
+                    else tf.cast(self._lambda, dtype) * self._threshold_scales[index]
+                ),
+                momentum=tf.cast(self.momentum, dtype),
+                nesterov=self.nesterov,
+                structure=structure,
             )
             variable.assign(w_new)
-            v.assign(v_new)
-            gamma.assign(gamma_new)
+            if buffer is not None:
+                buffer.assign(buffer_new)
+            if structure is not None:
+                v.assign(v_new)
+                gamma.assign(gamma_new)
 
         # -- accessors (same names as the Keras 3 optimizer) -----------------
         def _index(self, variable):
