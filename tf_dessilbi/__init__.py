@@ -7,6 +7,8 @@ models to plain Keras, SavedModel and TF-MOT.
 
 __version__ = "0.1.0"
 
+from tf_dessilbi import callbacks  # GateTemperature
+from tf_dessilbi import layers  # SparseGate
 from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used
 from tf_dessilbi.dessilbi import DessiLBI
 from tf_dessilbi.export import export_saved_model
@@ -46,11 +48,13 @@ __all__ = [
     "WStar",
     "__version__",
     "apply_w_star",
+    "callbacks",
     "export_saved_model",
     "gate_masks",
     "gate_model",
     "gated_layers",
     "group_soft_threshold",
+    "layers",
     "make_train_step",
     "register_gated_layer",
     "reset_gates",
