@@ -660,7 +660,12 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=0)
     parser.add_argument("--json")
     parser.add_argument("--tfmot-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--add-ticket-epochs", default="",
+                        help="comma-separated epochs: add early tickets to the results in --json")
     args = parser.parse_args(argv)
+    if args.add_ticket_epochs:
+        add_ticket_epochs(args.json, [int(e) for e in args.add_ticket_epochs.split(",")])
+        return
     if args.tfmot_worker:
         results = tfmot_worker(args.tfmot_worker)
     else:
@@ -671,6 +676,83 @@ def main(argv=None):
     if not args.tfmot_worker:
         print(to_markdown(results))
         print(path_markdown(results))
+
+
+
+# -- extra early tickets, added to finished results ---------------------------------------
+def add_ticket_epochs(results_file: str, epochs) -> dict:
+    """Adds early tickets at more epochs to a finished full run (same seeds and config).
+
+    Re-runs DessiLBI with each seed up to the largest requested epoch (the
+    learning-rate schedule of the run must not depend on the total epochs,
+    which holds for the constant schedule), retrains the supports, trains
+    TF-MOT at the same sparsities, and rewrites `results_file`.
+    """
+    import keras
+
+    from tf_dessilbi import input_pipeline
+
+    with open(results_file) as f:
+        results = json.load(f)
+    config, _ = load_config(quick=False)
+    for key, value in results["config"]["optimizer"].items():
+        config.optimizer[key] = value  # the hyperparameters the run used
+    config.num_epochs = results["config"]["num_epochs"]
+    if results["config"]["schedule"]["name"] != "constant":
+        raise ValueError("add_ticket_epochs needs the constant schedule")
+    specs = []
+    for seed_out in results["seeds"]:
+        cfg = config.copy_and_resolve_references()
+        cfg.seed = seed_out["seed"]
+        data = input_pipeline.get_datasets(cfg.data, cfg.batch_size, cfg.eval_batch_size, cfg.seed)
+        spe = seed_out["steps_per_epoch"]
+        short = cfg.copy_and_resolve_references()
+        short.num_epochs = max(epochs)
+        _, initial, rec = _fit(short, data, spe, dessilbi=True, ticket_epochs=epochs)
+        targets = {}
+        for epoch in epochs:
+            result = _retrain(cfg, data, spe, initial, rec.masks[epoch])
+            result["weight_fraction"] = result["weights_kept"] / result["weights_total"]
+            result["rerun"] = {
+                "note": "support from a re-run of DessiLBI with the same seed",
+                "w_star_acc_rerun": rec.out["acc_w_star"][epoch - 1],
+                "w_star_acc_original": seed_out["dessilbi"]["acc_w_star"][epoch - 1],
+                "kept_original": seed_out["dessilbi"]["support"][epoch - 1]["weight_fraction"],
+            }
+            seed_out["early_tickets"][str(epoch)] = result
+            targets[f"early ticket (epoch {epoch})"] = result["weight_fraction"]
+            _log(f"seed {cfg.seed}: early ticket {epoch}: {result['accuracy']:.4f} "
+                 f"kept {result['weight_fraction']:.5f}")
+            keras.utils.clear_session()
+        specs.append({
+            "seed": cfg.seed, "data": cfg.data.to_dict(), "batch_size": cfg.batch_size,
+            "epochs": cfg.num_epochs, "steps_per_epoch": spe, "lr": _lr_table(cfg, spe),
+            "momentum": cfg.optimizer.momentum, "nesterov": cfg.optimizer.nesterov,
+            "targets": targets,
+        })
+    spec_file = os.path.join(bench.WORK_DIR, f"tfmot_spec_extra_{os.getpid()}.json")
+    with open(spec_file, "w") as f:
+        json.dump(specs, f)
+    extra = bench.run_worker("bench.accuracy", ["--tfmot-worker", spec_file], timeout=3600)
+    os.remove(spec_file)
+    for i, seed_out in enumerate(results["seeds"]):
+        if "error" in extra:
+            seed_out.setdefault("notes", []).append(f"extra TF-MOT failed: {extra['error'][:300]}")
+            continue
+        res = seed_out["tfmot"].setdefault("results", {})
+        # Keep the 90 % reference last in the tables.
+        ref = {k: v for k, v in res.items() if k.startswith("90")}
+        for k in ref:
+            res.pop(k)
+        res.update(extra["per_seed"][i]["results"])
+        res.update(ref)
+    results["config"]["early_ticket_epochs"] = sorted(
+        set(results["config"]["early_ticket_epochs"]) | set(epochs))
+    results["summary"] = summarize(results["seeds"])
+    results["extra_ticket_epochs"] = list(epochs)
+    with open(results_file, "w") as f:
+        json.dump(results, f, indent=1)
+    return results
 
 
 if __name__ == "__main__":
