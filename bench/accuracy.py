@@ -463,6 +463,10 @@ def summarize(per_seed) -> dict:
 
     epochs = len(per_seed[0]["sgd"]["acc"])
     add("SGD (dense)", [s["sgd"]["acc"][-1] for s in per_seed], [1.0] * len(per_seed))
+    trained = [s["sgd"]["acc"][-1] for s in per_seed if s["sgd"]["acc"][-1] >= 0.2]
+    if trained and len(trained) < len(per_seed):
+        add(f"SGD (dense), the {len(trained)} of {len(per_seed)} seeds that did not diverge",
+            trained, [1.0] * len(trained))
     for e in range(epochs):
         tag = "end" if e == epochs - 1 else f"epoch {e + 1}"
         add(f"DessiLBI dense W ({tag})", [s["dessilbi"]["acc_w"][e] for s in per_seed],
@@ -618,6 +622,7 @@ def plot(results: dict, accuracy_png: str, path_png: str) -> None:
                     fmt=marker, color=colour, capsize=3, label=label, markersize=7,
                     alpha=0.45 if early else 1.0, mfc="none" if early else colour)
     ax.set_xscale("log")
+    ax.set_ylim(0, 100)
     ax.set_xlabel("weights kept (% of conv + dense kernels, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Fashion-MNIST, FMNIST-CNN-S, {results['config']['num_epochs']} epochs, "
