@@ -271,6 +271,9 @@ def reproduction(results: dict, quick: bool) -> str:
             v3 = "**partly supported**"
         else:
             v3 = "**not supported at this scale**"
+        gap_w = 100 * (best["acc"]["mean"] - dense["acc"]["mean"])
+        out += ["", f"Against DessiLBI's own dense W at the end: ticket − dense W = "
+                f"{gap_w:+.2f} points."]
         out += ["", f"Best: {best_k}: ticket − dense SGD = {-gap3:+.2f} points with "
                 f"{100 * kept3:.2f} % of the weights. Verdict: {v3} (rule: within 1 point of "
                 "dense with < 50 % of the weights = supported).", ""]
@@ -298,6 +301,14 @@ def reproduction(results: dict, quick: bool) -> str:
                 f"pruning (seed std ≈ {noise:.2f}). Equal sparsity with higher accuracy is the "
                 f"same statement as higher sparsity at equal accuracy on a monotone "
                 f"accuracy-sparsity curve. Verdict: {v4}.", ""]
+    cs_bench = results.get("cs_search", {})
+    if "rounds" in cs_bench and "dense" in cs_bench:
+        last = cs_bench["rounds"][-1]
+        out += [f"See also the CS benchmark above (bench/cs_search.py, its own settings: "
+                f"{cs_bench['settings'].get('rounds')} rounds, lr {cs_bench.get('lr')}, one "
+                f"seed): after its last round the hard mask keeps "
+                f"{100 * last['weight_fraction']:.2f} % of the weights; no magnitude-pruning "
+                "run at that sparsity there.", ""]
 
     # Against the published / measured reference points.
     ref_rows = [("Keras 3 SGD (PAPERS.md)", f"{REF['Keras 3 SGD']:.2f}",
