@@ -34,6 +34,22 @@ def data(n=64, seed=0):
     return x, y
 
 
+def two_cpu_strategy():
+    """MirroredStrategy over the two logical CPUs (tests/conftest.py).
+
+    Reduction through one device instead of collective ops: collective
+    instance keys are process-global, and strategies made by earlier tests in
+    the same process would otherwise collide with this one's.
+    """
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in cpus[:2]],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+
+
 def optimizer(**kw):
     kw = {"learning_rate": 0.2, "mu": 2.0, "lambda_": 0.5, **kw}
     return DessiLBI(**kw)
@@ -96,9 +112,7 @@ def test_checkpoint_restore_continues_exactly_as_uninterrupted(tmp_path):
 
 
 def test_mirrored_strategy_matches_one_device_at_same_global_batch():
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
+    strategy = two_cpu_strategy()
     x, y = data()
     model = small_cnn()
     opt = optimizer()
@@ -107,7 +121,6 @@ def test_mirrored_strategy_matches_one_device_at_same_global_batch():
         step(x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8])
     single = state(model, opt)
 
-    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
     with strategy.scope():
         dmodel = small_cnn()
         dopt = optimizer()
@@ -119,10 +132,7 @@ def test_mirrored_strategy_matches_one_device_at_same_global_batch():
 
 
 def test_model_fit_under_mirrored_strategy():
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < 2:
-        pytest.skip("needs two logical CPU devices")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    strategy = two_cpu_strategy()
     with strategy.scope():
         model = small_cnn()
         model.compile(optimizer(), LOSS)

@@ -310,7 +310,10 @@ def test_mirrored_strategy_fit_with_annealing():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     if len(devices) < 2:
         pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # ReductionToOneDevice: no collective ops, whose process-global instance
+    # keys collide with strategies built by earlier tests in this process.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         model = _compiled(_small_model(), jit_compile=False)
     x, y = _data(32)

@@ -24,10 +24,19 @@ STRATEGIES = {
 
 
 def _mirrored_strategy():
-    """All local GPUs, or all logical CPU devices on a machine without GPUs."""
+    """All local GPUs, or all logical CPU devices on a machine without GPUs.
+
+    On CPUs the gradients are reduced through one device: collective ops
+    gain nothing there, and their process-global instance keys collide when
+    one process builds several strategies (as tests do).
+    """
     gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
 
 
 def _tpu_strategy(address: str):
