@@ -71,7 +71,7 @@ def load_config(quick: bool):
 
 def early_ticket_epochs(config) -> list:
     epochs = [e for e in tuple(config.early_tickets.epochs) if e < config.num_epochs]
-    return sorted(epochs)[:2] or [1]
+    return sorted(epochs)[:2] or [1, 2]
 
 
 # -- helpers (Keras 3 side) -----------------------------------------------------------
