@@ -50,12 +50,9 @@ def test_quick_suite_runs_and_report_parses(tmp_path):
 
     with open(work / "results_quick.json") as f:
         results = json.load(f)
-    for part in ("step_time", "memory", "accuracy"):
-        assert part in results
+    for part in ("step_time", "memory", "accuracy", "gate_step_time", "cs_search", "export_size"):
+        assert part in results, part
         assert "error" not in results[part], results[part]["error"]
-    for part, value in results.items():
-        if isinstance(value, dict) and "error" in value:
-            assert value["error"].startswith(("not available", "failed")), part
     step = results["step_time"]
     assert {"sgd", "dessilbi_auto"} <= set(step["fmnist"])
     assert all(t["median_ms"] > 0 for t in step["fmnist"].values())
