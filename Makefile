@@ -35,7 +35,7 @@ data: $(FMNIST)
 # The main job: a short DessiLBI run on real Fashion-MNIST. Prints progress and
 # the sparsity table; writes the SavedModel and path.png under $(WORKDIR).
 train: $(VENV)/.installed $(FMNIST)
-	$(PY) -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py --workdir=$(WORKDIR)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py --workdir=$(WORKDIR)
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(VENV)/.installed-test $(FMNIST)
