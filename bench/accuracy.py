@@ -572,7 +572,7 @@ def to_markdown(results: dict) -> str:
             if "error" in seed[key]:
                 lines.append(f"\n- seed {seed['seed']} {key}: {seed[key]['error'][:500]}")
     last = results["seeds"][0]["dessilbi"]["support"][-1]["layers"]
-    lines += ["", f"DessiLBI support at the end, seed 0 (per layer):", "",
+    lines += ["", "DessiLBI support at the end, seed 0 (per layer):", "",
               bench.md_table(("layer", "units kept", "weights kept"),
                              [(k, f"{v[0]}/{v[1]}", f"{v[2]}/{v[3]} ({100 * v[2] / v[3]:.2f} %)")
                               for k, v in last.items()])]

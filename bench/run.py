@@ -315,7 +315,7 @@ def reproduction(results: dict, quick: bool) -> str:
                  _pct(sgd) + (f" ({sgd_label}; all seeds {_pct(sgd_all)})" if diverged else ""))]
     ref_rows.append(("authors' code SGD", "90.80", _pct(sgd)))
     ref_rows.append(("authors' code DessiLBI dense W", "85.50", _pct(dense["acc"])))
-    ref_rows.append(("authors' code DessiLBI W*", f"60.90 (fc1 almost empty)",
+    ref_rows.append(("authors' code DessiLBI W*", "60.90 (fc1 almost empty)",
                      f"{_pct(wstar['acc'])} at {100 * wstar['kept']['mean']:.2f} % kept"))
     _, mag90 = _row(acc, "TF-MOT magnitude @ 90")
     ref_rows.append(("TF-MOT at 90 % sparsity", "90.90",

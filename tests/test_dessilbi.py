@@ -13,7 +13,7 @@ from keras import ops
 
 import tf_dessilbi
 from tf_dessilbi import DessiLBI
-from tests.dessilbi_reference import ReferenceDessiLBI, threshold
+from tests.dessilbi_reference import ReferenceDessiLBI
 
 
 def conv_dense_model(seed=0):

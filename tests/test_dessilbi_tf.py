@@ -1,7 +1,6 @@
 """DessiLBI on the TensorFlow backend: saving, checkpoints, tf.distribute,
 XLA, mixed precision and the public compiled train step."""
 
-import os
 
 import keras
 import numpy as np

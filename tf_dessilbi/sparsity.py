@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import keras
 import numpy as np
 from keras import ops
 
-from tf_dessilbi.structures import ELEMENTWISE
 
 
 def _owned_variables(model):
