@@ -213,3 +213,23 @@ def dessilbi_hparams() -> dict:
         "lambda_scaling": o.lambda_scaling,
     }
     return {"source": source, "optimizer": opt, "structure": o.structure}
+
+
+def part_main(doc: str, run: Callable, to_markdown: Callable, quick_help: str, argv=None):
+    """The command line of one benchmark part: ``--quick``, ``--json PATH``.
+
+    Runs ``run(quick)``, writes the raw results as JSON when asked, and prints
+    ``to_markdown(results)``.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print(to_markdown(results))

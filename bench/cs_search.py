@@ -12,8 +12,6 @@ dense included). Test accuracy on the 10,000 test images.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import bench
@@ -114,16 +112,8 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6,400 training images, 2-epoch rounds")
-    parser.add_argument("--json", help="also write the raw results here")
-    args = parser.parse_args()
-    results = run(args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    print(to_markdown(results))
+def main(argv=None):
+    bench.part_main(__doc__, run, to_markdown, '6,400 training images, 2-epoch rounds', argv)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ signature, stripped and dense timed alternately in blocks.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -222,15 +220,7 @@ def to_markdown(results: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    parser.add_argument("--json", help="write the raw results here")
-    args = parser.parse_args(argv)
-    results = run(args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    print(to_markdown(results))
+    bench.part_main(__doc__, run, to_markdown, 'small smoke run', argv)
 
 
 if __name__ == "__main__":

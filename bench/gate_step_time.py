@@ -13,8 +13,6 @@ Target (issue 3): gated/plain ≤ 1.15.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 
 import bench
@@ -105,16 +103,8 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
-    parser.add_argument("--json", help="also write the raw results here")
-    args = parser.parse_args()
-    results = run(args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    print(to_markdown(results))
+def main(argv=None):
+    bench.part_main(__doc__, run, to_markdown, 'a few steps only (smoke run)', argv)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ such as the iteration counter, learning rate, κ, μ, λ).
 
 from __future__ import annotations
 
-import argparse
-import json
 
 import bench
 
@@ -106,15 +104,7 @@ def to_markdown(results: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
-    results = run(args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    print(to_markdown(results))
+    bench.part_main(__doc__, run, to_markdown, 'small smoke run', argv)
 
 
 if __name__ == "__main__":
