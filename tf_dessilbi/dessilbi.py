@@ -14,8 +14,43 @@ from tf_dessilbi import structures as structures_lib
 LAMBDA_SCALINGS = ("fan_in", "none")
 
 
+class HyperparameterVariables:
+    """κ, μ, λ as non-trainable variables with validating setters.
+
+    Shared by the Keras 3 optimizer and the tf_keras one of the TF-MOT
+    bridge; both keep the variables in ``_kappa``, ``_mu`` and ``_lambda``.
+    """
+
+    @property
+    def kappa(self):
+        """κ as a non-trainable variable; assign a float to change it."""
+        return self._kappa
+
+    @kappa.setter
+    def kappa(self, value):
+        self._kappa.assign(_check_real("kappa", value, positive=True))
+
+    @property
+    def mu(self):
+        """μ (ν in the paper) as a non-trainable variable."""
+        return self._mu
+
+    @mu.setter
+    def mu(self, value):
+        self._mu.assign(_check_real("mu", value, positive=True))
+
+    @property
+    def lambda_(self):
+        """λ as a non-trainable variable."""
+        return self._lambda
+
+    @lambda_.setter
+    def lambda_(self, value):
+        self._lambda.assign(_check_real("lambda_", value, positive=False))
+
+
 @keras.saving.register_keras_serializable(package="tf_dessilbi")
-class DessiLBI(keras.optimizers.Optimizer):
+class DessiLBI(HyperparameterVariables, keras.optimizers.Optimizer):
     """Split linearized Bregman iteration (DessiLBI) as a Keras optimizer.
 
     Each coupled weight W gets a structure parameter Γ, sparse by
@@ -148,34 +183,6 @@ class DessiLBI(keras.optimizers.Optimizer):
         )
         self._track_variable(variable)
         return variable
-
-    # -- hyperparameters living in variables --------------------------------
-    @property
-    def kappa(self):
-        """κ as a non-trainable variable; assign a float to change it."""
-        return self._kappa
-
-    @kappa.setter
-    def kappa(self, value):
-        self._kappa.assign(_check_real("kappa", value, positive=True))
-
-    @property
-    def mu(self):
-        """μ (ν in the paper) as a non-trainable variable."""
-        return self._mu
-
-    @mu.setter
-    def mu(self, value):
-        self._mu.assign(_check_real("mu", value, positive=True))
-
-    @property
-    def lambda_(self):
-        """λ as a non-trainable variable."""
-        return self._lambda
-
-    @lambda_.setter
-    def lambda_(self, value):
-        self._lambda.assign(_check_real("lambda_", value, positive=False))
 
     @property
     def structure(self):

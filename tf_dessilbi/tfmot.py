@@ -522,11 +522,11 @@ def _dessilbi_class():
     tf_keras, _ = _modules()
     import tensorflow as tf
 
-    from tf_dessilbi.dessilbi import _check_real
+    from tf_dessilbi.dessilbi import HyperparameterVariables
     from tf_dessilbi.dessilbi import validate_hyperparameters
 
     @tf_keras.utils.register_keras_serializable(package="tf_dessilbi")
-    class DessiLBI(tf_keras.optimizers.Optimizer):
+    class DessiLBI(HyperparameterVariables, tf_keras.optimizers.Optimizer):
         """DessiLBI for tf_keras models (TF-MOT), same maths as `tf_dessilbi.DessiLBI`.
 
         The update rule is `tf_dessilbi.slbi` (shared with the Keras 3
@@ -613,33 +613,6 @@ def _dessilbi_class():
                 trainable=False,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-
-        @property
-        def kappa(self):
-            """κ as a non-trainable variable; assign a float to change it."""
-            return self._kappa
-
-        @kappa.setter
-        def kappa(self, value):
-            self._kappa.assign(_check_real("kappa", value, positive=True))
-
-        @property
-        def mu(self):
-            """μ (ν in the paper) as a non-trainable variable."""
-            return self._mu
-
-        @mu.setter
-        def mu(self, value):
-            self._mu.assign(_check_real("mu", value, positive=True))
-
-        @property
-        def lambda_(self):
-            """λ as a non-trainable variable."""
-            return self._lambda
-
-        @lambda_.setter
-        def lambda_(self, value):
-            self._lambda.assign(_check_real("lambda_", value, positive=False))
 
         def build(self, var_list):
             """Momentum buffers, and V and Γ for the coupled variables."""
