@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
+from tf_dessilbi import _validate
 from tf_dessilbi import gates
 from tf_dessilbi import registry
+from tf_dessilbi import walk
 
 GRANULARITIES = ("weight", "filter", "neuron")
 
-
-def _number(name, value, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="tf_dessilbi")
@@ -98,8 +91,8 @@ class SparseGate(keras.layers.Wrapper):
                 f"SparseGate cannot gate layer {layer.name!r}: LoRA-enabled and "
                 f"quantized layers are not supported."
             )
-        gate_init = _number("gate_init", gate_init)
-        penalty = _number("penalty", penalty, minimum=0.0)
+        gate_init = _validate.real("gate_init", gate_init)
+        penalty = _validate.non_negative("penalty", penalty)
         kwargs.setdefault("name", f"{layer.name}_gate")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -112,23 +105,10 @@ class SparseGate(keras.layers.Wrapper):
         self._kernel_variable = None
 
     # ------------------------------------------------------------------ build
-    def _find_kernel(self):
-        own = vars(self.layer)
-        for attr in (self.weight_name, "_" + self.weight_name):
-            value = own.get(attr)
-            if isinstance(value, keras.Variable):
-                return attr, value
-        raise TypeError(
-            f"Layer {self.layer.name!r} ({type(self.layer).__name__}) has no "
-            f"variable in attribute {self.weight_name!r} or "
-            f"{'_' + self.weight_name!r} after build(); register it with the "
-            f"weight_name its call() reads."
-        )
-
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self._kernel_attr, self._kernel_variable = self._find_kernel()
+        self._kernel_attr, self._kernel_variable = walk.find_weight(self.layer, self.weight_name)
         shape = tuple(self._kernel_variable.shape)
         if self.granularity != "weight":
             shape = shape[-self._output_axes:]
@@ -175,6 +155,17 @@ class SparseGate(keras.layers.Wrapper):
         scores = ops.convert_to_numpy(self.gate_scores)
         return np.broadcast_to(scores > 0, tuple(self._kernel_variable.shape)).copy()
 
+    def kept_units(self):
+        """1[s > 0] per output unit for unit gates ("filter"/"neuron"), else None."""
+        if self.granularity == "weight":
+            return None
+        return (ops.convert_to_numpy(self.gate_scores) > 0).reshape(-1)
+
+    @property
+    def weight_variable(self):
+        """The wrapped layer's gated weight variable."""
+        return self._kernel_variable
+
     def stripped_kernel(self) -> np.ndarray:
         """W ⊙ 1[s > 0]/σ(s₀): the kernel a plain layer needs to reproduce
         this layer's ticket-mode outputs (same dtype as the kernel variable)."""
@@ -193,18 +184,9 @@ class SparseGate(keras.layers.Wrapper):
             ops.cast(self._kernel_variable, compute_dtype),
             ops.cast(self.mask(), compute_dtype),
         )
-        kwargs = {}
-        if getattr(self.layer, "_call_has_training_arg", False):
-            kwargs["training"] = training
-        # Reuse the wrapped layer's forward pass on the masked kernel: the
-        # attribute its call() reads is swapped for the call only (bypassing
-        # Layer.__setattr__ so nothing is tracked) and always restored to the
-        # variable, even if another call swapped it meanwhile.
-        object.__setattr__(self.layer, self._kernel_attr, kernel)
-        try:
-            return self.layer.call(inputs, **kwargs)
-        finally:
-            object.__setattr__(self.layer, self._kernel_attr, self._kernel_variable)
+        return walk.call_with_weight(
+            self.layer, self._kernel_attr, kernel, self._kernel_variable, inputs, training
+        )
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -1,0 +1,79 @@
+"""Every use of a private Keras / TF-MOT API, in one module.
+
+Each function here is pinned by ``tests/test_compat.py``: when a Keras or
+TF-MOT release moves the private API, that test fails with a message naming
+the installed version and the function, instead of a bare AttributeError
+somewhere in the package.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def keras_version() -> str:
+    return keras.version()
+
+
+def functional_class():
+    """Keras' `Functional` model class (Sequential is a subclass)."""
+    from keras.src.models.functional import Functional
+
+    return Functional
+
+
+def is_graph_model(model) -> bool:
+    """True for Sequential and Functional models (cloneable, with a graph)."""
+    return isinstance(model, (keras.Sequential, functional_class()))
+
+
+def flatten_layers(layer, include_self: bool = False, recursive: bool = True):
+    """All layers tracked by ``layer`` (nested ones included), depth first."""
+    return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
+
+
+def own_trainable_variables(layer) -> list:
+    """The trainable variables a layer owns itself (not its sublayers')."""
+    return list(layer._trainable_variables)
+
+
+def producing_operation(tensor):
+    """The operation (layer) whose output a symbolic Keras tensor is."""
+    return tensor._keras_history.operation
+
+
+def keras_history(tensor):
+    """``(operation, node_index, tensor_index)`` of a symbolic Keras tensor."""
+    history = tensor._keras_history
+    return history.operation, history.node_index, history.tensor_index
+
+
+def run_through_graph(model, inputs, operation_fn):
+    """Calls a Functional model's graph with each operation replaced by ``operation_fn(op)``."""
+    return model._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def call_has_training_arg(layer) -> bool:
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def tfmot_weight_names(prune_registry, layer) -> list:
+    """Names of the weights TF-MOT's `PruneRegistry` prunes in ``layer``."""
+    return list(prune_registry._weight_names(layer))
+
+
+def backup_and_restore_without_save():
+    """A `BackupAndRestore` subclass that restores but never writes (non-chief workers)."""
+
+    class RestoreOnly(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            pass
+
+        def on_train_end(self, logs=None):
+            pass
+
+    return RestoreOnly
+
+
+def set_global_dtype_policy(policy) -> None:
+    keras.config.set_dtype_policy(policy)

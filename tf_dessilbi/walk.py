@@ -1,0 +1,138 @@
+"""The one model walk: find layers and their sparsifiable weights, clone models.
+
+Everything that visits a model's layers goes through here (masks, reports,
+the wrappers' `gate_model` / `mask_model`, strip, the path recorder), so a
+custom layer registered once in `tf_dessilbi.registry` is seen the same way
+everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional, Tuple
+
+import keras
+
+from tf_dessilbi import _compat
+from tf_dessilbi import registry
+
+
+def check_graph_model(model, what: str) -> None:
+    """Raises unless ``model`` is a built Sequential or Functional model.
+
+    Raises:
+        TypeError: not a `keras.Model`, or a subclassed model (nothing to clone).
+        ValueError: the model is not built.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{what}() needs a keras.Model. Received: model={model!r}")
+    if not _compat.is_graph_model(model):
+        raise TypeError(
+            f"{what}() works on Sequential and Functional models; "
+            f"{type(model).__name__} {model.name!r} is subclassed. Build it "
+            f"functionally, or wrap its layers in tf_dessilbi.layers.SparseGate / "
+            f"MaskedLayer inside the model."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{what}() needs a built model; model {model.name!r} is not built "
+            f"(give it an Input or call it on data first)."
+        )
+
+
+def layers(model) -> list:
+    """Every layer tracked by ``model`` (nested models' too), without ``model``."""
+    return _compat.flatten_layers(model, include_self=False, recursive=True)
+
+
+def leaf_layers(model) -> Iterator[keras.layers.Layer]:
+    """The layers `keras.models.clone_model(recursive=True)` hands to its clone function."""
+    for layer in model.layers:
+        if _compat.is_graph_model(layer):
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
+def find_weight(layer, weight_name: str) -> Tuple[str, keras.Variable]:
+    """``(attribute, variable)`` of a layer's weight ``weight_name``.
+
+    Looks for the variable in the attribute of that name, or ``_name`` behind
+    a property (how the wrappers substitute a masked weight during a call).
+
+    Raises:
+        TypeError: the layer holds no such variable.
+    """
+    own = vars(layer)
+    for attr in (weight_name, "_" + weight_name):
+        value = own.get(attr)
+        if isinstance(value, keras.Variable):
+            return attr, value
+    raise TypeError(
+        f"Layer {layer.name!r} ({type(layer).__name__}) has no variable in "
+        f"attribute {weight_name!r} or {'_' + weight_name!r} after build(); "
+        f"register it with the weight_name its call() reads."
+    )
+
+
+def sparsifiable(model) -> Iterator[Tuple[keras.layers.Layer, keras.Variable, registry.LayerSpec]]:
+    """``(layer, weight, spec)`` for every built layer of the table with a sparsifiable weight.
+
+    A wrapped layer (inside `SparseGate` / `MaskedLayer`) is yielded itself;
+    the wrappers are not in the table.
+    """
+    seen = set()
+    for layer in layers(model):
+        spec = registry.layer_spec(layer)
+        if spec is None or not spec.sparsifiable or not layer.built or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer, find_weight(layer, spec.weight_name)[1], spec
+
+
+def bias_of(layer) -> Optional[keras.Variable]:
+    """The layer's ``bias`` variable, if it has one."""
+    bias = getattr(layer, "bias", None)
+    return bias if isinstance(bias, keras.Variable) else None
+
+
+def plain_clone(layer):
+    """A fresh layer of the same class and config, and a function copying the weights into it."""
+    clone = layer.__class__.from_config(layer.get_config())
+    weights = layer.get_weights()
+    return clone, lambda c: c.set_weights(weights)
+
+
+def clone_with(model, make_clone: Callable) -> keras.Model:
+    """Clones ``model`` with ``make_clone(layer) -> (clone, copy_weights)``.
+
+    ``copy_weights(clone)`` runs once the cloned model is built.
+    """
+    copies = []
+
+    def clone_function(layer):
+        clone, copy_weights = make_clone(layer)
+        copies.append((clone, copy_weights))
+        return clone
+
+    cloned = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for clone, copy_weights in copies:
+        copy_weights(clone)
+    return cloned
+
+
+def call_with_weight(layer, attribute: str, value, variable, inputs, training=None):
+    """Runs ``layer.call(inputs)`` with ``layer.<attribute>`` replaced by ``value``.
+
+    The attribute is swapped for the call only (bypassing
+    ``Layer.__setattr__`` so nothing is tracked) and always restored to
+    ``variable``. This is how `SparseGate` and `MaskedLayer` reuse the wrapped
+    layer's own forward pass on a masked weight.
+    """
+    kwargs = {}
+    if _compat.call_has_training_arg(layer):
+        kwargs["training"] = training
+    object.__setattr__(layer, attribute, value)
+    try:
+        return layer.call(inputs, **kwargs)
+    finally:
+        object.__setattr__(layer, attribute, variable)
