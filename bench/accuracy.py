@@ -134,7 +134,7 @@ class _Recorder:
 
     def __init__(self, keras, model, eval_ds, dessilbi: bool, ticket_epochs, every: int):
         import tf_dessilbi
-        from tf_dessilbi import early_tickets
+        from tf_dessilbi.procedures import early_tickets
 
         self.cb = keras.callbacks.LambdaCallback(
             on_train_batch_end=self.on_batch, on_epoch_end=self.on_epoch
@@ -196,7 +196,8 @@ def _fit(config, data, steps_per_epoch, dessilbi, ticket_epochs=()):
 def _retrain(config, data, steps_per_epoch, initial, masks):
     import keras
 
-    from tf_dessilbi import early_tickets, train
+    from tf_dessilbi import train
+    from tf_dessilbi.procedures import early_tickets
 
     keras.utils.set_random_seed(config.seed)
     sgd = _sgd_config(config)

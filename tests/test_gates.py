@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tf_dessilbi import gates
+from tf_dessilbi.gates import maths as gates
 
 
 def sigmoid(x):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tf_dessilbi import proximal
+from tf_dessilbi.dessilbi import proximal
 from tests.dessilbi_reference import group_soft_threshold, soft_threshold
 
 RNG = np.random.default_rng(0)

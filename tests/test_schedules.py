@@ -2,7 +2,7 @@
 
 import pytest
 
-from tf_dessilbi import schedules
+from tf_dessilbi.gates import schedules
 
 
 @pytest.mark.parametrize("final_beta,epochs", [(200.0, 3), (50.0, 5), (10.0, 2)])

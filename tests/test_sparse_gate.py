@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tf_dessilbi.callbacks import GateTemperature
+from tf_dessilbi.gates.callbacks import GateTemperature
 from tf_dessilbi.layers import SparseGate
 from tf_dessilbi.registry import register_gated_layer
 
@@ -126,9 +126,9 @@ def test_mask_methods():
         (lambda: SparseGate(keras.layers.Dense(2), granularity="row"),
          r"`granularity` must be one of \('weight', 'filter', 'neuron'\). Received: granularity='row'", ValueError),
         (lambda: SparseGate(keras.layers.Dense(2), gate_init=float("nan")),
-         r"`gate_init` must be a finite number. Received: gate_init=nan", ValueError),
+         r"`gate_init` must be finite. Received: gate_init=nan", ValueError),
         (lambda: SparseGate(keras.layers.Dense(2), penalty=-1.0),
-         r"`penalty` must be >= 0.0. Received: penalty=-1.0", ValueError),
+         r"`penalty` must be >= 0. Received: penalty=-1.0", ValueError),
     ],
 )
 def test_bad_input(make, match, error):

@@ -15,7 +15,9 @@ import tf_dessilbi
 from tf_dessilbi import tfmot as bridge
 from tf_dessilbi.layers import SparseGate
 
-tf_keras, tfmot = bridge._modules()
+from tf_dessilbi.tfmot._lazy import modules as _modules  # noqa: E402
+
+tf_keras, tfmot = _modules()
 
 
 def _model():

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import tf_dessilbi
-from tf_dessilbi.ticket_search import TicketSearch
+from tf_dessilbi.procedures.ticket_search import TicketSearch
 
 
 def _builder():
@@ -35,10 +35,16 @@ class _Recorder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.fits.append({"start": self._snapshot(), "epochs": {},
                           "scores": [ops.convert_to_numpy(g.gate_scores).copy()
-                                     for g in tf_dessilbi.gated_layers(self.model)]})
+                                     for g in tf_dessilbi.gated_layers(self.model)],
+                          "beta": [float(ops.convert_to_numpy(g.beta)) for g in tf_dessilbi.gated_layers(self.model)]})
 
     def on_epoch_begin(self, epoch, logs=None):
         self.fits[-1]["epochs"][epoch] = self._snapshot()
+
+    def on_train_end(self, logs=None):
+        gates = tf_dessilbi.gated_layers(self.model)
+        self.fits[-1]["end_scores"] = [ops.convert_to_numpy(g.gate_scores).copy() for g in gates]
+        self.fits[-1]["end_beta"] = [float(ops.convert_to_numpy(g.beta)) for g in gates]
 
 
 def _search(**kwargs):
@@ -79,19 +85,23 @@ def test_gates_are_reset_between_rounds():
     search = _search(rounds=2, epochs_per_round=2, rewind_epoch=0, ticket_epochs=1)
     search.run((x, y), callbacks=[recorder], batch_size=16)
     # Round 1 starts from min(β_final·s, s₀) of round 0's final scores, β = 1.
-    end_of_round0 = recorder.fits[1]["scores"]
-    assert any(np.any(s < 0) for s in end_of_round0)
-    for s in end_of_round0:
-        assert np.all(s <= 0.0)  # open gates were put back to s₀ = 0
-        assert np.all((s < 0) | (s == 0))
+    start_of_round1 = recorder.fits[1]["scores"]
+    end_scores, end_beta = recorder.fits[0]["end_scores"], recorder.fits[0]["end_beta"]
+    assert all(b > 1.0 for b in end_beta)  # β was annealed: forgetting it would change s
+    assert any(np.any(s > 0) for s in end_scores) and any(np.any(s < 0) for s in end_scores)
+    for got, s, beta in zip(start_of_round1, end_scores, end_beta):
+        np.testing.assert_allclose(got, np.minimum(beta * s, 0.0), rtol=1e-6, atol=1e-7)
+    assert recorder.fits[1]["beta"] == [1.0] * len(end_beta)  # β ← 1 for round 1
 
 
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(rounds=0), ValueError, r"`rounds` must be an integer >= 1. Received: rounds=0"),
+        (dict(rounds=0), ValueError, r"`rounds` must be >= 1. Received: rounds=0"),
+        (dict(penalty=-1.0), ValueError, r"`penalty` must be >= 0. Received: penalty=-1"),
+        (dict(granularity="row"), ValueError, r"`granularity` must be one of \('weight', 'filter', 'neuron'\). Received: granularity='row'"),
         (dict(rewind_epoch=5), ValueError, r"`rewind_epoch` must be <= epochs_per_round=3. Received: rewind_epoch=5"),
-        (dict(rewind_epoch=-1), ValueError, r"`rewind_epoch` must be an integer >= 0. Received: rewind_epoch=-1"),
+        (dict(rewind_epoch=-1), ValueError, r"`rewind_epoch` must be >= 0. Received: rewind_epoch=-1"),
         (dict(final_beta=0.1), ValueError, r"`final_beta` must be a number >= 1. Received: final_beta=0.1"),
         (dict(per_step="yes"), TypeError, r"`per_step` must be a bool. Received: per_step='yes'"),
     ],

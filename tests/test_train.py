@@ -121,7 +121,7 @@ def test_early_tickets_retrain_the_support(tmp_path):
 def test_retrained_ticket_stays_masked(tmp_path, rewind):
     import keras
 
-    from tf_dessilbi import early_tickets
+    from tf_dessilbi.procedures import early_tickets
 
     def build():
         inputs = keras.Input((4,))

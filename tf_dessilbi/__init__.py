@@ -10,37 +10,44 @@ __version__ = "0.1.0"
 from tf_dessilbi import callbacks  # GateTemperature
 from tf_dessilbi import layers  # SparseGate
 from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used
+from tf_dessilbi import masks  # Mask, MaskSource and the adapters
 from tf_dessilbi.dessilbi import DessiLBI
+from tf_dessilbi.dessilbi import WStar
+from tf_dessilbi.dessilbi import apply_w_star
+from tf_dessilbi.dessilbi import structures_for
+from tf_dessilbi.dessilbi.proximal import group_soft_threshold
+from tf_dessilbi.dessilbi.proximal import soft_threshold
 from tf_dessilbi.export import export_saved_model
 from tf_dessilbi.export import strip
-from tf_dessilbi.gating import gate_masks
-from tf_dessilbi.gating import gate_model
-from tf_dessilbi.gating import gated_layers
-from tf_dessilbi.gating import reset_gates
-from tf_dessilbi.gating import set_beta
-from tf_dessilbi.gating import set_ticket_mode
-from tf_dessilbi.proximal import group_soft_threshold
-from tf_dessilbi.proximal import soft_threshold
+from tf_dessilbi.gates.gating import gate_masks
+from tf_dessilbi.gates.gating import gate_model
+from tf_dessilbi.gates.gating import gated_layers
+from tf_dessilbi.gates.gating import reset_gates
+from tf_dessilbi.gates.gating import set_beta
+from tf_dessilbi.gates.gating import set_ticket_mode
+from tf_dessilbi.layers.masked import mask_model
+from tf_dessilbi.masks import Mask
+from tf_dessilbi.masks import MaskSource
+from tf_dessilbi.procedures.ticket_search import TicketSearch
+from tf_dessilbi.procedures.ticket_search import TicketSearchResult
 from tf_dessilbi.registry import register_gated_layer
+from tf_dessilbi.registry import register_layer
 from tf_dessilbi.sparsity import SparsityReport
 from tf_dessilbi.sparsity import SparsityRow
-from tf_dessilbi.sparsity import WStar
-from tf_dessilbi.sparsity import apply_w_star
 from tf_dessilbi.sparsity import sparsity_report
-from tf_dessilbi.structures import structures_for
-from tf_dessilbi.ticket_search import TicketSearch
-from tf_dessilbi.ticket_search import TicketSearchResult
 
 
 def make_train_step(*args, **kwargs):
-    """See `tf_dessilbi.train_step.make_train_step` (TensorFlow backend only)."""
-    from tf_dessilbi.train_step import make_train_step as _make_train_step
+    """See `tf_dessilbi.dessilbi.train_step.make_train_step` (TensorFlow backend only)."""
+    from tf_dessilbi.dessilbi.train_step import make_train_step as _make_train_step
 
     return _make_train_step(*args, **kwargs)
 
 
 __all__ = [
     "DessiLBI",
+    "Mask",
+    "MaskSource",
     "SparsityReport",
     "SparsityRow",
     "TicketSearch",
@@ -56,7 +63,10 @@ __all__ = [
     "group_soft_threshold",
     "layers",
     "make_train_step",
+    "mask_model",
+    "masks",
     "register_gated_layer",
+    "register_layer",
     "reset_gates",
     "set_beta",
     "set_ticket_mode",

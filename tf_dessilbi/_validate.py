@@ -39,11 +39,11 @@ def real(
         raise ValueError(f"`{name}` must be finite. Received: {name}={value}")
     if minimum is not None and (value <= minimum if min_open else value < minimum):
         raise ValueError(
-            f"`{name}` must be {'>' if min_open else '>='} {minimum:g}. Received: {name}={value:g}"
+            f"`{name}` must be {'>' if min_open else '>='} {minimum:g}. Received: {name}={value}"
         )
     if maximum is not None and (value >= maximum if max_open else value > maximum):
         raise ValueError(
-            f"`{name}` must be {'<' if max_open else '<='} {maximum:g}. Received: {name}={value:g}"
+            f"`{name}` must be {'<' if max_open else '<='} {maximum:g}. Received: {name}={value}"
         )
     return value
 

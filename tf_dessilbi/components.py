@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 
 from tf_dessilbi import models as models_lib
-from tf_dessilbi.dessilbi import DessiLBI
-from tf_dessilbi.structures import structures_for
+from tf_dessilbi.dessilbi.optimizer import DessiLBI
+from tf_dessilbi.dessilbi.structures import structures_for
 
 STRATEGIES = {
     "default": lambda config: tf.distribute.get_strategy(),
@@ -143,7 +143,7 @@ def gates_api():
     """The Continuous Sparsification modules, or a clear error if missing."""
     try:
         from tf_dessilbi import callbacks
-        from tf_dessilbi import gating
+        from tf_dessilbi.gates import gating
     except ImportError as e:
         raise RuntimeError(
             "config.gates.enabled=True needs the Continuous Sparsification API "

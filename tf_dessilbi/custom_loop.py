@@ -17,7 +17,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from tf_dessilbi.train_step import make_train_step
+from tf_dessilbi.dessilbi.train_step import make_train_step
 
 
 def evaluate(model: keras.Model, dataset, strategy, steps: Optional[int] = None) -> dict:

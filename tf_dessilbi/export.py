@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from tf_dessilbi.sparsity import apply_w_star
+from tf_dessilbi.dessilbi.w_star import apply_w_star
 
 SERVING_SIGNATURE = "serving_default"
 

@@ -160,7 +160,8 @@ class MaskSource(Protocol):
         ...
 
 
-def _unwrap_optimizer(optimizer):
+def unwrap_optimizer(optimizer):
+    """The optimizer doing the updates (unwraps `LossScaleOptimizer`)."""
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
@@ -172,7 +173,7 @@ class OptimizerSupport:
     """
 
     def __init__(self, optimizer):
-        optimizer = _unwrap_optimizer(optimizer)
+        optimizer = unwrap_optimizer(optimizer)
         if not hasattr(optimizer, "support") or not hasattr(optimizer, "variable_structure"):
             raise TypeError(
                 "A support mask needs a tf_dessilbi.DessiLBI optimizer (one with "
@@ -325,8 +326,8 @@ def resolve(source, model, optimizer=None) -> Mask:
         result = source
     elif isinstance(source, Mapping):
         result = UnitMasks(source).mask(model)
-    elif hasattr(_unwrap_optimizer(source), "support") and hasattr(
-        _unwrap_optimizer(source), "variable_structure"
+    elif hasattr(unwrap_optimizer(source), "support") and hasattr(
+        unwrap_optimizer(source), "variable_structure"
     ):
         result = OptimizerSupport(source).mask(model)
     elif isinstance(source, MaskSource):

@@ -67,7 +67,7 @@ def coupled_kernels(model: keras.Model, optimizer) -> list:
 def _gated_kernels(model: keras.Model) -> list:
     """``(layer_name, W ⊙ soft mask, W ⊙ hard mask)`` for gated layers, if any."""
     try:
-        from tf_dessilbi import gating  # lands with the CS issue
+        from tf_dessilbi.gates import gating
     except ImportError:
         return []
     out = []

@@ -1,4 +1,4 @@
-"""The sparse model of a DessiLBI run: W* = W on supp(Γ), and its report."""
+"""How sparse a model is: per-layer units and weights kept, from any mask source."""
 
 from __future__ import annotations
 
@@ -6,103 +6,10 @@ import dataclasses
 
 import keras
 import numpy as np
-from keras import ops
 
-
-
-def _owned_variables(model):
-    """Yields ``(layer, kernel, bias)`` for every layer owning a ``kernel``."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        own = {v.path.split("/")[-1]: v for v in layer._trainable_variables}
-        kernel = own.get("kernel")
-        if kernel is not None:
-            yield layer, kernel, own.get("bias")
-
-
-def unwrap_optimizer(optimizer):
-    """The optimizer doing the updates (unwraps `LossScaleOptimizer`)."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
-def _unit_kept(mask: np.ndarray) -> np.ndarray:
-    """Output units (last axis) with at least one weight kept."""
-    return mask.reshape(-1, mask.shape[-1]).any(axis=0)
-
-
-class WStar:
-    """Handle returned by `apply_w_star`: restores the dense W on demand.
-
-    Usable as a context manager: the dense weights come back on exit.
-    """
-
-    def __init__(self, saved):
-        self._saved = saved
-        self.restored = False
-
-    def restore(self):
-        """Puts back the dense W (and biases) saved by `apply_w_star`."""
-        if self.restored:
-            return
-        for variable, value in self._saved:
-            variable.assign(value)
-        self.restored = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.restore()
-        return False
-
-
-def apply_w_star(model: keras.Model, optimizer, prune_bias: bool = True) -> WStar:
-    """Sets every coupled kernel to W* = W ⊙ 1[Γ ≠ 0], the sparse model.
-
-    Args:
-        model: the model trained with `optimizer`.
-        optimizer: a built `tf_dessilbi.DessiLBI` (or anything with
-            ``support(variable)``).
-        prune_bias: also zero the bias of every output unit (filter, neuron)
-            whose weights are all outside the support, so a pruned unit
-            outputs act(0) instead of act(bias) and can really be removed.
-            (The authors' code keeps those biases.) Defaults to `True`.
-
-    Returns:
-        A `WStar` handle; ``handle.restore()`` (or leaving a ``with`` block)
-        puts the dense W back.
-
-    Raises:
-        ValueError: the optimizer is not built for this model's variables.
-    """
-    optimizer = unwrap_optimizer(optimizer)
-    if not getattr(optimizer, "built", False):
-        raise ValueError(
-            "apply_w_star() needs an optimizer that has been built for the "
-            "model (train at least one step first)."
-        )
-    # Compute everything before assigning anything: all or nothing.
-    updates = []
-    for layer, kernel, bias in _owned_variables(model):
-        try:
-            support = optimizer.support(kernel)
-        except ValueError:
-            raise ValueError(
-                f"Layer {layer.name!r}: its kernel is not known to the "
-                f"optimizer; was the model trained with it?"
-            ) from None
-        if support is None:
-            continue
-        mask = ops.convert_to_numpy(support)
-        w = ops.convert_to_numpy(kernel)
-        updates.append((kernel, w, np.where(mask, w, 0).astype(w.dtype)))
-        if prune_bias and bias is not None:
-            b = ops.convert_to_numpy(bias)
-            updates.append((bias, b, np.where(_unit_kept(mask), b, 0).astype(b.dtype)))
-    saved = []
-    for variable, old, new in updates:
-        variable.assign(new)
-        saved.append((variable, old))
-    return WStar(saved)
+from tf_dessilbi import masks as masks_lib
+from tf_dessilbi import walk
+from tf_dessilbi.masks import unwrap_optimizer  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +23,11 @@ class SparsityRow:
     units_total: int
     weights_kept: int
     weights_total: int
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing of the layer is kept: it outputs a constant."""
+        return self.weights_kept == 0
 
     @property
     def unit_fraction(self) -> float:
@@ -167,7 +79,13 @@ class SparsityReport:
             "weight_fraction": self.weight_fraction,
             "units_kept": self.units_kept,
             "units_total": self.units_total,
+            "empty_layers": self.empty_layers,
         }
+
+    @property
+    def empty_layers(self) -> list:
+        """Layers whose every weight is removed (the model outputs a constant there)."""
+        return sorted({r.layer for r in self.rows if r.empty})
 
     def __str__(self) -> str:
         header = ("layer", "structure", "units kept", "weights kept", "kept %")
@@ -177,7 +95,7 @@ class SparsityReport:
                 r.structure,
                 f"{r.units_kept}/{r.units_total}",
                 f"{r.weights_kept}/{r.weights_total}",
-                f"{100 * r.weight_fraction:.2f}",
+                f"{100 * r.weight_fraction:.2f}" + ("  EMPTY" if r.empty else ""),
             )
             for r in self.rows
         ]
@@ -200,10 +118,10 @@ class SparsityReport:
     __repr__ = __str__
 
 
-def _row(layer_name, variable, structure, mask: np.ndarray) -> SparsityRow:
-    units = _unit_kept(mask)
+def _row(layer, variable, structure, mask: np.ndarray, unit_axes) -> SparsityRow:
+    units = masks_lib.unit_mask_of(mask, unit_axes)
     return SparsityRow(
-        layer=layer_name,
+        layer=layer.name,
         variable=variable.path,
         structure=structure,
         units_kept=int(units.sum()),
@@ -213,46 +131,51 @@ def _row(layer_name, variable, structure, mask: np.ndarray) -> SparsityRow:
     )
 
 
-def sparsity_report(model: keras.Model, optimizer=None) -> SparsityReport:
+def sparsity_report(model: keras.Model, optimizer=None, source=None) -> SparsityReport:
     """Per-layer counts of units (filters/neurons) and weights kept.
 
-    For a DessiLBI run the kept weights are the support of Γ; a unit is kept
-    when at least one of its weights is (for group structures: the group is
-    in the support). Every `SparseGate` adds a row with structure
-    ``"gate:<granularity>"`` whose kept weights are those of the hard mask,
-    s > 0.
+    One row per masked weight and source: DessiLBI's supp(Γ) (structure
+    ``"filter"``/``"neuron"``/``"elementwise"``), each `SparseGate`
+    (``"gate:<granularity>"``, the hard mask s > 0), each `MaskedLayer`
+    (``"fixed"``), and an explicit ``source`` (``"mask"``). A unit is kept
+    when at least one of its weights is.
 
     Args:
         model: a Keras model.
         optimizer: the built `DessiLBI` that trained `model`. Defaults to
             ``model.optimizer`` when that is a built DessiLBI.
+        source: any other mask source (`tf_dessilbi.masks.resolve`).
+            Defaults to None.
 
     Returns:
         A `SparsityReport` (``str(report)`` is a table; ``report.to_dict()``
         plain data).
     """
     if optimizer is None:
-        optimizer = getattr(model, "optimizer", None)
-    optimizer = unwrap_optimizer(optimizer)
+        candidate = masks_lib.unwrap_optimizer(getattr(model, "optimizer", None))
+        if hasattr(candidate, "support") and getattr(candidate, "built", False):
+            optimizer = candidate
+    sources = []
+    if optimizer is not None:
+        support = masks_lib.OptimizerSupport(optimizer)
+        sources.append((support.mask(model), lambda k, v: support.optimizer.variable_structure(v)))
+    gates = masks_lib.find_wrappers(model, masks_lib.GateMasks.wrapper_class())
+    if gates:
+        granularity = {masks_lib.weight_key(g.layer, g.weight_variable): g.granularity for g in gates}
+        gate_mask = masks_lib.GateMasks().mask(model)
+        sources.append((gate_mask, lambda k, v: f"gate:{granularity[k]}"))
+    fixed = masks_lib.FixedMasks().mask(model)
+    if fixed:
+        sources.append((fixed, lambda k, v: "fixed"))
+    if source is not None:
+        sources.append((masks_lib.resolve(source, model), lambda k, v: "mask"))
     rows = []
-    for layer, kernel, _ in _owned_variables(model):
-        if optimizer is None or not hasattr(optimizer, "support"):
-            continue
-        if not getattr(optimizer, "built", False):
-            raise ValueError(
-                "sparsity_report() needs a built optimizer (train a step first)."
-            )
-        support = optimizer.support(kernel)
-        if support is None:
-            continue
-        structure = optimizer.variable_structure(kernel)
-        rows.append(_row(layer.name, kernel, structure, ops.convert_to_numpy(support)))
-    from tf_dessilbi.gating import gated_layers  # Continuous Sparsification gates
-
-    for gate in gated_layers(model):
-        if gate.built:
-            rows.append(
-                _row(gate.layer.name, gate._kernel_variable,
-                     f"gate:{gate.granularity}", gate.kept_mask())
-            )
+    layers = list(walk.sparsifiable(model))
+    for mask, structure_of in sources:
+        for layer, variable, spec in layers:
+            key = masks_lib.weight_key(layer, variable)
+            if key not in mask.weights:
+                continue
+            structure = structure_of(key, variable)
+            rows.append(_row(layer, variable, structure, mask.weights[key], spec.unit_axes))
     return SparsityReport(rows)

@@ -25,7 +25,7 @@ from absl import logging
 
 from tf_dessilbi import config_lib
 from tf_dessilbi import custom_loop
-from tf_dessilbi import early_tickets as tickets_lib
+from tf_dessilbi.procedures import early_tickets as tickets_lib
 from tf_dessilbi import input_pipeline
 from tf_dessilbi import models as models_lib
 from tf_dessilbi.components import STRATEGIES
@@ -34,7 +34,7 @@ from tf_dessilbi.components import build_optimizer
 from tf_dessilbi.components import gates_api
 from tf_dessilbi.components import is_chief
 from tf_dessilbi.components import learning_rate_schedule
-from tf_dessilbi.sparsity import apply_w_star
+from tf_dessilbi.dessilbi.w_star import apply_w_star
 from tf_dessilbi.sparsity import sparsity_report
 from tf_dessilbi.sparsity import unwrap_optimizer
 
@@ -264,7 +264,7 @@ def _ticket_search(config, workdir, strategy, chief, data, steps_per_epoch, star
     No `BackupAndRestore` here: a killed search starts again from round 0.
     """
     try:
-        from tf_dessilbi.ticket_search import TicketSearch
+        from tf_dessilbi.procedures.ticket_search import TicketSearch
     except ImportError as e:
         raise RuntimeError(
             f"config.gates.rounds={config.gates.rounds} needs "

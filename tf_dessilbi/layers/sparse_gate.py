@@ -7,12 +7,18 @@ import numpy as np
 from keras import ops
 
 from tf_dessilbi import _validate
-from tf_dessilbi import gates
+from tf_dessilbi.gates import maths as gates
 from tf_dessilbi import registry
 from tf_dessilbi import walk
 
 GRANULARITIES = ("weight", "filter", "neuron")
 
+
+
+def check_gate_arguments(granularity, gate_init, penalty):
+    """Validates `SparseGate`'s own arguments; returns them in canonical form."""
+    granularity = _validate.one_of("granularity", granularity, GRANULARITIES)
+    return granularity, _validate.real("gate_init", gate_init), _validate.non_negative("penalty", penalty)
 
 
 @keras.saving.register_keras_serializable(package="tf_dessilbi")
@@ -81,18 +87,12 @@ class SparseGate(keras.layers.Wrapper):
                 f"({layer.name!r}). Supported: {', '.join(registry.supported_layers())}; "
                 f"register other layers with tf_dessilbi.register_gated_layer()."
             )
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"`granularity` must be one of {GRANULARITIES}. "
-                f"Received: granularity={granularity!r}"
-            )
         if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
             raise ValueError(
                 f"SparseGate cannot gate layer {layer.name!r}: LoRA-enabled and "
                 f"quantized layers are not supported."
             )
-        gate_init = _validate.real("gate_init", gate_init)
-        penalty = _validate.non_negative("penalty", penalty)
+        granularity, gate_init, penalty = check_gate_arguments(granularity, gate_init, penalty)
         kwargs.setdefault("name", f"{layer.name}_gate")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)

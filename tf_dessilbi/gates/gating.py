@@ -13,65 +13,12 @@ from typing import Callable, Optional
 
 import keras
 
-from tf_dessilbi import gates
+from tf_dessilbi import _validate
+from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import registry
+from tf_dessilbi import walk
+from tf_dessilbi.gates import maths as gates
 from tf_dessilbi.layers.sparse_gate import SparseGate
-
-
-def _is_graph_model(model) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, (keras.Sequential, Functional))
-
-
-def _check_graph_model(model, what: str):
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"{what}() needs a keras.Model. Received: model={model!r}")
-    if not _is_graph_model(model):
-        raise TypeError(
-            f"{what}() clones Sequential and Functional models; "
-            f"{type(model).__name__} {model.name!r} is subclassed. Wrap its "
-            f"layers in tf_dessilbi.layers.SparseGate inside the model instead "
-            f"(gated_layers(), gate_masks() and the callbacks find them)."
-        )
-    if not model.built:
-        raise ValueError(
-            f"{what}() needs a built model; model {model.name!r} is not built "
-            f"(give it an Input or call it on data first)."
-        )
-
-
-def _leaf_layers(model):
-    """Layers `clone_model(recursive=True)` hands to its clone function."""
-    for layer in model.layers:
-        if _is_graph_model(layer):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
-def _clone_with(model, make_clone):
-    """Clones ``model`` with ``make_clone(layer) -> (clone, copy_weights)``.
-
-    ``copy_weights(clone)`` runs once the clone is built.
-    """
-    copies = []
-
-    def clone_function(layer):
-        clone, copy_weights = make_clone(layer)
-        copies.append((clone, copy_weights))
-        return clone
-
-    cloned = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    for clone, copy_weights in copies:
-        copy_weights(clone)
-    return cloned
-
-
-def _plain_clone(layer):
-    clone = layer.__class__.from_config(layer.get_config())
-    weights = layer.get_weights()
-    return clone, lambda c: c.set_weights(weights)
 
 
 def gate_model(
@@ -108,7 +55,7 @@ def gate_model(
     gated.fit(x, y, callbacks=[GateTemperature(200.0, epochs=3)], epochs=3)
     ```
     """
-    _check_graph_model(model, "gate_model")
+    walk.check_graph_model(model, "gate_model")
     if layer_filter is not None and not callable(layer_filter):
         raise TypeError(
             f"`layer_filter` must be callable(layer) -> bool. Received: "
@@ -116,8 +63,8 @@ def gate_model(
         )
     # Validate everything before cloning anything.
     chosen = set()
-    for layer in _leaf_layers(model):
-        if isinstance(layer, (keras.layers.InputLayer, SparseGate)):
+    for layer in walk.leaf_layers(model):
+        if isinstance(layer, (keras.layers.InputLayer, keras.layers.Wrapper)):
             continue
         if layer_filter is None:
             wanted = registry.gate_spec(layer) is not None
@@ -134,20 +81,16 @@ def gate_model(
 
     def make_clone(layer):
         if id(layer) not in chosen:
-            return _plain_clone(layer)
-        inner, copy_weights = _plain_clone(layer)
+            return walk.plain_clone(layer)
+        inner, copy_weights = walk.plain_clone(layer)
         return SparseGate(inner, **gate_kwargs), lambda g: copy_weights(g.layer)
 
-    return _clone_with(model, make_clone)
+    return walk.clone_with(model, make_clone)
 
 
 def gated_layers(model: keras.layers.Layer) -> list:
     """Every `SparseGate` in ``model`` (walking its tracked layers, nested included)."""
-    found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, SparseGate) and all(layer is not g for g in found):
-            found.append(layer)
-    return found
+    return masks_lib.find_wrappers(model, SparseGate)
 
 
 def _require_gates(model, what):
@@ -166,30 +109,30 @@ def _require_gates(model, what):
 def gate_masks(model: keras.layers.Layer) -> dict:
     """Hard masks ``{inner layer name: bool array shaped like its kernel}``.
 
-    True where the gate is open (s > 0): the weights the ticket keeps.
+    True where the gate is open (s > 0): the weights the ticket keeps. The
+    same masks as `tf_dessilbi.masks.GateMasks`, keyed by layer name.
     """
-    masks = {}
-    for gate in _require_gates(model, "gate_masks"):
-        name = gate.layer.name
-        if name in masks:
-            raise ValueError(
-                f"gate_masks(): two gated layers are named {name!r}; give the "
-                f"wrapped layers unique names."
-            )
-        masks[name] = gate.kept_mask()
-    return masks
+    found = _require_gates(model, "gate_masks")
+    mask = masks_lib.GateMasks().mask(model)
+    return {g.layer.name: mask.weights[masks_lib.weight_key(g.layer, g.weight_variable)] for g in found}
 
 
 def set_ticket_mode(model: keras.layers.Layer, ticket: bool = True) -> None:
     """Switches every gate to the hard mask (``ticket=True``) or back to search."""
+    ticket = _validate.boolean("ticket", ticket)
     for gate in _require_gates(model, "set_ticket_mode"):
         gate.ticket.assign(1.0 if ticket else 0.0)
 
 
 def set_beta(model: keras.layers.Layer, beta: float) -> None:
-    """Sets the temperature β of every gate."""
+    """Sets the temperature β of every gate (a finite number > 0).
+
+    Raises:
+        ValueError, TypeError: β is not a finite positive number.
+    """
+    beta = _validate.positive("beta", beta)
     for gate in _require_gates(model, "set_beta"):
-        gate.beta.assign(float(beta))
+        gate.beta.assign(beta)
 
 
 def reset_gates(model: keras.layers.Layer) -> None:

@@ -8,9 +8,16 @@ authors' CIFAR scripts).
 
 * `SupportSnapshots` (a callback) saves the support of Γ at chosen epochs to
   ``<dir>/support_epoch<E>.npz``, and the weights at a rewind epoch.
-* `retrain_ticket` resets a model to the saved weights, applies the mask and
-  trains it with the mask held fixed (a kernel constraint applied by the
-  optimizer after every update).
+* `retrain_ticket` resets a model to the saved weights, wraps its masked
+  layers in `tf_dessilbi.layers.MaskedLayer` (the package's one fixed-mask
+  mechanism; the layers' own constraints are left alone) and trains it with
+  the mask held fixed. A support that is empty in some layer is reported as
+  such (``"empty_layers"``) and not retrained: that subnetwork outputs a
+  constant.
+
+Masks are `tf_dessilbi.masks.Mask` values keyed by layer and weight name, so
+they match a rebuilt model of the same architecture whatever Keras' unique
+variable-path suffixes.
 """
 
 from __future__ import annotations
@@ -21,18 +28,13 @@ from typing import Callable, Optional, Sequence
 import keras
 import numpy as np
 
-from tf_dessilbi.sparsity import unwrap_optimizer
+from tf_dessilbi import masks as masks_lib
+from tf_dessilbi.layers.masked import mask_model
 
 
-def support_masks(model: keras.Model, optimizer) -> dict:
-    """``{kernel_path: bool mask}`` of supp(Γ) for every coupled kernel."""
-    optimizer = unwrap_optimizer(optimizer)
-    masks = {}
-    for variable in model.trainable_variables:
-        support = optimizer.support(variable)
-        if support is not None:
-            masks[variable.path] = keras.ops.convert_to_numpy(support)
-    return masks
+def support_masks(model: keras.Model, optimizer) -> masks_lib.Mask:
+    """supp(Γ) of every coupled kernel, as a `Mask`."""
+    return masks_lib.OptimizerSupport(optimizer).mask(model)
 
 
 class SupportSnapshots(keras.callbacks.Callback):
@@ -56,8 +58,7 @@ class SupportSnapshots(keras.callbacks.Callback):
         epoch += 1
         os.makedirs(self.directory, exist_ok=True)
         if epoch in self.epochs:
-            masks = support_masks(self.model, self.model.optimizer)
-            np.savez(support_file(self.directory, epoch), **masks)
+            support_masks(self.model, self.model.optimizer).save(support_file(self.directory, epoch))
         if epoch == self.rewind_epoch:
             save_weights(weights_file(self.directory, epoch), self.model)
 
@@ -66,10 +67,9 @@ def support_file(directory: str, epoch: int) -> str:
     return os.path.join(directory, f"support_epoch{epoch}.npz")
 
 
-def load_support(directory: str, epoch: int) -> dict:
-    """The ``{kernel_path: bool mask}`` saved by `SupportSnapshots` at `epoch`."""
-    with np.load(support_file(directory, epoch)) as data:
-        return {key: data[key] for key in data.files}
+def load_support(directory: str, epoch: int) -> masks_lib.Mask:
+    """The support `Mask` saved by `SupportSnapshots` at `epoch`."""
+    return masks_lib.Mask.load(support_file(directory, epoch))
 
 
 def weights_file(directory: str, epoch: int) -> str:
@@ -86,44 +86,10 @@ def load_weights(filename: str) -> list:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-class _FixedMask(keras.constraints.Constraint):
-    """Keeps a kernel at zero outside a fixed mask (applied after each update)."""
-
-    def __init__(self, mask):
-        self.mask = np.asarray(mask)
-
-    def __call__(self, w):
-        return w * keras.ops.cast(self.mask, w.dtype)
-
-
-def apply_fixed_masks(model: keras.Model, masks: dict) -> None:
-    """Zeroes each masked kernel outside its mask and keeps it so in training.
-
-    Raises:
-        ValueError: a mask names no model variable, or has the wrong shape.
-    """
-    by_path = {v.path: v for v in model.trainable_variables}
-    for path, mask in masks.items():
-        variable = by_path.get(path)
-        if variable is None:
-            raise ValueError(
-                f"Ticket mask for {path!r} matches no trainable variable of "
-                f"{model.name!r}; variables: {sorted(by_path)[:12]}"
-            )
-        if tuple(mask.shape) != tuple(variable.shape):
-            raise ValueError(
-                f"Ticket mask for {path!r} has shape {mask.shape}, the "
-                f"variable {tuple(variable.shape)}."
-            )
-        constraint = _FixedMask(mask)
-        variable.assign(constraint(variable))
-        variable.constraint = constraint
-
-
 def retrain_ticket(
     build_model: Callable[[], keras.Model],
     start_weights: list,
-    masks: dict,
+    masks: masks_lib.Mask,
     train_ds,
     eval_ds,
     epochs: int,
@@ -140,7 +106,7 @@ def retrain_ticket(
             it inside the distribution strategy's scope).
         start_weights: the weights to start from (initial or rewound), in
             ``model.weights`` order.
-        masks: ``{kernel_path: bool mask}`` (from `support_masks`).
+        masks: the ticket's `Mask` (from `support_masks` / `load_support`).
         train_ds: training dataset (repeating).
         eval_ds: evaluation dataset.
         epochs: training epochs.
@@ -152,22 +118,26 @@ def retrain_ticket(
         verbose: Keras verbosity. Defaults to `0`.
 
     Returns:
-        ``{"accuracy", "loss", "weights_kept", "weights_total"}`` of the
-        retrained ticket on `eval_ds`.
+        ``{"accuracy", "loss", "weights_kept", "weights_total",
+        "empty_layers"}`` of the retrained ticket on `eval_ds`; when a layer
+        keeps nothing, ``accuracy`` and ``loss`` are None and nothing is
+        trained.
+
+    Raises:
+        ValueError: the masks do not fit the rebuilt model.
     """
     model = build_model()
     model.set_weights(start_weights)
-    # Paths differ between two builds only by Keras' unique-name suffixes,
-    # so match the masks to this model by variable order.
-    source_paths = list(masks)
-    model_paths = [v.path for v in model.trainable_variables]
-    if not set(source_paths) <= set(model_paths):
-        raise ValueError(
-            f"Ticket masks {source_paths[:4]}… do not match the variables of "
-            f"the rebuilt model {model_paths[:4]}…; build it with the same "
-            "layer names."
-        )
-    apply_fixed_masks(model, masks)
+    masks = masks_lib.resolve(masks, model)
+    masks_lib.apply_to(masks, model)  # raises on keys or shapes that do not fit
+    counts = {
+        "weights_kept": masks.weights_kept,
+        "weights_total": masks.weights_total,
+        "empty_layers": sorted(k.split("/")[0] for k, m in masks.weights.items() if not m.any()),
+    }
+    if counts["empty_layers"]:
+        return {"accuracy": None, "loss": None, **counts}
+    model = mask_model(model, masks)
     model.compile(
         optimizer=make_optimizer(),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -178,11 +148,4 @@ def retrain_ticket(
         train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose
     )
     loss, accuracy = model.evaluate(eval_ds, steps=eval_steps, verbose=0)[:2]
-    kept = sum(int(np.sum(m)) for m in masks.values())
-    total = sum(int(np.size(m)) for m in masks.values())
-    return {
-        "accuracy": float(accuracy),
-        "loss": float(loss),
-        "weights_kept": kept,
-        "weights_total": total,
-    }
+    return {"accuracy": float(accuracy), "loss": float(loss), **counts}

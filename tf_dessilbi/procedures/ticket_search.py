@@ -21,17 +21,11 @@ import numpy as np
 from absl import logging
 from keras import ops
 
-from tf_dessilbi import gating
-from tf_dessilbi.callbacks import GateTemperature
-from tf_dessilbi.callbacks import _sync_jax_state
-
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
-    return value
+from tf_dessilbi import _validate
+from tf_dessilbi.gates import gating
+from tf_dessilbi.gates.callbacks import GateTemperature
+from tf_dessilbi.gates.callbacks import _sync_jax_state
+from tf_dessilbi.layers.sparse_gate import check_gate_arguments
 
 
 def _gate_variable_ids(model):
@@ -186,20 +180,21 @@ class TicketSearch:
                 f"`optimizer` must be a no-argument factory returning an "
                 f"optimizer, or an optimizer name. Received: optimizer={optimizer!r}"
             )
-        self.rounds = _positive_int("rounds", rounds)
-        self.epochs_per_round = _positive_int("epochs_per_round", epochs_per_round)
-        self.rewind_epoch = _positive_int("rewind_epoch", rewind_epoch, minimum=0)
+        self.rounds = _validate.positive_int("rounds", rounds)
+        self.epochs_per_round = _validate.positive_int("epochs_per_round", epochs_per_round)
+        self.rewind_epoch = _validate.integer("rewind_epoch", rewind_epoch, minimum=0)
         if rewind_epoch > epochs_per_round:
             raise ValueError(
                 f"`rewind_epoch` must be <= epochs_per_round={epochs_per_round}. "
                 f"Received: rewind_epoch={rewind_epoch!r}"
             )
-        self.ticket_epochs = _positive_int(
+        self.ticket_epochs = _validate.positive_int(
             "ticket_epochs", epochs_per_round if ticket_epochs is None else ticket_epochs
         )
         if not isinstance(per_step, bool):
             raise TypeError(f"`per_step` must be a bool. Received: per_step={per_step!r}")
         GateTemperature(final_beta, epochs_per_round, per_step=per_step)  # validates
+        granularity, gate_init, penalty = check_gate_arguments(granularity, gate_init, penalty)
         self.gate_kwargs = dict(granularity=granularity, gate_init=gate_init, penalty=penalty)
         self.layer_filter = layer_filter
         self._model_arg = model

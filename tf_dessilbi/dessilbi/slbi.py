@@ -16,8 +16,8 @@ An uncoupled weight takes ``W_new = W − κ·α·d``.
 
 from __future__ import annotations
 
-from tf_dessilbi import proximal
-from tf_dessilbi.structures import ELEMENTWISE, GROUP_STRUCTURES
+from tf_dessilbi.dessilbi import proximal
+from tf_dessilbi.dessilbi.structures import ELEMENTWISE, GROUP_STRUCTURES
 
 
 def momentum_direction(gradient, buffer, momentum, nesterov: bool):

@@ -13,7 +13,18 @@ other axis.
 
 from __future__ import annotations
 
+import numbers
+
 from keras import ops
+
+from tf_dessilbi import _validate
+
+
+def _checked(threshold):
+    """A Python / NumPy threshold must be >= 0 (tensors are checked where they are set)."""
+    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+        _validate.non_negative("threshold", threshold)
+    return threshold
 
 
 def soft_threshold(x, threshold):
@@ -28,8 +39,11 @@ def soft_threshold(x, threshold):
     Returns:
         A tensor of the shape and dtype of `x`; exactly zero where
         ``|x| ≤ threshold``.
+
+    Raises:
+        ValueError: a negative Python/NumPy ``threshold``.
     """
-    threshold = ops.cast(threshold, x.dtype)
+    threshold = ops.cast(_checked(threshold), x.dtype)
     return ops.sign(x) * ops.maximum(ops.abs(x) - threshold, 0.0)
 
 
@@ -63,8 +77,11 @@ def group_soft_threshold(x, threshold, axis=None):
 
     Returns:
         A tensor of the shape and dtype of `x`.
+
+    Raises:
+        ValueError: a negative Python/NumPy ``threshold``.
     """
-    threshold = ops.cast(threshold, x.dtype)
+    threshold = ops.cast(_checked(threshold), x.dtype)
     norm = group_norms(x, axis)
     above = ops.greater(norm, threshold)
     # norm > threshold ≥ 0 implies norm > 0: the division is safe where used.

@@ -1,0 +1,216 @@
+"""What the Keras 3 and the tf_keras DessiLBI optimizers share.
+
+`DessiLBIMixin` holds everything but the framework glue: argument validation,
+κ/μ/λ as non-trainable variables behind validating setters, the slots
+(momentum, V, Γ) created in `build`, the step (maths in `slbi.step`), the
+accessors (`gamma`, `v`, `support`, `variable_structure`) and the config. A
+subclass supplies five small hooks:
+
+* ``_new_hyper_variable(value, name)`` — a float32 non-trainable variable;
+* ``_new_slot(variable, name)`` — a zero slot shaped like ``variable``;
+* ``_slot_index(variable)`` — the index of a model variable (raises if unknown);
+* ``_assign_slot(variable, value)`` — assignment that works in its framework;
+* ``_variable_path(variable)`` — the path structures are resolved against.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from keras import ops
+
+from tf_dessilbi import _validate
+from tf_dessilbi.dessilbi import slbi
+from tf_dessilbi.dessilbi import structures as structures_lib
+
+LAMBDA_SCALINGS = ("fan_in", "none")
+
+
+def validate_hyperparameters(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure):
+    """Checks DessiLBI's own arguments (shared by both optimizers).
+
+    Returns:
+        ``(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure)``
+        normalized: floats, and the structure in `validate_structure` form.
+
+    Raises:
+        ValueError, TypeError: naming the argument, the value and what is allowed.
+    """
+    kappa = _validate.positive("kappa", kappa)
+    mu = _validate.positive("mu", mu)
+    lambda_ = _validate.non_negative("lambda_", lambda_)
+    momentum = _validate.non_negative("momentum", momentum)
+    if not momentum < 1.0:
+        raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"`nesterov` must be a bool. Received: nesterov={nesterov!r}")
+    if nesterov and momentum == 0.0:
+        raise ValueError(
+            "`nesterov=True` needs `momentum` > 0. "
+            f"Received: momentum={momentum}, nesterov={nesterov}"
+        )
+    _validate.one_of("lambda_scaling", lambda_scaling, LAMBDA_SCALINGS)
+    structure = structures_lib.validate_structure(structure)
+    return kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure
+
+
+class _PathShape:
+    """What structure resolution reads of a variable: its path and shape."""
+
+    def __init__(self, path, shape):
+        self.path = path
+        self.shape = tuple(shape)
+
+
+class DessiLBIMixin:
+    """The framework-independent half of a DessiLBI optimizer (see the module docstring)."""
+
+    # -- construction --------------------------------------------------------
+    def _init_dessilbi(self, kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure):
+        """Stores the validated hyperparameters; creates κ, μ, λ variables."""
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.lambda_scaling = lambda_scaling
+        self._structure = structure
+        self._kappa = self._new_hyper_variable(kappa, "kappa")
+        self._mu = self._new_hyper_variable(mu, "mu")
+        self._lambda = self._new_hyper_variable(lambda_, "lambda")
+
+    # -- κ, μ, λ ---------------------------------------------------------------
+    @property
+    def kappa(self):
+        """κ as a non-trainable variable; assign a float to change it."""
+        return self._kappa
+
+    @kappa.setter
+    def kappa(self, value):
+        self._kappa.assign(_validate.positive("kappa", value))
+
+    @property
+    def mu(self):
+        """μ (ν in the paper) as a non-trainable variable."""
+        return self._mu
+
+    @mu.setter
+    def mu(self, value):
+        self._mu.assign(_validate.positive("mu", value))
+
+    @property
+    def lambda_(self):
+        """λ as a non-trainable variable."""
+        return self._lambda
+
+    @lambda_.setter
+    def lambda_(self, value):
+        self._lambda.assign(_validate.non_negative("lambda_", value))
+
+    @property
+    def structure(self):
+        """The validated ``structure`` argument."""
+        return self._structure
+
+    # -- state -----------------------------------------------------------------
+    def _resolve_structures(self, variables) -> list:
+        """The structure of each variable (raises before anything is created)."""
+        return structures_lib.resolve_structures(
+            [_PathShape(self._variable_path(v), v.shape) for v in variables], self._structure
+        )
+
+    def _build_dessilbi(self, variables, resolved) -> None:
+        """Creates the momentum buffers, V and Γ (``resolved`` from `_resolve_structures`)."""
+        self._structures = list(resolved)
+        self._threshold_scales = [
+            None if s is None else slbi.threshold_scale(v.shape, s, self.lambda_scaling)
+            for v, s in zip(variables, resolved)
+        ]
+        self._momentums = (
+            [self._new_slot(v, "momentum") for v in variables] if self.momentum != 0.0 else []
+        )
+        # V and Γ interleaved per variable: the slot order of saved files.
+        self._vs, self._gammas = [], []
+        for variable, s in zip(variables, resolved):
+            self._vs.append(None if s is None else self._new_slot(variable, "dessilbi_v"))
+            self._gammas.append(None if s is None else self._new_slot(variable, "dessilbi_gamma"))
+
+    def _dessilbi_step(self, index: int, gradient, variable, learning_rate) -> None:
+        """One DessiLBI step for model variable ``variable`` (maths: `slbi.step`)."""
+        dtype = variable.dtype
+        # Densify sparse gradients (JAX BCOO, TF IndexedSlices), as SGD accepts them.
+        gradient = ops.cast(ops.convert_to_tensor(gradient, sparse=False), dtype)
+        buffer = self._momentums[index] if self._momentums else None
+        structure = self._structures[index]
+        v, gamma = self._vs[index], self._gammas[index]
+        w_new, buffer_new, v_new, gamma_new = slbi.step(
+            gradient,
+            ops.convert_to_tensor(variable),
+            None if buffer is None else ops.convert_to_tensor(buffer),
+            None if v is None else ops.convert_to_tensor(v),
+            None if gamma is None else ops.convert_to_tensor(gamma),
+            lr=ops.cast(learning_rate, dtype),
+            kappa=ops.cast(self._kappa, dtype),
+            mu=ops.cast(self._mu, dtype),
+            threshold=(
+                None if structure is None
+                else ops.cast(self._lambda, dtype) * self._threshold_scales[index]
+            ),
+            momentum=ops.cast(self.momentum, dtype),
+            nesterov=self.nesterov,
+            structure=structure,
+        )
+        self._assign_slot(variable, w_new)
+        if buffer is not None:
+            self._assign_slot(buffer, buffer_new)
+        if structure is not None:
+            self._assign_slot(v, v_new)
+            self._assign_slot(gamma, gamma_new)
+
+    # -- public accessors --------------------------------------------------------
+    def variable_structure(self, variable) -> Optional[str]:
+        """The structure of a model variable, or ``None`` if uncoupled."""
+        index = self._slot_index(variable)
+        return self._structures[index]
+
+    def gamma(self, variable):
+        """Γ of a model variable (a tensor), or ``None`` if it is uncoupled."""
+        index = self._slot_index(variable)
+        slot = self._gammas[index]
+        return None if slot is None else ops.convert_to_tensor(slot)
+
+    def v(self, variable):
+        """The auxiliary V of a model variable, or ``None`` if uncoupled."""
+        index = self._slot_index(variable)
+        slot = self._vs[index]
+        return None if slot is None else ops.convert_to_tensor(slot)
+
+    def support(self, variable):
+        """Boolean mask ``Γ ≠ 0`` shaped like `variable`, or ``None`` if uncoupled."""
+        gamma = self.gamma(variable)
+        return None if gamma is None else ops.not_equal(gamma, 0)
+
+    def _not_built_error(self):
+        return ValueError(
+            "The optimizer is not built yet: train a step, or call "
+            "`optimizer.build(model.trainable_variables)` first."
+        )
+
+    def _unknown_variable_error(self, variable):
+        return ValueError(
+            f"Variable {self._variable_path(variable)!r} is not one of the "
+            f"variables this optimizer was built with."
+        )
+
+    def _dessilbi_config(self) -> dict:
+        """DessiLBI's own constructor arguments (for `get_config`)."""
+        structure = self._structure
+        if structure != structures_lib.AUTO:
+            structure = [list(item) for item in structure]
+        return {
+            "kappa": float(ops.convert_to_numpy(self._kappa)),
+            "mu": float(ops.convert_to_numpy(self._mu)),
+            "lambda_": float(ops.convert_to_numpy(self._lambda)),
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "structure": structure,
+            "lambda_scaling": self.lambda_scaling,
+        }
+
