@@ -142,7 +142,8 @@ def sparsity_report(model: keras.Model, optimizer=None, source=None) -> Sparsity
 
     Args:
         model: a Keras model.
-        optimizer: the built `DessiLBI` that trained `model`. Defaults to
+        optimizer: the built `DessiLBI` that trained `model` (another
+            optimizer has no support and adds no rows). Defaults to
             ``model.optimizer`` when that is a built DessiLBI.
         source: any other mask source (`tf_dessilbi.masks.resolve`).
             Defaults to None.
@@ -155,6 +156,8 @@ def sparsity_report(model: keras.Model, optimizer=None, source=None) -> Sparsity
         candidate = masks_lib.unwrap_optimizer(getattr(model, "optimizer", None))
         if hasattr(candidate, "support") and getattr(candidate, "built", False):
             optimizer = candidate
+    elif not hasattr(masks_lib.unwrap_optimizer(optimizer), "support"):
+        optimizer = None  # SGD, Adam, ...: no supp(Γ) to report
     sources = []
     if optimizer is not None:
         support = masks_lib.OptimizerSupport(optimizer)

@@ -98,6 +98,7 @@ def retrain_ticket(
     eval_steps: Optional[int] = None,
     jit_compile: bool = False,
     verbose: int = 0,
+    keep_model: bool = False,
 ) -> dict:
     """Trains the masked subnetwork from `start_weights`; returns its results.
 
@@ -116,6 +117,8 @@ def retrain_ticket(
         eval_steps: evaluation batches (None: all).
         jit_compile: compile with XLA. Defaults to `False`.
         verbose: Keras verbosity. Defaults to `0`.
+        keep_model: also return the trained masked model as ``"model"``.
+            Defaults to `False`.
 
     Returns:
         ``{"accuracy", "loss", "weights_kept", "weights_total",
@@ -148,4 +151,7 @@ def retrain_ticket(
         train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose
     )
     loss, accuracy = model.evaluate(eval_ds, steps=eval_steps, verbose=0)[:2]
-    return {"accuracy": float(accuracy), "loss": float(loss), **counts}
+    result = {"accuracy": float(accuracy), "loss": float(loss), **counts}
+    if keep_model:
+        result["model"] = model
+    return result

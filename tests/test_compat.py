@@ -1,0 +1,97 @@
+"""Pins every private Keras / TF-MOT API the package reaches (all in `_compat`).
+
+When a release moves one, the failing test names the installed version and
+the function, so the fix is obvious.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_dessilbi import _compat
+
+
+def _model():
+    inputs = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(3, name="h")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden), name="m")
+
+
+def _pinned(what, check):
+    try:
+        check()
+    except Exception as e:  # noqa: BLE001 - the point is the message
+        pytest.fail(f"Keras {keras.version()}: the private API behind _compat.{what} moved: {e!r}")
+
+
+def test_functional_class_and_graph_models():
+    def check():
+        assert isinstance(_model(), _compat.functional_class())
+        assert _compat.is_graph_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        assert _compat.is_graph_model(_model())
+
+        class Sub(keras.Model):
+            def call(self, x):
+                return x
+
+        assert not _compat.is_graph_model(Sub())
+
+    _pinned("functional_class", check)
+
+
+def test_flatten_layers_and_own_variables():
+    def check():
+        outer = keras.Sequential([keras.Input((4,)), _model()])
+        names = [layer.name for layer in _compat.flatten_layers(outer)]
+        assert {"m", "h", "out"} <= set(names)
+        h = outer.layers[0].get_layer("h")
+        assert [v.name for v in _compat.own_trainable_variables(h)] == ["kernel", "bias"]
+
+    _pinned("flatten_layers", check)
+
+
+def test_keras_history_and_run_through_graph():
+    def check():
+        model = _model()
+        assert _compat.producing_operation(model.outputs[0]).name == "out"
+        operation, node, index = _compat.keras_history(model.outputs[0])
+        assert operation.name == "out" and node == 0 and index == 0
+        seen = []
+        _compat.run_through_graph(model, [keras.Input((4,))], lambda op: seen.append(op.name) or op)
+        assert seen == ["h", "out"]
+
+    _pinned("run_through_graph", check)
+
+
+def test_call_has_training_arg():
+    def check():
+        assert _compat.call_has_training_arg(keras.layers.Dropout(0.5)) is True
+        assert _compat.call_has_training_arg(keras.layers.Flatten()) is False
+
+    _pinned("call_has_training_arg", check)
+
+
+def test_backup_and_restore_without_save(tmp_path):
+    def check():
+        cls = _compat.backup_and_restore_without_save()
+        callback = cls(str(tmp_path / "b"))
+        model = _model()
+        model.compile("sgd", "mse")
+        model.fit(np.zeros((4, 4)), np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[callback])
+        assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+    _pinned("backup_and_restore_without_save", check)
+
+
+def test_tfmot_prune_registry_weight_names():
+    from tf_dessilbi.tfmot._lazy import modules
+
+    tf_keras, _ = modules()
+    from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+
+    def check():
+        layer = tf_keras.layers.Dense(3)
+        layer.build((None, 4))
+        assert _compat.tfmot_weight_names(prune_registry.PruneRegistry, layer) == ["kernel"]
+
+    _pinned("tfmot_weight_names", check)

@@ -1,0 +1,76 @@
+"""Early tickets: support snapshots as Masks, retraining through MaskedLayer."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from tf_dessilbi import masks as masks_lib
+from tf_dessilbi.procedures import early_tickets
+
+
+def _build():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+
+
+def _data():
+    x = np.random.default_rng(0).random((16, 4)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(16) % 3)).batch(4).repeat()
+    return ds, ds.take(4)
+
+
+MASK = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], bool)
+
+
+@pytest.mark.parametrize("rewind", ["init", "epoch"])
+def test_retrained_ticket_starts_from_the_given_weights_and_stays_masked(rewind):
+    model = _build()
+    start = [ops.convert_to_numpy(w) + (1.0 if rewind == "epoch" else 0.0) for w in model.weights]
+    train_ds, eval_ds = _data()
+    result = early_tickets.retrain_ticket(
+        _build, start, masks_lib.Mask({"d/kernel": MASK}), train_ds, eval_ds, epochs=2, steps_per_epoch=4,
+        make_optimizer=lambda: keras.optimizers.SGD(0.5), keep_model=True,
+    )
+    wrapper = result["model"].layers[-1]
+    effective = wrapper.stripped_kernel()
+    assert np.all(effective[~MASK] == 0.0)
+    raw = ops.convert_to_numpy(wrapper.layer.kernel)
+    np.testing.assert_array_equal(raw[~MASK], start[0][~MASK])  # untouched outside the mask
+    assert np.any(raw[MASK] != start[0][MASK])  # it trained
+    assert (result["weights_kept"], result["weights_total"], result["empty_layers"]) == (int(MASK.sum()), 12, [])
+
+
+def test_an_empty_layer_is_reported_not_retrained():
+    calls = []
+    train_ds, eval_ds = _data()
+    result = early_tickets.retrain_ticket(
+        lambda: calls.append(1) or _build(), [ops.convert_to_numpy(w) for w in _build().weights],
+        masks_lib.Mask({"d/kernel": np.zeros((4, 3), bool)}), train_ds, eval_ds, epochs=1, steps_per_epoch=2,
+        make_optimizer=lambda: (_ for _ in ()).throw(AssertionError("must not train")),
+    )
+    assert result["empty_layers"] == ["d"] and result["accuracy"] is None and result["loss"] is None
+
+
+def test_masks_that_do_not_fit_the_model_fail_before_training():
+    train_ds, eval_ds = _data()
+    with pytest.raises(ValueError, match=r"Mask for 'd/kernel' has shape \(2, 3\); the weight \(4, 3\)"):
+        early_tickets.retrain_ticket(
+            _build, [ops.convert_to_numpy(w) for w in _build().weights], masks_lib.Mask({"d/kernel": np.ones((2, 3), bool)}),
+            train_ds, eval_ds, epochs=1, steps_per_epoch=2, make_optimizer=lambda: keras.optimizers.SGD(0.1),
+        )
+
+
+def test_support_snapshots_save_masks_by_layer_name(tmp_path):
+    import tf_dessilbi
+
+    model = _build()
+    opt = tf_dessilbi.DessiLBI(learning_rate=0.5, mu=1.0, lambda_=0.01)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    train_ds, _ = _data()
+    model.fit(train_ds, epochs=2, steps_per_epoch=4, verbose=0,
+              callbacks=[early_tickets.SupportSnapshots(str(tmp_path), [1, 2])])
+    saved = early_tickets.load_support(str(tmp_path), 2)
+    np.testing.assert_array_equal(saved.weights["d/kernel"], ops.convert_to_numpy(opt.support(model.get_layer("d").kernel)))
+    assert early_tickets.load_support(str(tmp_path), 1).weights["d/kernel"].shape == (4, 3)
