@@ -156,11 +156,13 @@ def resolve_structures(variables, structure) -> list:
 
 
 def structures_for(model: keras.Model) -> dict:
-    """An explicit ``{variable_path: structure}`` mapping from layer classes.
+    """An explicit ``{variable_path: structure}`` mapping from the layer table.
 
-    Conv1D/2D/3D kernels → ``"filter"``, Dense kernels → ``"elementwise"``;
-    everything else is left out (uncoupled). Unlike ``"auto"`` this does not
-    depend on layer names, so renamed layers are handled correctly.
+    Each layer of the table with a ``structure`` (`tf_dessilbi.registry`:
+    Conv1D/2D/3D kernels → ``"filter"``, Dense kernels → ``"elementwise"``,
+    and registered custom layers) couples its sparsifiable weight; everything
+    else is left out (uncoupled). Unlike ``"auto"`` this does not depend on
+    layer names, so renamed layers are handled correctly.
 
     Args:
         model: a built Keras model.
@@ -174,24 +176,13 @@ def structures_for(model: keras.Model) -> dict:
             f"structures_for() needs a built model; build or call "
             f"{model.name!r} first."
         )
-    mapping = {}
-    conv_types = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-    transpose_types = (
-        keras.layers.Conv1DTranspose,
-        keras.layers.Conv2DTranspose,
-        keras.layers.Conv3DTranspose,
-    )
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, conv_types) and not isinstance(layer, transpose_types):
-            kind = FILTER
-        elif isinstance(layer, keras.layers.Dense):
-            kind = ELEMENTWISE
-        else:
-            continue
-        for variable in layer._trainable_variables:
-            if _path(variable).split("/")[-1] == "kernel":
-                mapping["^" + re.escape(_path(variable)) + "$"] = kind
-    return mapping
+    from tf_dessilbi import walk
+
+    return {
+        "^" + re.escape(_path(variable)) + "$": spec.structure
+        for _, variable, spec in walk.sparsifiable(model)
+        if spec.structure is not None and variable.trainable
+    }
 
 
 def _path(variable) -> str:

@@ -1,0 +1,75 @@
+"""Structures: "auto" from paths, explicit mappings, `structures_for` from the layer table."""
+
+import keras
+import pytest
+
+import tf_dessilbi
+from tf_dessilbi import registry
+from tf_dessilbi.dessilbi import structures
+
+
+class _Var:
+    def __init__(self, path, shape):
+        self.path, self.shape = path, shape
+
+
+@pytest.mark.parametrize(
+    "path,shape,want",
+    [
+        ("conv/kernel", (3, 3, 1, 8), "filter"),
+        ("conv1d/kernel", (3, 4, 8), "filter"),
+        ("dense/kernel", (16, 4), "elementwise"),
+        ("dense/bias", (4,), None),
+        ("depthwise_conv2d/kernel", (3, 3, 4, 1), None),
+        ("conv2d_transpose/kernel", (3, 3, 4, 8), None),
+        ("separable_conv2d/pointwise_kernel", (1, 1, 4, 8), None),
+        ("batch_normalization/gamma", (8,), None),
+        ("embedding/embeddings", (10, 4), None),
+    ],
+)
+def test_auto_structure(path, shape, want):
+    assert structures.auto_structure(path, shape) == want
+
+
+def test_first_matching_pattern_wins_and_unmatched_variables_are_uncoupled():
+    variables = [_Var("a/kernel", (4, 2)), _Var("b/kernel", (3, 3, 1, 2)), _Var("b/bias", (2,))]
+    resolved = structures.resolve_structures(
+        variables, structures.validate_structure({"a/": "elementwise", "kernel": "filter"})
+    )
+    assert resolved == ["elementwise", "filter", None]
+
+
+def test_group_structure_needs_rank_two():
+    with pytest.raises(ValueError, match=r"'filter' .* needs a variable of rank >= 2"):
+        structures.resolve_structures([_Var("x/bias", (3,))], structures.validate_structure({"bias": "filter"}))
+
+
+def test_structures_for_reads_the_layer_table():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="renamed_thing")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    mapping = tf_dessilbi.structures_for(model)
+    assert mapping == {r"^renamed_thing/kernel$": "filter", r"^head/kernel$": "elementwise"}
+    # ... and a mapping that resolves against the model's variables.
+    opt = tf_dessilbi.DessiLBI(structure=mapping)
+    opt.build(model.trainable_variables)
+    coupled = {v.path: s for v, s in opt.coupled_variables()}
+    assert coupled == {"renamed_thing/kernel": "filter", "head/kernel": "elementwise"}
+
+
+def test_a_registered_structure_is_picked_up():
+    class Wide(keras.layers.Dense):
+        pass
+
+    registry.register_layer(Wide, structure="neuron")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Wide(3, name="w")(inputs))
+    assert tf_dessilbi.structures_for(model) == {r"^w/kernel$": "neuron"}
+
+
+def test_structures_for_needs_a_built_model():
+    with pytest.raises(ValueError, match="needs a built model"):
+        tf_dessilbi.structures_for(keras.Sequential([keras.layers.Dense(2)]))
