@@ -58,15 +58,22 @@ def test_prox_rejects_an_unknown_structure():
         slbi.prox(np.ones(2, "float32"), 0.1, "rows")
 
 
+@pytest.mark.parametrize("structure", ["elementwise", "filter"])
+def test_gamma_is_kappa_times_the_prox_of_v(structure):
+    v = np.random.RandomState(5).randn(3, 3, 2, 4).astype("float32")
+    want = 1.5 * (_soft(v, 0.4) if structure == "elementwise" else _group_soft(v, 0.4))
+    np.testing.assert_allclose(_np(slbi.gamma_of(v, 1.5, 0.4, structure)), want, rtol=1e-5, atol=1e-6)
+
+
 def test_coupled_update_is_the_papers_discretisation():
     rng = np.random.RandomState(2)
-    w, d, v, gamma = (rng.randn(4, 3).astype("float32") for _ in range(4))
+    w, d, v = (rng.randn(4, 3).astype("float32") for _ in range(3))
     lr, kappa, mu, t = 0.1, 2.0, 5.0, 0.3
-    w_new, v_new, gamma_new = slbi.coupled_update(w, d, v, gamma, lr, kappa, mu, t, "elementwise")
-    # W_{k+1} = W_k − κα(d + (W_k − Γ_k)/ν);  V_{k+1} = V_k + (α/ν)(W_k − Γ_k);  Γ = κ prox(V).
+    gamma = kappa * _soft(v, t)  # Γ_k = κ prox(V_k)
+    w_new, v_new = slbi.coupled_update(w, d, v, lr, kappa, mu, t, "elementwise")
+    # W_{k+1} = W_k − κα(d + (W_k − Γ_k)/ν);  V_{k+1} = V_k + (α/ν)(W_k − Γ_k).
     np.testing.assert_allclose(_np(w_new), w - kappa * lr * (d + (w - gamma) / mu), rtol=1e-5)
     np.testing.assert_allclose(_np(v_new), v + (lr / mu) * (w - gamma), rtol=1e-5)
-    np.testing.assert_allclose(_np(gamma_new), kappa * _soft(v + (lr / mu) * (w - gamma), t), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -83,17 +90,16 @@ def test_threshold_scale(shape, structure, scaling, want):
 def test_step_equals_the_pieces_applied_by_hand(structure, momentum, nesterov):
     rng = np.random.RandomState(3)
     shape = (3, 3, 2, 4)
-    g, w, b, v, gamma = (rng.randn(*shape).astype("float32") for _ in range(5))
+    g, w, b, v = (rng.randn(*shape).astype("float32") for _ in range(4))
     buffer = b if momentum else None
     kw = dict(lr=0.05, kappa=1.5, mu=10.0, threshold=0.4, momentum=momentum, nesterov=nesterov)
-    got = slbi.step(g, w, buffer, None if structure is None else v, None if structure is None else gamma,
-                    structure=structure, **kw)
+    got = slbi.step(g, w, buffer, None if structure is None else v, structure=structure, **kw)
     direction, buffer_new = slbi.momentum_direction(g, buffer, momentum, nesterov)
     if structure is None:
-        want = (w - 1.5 * 0.05 * _np(direction), buffer_new, None, None)
+        want = (w - 1.5 * 0.05 * _np(direction), buffer_new, None)
     else:
-        want_w, want_v, want_gamma = slbi.coupled_update(w, direction, v, gamma, 0.05, 1.5, 10.0, 0.4, structure)
-        want = (want_w, buffer_new, want_v, want_gamma)
+        want_w, want_v = slbi.coupled_update(w, direction, v, 0.05, 1.5, 10.0, 0.4, structure)
+        want = (want_w, buffer_new, want_v)
     for a, b_ in zip(got, want):
         assert (a is None) == (b_ is None)
         if a is not None:

@@ -77,3 +77,18 @@ def backup_and_restore_without_save():
 
 def set_global_dtype_policy(policy) -> None:
     keras.config.set_dtype_policy(policy)
+
+
+def relabel_tracked_list(children: dict, name: str, index_of) -> dict:
+    """Renumbers the TensorFlow checkpoint children of a tracked list attribute.
+
+    ``children[name]`` (a tracked list) becomes a tracked dict whose keys are
+    ``str(index_of(i))``, so the checkpoint paths ``<name>/<index>`` of
+    items can be kept stable when the list changes layout.
+    """
+    import tensorflow as tf
+
+    if name in children:
+        items = list(children[name])
+        children[name] = tf.__internal__.tracking.wrap({str(index_of(i)): item for i, item in enumerate(items)})
+    return children

@@ -8,6 +8,11 @@ subclass supplies five small hooks:
 
 * ``_new_hyper_variable(value, name)`` — a float32 non-trainable variable;
 * ``_new_slot(variable, name)`` — a zero slot shaped like ``variable``;
+
+The slots are the momentum buffer and V; Γ = κ·prox_λ(V) is computed where
+it is needed (`slbi.gamma_of`), never stored (8 B/parameter, Adam's, instead
+of 12). Files written when Γ was a slot still load: `_drop_stored_gammas`
+skips those values and Γ is rebuilt from V.
 * ``_slot_index(variable)`` — the index of a model variable (raises if unknown);
 * ``_assign_slot(variable, value)`` — assignment that works in its framework;
 * ``_variable_path(variable)`` — the path structures are resolved against.
@@ -126,11 +131,7 @@ class DessiLBIMixin:
         self._momentums = (
             [self._new_slot(v, "momentum") for v in variables] if self.momentum != 0.0 else []
         )
-        # V and Γ interleaved per variable: the slot order of saved files.
-        self._vs, self._gammas = [], []
-        for variable, s in zip(variables, resolved):
-            self._vs.append(None if s is None else self._new_slot(variable, "dessilbi_v"))
-            self._gammas.append(None if s is None else self._new_slot(variable, "dessilbi_gamma"))
+        self._vs = [None if s is None else self._new_slot(v, "dessilbi_v") for v, s in zip(variables, resolved)]
 
     def _dessilbi_step(self, index: int, gradient, variable, learning_rate) -> None:
         """One DessiLBI step for model variable ``variable`` (maths: `slbi.step`)."""
@@ -138,21 +139,16 @@ class DessiLBIMixin:
         # Densify sparse gradients (JAX BCOO, TF IndexedSlices), as SGD accepts them.
         gradient = ops.cast(ops.convert_to_tensor(gradient, sparse=False), dtype)
         buffer = self._momentums[index] if self._momentums else None
-        structure = self._structures[index]
-        v, gamma = self._vs[index], self._gammas[index]
-        w_new, buffer_new, v_new, gamma_new = slbi.step(
+        structure, v = self._structures[index], self._vs[index]
+        w_new, buffer_new, v_new = slbi.step(
             gradient,
             ops.convert_to_tensor(variable),
             None if buffer is None else ops.convert_to_tensor(buffer),
             None if v is None else ops.convert_to_tensor(v),
-            None if gamma is None else ops.convert_to_tensor(gamma),
             lr=ops.cast(learning_rate, dtype),
             kappa=ops.cast(self._kappa, dtype),
             mu=ops.cast(self._mu, dtype),
-            threshold=(
-                None if structure is None
-                else ops.cast(self._lambda, dtype) * self._threshold_scales[index]
-            ),
+            threshold=None if structure is None else self._threshold(index, dtype),
             momentum=ops.cast(self.momentum, dtype),
             nesterov=self.nesterov,
             structure=structure,
@@ -162,7 +158,10 @@ class DessiLBIMixin:
             self._assign_slot(buffer, buffer_new)
         if structure is not None:
             self._assign_slot(v, v_new)
-            self._assign_slot(gamma, gamma_new)
+
+    def _threshold(self, index, dtype):
+        """λ·c of variable ``index`` (c from `slbi.threshold_scale`)."""
+        return ops.cast(self._lambda, dtype) * self._threshold_scales[index]
 
     # -- public accessors --------------------------------------------------------
     def variable_structure(self, variable) -> Optional[str]:
@@ -173,8 +172,13 @@ class DessiLBIMixin:
     def gamma(self, variable):
         """Γ of a model variable (a tensor), or ``None`` if it is uncoupled."""
         index = self._slot_index(variable)
-        slot = self._gammas[index]
-        return None if slot is None else ops.convert_to_tensor(slot)
+        v = self._vs[index]
+        if v is None:
+            return None
+        v = ops.convert_to_tensor(v)
+        return slbi.gamma_of(
+            v, ops.cast(self._kappa, v.dtype), self._threshold(index, v.dtype), self._structures[index]
+        )
 
     def v(self, variable):
         """The auxiliary V of a model variable, or ``None`` if uncoupled."""
@@ -186,6 +190,21 @@ class DessiLBIMixin:
         """Boolean mask ``Γ ≠ 0`` shaped like `variable`, or ``None`` if uncoupled."""
         gamma = self.gamma(variable)
         return None if gamma is None else ops.not_equal(gamma, 0)
+
+    def _drop_stored_gammas(self, values: list) -> list:
+        """Optimizer variable values of a file saved when Γ was a slot, without the Γs.
+
+        Such files hold the V and Γ of each coupled variable interleaved
+        after the other variables; today's optimizer holds the Vs alone.
+        Any other length is returned unchanged (and the caller's own check
+        reports a mismatch).
+        """
+        coupled = sum(v is not None for v in self._vs)
+        expected = len(self.variables)
+        if coupled == 0 or len(values) != expected + coupled:
+            return values
+        head = expected - coupled
+        return values[:head] + values[head::2]
 
     def _not_built_error(self):
         return ValueError(

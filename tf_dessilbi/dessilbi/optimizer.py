@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from tf_dessilbi import _compat
+
 from tf_dessilbi.dessilbi.base import LAMBDA_SCALINGS  # noqa: F401  (re-exported)
 from tf_dessilbi.dessilbi.base import DessiLBIMixin
 from tf_dessilbi.dessilbi.base import validate_hyperparameters
@@ -20,6 +22,9 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         W ← W − κ·α·(d + (W − Γ)/μ)
         V ← V + (α/μ)·(W_old − Γ)
         Γ ← κ · prox_{λΩ}(V)
+
+    Γ is a function of V, so only V is kept: the optimizer holds 8 B per
+    coupled parameter (momentum + V, Adam's footprint), not 12.
 
     Ω is ‖·‖₁ (``"elementwise"``) or the group lasso Σ_g ‖·_g‖₂ with one
     group per conv filter (``"filter"``) or dense unit (``"neuron"``).
@@ -154,7 +159,7 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
 
     # -- state ---------------------------------------------------------------
     def build(self, variables):
-        """Creates momentum buffers, and V and Γ for the coupled variables."""
+        """Creates the momentum buffers and V (Γ = κ·prox(V) is computed, not stored)."""
         if self.built:
             return
         resolved = self._resolve_structures(variables)
@@ -176,6 +181,23 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             )
             if structure is not None
         ]
+
+    def load_own_variables(self, store):
+        """Loads a `.keras` / `.weights.h5` state, also one saved when Γ was a slot."""
+        values = self._drop_stored_gammas([store[str(i)] for i in range(len(store.keys()))])
+        super().load_own_variables({str(i): value for i, value in enumerate(values)})
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # TensorFlow checkpoints name optimizer variables by their index in
+        # `_variables`; keep the indices release 0.1 gave the Vs (each then
+        # followed by its Γ), so its checkpoints restore V and skip Γ.
+        children = super()._trackable_children(save_type, **kwargs)
+        return _compat.relabel_tracked_list(children, "_variables", self._checkpoint_index)
+
+    def _checkpoint_index(self, index: int) -> int:
+        coupled = sum(v is not None for v in getattr(self, "_vs", ()))
+        head = len(self.variables) - coupled
+        return index if index < head else head + 2 * (index - head)
 
     def get_config(self):
         config = super().get_config()

@@ -126,7 +126,7 @@ def dessilbi_class():
 
         # -- tf_keras optimizer API ----------------------------------------
         def build(self, var_list):
-            """Momentum buffers, and V and Γ for the coupled variables."""
+            """Momentum buffers and V for the coupled variables (Γ is computed from V)."""
             if getattr(self, "_built", False):
                 super().build(var_list)
                 return
