@@ -119,21 +119,13 @@ class SparseGate(keras.layers.Wrapper):
             trainable=True,
             autocast=False,
         )
-        self.beta = self.add_weight(
-            name="gate_beta",
-            shape=(),
-            initializer="ones",
-            trainable=False,
-            autocast=False,
-            aggregation="only_first_replica",
-        )
-        self.ticket = self.add_weight(
-            name="gate_ticket",
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            aggregation="only_first_replica",
+        # β and the ticket switch: scalars driven by callbacks (no retrace).
+        self.beta, self.ticket = (
+            self.add_weight(
+                name=name, shape=(), initializer=init, trainable=False,
+                autocast=False, aggregation="only_first_replica",
+            )
+            for name, init in (("gate_beta", "ones"), ("gate_ticket", "zeros"))
         )
         self.built = True
 
