@@ -79,16 +79,24 @@ def set_global_dtype_policy(policy) -> None:
     keras.config.set_dtype_policy(policy)
 
 
-def relabel_tracked_list(children: dict, name: str, index_of) -> dict:
-    """Renumbers the TensorFlow checkpoint children of a tracked list attribute.
+def relabel_tracked_list(owner, children: dict, name: str, index_of) -> dict:
+    """Renumbers the TensorFlow checkpoint children of ``owner``'s tracked list ``name``.
 
     ``children[name]`` (a tracked list) becomes a tracked dict whose keys are
-    ``str(index_of(i))``, so the checkpoint paths ``<name>/<index>`` of
-    items can be kept stable when the list changes layout.
+    ``str(index_of(i))``, so the checkpoint paths ``<name>/<index>`` of the
+    items can stay stable when the list changes layout. The dict is cached on
+    ``owner`` (TensorFlow's graph view needs the same object on every call).
     """
     import tensorflow as tf
 
-    if name in children:
-        items = list(children[name])
-        children[name] = tf.__internal__.tracking.wrap({str(index_of(i)): item for i, item in enumerate(items)})
+    if name not in children:
+        return children
+    items = list(children[name])
+    key = tuple(id(item) for item in items)
+    cached = owner.__dict__.get("_compat_relabelled")
+    if cached is None or cached[0] != key:
+        wrapped = tf.__internal__.tracking.wrap({str(index_of(i)): item for i, item in enumerate(items)})
+        cached = (key, wrapped)
+        object.__setattr__(owner, "_compat_relabelled", cached)
+    children[name] = cached[1]
     return children

@@ -192,7 +192,7 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         # `_variables`; keep the indices release 0.1 gave the Vs (each then
         # followed by its Γ), so its checkpoints restore V and skip Γ.
         children = super()._trackable_children(save_type, **kwargs)
-        return _compat.relabel_tracked_list(children, "_variables", self._checkpoint_index)
+        return _compat.relabel_tracked_list(self, children, "_variables", self._checkpoint_index)
 
     def _checkpoint_index(self, index: int) -> int:
         coupled = sum(v is not None for v in getattr(self, "_vs", ()))
