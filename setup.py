@@ -51,7 +51,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["tf-dessilbi-train=tf_dessilbi.train:run_main"],
+        "console_scripts": ["tf-dessilbi-train=tf_dessilbi.training.main:run_main"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

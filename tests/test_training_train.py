@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tf_dessilbi import config_lib
-from tf_dessilbi import path as path_lib
-from tf_dessilbi import train
+from tf_dessilbi.training import config_lib
+from tf_dessilbi.training import path as path_lib
+from tf_dessilbi.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,15 +47,17 @@ def test_train_and_evaluate_dessilbi(tmp_path):
     assert layers == ["conv1", "conv2", "conv3", "fc1", "logits"]
     assert 0 < summary["sparsity"]["weights_kept"] < summary["sparsity"]["weights_total"]
     # Outputs in the workdir.
-    epochs, history = path_lib.load_path(os.path.join(workdir, "path.npz"))
-    assert epochs == [1, 2] and set(history) == set(layers)
+    epochs, steps, history = path_lib.load_path(os.path.join(workdir, "path.npz"))
+    assert epochs[0] == 0.0 and epochs[-1] == 2.0 and steps[-1] == 6
+    assert set(history) == set(layers)
     assert os.path.getsize(os.path.join(workdir, "path.png")) > 0
     assert summary["path_png"] == os.path.join(workdir, "path.png")
     assert glob.glob(os.path.join(workdir, "tensorboard", "train", "events.out.tfevents.*"))
     assert glob.glob(os.path.join(workdir, "tensorboard", "eval", "events.out.tfevents.*"))
     assert os.path.exists(os.path.join(summary["export_dir"], "saved_model.pb"))
     assert summary["export_dir"] == os.path.join(workdir, "export", "1")
-    assert os.path.exists(os.path.join(workdir, "backup", "training_metadata.json"))
+    assert os.path.exists(os.path.join(workdir, "backup", "epoch-2.json"))
+    assert os.path.exists(os.path.join(workdir, "train.log"))
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["optimizer"]["mu"] == 1.0
 
@@ -65,6 +67,7 @@ def test_tensorboard_scalars_and_histograms(tmp_path):
 
     config = tiny_config()
     config.outputs.export = False
+    config.outputs.summary_every_steps = 2
     train.train_and_evaluate(config, str(tmp_path))
     tags = {}
     for event_file in glob.glob(str(tmp_path / "tensorboard" / "train" / "events.*")):
@@ -88,17 +91,38 @@ def test_train_and_evaluate_sgd_has_no_sparsity(tmp_path):
     assert summary["sparsity"]["layers"] == []
 
 
-def test_resume_continues_after_the_last_finished_epoch(tmp_path):
+def test_a_workdir_remembers_its_config(tmp_path):
+    """Issue 14 item 4: a changed config in a used workdir is an error naming the fields."""
+    from tf_dessilbi.training import workdir as workdir_lib
+
     config = tiny_config()
     config.outputs.export = False
     config.num_epochs = 1
-    train.train_and_evaluate(config, str(tmp_path))
-    config.num_epochs = 3
-    summary = train.train_and_evaluate(config, str(tmp_path))
-    # Only epochs 2 and 3 ran; the path file holds all three.
-    assert len(summary["history"]["loss"]) == 2
-    epochs, _ = path_lib.load_path(str(tmp_path / "path.npz"))
-    assert epochs == [1, 2, 3]
+    first = train.train_and_evaluate(config, str(tmp_path))
+    config.optimizer.learning_rate = 0.02
+    config.optimizer.name = "sgd"
+    with pytest.raises(workdir_lib.WorkdirError) as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    assert "config.optimizer.learning_rate: 0.05 in the workdir, 0.02 now" in message
+    assert "config.optimizer.name: 'dessilbi' in the workdir, 'sgd' now" in message
+    assert "--config.resume=False" in message
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["optimizer"]["learning_rate"] == 0.05  # not rewritten
+    # Output-only fields may change; the same run is then reported again.
+    config = tiny_config()
+    config.num_epochs = 1
+    config.outputs.export = False
+    config.outputs.tensorboard = False
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["eval"] == first["eval"] and len(again["history"]["loss"]) == 1
+    # resume=False starts over with the new settings.
+    config.optimizer.learning_rate = 0.02
+    config.resume = False
+    fresh = train.train_and_evaluate(config, str(tmp_path))
+    assert fresh["eval"] != first["eval"]
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["optimizer"]["learning_rate"] == 0.02
 
 
 def test_early_tickets_retrain_the_support(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tf_dessilbi
-from tf_dessilbi import path as path_lib
+from tf_dessilbi.training import path as path_lib
 
 
 def _model():

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_dessilbi import config_lib
-from tf_dessilbi import input_pipeline
+from tf_dessilbi.training import config_lib
+from tf_dessilbi.training import input_pipeline
 
 
 def _data(**overrides):

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from tf_dessilbi import path as path_lib
-from tf_dessilbi import train
+from tf_dessilbi.training import path as path_lib
+from tf_dessilbi.training import train
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import ROOT, TINY_FLAGS, tiny_config  # noqa: E402
