@@ -123,6 +123,9 @@ class RegularizationPath(keras.callbacks.Callback):
             self.steps_per_epoch = int((self.params or {}).get("steps") or 1)
         if os.path.exists(self.npz_path):
             self.steps, self.history = load_path(self.npz_path)[1:]
+        optimizer = self._optimizer()
+        if optimizer is not None and not optimizer.built:  # Γ at step 0
+            optimizer.build(self.model.trainable_variables)
         now = self._step()
         keep = [i for i, s in enumerate(self.steps) if s <= now]
         self.steps = [self.steps[i] for i in keep]
