@@ -53,9 +53,17 @@ def _unwrap(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-def _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method, model, backup):
+def _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method, model, backup,
+               eval_data):
+    import tf_dessilbi as tfd
     from tf_dessilbi.training import path as path_lib
     from tf_dessilbi.training import summaries
+
+    w_star_eval = None
+    if methods_lib.method_name(config) == "dessilbi" and config.strategy != "multi_worker":
+        def w_star_eval():
+            with tfd.apply_w_star(model, model.optimizer):
+                return evaluate_model(model, eval_data, config.eval_steps)
 
     cbs = [StopOnNonFinite(steps_per_epoch, initial_epoch, config), EpochLog(config.num_epochs)]
     if method.callbacks is not None:
@@ -63,8 +71,8 @@ def _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method, m
     if chief and config.outputs.tensorboard:
         cbs.append(summaries.SparsitySummaries(
             os.path.join(workdir, "tensorboard"), config.outputs.histograms,
-            every_steps=config.outputs.summary_every_steps,
-            steps_per_epoch=steps_per_epoch, config=config,
+            every_steps=config.outputs.summary_every_steps, config=config,
+            w_star_eval=w_star_eval,
         ))
     if chief and config.outputs.path:
         every = max(config.num_epochs * steps_per_epoch // max(config.outputs.path_points, 1), 1)
@@ -176,7 +184,7 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
     if initial_epoch:
         logging.info("Resuming after epoch %d of %d.", initial_epoch, config.num_epochs)
     callbacks = _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method,
-                           model, backup)
+                           model, backup, data.eval)
     train = data.train_from(initial_epoch * steps_per_epoch)
     if config.strategy == "multi_worker":  # Keras 3 fit can't: see custom_loop
         fit_history = custom_loop.fit(
