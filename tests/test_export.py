@@ -416,3 +416,118 @@ def test_signature_name_sanitizing():
     assert export._spec_name("class probs") == "class_probs"
     assert export._spec_name("_x") == "x_x"
     assert export._unique(["a", "a", "b"]) == ["a", "a_1", "b"]
+
+
+# -- issue 14: strip with MaskedLayer / an SGD optimizer; export modes and kills --------
+def test_strip_masked_layer_like_a_gate():
+    from tf_dessilbi.layers import masked
+
+    keras.utils.set_random_seed(3)
+    model = masked.mask_model(_functional())
+    wrappers = [l for l in model.layers if isinstance(l, masked.MaskedLayer)]
+    rng = np.random.default_rng(0)
+    for w in wrappers:
+        w.set_mask(rng.random(tuple(w.weight_variable.shape)) < 0.5)
+    x, _ = _data(seed=2)
+    stripped = tf_dessilbi.strip(model)
+    assert not any(isinstance(l, masked.MaskedLayer) for l in stripped.layers)
+    assert len(stripped.weights) == len(_functional().weights)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(stripped(x, training=False)),
+        keras.ops.convert_to_numpy(model(x, training=False)), rtol=1e-5, atol=1e-6)
+    for w in wrappers:
+        kernel = keras.ops.convert_to_numpy(stripped.get_layer(w.layer.name).kernel)
+        np.testing.assert_array_equal(kernel, np.asarray(w.stripped_kernel()))
+
+
+def test_strip_with_an_sgd_optimizer_says_what_is_needed():
+    model = _functional()
+    sgd = keras.optimizers.SGD()
+    sgd.build(model.trainable_variables)
+    with pytest.raises(TypeError, match=r"strip\(optimizer=...\) needs the tf_dessilbi.DessiLBI "
+                       r"optimizer that trained the model.*received SGD.*pass no optimizer"):
+        tf_dessilbi.strip(model, sgd)
+
+
+def test_exported_folders_are_readable_by_other_users(tmp_path):
+    path = tf_dessilbi.export_saved_model(_functional(), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask
+    os.umask(0o022)  # the usual umask: drwxr-xr-x, as tf.saved_model.save gives
+    try:
+        path = tf_dessilbi.export_saved_model(_functional(), tmp_path)
+    finally:
+        os.umask(umask)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o755)
+
+
+def test_preprocessing_is_baked_into_the_signature(tmp_path):
+    model = _functional()
+    path = tf_dessilbi.export_saved_model(model, tmp_path, preprocessing=lambda x: x / 255.0)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    x, _ = _data()
+    out = list(serve(image=tf.constant(x * 255.0)).values())[0].numpy()
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(model(x, training=False)),
+                               rtol=1e-4, atol=1e-5)
+
+
+KILL_EXPORT = textwrap.dedent('''
+    import os, shutil, signal, sys
+    import keras, numpy as np
+    sys.path.insert(0, {root!r})
+    from tests.test_export import _functional
+    import tf_dessilbi
+    from tf_dessilbi.export import saved_model
+
+    def die(*a, **k):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.utils.set_random_seed(5)
+    model = _functional()
+    point = {point!r}
+    if point == "fallback: between the two renames":
+        saved_model._exchange = lambda a, b: False
+        rename = os.rename
+        calls = []
+        def fake_rename(a, b):
+            rename(a, b)
+            calls.append(b)
+            if len(calls) == 1:
+                die()
+        saved_model.os.rename = fake_rename
+    elif point == "after the exchange":
+        saved_model.shutil.rmtree = die
+    elif point == "while writing":
+        import tensorflow as tf
+        tf.saved_model.save = die
+    for w in model.weights:
+        w.assign(w + 1.0)
+    tf_dessilbi.export_saved_model(model, {export_dir!r}, version=1, overwrite=True)
+''')
+
+
+@pytest.mark.parametrize("point", ["while writing", "after the exchange",
+                                   "fallback: between the two renames"])
+def test_a_killed_overwrite_leaves_a_servable_version(tmp_path, point):
+    model = _functional()
+    x, _ = _data()
+    old = keras.ops.convert_to_numpy(model(x, training=False))
+    tf_dessilbi.export_saved_model(model, tmp_path, version=1)
+    script = KILL_EXPORT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                point=point, export_dir=str(tmp_path))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    hidden = [n for n in os.listdir(tmp_path) if n.startswith(".")]
+    if point != "fallback: between the two renames":  # the atomic paths
+        served = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
+        out = list(served(image=tf.constant(x)).values())[0].numpy()
+        expected_old = point == "while writing"
+        assert np.allclose(out, old, atol=1e-5) == expected_old
+    assert hidden  # what the kill left behind ...
+    # ... the next export cleans up (and restores a version moved aside).
+    tf_dessilbi.export_saved_model(model, tmp_path, version=2)
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+    tf.saved_model.load(str(tmp_path / "1"))
