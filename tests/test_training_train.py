@@ -76,10 +76,37 @@ def test_tensorboard_scalars_and_histograms(tmp_path):
             for value in event.summary.value:
                 tags.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
     for tag in ("loss", "accuracy", "learning_rate", "sparsity/conv1/units_kept",
-                "sparsity/total/weights_kept"):
+                "sparsity/total/weights_kept", "support/conv1/units_kept",
+                "support/total/weights_kept", "dessilbi/kappa", "dessilbi/lambda_"):
         assert tags.get(tag) == "scalars", tag
     assert tags.get("unit_norm_w/conv2") == "histograms"
     assert tags.get("unit_norm_gamma/fc1") == "histograms"
+    assert tags.get("config") == "text"
+    steps = _scalar_steps(tmp_path / "tensorboard" / "train", "loss")
+    assert steps == [2, 4, 6]  # every 2 steps, on the global step
+    assert _scalar_steps(tmp_path / "tensorboard" / "eval", "w_star_accuracy") == [3, 6]
+    assert _scalar_steps(tmp_path / "tensorboard" / "eval", "accuracy") == [3, 6]
+
+
+def _scalar_steps(folder, tag):
+    import tensorflow as tf
+
+    steps = []
+    for event_file in glob.glob(str(folder / "events.*")):
+        for raw in tf.data.TFRecordDataset(event_file):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(steps)
+
+
+def test_histograms_of_zero_norms_stay_non_negative():
+    from tf_dessilbi.training import summaries
+
+    buckets = summaries.histogram_buckets(np.zeros(7))
+    assert buckets.shape == (1, 3) and buckets[0, 0] == 0.0 and buckets[0, 1] > 0
+    assert buckets[0, 2] == 7
+    nan = summaries.histogram_buckets(np.array([np.nan, 1.0, 2.0]))
+    assert nan[:, 2].sum() == 2 and np.isfinite(nan).all()
 
 
 def test_train_and_evaluate_sgd_has_no_sparsity(tmp_path):
@@ -187,7 +214,7 @@ def test_invalid_config_fails_before_training(tmp_path):
 
 
 def _cli(args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", "tf_dessilbi.train", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
@@ -220,15 +247,26 @@ def test_cli_end_to_end_prints_table_and_paths(tmp_path):
     assert "epoch 1/1:" in result.stderr and "units kept" in result.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("flag,message", [
-    ("--config.optimizer.kapa=2", "kapa"),  # bad values: test_invalid_config_*
+    ("--config.optimizer.kapa=2", "kapa"),
+    ("--config.optimizer.kappa=-1", "config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
+    ("--config.method=nope", "config.method='nope' is invalid"),
+    ("--workdir={tmp}/afile", "is a file, not a folder"),
 ])
-def test_cli_rejects_bad_overrides_before_training(tmp_path, flag, message):
-    result = _cli(TINY_FLAGS + [flag, f"--workdir={tmp_path}/run"], timeout=120)
-    assert result.returncode != 0
-    assert message in result.stderr
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, flag, message):
+    (tmp_path / "afile").write_text("x")
+    workdir = [] if flag.startswith("--workdir") else [f"--workdir={tmp_path}/run"]
+    result = _cli(TINY_FLAGS + [flag.format(tmp=tmp_path)] + workdir, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [l for l in result.stderr.splitlines() if l.startswith("tf_dessilbi.train: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run" / "backup")
+
+
+def test_cli_helpfull_lists_the_config_fields():
+    result = _cli(["--helpfull"], timeout=120)
+    assert "optimizer.kappa=1.0" in result.stdout and "outputs.allow_dead_export=False" in result.stdout
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
