@@ -19,7 +19,7 @@ from tf_dessilbi.training import path as path_lib
 from tf_dessilbi.training import train
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_train import ROOT, TINY_FLAGS, tiny_config  # noqa: E402
+from test_training_train import ROOT, TINY_FLAGS, tiny_config  # noqa: E402
 
 
 def _quiet(config):
