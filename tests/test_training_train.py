@@ -237,7 +237,7 @@ TINY_FLAGS = [
 
 @pytest.mark.slow
 def test_cli_end_to_end_prints_table_and_paths(tmp_path):
-    result = _cli(TINY_FLAGS + [f"--workdir={tmp_path}"])
+    result = _cli(TINY_FLAGS + ["--config.outputs.allow_dead_export=True", f"--workdir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "accuracy (W* = W on supp Γ)" in out
@@ -245,6 +245,23 @@ def test_cli_end_to_end_prints_table_and_paths(tmp_path):
     assert f"SavedModel: {tmp_path}/export/1" in out
     assert f"regularization path: {tmp_path}/path.png" in out
     assert "epoch 1/1:" in result.stderr and "units kept" in result.stderr
+    # Quiet by default: no CUDA probing errors (on a machine without GPUs), no
+    # Keras shuffle warning, no resource-name notices from the export.
+    if not os.path.exists("/proc/driver/nvidia"):
+        assert "cuInit" not in result.stderr
+    assert "shuffle=True" not in result.stderr
+    assert "Found untraced functions" not in result.stderr
+    assert "Assets written to" not in result.stderr
+    with open(tmp_path / "train.log") as f:
+        assert "epoch 1/1:" in f.read()
+
+
+def test_cli_diverging_run_exits_1_with_one_message(tmp_path):
+    result = _cli(TINY_FLAGS + ["--config.optimizer.learning_rate=1e12", f"--workdir={tmp_path}"])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "tf_dessilbi.train: failed: Training diverged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "export")
 
 
 @pytest.mark.parametrize("flag,message", [

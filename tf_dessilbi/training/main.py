@@ -67,6 +67,43 @@ def _parse_flags(argv):
         _usage_error(f"{type(e).__name__}: {e}")
 
 
+_PROBE_NOISE = ("cuInit", "cuda_platform", "cuda drivers", "cudart_stub",
+                "absl::InitializeLog", "cuda_executor", "cuda_dnn")
+
+
+def _has_nvidia_driver() -> bool:
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
+def probe_devices_quietly() -> None:
+    """Initializes TensorFlow's devices, hiding the CUDA probing errors of a machine without GPUs.
+
+    On a machine with an NVIDIA driver nothing is hidden (the messages may
+    matter there); elsewhere the lines TensorFlow writes to stderr while it
+    looks for CUDA are dropped and any other line is passed on.
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    if _has_nvidia_driver():
+        tf.config.list_physical_devices()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines():
+            if not any(noise in line for noise in _PROBE_NOISE):
+                sys.stderr.write(line + "\n")
+
+
 def print_summary(summary: dict) -> None:
     """The CLI's closing lines: metrics, the sparsity table, output paths."""
     label = "soft gates" if summary.get("gates") else "dense W"
@@ -119,6 +156,7 @@ def run_main(argv: Optional[list] = None) -> None:
     """Console entry point (``tf-dessilbi-train``, ``python -m tf_dessilbi.train``)."""
     from absl import app
 
+    probe_devices_quietly()
     define_flags()
     logging.set_verbosity(logging.INFO)
     app.run(main, argv=argv, flags_parser=_parse_flags)
