@@ -304,3 +304,57 @@ def test_train_and_evaluate_gates(tmp_path, rounds):
     if rounds > 1:
         assert [r["round"] for r in summary["rounds"]] == [0, 1]
         assert 0.0 < summary["ticket_weight_fraction"] <= 1.0
+
+
+def test_registering_a_method_is_one_line(tmp_path, monkeypatch):
+    import keras
+
+    from tf_dessilbi import training
+    from tf_dessilbi.layers import masked
+
+    seen = {}
+
+    def prepare(config, model, data, steps_per_epoch):
+        seen["prepare"] = (data.num_train, steps_per_epoch, config.sparse.keep)
+        return masked.mask_model(model)
+
+    def callbacks(config, model, steps_per_epoch):
+        class Count(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen["epochs"] = seen.get("epochs", 0) + 1
+        return [Count()]
+
+    monkeypatch.setitem(training.METHODS, "toy", training.Method(prepare=prepare, callbacks=callbacks))
+    config = tiny_config("sgd")
+    config.method = "toy"
+    config.sparse.keep = 0.5  # a method's own fields live in config.sparse
+    config.outputs.tensorboard = False
+    summary = train.train_and_evaluate(config, str(tmp_path / "toy"))
+    assert seen == {"prepare": (96, 3, 0.5), "epochs": 2}
+    assert summary["method"] == "toy" and os.path.exists(summary["export_dir"])
+
+    def run(config, workdir, data, strategy):
+        return {"eval": {"loss": 1.0, "accuracy": 0.5}, "sparsity": {}, "rounds": 3}
+
+    monkeypatch.setitem(training.METHODS, "whole", training.Method(run=run))
+    config = tiny_config("sgd")
+    config.method = "whole"
+    summary = train.train_and_evaluate(config, str(tmp_path / "whole"))
+    assert summary["rounds"] == 3 and summary["method"] == "whole"
+    with open(tmp_path / "whole" / "summary.json") as f:
+        assert json.load(f)["eval"]["accuracy"] == 0.5
+
+
+def test_the_default_method_follows_the_older_fields():
+    from tf_dessilbi.training import methods
+
+    config = tiny_config()
+    assert methods.method_name(config) == "dessilbi"
+    config.optimizer.name = "sgd"
+    assert methods.method_name(config) == "sgd"
+    config.gates.enabled = True
+    assert methods.method_name(config) == "cs"
+    config.gates.rounds = 2
+    assert methods.method_name(config) == "cs_search"
+    with pytest.raises(ValueError, match="either a whole run"):
+        methods.Method(run=lambda *a: {}, prepare=lambda *a: None)
