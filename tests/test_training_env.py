@@ -46,3 +46,21 @@ def test_readme_says_how_to_install_and_open_tensorboard():
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
     assert "tensorboard --logdir" in text and "http://localhost:6006" in text
+
+
+def test_the_config_lands_in_the_hparams_tab(tmp_path):
+    import tensorflow as tf
+
+    from tf_dessilbi.training import config_lib
+    from tf_dessilbi.training import summaries
+
+    with tf.summary.create_file_writer(str(tmp_path)).as_default():
+        assert summaries.write_hparams(config_lib.base_config())
+    plugins = set()
+    for event_file in tmp_path.glob("events.*"):
+        for raw in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            plugins |= {v.metadata.plugin_data.plugin_name for v in event.summary.value}
+    assert "hparams" in plugins
+    flat = summaries.flat_config(config_lib.base_config())
+    assert flat["optimizer.kappa"] == 1.0 and flat["data.mean"] == "()"

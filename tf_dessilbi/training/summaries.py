@@ -133,6 +133,33 @@ def hyperparameters(model, optimizer) -> dict:
     return out
 
 
+def flat_config(config) -> dict:
+    """``{"optimizer.kappa": 1.0, ...}``: the config's leaves as HParams values."""
+    out = {}
+
+    def walk(d, prefix):
+        for key, value in d.items():
+            if hasattr(value, "items"):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, (bool, int, float, str)):
+                out[prefix + key] = value
+            else:
+                out[prefix + key] = str(value)
+
+    walk(config, "")
+    return out
+
+
+def write_hparams(config) -> bool:
+    """The config in TensorBoard's HParams tab (needs the tensorboard package)."""
+    try:
+        from tensorboard.plugins.hparams import api as hp
+    except ImportError:
+        return False
+    hp.hparams(flat_config(config))
+    return True
+
+
 class SparsitySummaries(keras.callbacks.Callback):
     """Writes per-step and per-epoch scalars, sparsity, histograms and the config.
 
@@ -175,6 +202,7 @@ class SparsitySummaries(keras.callbacks.Callback):
             with self._writer("train").as_default():
                 text = self.config.to_json_best_effort(indent=2)
                 write_text("config", "```\n" + text + "\n```", self._step())
+                write_hparams(self.config)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.every_steps:
