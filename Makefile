@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= runs/fmnist_dessilbi
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test data train test bench clean
+.PHONY: setup setup-test data train tensorboard test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -36,6 +36,10 @@ data: $(FMNIST)
 # the sparsity table; writes the SavedModel and path.png under $(WORKDIR).
 train: $(VENV)/.installed $(FMNIST)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py --workdir=$(WORKDIR)
+
+# TensorBoard on the run `make train` writes (open http://localhost:6006).
+tensorboard: $(VENV)/.installed
+	$(VENV)/bin/tensorboard --logdir $(WORKDIR)/tensorboard
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(VENV)/.installed-test $(FMNIST)

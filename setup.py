@@ -31,6 +31,10 @@ setup(
         "tf-keras>=2.16,<2.22",
         "tensorflow-model-optimization>=0.8,<0.9",
         "tensorflow-datasets>=4.9,<5",
+        # TFDS imports it when it builds a dataset but does not declare it.
+        "importlib_resources>=5",
+        # TensorFlow no longer depends on it; reading the CLI's summaries needs it.
+        "tensorboard>=2.16,<2.22",
         "absl-py>=1.4,<3",
         "ml-collections>=0.1.1,<2",
         "numpy>=1.26,<3",
@@ -51,7 +55,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["tf-dessilbi-train=tf_dessilbi.train:run_main"],
+        "console_scripts": ["tf-dessilbi-train=tf_dessilbi.training.main:run_main"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -2,8 +2,8 @@
 
 Every contender trains for the same epochs with the same learning-rate
 schedule (from ``configs/fmnist_dessilbi.py`` when present, else
-`tf_dessilbi.config_lib.base_config()`), built by the trainer's own
-`tf_dessilbi.train.build_optimizer`, on the trainer's input pipeline:
+`tf_dessilbi.training.config_lib.base_config()`), built by the trainer's own
+`tf_dessilbi.training.components.build_optimizer`, on the trainer's input pipeline:
 
 * dense SGD (momentum as in the config);
 * DessiLBI: test accuracy of the dense W and of W* (W on supp Γ) after every
@@ -43,7 +43,7 @@ def _log(message: str) -> None:
 # -- configuration -----------------------------------------------------------------
 def load_config(quick: bool):
     """The DessiLBI config for Fashion-MNIST (and where it came from)."""
-    from tf_dessilbi import config_lib
+    from tf_dessilbi.training import config_lib
 
     path = os.path.join(bench.REPO_ROOT, "configs", "fmnist_dessilbi.py")
     config = None
@@ -57,7 +57,7 @@ def load_config(quick: bool):
         why = "configs/fmnist_dessilbi.py not there yet"
     if config is None:
         config = config_lib.base_config()
-        source = f"`tf_dessilbi.config_lib.base_config()` ({why})"
+        source = f"`tf_dessilbi.training.config_lib.base_config()` ({why})"
     config.data.name = "fashion_mnist"
     config.model.name = "fmnist_cnn_s"
     config.optimizer.name = "dessilbi"
@@ -114,7 +114,7 @@ def _lr_table(config, steps_per_epoch: int) -> list:
     """The learning rate at every step of the run (to give tf_keras the same schedule)."""
     import keras
 
-    from tf_dessilbi import train
+    from tf_dessilbi.training import components as train
 
     lr = train.learning_rate_schedule(config, steps_per_epoch)
     total = config.num_epochs * steps_per_epoch
@@ -174,7 +174,7 @@ class _Recorder:
 def _fit(config, data, steps_per_epoch, dessilbi, ticket_epochs=()):
     import keras
 
-    from tf_dessilbi import train
+    from tf_dessilbi.training import components as train
 
     keras.utils.set_random_seed(config.seed)
     model = train.build_model(config, data.input_shape, data.num_classes)
@@ -210,7 +210,7 @@ def _retrain(config, data, steps_per_epoch, initial, masks):
 
 def load_cs_gates():
     """The gate settings of ``configs/fmnist_cs.py`` (or the schema defaults)."""
-    from tf_dessilbi import config_lib
+    from tf_dessilbi.training import config_lib
 
     path = os.path.join(bench.REPO_ROOT, "configs", "fmnist_cs.py")
     try:
@@ -272,7 +272,7 @@ def _cs_ticket(config, data, steps_per_epoch, quick):
 def run_seed(config, seed: int, quick: bool) -> dict:
     import keras
 
-    from tf_dessilbi import input_pipeline
+    from tf_dessilbi.training import input_pipeline
 
     config = config.copy_and_resolve_references()
     config.seed = seed
@@ -388,7 +388,7 @@ def _tfmot_seed(spec) -> dict:
     import tf_keras
 
     from bench.step_time import tf_keras_fmnist_cnn_s
-    from tf_dessilbi import input_pipeline
+    from tf_dessilbi.training import input_pipeline
 
     data = input_pipeline.get_datasets(
         ml_collections.ConfigDict(spec["data"]), spec["batch_size"], None, spec["seed"]
@@ -696,7 +696,7 @@ def add_ticket_epochs(results_file: str, epochs) -> dict:
     """
     import keras
 
-    from tf_dessilbi import input_pipeline
+    from tf_dessilbi.training import input_pipeline
 
     with open(results_file) as f:
         results = json.load(f)

@@ -37,7 +37,7 @@ def run(quick: bool = False) -> dict:
     import keras
 
     import tf_dessilbi
-    from tf_dessilbi.data import fashion_mnist_datasets
+    from tf_dessilbi.training.data import fashion_mnist_datasets
     from tf_dessilbi.models import fmnist_cnn_s
 
     s = _settings(quick)

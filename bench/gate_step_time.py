@@ -32,7 +32,7 @@ def _settings(quick: bool) -> dict:
 def _batches(n: int):
     import tensorflow as tf
 
-    from tf_dessilbi import data
+    from tf_dessilbi.training import data
 
     (x, y), _ = data.load_fashion_mnist()
     x = data.to_float_images(x[: n * BATCH])

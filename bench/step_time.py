@@ -41,7 +41,7 @@ def _fmnist_batches(n: int):
     import numpy as np
     import tensorflow as tf
 
-    from tf_dessilbi import data
+    from tf_dessilbi.training import data
 
     (x, y), _ = data.load_fashion_mnist()
     x = data.to_float_images(x[: n * BATCH])

@@ -9,7 +9,7 @@ et al. search tickets on). Not run here: no measured result.
 
 import os
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

@@ -8,7 +8,7 @@ from the initial weights (the authors' ``gamma_epoch 35`` of 200). Not run
 here (no network, 2 CPU cores): no measured result.
 """
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

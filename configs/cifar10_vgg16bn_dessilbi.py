@@ -8,7 +8,7 @@ Not run here (no network, 2 CPU cores): no measured result.
 
 import os
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

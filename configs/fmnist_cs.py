@@ -14,7 +14,7 @@ the hard mask (the ticket, as exported) 89.98 %; weights kept 27.02 %
 
 import os
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

@@ -18,7 +18,7 @@ at epoch 2 (conv 3/16, 2/32, 5/64 filters; 33.9 % of weights) retrains to
 86.00 %, against 88.53 % for the dense run.
 
 How the values were chosen: a tuning loop (``model.fit`` on
-`tf_dessilbi.data.fashion_mnist_datasets`, 469 steps/epoch including the
+`tf_dessilbi.training.data.fashion_mnist_datasets`, 469 steps/epoch including the
 last partial batch, seed 0), 3 epochs, batch 128, κ 1, momentum 0.9,
 constant lr; test accuracy dense W / W*, weights kept, filters kept of 112:
 
@@ -38,7 +38,7 @@ important filters to cross λ within ~1,400 steps. A decaying lr slows V
 too: with cosine decay conv3 never entered the support (W* at chance).
 """
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

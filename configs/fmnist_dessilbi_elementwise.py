@@ -15,7 +15,7 @@ compare fmnist_dessilbi.py (37/112 filters at 39.9 % of the weights).
 
 import os
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

@@ -7,7 +7,7 @@ Measured with that command (3 epochs, 2 shared CPU cores, 3 min 9 s wall
 clock with other jobs running): test accuracy 90.40 %.
 """
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

@@ -10,7 +10,7 @@ download). Settings are the standard ResNet-18 recipe (90 epochs, lr 0.1 per
 PAPERS.md and not run here (no measured result).
 """
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

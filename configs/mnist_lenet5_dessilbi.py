@@ -7,7 +7,7 @@ MNIST comes from TFDS (``tfds.load("mnist")``, downloaded on first use).
 Not run here (no network): no measured result.
 """
 
-from tf_dessilbi import config_lib
+from tf_dessilbi.training import config_lib
 
 
 def get_config():

@@ -14,7 +14,7 @@ import tempfile
 import keras
 
 import tf_dessilbi
-from tf_dessilbi.data import fashion_mnist_datasets
+from tf_dessilbi.training.data import fashion_mnist_datasets
 from tf_dessilbi.models import fmnist_cnn_s
 
 

@@ -3,7 +3,7 @@ r"""Train a sparse network from a config file (same as ``python -m tf_dessilbi.t
     python examples/train.py --config=configs/fmnist_dessilbi.py --workdir=runs/fmnist_dessilbi
 """
 
-from tf_dessilbi.train import run_main
+from tf_dessilbi.training.main import run_main
 
 if __name__ == "__main__":
     run_main()

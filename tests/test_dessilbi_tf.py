@@ -203,7 +203,7 @@ def test_make_train_step_adds_model_losses_and_validates():
 @pytest.mark.slow
 def test_fashion_mnist_end_to_end_w_star_close_to_dense():
     """Real data: a short DessiLBI run gives a sparse W* close to dense W."""
-    from tf_dessilbi.data import fashion_mnist_datasets
+    from tf_dessilbi.training.data import fashion_mnist_datasets
     from tf_dessilbi.models import fmnist_cnn_s
 
     train, test = fashion_mnist_datasets(batch_size=128, train_limit=25600, test_limit=2000)

@@ -21,7 +21,7 @@ def test_the_names_of_release_0_1_are_still_there():
         "structures_for", "tfmot",
     }
     assert released <= set(tf_dessilbi.__all__)
-    from tf_dessilbi.callbacks import GateTemperature  # noqa: F401
+    from tf_dessilbi.gates.callbacks import GateTemperature  # noqa: F401
     from tf_dessilbi.layers import SparseGate  # noqa: F401
     from tf_dessilbi.tfmot import sparse_masks, to_pruned, to_tf_keras  # noqa: F401
 

@@ -22,7 +22,7 @@ class GateTemperature(keras.callbacks.Callback):
     """Anneals the temperature β of every `SparseGate` from 1 to β_final.
 
     β follows the geometric path β_final^(e/(E−1)) of the authors' code (see
-    `tf_dessilbi.schedules`), either every step (default: the smooth path; the
+    `tf_dessilbi.gates.schedules`), either every step (default: the smooth path; the
     per-epoch ×β_final^(1/(E−1)) jumps were measured to drive short rounds to
     NaN) or once per epoch. Epochs are the ``epoch`` indices `fit` passes, so
     a round is one ``fit(epochs=E)`` call. β is a non-trainable variable:

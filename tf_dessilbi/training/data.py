@@ -1,13 +1,18 @@
-"""Real Fashion-MNIST, offline, as `tf.data` pipelines.
+"""Real Fashion-MNIST, offline, as NumPy arrays and `tf.data` pipelines.
 
-Debian's package ``dataset-fashion-mnist`` ships the four IDX files that
-`keras.datasets.fashion_mnist.load_data()` downloads into its cache. We link
-them into that cache and reuse Keras' own loader (no IDX parser here).
+Debian's package ``dataset-fashion-mnist`` ships the four gzipped IDX files
+that `keras.datasets.fashion_mnist.load_data()` downloads. They are read here
+straight from the folder given (``source_dir``, else
+``$TF_DESSILBI_FASHION_MNIST_DIR``, else Debian's folder): no copy or link
+in Keras' cache, so the folder asked for is always the one read. A damaged
+file raises an error that names it.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -23,15 +28,51 @@ INSTALL_HINT = (
     "Install Debian's package: `sudo apt-get update && sudo apt-get install "
     "dataset-fashion-mnist` (it provides /usr/share/datasets/fashion-mnist/)."
 )
+_EXPECTED = {  # file -> (IDX magic, shape)
+    "train-labels-idx1-ubyte.gz": (2049, (60000,)),
+    "train-images-idx3-ubyte.gz": (2051, (60000, 28, 28)),
+    "t10k-labels-idx1-ubyte.gz": (2049, (10000,)),
+    "t10k-images-idx3-ubyte.gz": (2051, (10000, 28, 28)),
+}
 
 
-def _keras_cache_dir() -> str:
-    from keras.src.backend import config
+def resolve_source_dir(directory: Optional[str] = None) -> str:
+    """The folder read: `directory`, ``$TF_DESSILBI_FASHION_MNIST_DIR`` or Debian's."""
+    return directory or os.environ.get(
+        "TF_DESSILBI_FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR
+    )
 
-    base = os.path.expanduser(config.keras_home())
-    if not os.access(base, os.W_OK) and not os.access(os.path.dirname(base), os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return os.path.join(base, "datasets", "fashion-mnist")
+
+def read_idx(path: str, magic: int, shape: tuple) -> np.ndarray:
+    """A gzipped IDX file (uint8 data) as an array of `shape`.
+
+    Raises:
+        ValueError: the file is not gzip, is truncated, or holds another
+            array than expected; the message names the file.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(
+            f"Fashion-MNIST file {path!r} is damaged ({type(e).__name__}: {e}); "
+            f"reinstall it (`sudo apt-get install --reinstall dataset-fashion-mnist`) "
+            f"or point TF_DESSILBI_FASHION_MNIST_DIR at a good copy."
+        ) from None
+    header = 4 + 4 * len(shape)
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        raise ValueError(
+            f"Fashion-MNIST file {path!r} is not an IDX file with magic {magic} "
+            f"(a damaged or wrong file)."
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(len(shape)))
+    count = int(np.prod(dims))
+    if dims != tuple(shape) or len(raw) - header != count:
+        raise ValueError(
+            f"Fashion-MNIST file {path!r} holds {len(raw) - header} bytes for shape "
+            f"{dims}; expected shape {tuple(shape)} (a truncated or wrong file)."
+        )
+    return np.frombuffer(raw, np.uint8, count, header).reshape(dims)
 
 
 def load_fashion_mnist(source_dir: Optional[str] = None):
@@ -48,29 +89,17 @@ def load_fashion_mnist(source_dir: Optional[str] = None):
     Raises:
         FileNotFoundError: the files are missing; the message says how to
             install them.
+        ValueError: a file is damaged; the message names it.
     """
-    import keras
-
-    source_dir = source_dir or os.environ.get(
-        "TF_DESSILBI_FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR
-    )
-    cache = _keras_cache_dir()
-    missing = [
-        f for f in FASHION_MNIST_FILES
-        if not os.path.exists(os.path.join(cache, f))
-        and not os.path.exists(os.path.join(source_dir, f))
-    ]
+    directory = resolve_source_dir(source_dir)
+    missing = [f for f in FASHION_MNIST_FILES if not os.path.exists(os.path.join(directory, f))]
     if missing:
         raise FileNotFoundError(
-            f"Fashion-MNIST files {missing} not found in {source_dir!r} nor in "
-            f"the Keras cache {cache!r}. {INSTALL_HINT}"
+            f"Fashion-MNIST files {missing} not found in {directory!r}. {INSTALL_HINT}"
         )
-    os.makedirs(cache, exist_ok=True)
-    for f in FASHION_MNIST_FILES:
-        target = os.path.join(cache, f)
-        if not os.path.exists(target):
-            os.symlink(os.path.join(source_dir, f), target)
-    return keras.datasets.fashion_mnist.load_data()
+    arrays = [read_idx(os.path.join(directory, f), *_EXPECTED[f]) for f in FASHION_MNIST_FILES]
+    y_train, x_train, y_test, x_test = arrays
+    return (x_train, y_train), (x_test, y_test)
 
 
 def to_float_images(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of tf_dessilbi.export: strip() and export_saved_model()."""
+"""Tests of tf_dessilbi.export.saved_model: export_saved_model() (layout, modes, kills)."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tf_dessilbi
+from tests.test_export_strip import _Subclassed  # noqa: F401
 from tf_dessilbi import export
 from tf_dessilbi.layers import SparseGate
 
@@ -70,170 +71,6 @@ def _same_weights(before, model):
     return len(before) == len(after) and all(
         np.array_equal(a, b) for a, b in zip(before, after)
     )
-
-
-# -- strip ----------------------------------------------------------------------
-@pytest.mark.parametrize("prune_bias", [True, False])
-@pytest.mark.parametrize("nested", [False, True])
-def test_strip_dessilbi_equals_w_star(prune_bias, nested):
-    model, optimizer = _dessilbi_trained(nested)
-    x, _ = _data(seed=1)
-    before = _weights(model)
-
-    stripped = tf_dessilbi.strip(model, optimizer, prune_bias=prune_bias)
-
-    assert _same_weights(before, model)  # the input model is untouched
-    with tf_dessilbi.apply_w_star(model, optimizer, prune_bias=prune_bias):
-        expected = keras.ops.convert_to_numpy(model(x, training=False))
-        w_star = _weights(model)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(stripped(x, training=False)), expected
-    )
-    # Same weights as W*, nothing more, and independent variables.
-    assert [w.path.split("/")[-2:] for w in stripped.weights] == [
-        w.path.split("/")[-2:] for w in model.weights
-    ]
-    for a, b in zip(w_star, _weights(stripped)):
-        np.testing.assert_array_equal(a, b)
-    assert not {id(v) for v in stripped.weights} & {id(v) for v in model.weights}
-
-
-def test_strip_kernels_are_zero_outside_support():
-    model, optimizer = _dessilbi_trained()
-    stripped = tf_dessilbi.strip(model, optimizer)
-    for variable, _ in optimizer.coupled_variables():
-        support = keras.ops.convert_to_numpy(optimizer.support(variable))
-        layer_name = variable.path.split("/")[-2]
-        kernel = keras.ops.convert_to_numpy(stripped.get_layer(layer_name).kernel)
-        assert np.all(kernel[~support] == 0)
-        np.testing.assert_array_equal(
-            kernel[support], keras.ops.convert_to_numpy(variable)[support]
-        )
-
-
-def _gated(granularity):
-    keras.utils.set_random_seed(2)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1), name="image"),
-            SparseGate(
-                keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
-                granularity=granularity,
-                gate_init=0.5,
-            ),
-            keras.layers.Flatten(name="flatten"),
-            SparseGate(
-                keras.layers.Dense(5, activation="relu", name="fc"),
-                granularity=granularity,
-                gate_init=0.5,
-            ),
-            keras.layers.Dense(3, name="logits"),
-        ],
-        name="gated",
-    )
-    rng = np.random.default_rng(3)
-    for layer in model.layers:
-        if isinstance(layer, SparseGate):
-            scores = rng.normal(size=layer.gate_scores.shape).astype("float32")
-            layer.gate_scores.assign(scores)
-            layer.ticket.assign(1.0)
-    return model
-
-
-@pytest.mark.parametrize("granularity", ["weight", "filter"])
-def test_strip_gated_equals_ticket_mode(granularity):
-    model = _gated(granularity)
-    x, _ = _data(seed=4)
-    before = _weights(model)
-
-    stripped = tf_dessilbi.strip(model)
-
-    assert _same_weights(before, model)
-    assert not any(isinstance(l, SparseGate) for l in stripped._flatten_layers())
-    assert [l.name for l in stripped.layers] == ["conv", "flatten", "fc", "logits"]
-    plain = keras.Sequential(
-        [keras.Input((8, 8, 1))]
-        + [
-            keras.layers.Conv2D(6, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(5, activation="relu"),
-            keras.layers.Dense(3),
-        ]
-    )
-    assert [tuple(w.shape) for w in stripped.weights] == [
-        tuple(w.shape) for w in plain.weights
-    ]
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(stripped(x)),
-        keras.ops.convert_to_numpy(model(x)),
-        rtol=1e-6,
-        atol=1e-6,
-    )
-    for layer in model.layers:
-        if isinstance(layer, SparseGate):
-            kernel = keras.ops.convert_to_numpy(stripped.get_layer(layer.layer.name).kernel)
-            np.testing.assert_array_equal(kernel, layer.stripped_kernel())
-            assert np.all(kernel[~layer.kept_mask()] == 0)
-
-
-def test_strip_without_optimizer_is_an_independent_copy():
-    model = _functional()
-    x, _ = _data()
-    stripped = tf_dessilbi.strip(model)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(stripped(x)), keras.ops.convert_to_numpy(model(x))
-    )
-    stripped.get_layer("fc").kernel.assign(
-        np.zeros(stripped.get_layer("fc").kernel.shape, "float32")
-    )
-    assert np.any(keras.ops.convert_to_numpy(model.get_layer("fc").kernel) != 0)
-
-
-class _Subclassed(keras.Model):
-    def __init__(self):
-        super().__init__(name="sub")
-        self.dense = keras.layers.Dense(2)
-
-    def call(self, inputs):
-        return self.dense(inputs)
-
-
-def test_strip_rejects_subclassed_models():
-    model = _Subclassed()
-    model(np.zeros((1, 3), "float32"))
-    with pytest.raises(
-        ValueError,
-        match=r"Only Sequential and Functional models can be stripped or "
-        r"exported; 'sub' is a subclassed model of type _Subclassed",
-    ):
-        tf_dessilbi.strip(model)
-    inputs = keras.Input((3,))
-    outer = keras.Model(inputs, _Subclassed()(inputs), name="outer")
-    with pytest.raises(
-        ValueError, match=r"it contains the subclassed model 'sub' of type _Subclassed"
-    ):
-        tf_dessilbi.strip(outer)
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        ({"model": "net"}, TypeError, r"`model` must be a keras.Model .* Received: model='net'"),
-        ({"prune_bias": 1}, TypeError, r"`prune_bias` must be a bool. Received: prune_bias=1"),
-    ],
-)
-def test_strip_bad_arguments(kwargs, error, message):
-    arguments = {"model": _functional(), **kwargs}
-    with pytest.raises(error, match=message):
-        tf_dessilbi.strip(**arguments)
-
-
-def test_strip_with_unbuilt_optimizer_fails_and_leaves_model():
-    model = _functional()
-    before = _weights(model)
-    with pytest.raises(ValueError, match=r"apply_w_star\(\) needs an optimizer"):
-        tf_dessilbi.strip(model, tf_dessilbi.DessiLBI())
-    assert _same_weights(before, model)
 
 
 # -- SavedModel ---------------------------------------------------------------------
@@ -381,10 +218,11 @@ def test_failed_export_writes_nothing(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"version": "1"}, TypeError, r"`version` must be a non-negative integer or None. Received: version='1' of type str"),
+        ({"version": "1"}, TypeError, r"`version` must be an integer. Received: version='1' of type str"),
         ({"version": True}, TypeError, r"Received: version=True of type bool"),
-        ({"version": -1}, ValueError, r"`version` must be a non-negative integer or None. Received: version=-1"),
-        ({"overwrite": "yes"}, TypeError, r"`overwrite` must be a bool. Received: overwrite='yes'"),
+        ({"version": -1}, ValueError, r"`version` must be >= 0. Received: version=-1"),
+        ({"overwrite": "yes"}, TypeError, r"`overwrite` must be True or False. Received: overwrite='yes'"),
+        ({"preprocessing": 3}, TypeError, r"`preprocessing` must be a function or None. Received: preprocessing=3"),
         ({"export_dir": 3}, TypeError, r"`export_dir` must be a path. Received: export_dir=3"),
     ],
 )
@@ -406,7 +244,7 @@ def test_export_dir_that_is_a_file(tmp_path):
 def test_export_of_a_subclassed_model_writes_nothing(tmp_path):
     model = _Subclassed()
     model(np.zeros((1, 3), "float32"))
-    with pytest.raises(ValueError, match=r"'sub' is a subclassed model"):
+    with pytest.raises(TypeError, match=r"_Subclassed 'sub' is subclassed"):
         tf_dessilbi.export_saved_model(model, tmp_path / "sub")
     assert not os.path.exists(tmp_path / "sub")
 
@@ -415,3 +253,87 @@ def test_signature_name_sanitizing():
     assert export._spec_name("class probs") == "class_probs"
     assert export._spec_name("_x") == "x_x"
     assert export._unique(["a", "a", "b"]) == ["a", "a_1", "b"]
+
+
+def test_exported_folders_are_readable_by_other_users(tmp_path):
+    path = tf_dessilbi.export_saved_model(_functional(), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask
+    os.umask(0o022)  # the usual umask: drwxr-xr-x, as tf.saved_model.save gives
+    try:
+        path = tf_dessilbi.export_saved_model(_functional(), tmp_path)
+    finally:
+        os.umask(umask)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o755)
+
+
+def test_preprocessing_is_baked_into_the_signature(tmp_path):
+    model = _functional()
+    path = tf_dessilbi.export_saved_model(model, tmp_path, preprocessing=lambda x: x / 255.0)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    x, _ = _data()
+    out = list(serve(image=tf.constant(x * 255.0)).values())[0].numpy()
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(model(x, training=False)),
+                               rtol=1e-4, atol=1e-5)
+
+
+KILL_EXPORT = textwrap.dedent('''
+    import os, shutil, signal, sys
+    import keras, numpy as np
+    sys.path.insert(0, {root!r})
+    from tests.test_export_saved_model import _functional
+    import tf_dessilbi
+    from tf_dessilbi.export import saved_model
+
+    def die(*a, **k):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.utils.set_random_seed(5)
+    model = _functional()
+    point = {point!r}
+    if point == "fallback: between the two renames":
+        saved_model._exchange = lambda a, b: False
+        rename = os.rename
+        calls = []
+        def fake_rename(a, b):
+            rename(a, b)
+            calls.append(b)
+            if len(calls) == 1:
+                die()
+        saved_model.os.rename = fake_rename
+    elif point == "after the exchange":
+        saved_model.shutil.rmtree = die
+    elif point == "while writing":
+        import tensorflow as tf
+        tf.saved_model.save = die
+    for w in model.weights:
+        w.assign(w + 1.0)
+    tf_dessilbi.export_saved_model(model, {export_dir!r}, version=1, overwrite=True)
+''')
+
+
+@pytest.mark.parametrize("point", ["while writing", "after the exchange",
+                                   "fallback: between the two renames"])
+def test_a_killed_overwrite_leaves_a_servable_version(tmp_path, point):
+    model = _functional()
+    x, _ = _data()
+    old = keras.ops.convert_to_numpy(model(x, training=False))
+    tf_dessilbi.export_saved_model(model, tmp_path, version=1)
+    script = KILL_EXPORT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                point=point, export_dir=str(tmp_path))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    hidden = [n for n in os.listdir(tmp_path) if n.startswith(".")]
+    if point != "fallback: between the two renames":  # the atomic paths
+        served = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
+        out = list(served(image=tf.constant(x)).values())[0].numpy()
+        expected_old = point == "while writing"
+        assert np.allclose(out, old, atol=1e-5) == expected_old
+    assert hidden  # what the kill left behind ...
+    # ... the next export cleans up (and restores a version moved aside).
+    tf_dessilbi.export_saved_model(model, tmp_path, version=2)
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+    tf.saved_model.load(str(tmp_path / "1"))

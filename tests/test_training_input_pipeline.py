@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_dessilbi import config_lib
-from tf_dessilbi import input_pipeline
+from tf_dessilbi.training import config_lib
+from tf_dessilbi.training import input_pipeline
 
 
 def _data(**overrides):
@@ -60,6 +60,8 @@ def test_bad_names(field, value, match):
 def test_cifar_augment_pads_crops_flips():
     image = tf.reshape(tf.range(32 * 32 * 3, dtype=tf.float32), (32, 32, 3))
     outs = [input_pipeline.cifar_augment(image) for _ in range(20)]
+    same = [input_pipeline.cifar_augment(image, seed=[1, i % 2]) for i in range(4)]
+    np.testing.assert_array_equal(same[0].numpy(), same[2].numpy())  # stateless with a seed
     assert all(o.shape == (32, 32, 3) for o in outs)
     assert any(not np.array_equal(o.numpy(), image.numpy()) for o in outs)
     # Each crop is a shifted (and maybe flipped) window with zero padding.
@@ -100,3 +102,42 @@ def test_offline_fashion_mnist_from_debian_files():
     x, y = next(iter(d.train))
     assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
     assert len(np.unique(y.numpy())) > 1
+
+
+# -- issue 14 item 10: the folder asked for is the one read; damaged files are named --------
+def test_fashion_mnist_reads_the_folder_given_and_names_a_damaged_file(tmp_path, monkeypatch):
+    import gzip
+    import os
+
+    from tf_dessilbi.training import data as data_lib
+
+    src = data_lib.DEBIAN_FASHION_MNIST_DIR
+    if not os.path.exists(os.path.join(src, data_lib.FASHION_MNIST_FILES[0])):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    for name in data_lib.FASHION_MNIST_FILES:
+        (tmp_path / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:5000])  # a truncated copy
+    monkeypatch.setenv("TF_DESSILBI_FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is damaged"):
+        data_lib.load_fashion_mnist()
+    images.write_bytes(gzip.compress(b"\0" * 64))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is not an IDX file"):
+        data_lib.load_fashion_mnist(str(tmp_path))
+
+
+def test_local_splits_and_slices():
+    arrays = {"train": (np.arange(10), np.arange(10)), "test": (np.arange(4), np.arange(4))}
+    assert input_pipeline.local_split(arrays, "train[:6]", "train_split")[0].tolist() == list(range(6))
+    assert input_pipeline.local_split(arrays, "train[60%:]", "eval_split")[0].tolist() == [6, 7, 8, 9]
+    assert input_pipeline.local_split(arrays, "test", "eval_split")[0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"config.data.eval_split='validation' is invalid for local data"):
+        input_pipeline.local_split(arrays, "validation", "eval_split")
+
+
+def test_resumed_stream_equals_the_uninterrupted_one():
+    d = input_pipeline.get_datasets(_data(), batch_size=16)  # 40 examples: 2 batches per pass
+    whole = [y.numpy().tolist() for _, y in d.train_from(0).take(7)]
+    assert whole[2:7] == [y.numpy().tolist() for _, y in d.train_from(2).take(5)]
+    assert whole[5:7] == [y.numpy().tolist() for _, y in d.train_from(5).take(2)]
+    assert whole[0] != whole[2]  # pass 1 is shuffled differently from pass 0

@@ -2,8 +2,8 @@
 
 `STRATEGIES` (``config.strategy``), the learning-rate schedules
 (``config.schedule.name``), the optimizers (``config.optimizer.name``) and
-the models (``config.model.name``, via `tf_dessilbi.models.MODELS`), plus
-Continuous Sparsification gating when ``config.gates.enabled``.
+the models (``config.model.name``, via `tf_dessilbi.models.MODELS`). The
+sparsity methods (gating, masks, ...) are in `tf_dessilbi.training.methods`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+import tf_dessilbi as tfd
 from tf_dessilbi import models as models_lib
-from tf_dessilbi.dessilbi.optimizer import DessiLBI
-from tf_dessilbi.dessilbi.structures import structures_for
 
 STRATEGIES = {
     "default": lambda config: tf.distribute.get_strategy(),
@@ -89,7 +88,7 @@ def _structure(config, model):
     name = config.optimizer.structure
     if name == "auto":
         return "auto"
-    mapping = structures_for(model)  # conv → filter, dense → elementwise
+    mapping = tfd.structures_for(model)  # conv → filter, dense → elementwise
     if name == "elementwise":
         return {k: "elementwise" for k in mapping}
     # filter_neuron: conv filters and hidden dense neurons as groups; the
@@ -113,7 +112,7 @@ def build_optimizer(config, model, steps_per_epoch: int):
     )
     if o.name == "sgd":
         return keras.optimizers.SGD(**common)
-    return DessiLBI(
+    return tfd.DessiLBI(
         kappa=o.kappa,
         mu=o.mu,
         lambda_=o.lambda_,
@@ -124,35 +123,8 @@ def build_optimizer(config, model, steps_per_epoch: int):
 
 
 def build_model(config, input_shape, num_classes) -> keras.Model:
-    """The model named by ``config.model.name``, gated if ``config.gates.enabled``."""
+    """The dense model named by ``config.model.name``."""
     kwargs = dict(input_shape=input_shape, num_classes=num_classes)
     if config.model.weight_decay:
         kwargs["weight_decay"] = config.model.weight_decay
-    model = models_lib.get_model(config.model.name, **kwargs)
-    if config.gates.enabled:
-        model = gates_api().gating.gate_model(
-            model,
-            granularity=config.gates.granularity,
-            gate_init=config.gates.gate_init,
-            penalty=config.gates.penalty,
-        )
-    return model
-
-
-def gates_api():
-    """The Continuous Sparsification modules, or a clear error if missing."""
-    try:
-        from tf_dessilbi import callbacks
-        from tf_dessilbi.gates import gating
-    except ImportError as e:
-        raise RuntimeError(
-            "config.gates.enabled=True needs the Continuous Sparsification API "
-            f"(tf_dessilbi.gating, tf_dessilbi.callbacks): {e}"
-        ) from e
-
-    class _Api:
-        pass
-
-    api = _Api()
-    api.gating, api.callbacks = gating, callbacks
-    return api
+    return models_lib.get_model(config.model.name, **kwargs)

@@ -7,7 +7,7 @@ are reduced with ``axis=0`` although they are scalars). This loop runs the
 package's own per-replica step (`tf_dessilbi.make_train_step`) with
 ``strategy.run`` and drives ordinary Keras callbacks (progress bar, History,
 `BackupAndRestore`, the summaries and path recorders), so
-`tf_dessilbi.train` behaves the same with every strategy.
+`tf_dessilbi.training` behaves the same with every strategy.
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ def fit(
     eval_steps: Optional[int] = None,
     verbose: int = 1,
     jit_compile: bool = False,
+    initial_epoch: int = 0,
 ):
     """Trains a compiled `model` for `epochs` with ``strategy.run``.
 
-    The epoch loop starts at ``model._initial_epoch`` when a
-    `keras.callbacks.BackupAndRestore` has restored a backup (as `fit` does).
+    The epoch loop starts at `initial_epoch` (a restored backup), or at
+    ``model._initial_epoch`` when a `keras.callbacks.BackupAndRestore` has
+    restored one (as `fit` does).
 
     Args:
         model: a model compiled inside ``strategy.scope()`` (its optimizer and
@@ -81,6 +83,7 @@ def fit(
         eval_steps: evaluation batches (None: all).
         verbose: 0, 1 (progress bar) or 2 (one line per epoch).
         jit_compile: compile the train step with XLA.
+        initial_epoch: the first epoch to run (0-based).
 
     Returns:
         The `keras.callbacks.History` (``.history`` maps metric names to
@@ -103,7 +106,7 @@ def fit(
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     cbs.on_train_begin()
     logs = {}
-    for epoch in range(getattr(model, "_initial_epoch", 0) or 0, epochs):
+    for epoch in range(getattr(model, "_initial_epoch", 0) or initial_epoch, epochs):
         cbs.on_epoch_begin(epoch)
         total = 0.0
         for batch in range(steps_per_epoch):

@@ -28,6 +28,10 @@ REWINDS = ("init", "epoch")
 def base_config() -> ml_collections.ConfigDict:
     """Every field a training config has, with its default."""
     c = ml_collections.ConfigDict()
+    # The sparsity method (tf_dessilbi.training.methods.METHODS); "" picks it
+    # from optimizer.name / gates.enabled / gates.rounds, as older configs did.
+    c.method = ""
+    c.resume = True  # False: delete the workdir's previous run and start over
     c.seed = 0
     c.num_epochs = 3
     c.steps_per_epoch = 0  # 0: one pass over the training set
@@ -40,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.jit_compile = False
     c.verbose = 1  # Keras progress bar; 2: one line per epoch; 0: silent
 
-    # Data (tf_dessilbi.input_pipeline).
+    # Data (tf_dessilbi.training.input_pipeline).
     c.data = ml_collections.ConfigDict()
     c.data.name = "fashion_mnist"  # "synthetic", "fashion_mnist" or a TFDS name
     c.data.source = "auto"  # auto | local (Debian files) | tfds
@@ -106,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.early_tickets.rewind = "init"  # init | epoch
     c.early_tickets.rewind_epoch = 0  # with rewind="epoch"
 
+    # Hyperparameters of the method named by `method` (free-form: each method
+    # defines its own fields in its config file).
+    c.sparse = ml_collections.ConfigDict()
+
     # Outputs in the workdir.
     c.outputs = ml_collections.ConfigDict()
     c.outputs.tensorboard = True
@@ -114,6 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.outputs.backup = True  # BackupAndRestore under workdir/backup
     c.outputs.export = True  # stripped SavedModel under workdir/export/<version>
     c.outputs.export_version = 1
+    c.outputs.allow_dead_export = False  # export even if a layer keeps no weight
+    c.outputs.summary_every_steps = 50  # TensorBoard train scalars every N steps
+    c.outputs.path_points = 80  # regularization-path records per run (about)
     return c
 
 
@@ -132,22 +143,27 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+class ConfigError(ValueError):
+    """An invalid training config (the message names the field)."""
+
+
 def _fail(field, value, allowed):
-    raise ValueError(f"config.{field}={value!r} is invalid: allowed {allowed}.")
+    raise ConfigError(f"config.{field}={value!r} is invalid: allowed {allowed}.")
 
 
 def _check_keys(config, schema, prefix=""):
     for key in config.keys():
         field = f"{prefix}{key}"
         if key not in schema:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown config field config.{field}; known fields of "
                 f"config{'.' + prefix[:-1] if prefix else ''}: {sorted(schema.keys())}."
             )
         if isinstance(schema[key], ml_collections.ConfigDict):
             if not isinstance(config[key], ml_collections.ConfigDict):
                 _fail(field, config[key], "a section (ConfigDict)")
-            _check_keys(config[key], schema[key], field + ".")
+            if field != "sparse":  # free-form: the method's own fields
+                _check_keys(config[key], schema[key], field + ".")
 
 
 def _number(config, field, low=None, high=None, low_open=False, integer=False):
@@ -185,8 +201,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ValueError: unknown field, unknown name, or out-of-range value.
     """
     from tf_dessilbi import models as models_lib
+    from tf_dessilbi.training import methods
 
     _check_keys(config, base_config())
+    if config.method:
+        _choice(config, "method", tuple(sorted(methods.METHODS)))
+    _choice(config, "resume", (True, False))
+    _choice(config, "outputs.allow_dead_export", (True, False))
     _choice(config, "model.name", tuple(sorted(models_lib.MODELS)))
     _choice(config, "optimizer.name", OPTIMIZERS)
     _choice(config, "schedule.name", SCHEDULES)
@@ -208,6 +229,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "early_tickets.retrain_epochs", "early_tickets.rewind_epoch",
         "gates.rewind_epoch", "outputs.export_version",
     ):
+        _number(config, field, 0, integer=True)
+    for field in ("outputs.summary_every_steps", "outputs.path_points"):
         _number(config, field, 0, integer=True)
     _number(config, "gates.rounds", 1, integer=True)
     _number(config, "optimizer.learning_rate", 0, low_open=True)

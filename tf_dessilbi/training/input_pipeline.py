@@ -5,23 +5,29 @@
 * ``"synthetic"``: noise images with a bright band that depends on the
   label (learnable in a few steps), for smoke tests; no files needed.
 * ``"fashion_mnist"``: the real Fashion-MNIST; offline from Debian's
-  ``dataset-fashion-mnist`` files (`tf_dessilbi.data`) when ``source`` is
+  ``dataset-fashion-mnist`` files (`tf_dessilbi.training.data`) when ``source`` is
   ``"auto"`` or ``"local"``, through TFDS when ``"tfds"``.
 * anything else: a TFDS dataset name (``"mnist"``, ``"cifar10"``,
   ``"imagenet2012"``, …) loaded with `tfds.load` from ``data_dir``.
 
-Training pipelines shuffle, augment (``"cifar"``: pad-4 random crop and flip;
-``"imagenet"``: random-resized crop and flip; ``"none"``), batch with
-``drop_remainder=True`` (static shapes for XLA and tf.distribute) and
-``repeat()``, so an epoch is ``steps_per_epoch`` batches; evaluation
-pipelines batch without dropping. Both prefetch with ``AUTOTUNE``.
+The training stream is a sequence of passes over the training set: pass
+``p`` is shuffled with the seed ``(seed, p)``, augmented (``"cifar"``: pad-4
+random crop and flip; ``"imagenet"``: random-resized crop and flip;
+``"none"``) with stateless random ops seeded by ``(seed, p, example)``, and
+batched with ``drop_remainder=True`` (static shapes for XLA and
+tf.distribute); the passes follow each other forever. So the batch at any
+global step is a function of the seed and the step alone, and
+``Datasets.train_from(step)`` restarts the stream exactly there (a resumed
+run sees the batches the uninterrupted run saw). Evaluation pipelines batch
+without dropping. Both prefetch with ``AUTOTUNE``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+import re
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -40,6 +46,12 @@ class Datasets:
     num_eval: int
     num_classes: int
     input_shape: tuple
+    train_from: Callable[[int], tf.data.Dataset] = None
+    steps_per_pass: int = 0
+
+    def __post_init__(self):
+        if self.train_from is None:  # a plain pair of datasets (no exact resume)
+            self.train_from = lambda step: self.train.skip(step)
 
 
 def _normalize(image, mean, std):
@@ -49,20 +61,37 @@ def _normalize(image, mean, std):
     return image
 
 
-def cifar_augment(image: tf.Tensor, pad: int = 4) -> tf.Tensor:
-    """Zero-pad by `pad`, random crop back to the input size, random flip."""
+def _seeds(seed, count):
+    """`count` stateless seeds ``(2,)`` derived from one ``(2,)`` seed."""
+    if seed is None:
+        seed = tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int64)
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count)
+
+
+def cifar_augment(image: tf.Tensor, pad: int = 4, seed=None) -> tf.Tensor:
+    """Zero-pad by `pad`, random crop back to the input size, random flip.
+
+    With a ``(2,)`` integer `seed` the crop and the flip are stateless
+    functions of it (reproducible); without, random.
+    """
+    crop_seed, flip_seed = tf.unstack(_seeds(seed, 2))
     shape = tf.shape(image)
     image = tf.image.pad_to_bounding_box(
         image, pad, pad, shape[0] + 2 * pad, shape[1] + 2 * pad
     )
-    image = tf.image.random_crop(image, shape)
-    return tf.image.random_flip_left_right(image)
+    image = tf.image.stateless_random_crop(image, shape, seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
-def imagenet_train_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Random-resized crop (area 8–100 %, aspect 3/4–4/3) to `size`, random flip."""
-    begin, crop, _ = tf.image.sample_distorted_bounding_box(
+def imagenet_train_crop(image: tf.Tensor, size: int, seed=None) -> tf.Tensor:
+    """Random-resized crop (area 8–100 %, aspect 3/4–4/3) to `size`, random flip.
+
+    `seed`: as in `cifar_augment`.
+    """
+    box_seed, flip_seed = tf.unstack(_seeds(seed, 2))
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
+        seed=box_seed,
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
         min_object_covered=0.1,
         aspect_ratio_range=(3 / 4, 4 / 3),
@@ -74,7 +103,7 @@ def imagenet_train_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     image = tf.slice(image, begin, crop)
     image = tf.image.resize(image, (size, size))
     image.set_shape((size, size, channels))
-    return tf.image.random_flip_left_right(image)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
 def imagenet_eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -108,25 +137,57 @@ def synthetic_arrays(num: int, shape, num_classes: int, seed: int):
     return x, y
 
 
-def _local_fashion_mnist():
-    from tf_dessilbi import data as data_lib
+_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
+
+
+def local_split(arrays: dict, split: str, field: str):
+    """``(x, y)`` of a local split: ``"train"``, ``"test"``, or a TFDS-style slice of one.
+
+    Slices: ``"train[:50000]"``, ``"train[50000:]"``, ``"test[:10%]"`` (the
+    bounds in examples, or percents with ``%``).
+
+    Raises:
+        ValueError: another split name; the message names the config field.
+    """
+    match = _SPLIT.match(split.replace(" ", ""))
+    if not match:
+        raise ValueError(
+            f"config.data.{field}={split!r} is invalid for local data: allowed "
+            f"'train', 'test' or a slice of one such as 'train[:50000]' or 'test[:10%]'."
+        )
+    name, start, start_pct, stop, stop_pct = match.groups()
+    x, y = arrays[name]
+    num = len(x)
+
+    def bound(text, pct, default):
+        if not text:
+            return default
+        value = int(text)
+        return int(round(value * num / 100)) if pct else value
+
+    lo, hi = bound(start, start_pct, 0), bound(stop, stop_pct, num)
+    return x[lo:hi], y[lo:hi]
+
+
+def _local_fashion_mnist(data_config):
+    from tf_dessilbi.training import data as data_lib
 
     (x_train, y_train), (x_test, y_test) = data_lib.load_fashion_mnist()
-    return (
-        (x_train[..., None], y_train.astype(np.int32)),
-        (x_test[..., None], y_test.astype(np.int32)),
-        10,
-    )
+    arrays = {
+        "train": (x_train[..., None], y_train.astype(np.int32)),
+        "test": (x_test[..., None], y_test.astype(np.int32)),
+    }
+    train = local_split(arrays, data_config.train_split, "train_split")
+    evals = local_split(arrays, data_config.eval_split, "eval_split")
+    return train, evals, 10
 
 
 def _local_available(name: str) -> bool:
-    from tf_dessilbi import data as data_lib
+    from tf_dessilbi.training import data as data_lib
 
     if name != "fashion_mnist":
         return False
-    source = os.environ.get(
-        "TF_DESSILBI_FASHION_MNIST_DIR", data_lib.DEBIAN_FASHION_MNIST_DIR
-    )
+    source = data_lib.resolve_source_dir()
     return all(
         os.path.exists(os.path.join(source, f)) for f in data_lib.FASHION_MNIST_FILES
     )
@@ -170,11 +231,14 @@ def get_datasets(
         seed: shuffle and augmentation seed.
 
     Returns:
-        A `Datasets`. ``train`` repeats forever (drop-remainder batches);
-        ``eval`` is one pass.
+        A `Datasets`. ``train`` repeats forever (drop-remainder batches,
+        ``train_from(step)`` the same stream from a global step); ``eval`` is
+        one pass.
 
     Raises:
         ValueError: an unknown augmentation or source.
+        ValueError: also a split local data does not have, or a training
+            set smaller than one batch.
         FileNotFoundError: ``source="local"`` and the files are missing.
     """
     name = data_config.name
@@ -203,7 +267,7 @@ def get_datasets(
         evals = tf.data.Dataset.from_tensor_slices((xe, ye))
         num_train, num_eval = len(xs), len(xe)
     elif use_local:
-        (xs, ys), (xe, ye), num_classes = _local_fashion_mnist()
+        (xs, ys), (xe, ye), num_classes = _local_fashion_mnist(data_config)
         train = tf.data.Dataset.from_tensor_slices((xs, ys))
         evals = tf.data.Dataset.from_tensor_slices((xe, ye))
         num_train, num_eval = len(xs), len(xe)
@@ -212,17 +276,23 @@ def get_datasets(
         evals, num_eval, _ = _tfds(data_config, data_config.eval_split)
     train, num_train = _limit(train, num_train, data_config.train_limit)
     evals, num_eval = _limit(evals, num_eval, data_config.eval_limit)
+    if num_train < batch_size:
+        raise ValueError(
+            f"The training set has {num_train} examples, fewer than one batch "
+            f"(batch_size={batch_size}): lower config.batch_size or raise "
+            f"config.data.train_limit / the synthetic sizes."
+        )
 
     mean = tuple(data_config.mean) if data_config.mean else None
     std = tuple(data_config.std) if data_config.std else None
     size = data_config.image_size
 
-    def train_map(image, label):
+    def train_map(image, label, example_seed):
         image = _normalize(image, None, None)
         if augment == "cifar":
-            image = cifar_augment(image)
+            image = cifar_augment(image, seed=example_seed)
         elif augment == "imagenet":
-            image = imagenet_train_crop(image, size)
+            image = imagenet_train_crop(image, size, seed=example_seed)
         return _normalize(image, mean, std), tf.cast(label, tf.int32)
 
     def eval_map(image, label):
@@ -234,17 +304,45 @@ def get_datasets(
     if data_config.cache:
         train, evals = train.cache(), evals.cache()
     buffer = min(data_config.shuffle_buffer, num_train) or 1
-    train = (
-        train.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    steps_per_pass = num_train // batch_size
+
+    def one_pass(index):
+        """Pass `index` of the training set, shuffled and augmented from (seed, index)."""
+        pass_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        shuffle_seed = tf.random.experimental.stateless_split(pass_seed, 1)[0][0]
+        # Inside this traced function only: a fixed graph-level seed, so the
+        # shuffle's seed pair is (1, shuffle_seed) whatever the global seed
+        # (TF cannot combine a global seed of 0 with a tensor op seed).
+        tf.random.set_seed(1)
+        examples = train.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        example_seeds = tf.data.Dataset.range(num_train).map(
+            lambda i: tf.stack([pass_seed[0] * 1_000_003 + index, i])
+        )
+        return tf.data.Dataset.zip(examples, example_seeds).map(
+            lambda xy, s: (xy[0], xy[1], s)
+        )
+
+    def train_from(step: int = 0) -> tf.data.Dataset:
+        """The training stream from global step `step` (batch ``step`` first)."""
+        first, offset = divmod(int(step), steps_per_pass)
+        stream = (
+            tf.data.Dataset.range(first, 2**62)
+            .flat_map(
+                lambda p: one_pass(p)
+                .map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size, drop_remainder=True)
+            )
+            .skip(offset)
+        )
+        return stream.prefetch(tf.data.AUTOTUNE)
+
     evals = (
         evals.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
         .batch(eval_batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    input_shape = tuple(int(d) for d in train.element_spec[0].shape[1:])
-    return Datasets(train, evals, num_train, num_eval, num_classes, input_shape)
+    first = train_from(0)
+    input_shape = tuple(int(d) for d in first.element_spec[0].shape[1:])
+    return Datasets(
+        first, evals, num_train, num_eval, num_classes, input_shape, train_from, steps_per_pass
+    )

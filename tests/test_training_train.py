@@ -1,0 +1,324 @@
+"""train_and_evaluate end to end on tiny synthetic configs (the train_test)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tf_dessilbi.training import config_lib
+from tf_dessilbi.training import path as path_lib
+from tf_dessilbi.training import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(optimizer="dessilbi"):
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_dessilbi.py"))
+    config.data.name = "synthetic"
+    config.data.synthetic_train = 96
+    config.data.synthetic_eval = 32
+    config.data.synthetic_shape = (12, 12, 1)
+    config.data.synthetic_classes = 4
+    config.batch_size = 16
+    config.num_epochs = 2
+    config.steps_per_epoch = 3
+    config.verbose = 0
+    config.optimizer.name = optimizer
+    config.optimizer.lambda_ = 0.05  # let something enter the support in 6 steps
+    config.optimizer.mu = 1.0
+    return config
+
+
+def test_train_and_evaluate_dessilbi(tmp_path):
+    workdir = str(tmp_path)
+    summary = train.train_and_evaluate(tiny_config(), workdir)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["eval"] == summary["eval"]
+    assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
+    assert 0.0 <= summary["eval_w_star"]["accuracy"] <= 1.0
+    assert len(summary["history"]["loss"]) == 2
+    assert all(np.isfinite(summary["history"]["loss"]))
+    layers = [row["layer"] for row in summary["sparsity"]["layers"]]
+    assert layers == ["conv1", "conv2", "conv3", "fc1", "logits"]
+    assert 0 < summary["sparsity"]["weights_kept"] < summary["sparsity"]["weights_total"]
+    # Outputs in the workdir.
+    epochs, steps, history = path_lib.load_path(os.path.join(workdir, "path.npz"))
+    assert epochs[0] == 0.0 and epochs[-1] == 2.0 and steps[-1] == 6
+    assert set(history) == set(layers)
+    assert os.path.getsize(os.path.join(workdir, "path.png")) > 0
+    assert summary["path_png"] == os.path.join(workdir, "path.png")
+    assert glob.glob(os.path.join(workdir, "tensorboard", "train", "events.out.tfevents.*"))
+    assert glob.glob(os.path.join(workdir, "tensorboard", "eval", "events.out.tfevents.*"))
+    assert os.path.exists(os.path.join(summary["export_dir"], "saved_model.pb"))
+    assert summary["export_dir"] == os.path.join(workdir, "export", "1")
+    assert os.path.exists(os.path.join(workdir, "backup", "epoch-2.json"))
+    assert os.path.exists(os.path.join(workdir, "train.log"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["optimizer"]["mu"] == 1.0
+
+
+def test_tensorboard_scalars_and_histograms(tmp_path):
+    import tensorflow as tf
+
+    config = tiny_config()
+    config.outputs.export = False
+    config.outputs.summary_every_steps = 2
+    train.train_and_evaluate(config, str(tmp_path))
+    tags = {}
+    for event_file in glob.glob(str(tmp_path / "tensorboard" / "train" / "events.*")):
+        for raw in tf.data.TFRecordDataset(event_file):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                tags.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
+    for tag in ("loss", "accuracy", "learning_rate", "sparsity/conv1/units_kept",
+                "sparsity/total/weights_kept", "support/conv1/units_kept",
+                "support/total/weights_kept", "dessilbi/kappa", "dessilbi/lambda_"):
+        assert tags.get(tag) == "scalars", tag
+    assert tags.get("unit_norm_w/conv2") == "histograms"
+    assert tags.get("unit_norm_gamma/fc1") == "histograms"
+    assert tags.get("config") == "text"
+    steps = _scalar_steps(tmp_path / "tensorboard" / "train", "loss")
+    assert steps == [2, 4, 6]  # every 2 steps, on the global step
+    assert _scalar_steps(tmp_path / "tensorboard" / "eval", "w_star_accuracy") == [3, 6]
+    assert _scalar_steps(tmp_path / "tensorboard" / "eval", "accuracy") == [3, 6]
+
+
+def _scalar_steps(folder, tag):
+    import tensorflow as tf
+
+    steps = []
+    for event_file in glob.glob(str(folder / "events.*")):
+        for raw in tf.data.TFRecordDataset(event_file):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(steps)
+
+
+def test_histograms_of_zero_norms_stay_non_negative():
+    from tf_dessilbi.training import summaries
+
+    buckets = summaries.histogram_buckets(np.zeros(7))
+    assert buckets.shape == (1, 3) and buckets[0, 0] == 0.0 and buckets[0, 1] > 0
+    assert buckets[0, 2] == 7
+    nan = summaries.histogram_buckets(np.array([np.nan, 1.0, 2.0]))
+    assert nan[:, 2].sum() == 2 and np.isfinite(nan).all()
+
+
+def test_train_and_evaluate_sgd_has_no_sparsity(tmp_path):
+    config = tiny_config("sgd")
+    config.outputs.path = False
+    config.outputs.export = False
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert "eval_w_star" not in summary
+    assert summary["sparsity"]["layers"] == []
+
+
+def test_a_workdir_remembers_its_config(tmp_path):
+    """Issue 14 item 4: a changed config in a used workdir is an error naming the fields."""
+    from tf_dessilbi.training import workdir as workdir_lib
+
+    config = tiny_config()
+    config.outputs.export = False
+    config.num_epochs = 1
+    first = train.train_and_evaluate(config, str(tmp_path))
+    config.optimizer.learning_rate = 0.02
+    config.optimizer.name = "sgd"
+    with pytest.raises(workdir_lib.WorkdirError) as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    assert "config.optimizer.learning_rate: 0.05 in the workdir, 0.02 now" in message
+    assert "config.optimizer.name: 'dessilbi' in the workdir, 'sgd' now" in message
+    assert "--config.resume=False" in message
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["optimizer"]["learning_rate"] == 0.05  # not rewritten
+    # Output-only fields may change; the same run is then reported again.
+    config = tiny_config()
+    config.num_epochs = 1
+    config.outputs.export = False
+    config.outputs.tensorboard = False
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["eval"] == first["eval"] and len(again["history"]["loss"]) == 1
+    # resume=False starts over with the new settings.
+    config.optimizer.learning_rate = 0.02
+    config.resume = False
+    fresh = train.train_and_evaluate(config, str(tmp_path))
+    assert fresh["eval"] != first["eval"]
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["optimizer"]["learning_rate"] == 0.02
+
+
+def test_early_tickets_retrain_the_support(tmp_path):
+    config = tiny_config()
+    config.outputs.export = False
+    config.early_tickets.epochs = (1, 2)
+    config.early_tickets.retrain_epochs = 1
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    for epoch in ("1", "2"):
+        ticket = summary["early_tickets"][epoch]
+        assert 0.0 <= ticket["accuracy"] <= 1.0
+        assert ticket["weights_kept"] <= ticket["weights_total"]
+    kept1 = summary["early_tickets"]["1"]["weights_kept"]
+    kept2 = summary["early_tickets"]["2"]["weights_kept"]
+    assert kept1 <= kept2  # the support grows along the path
+    assert os.path.exists(tmp_path / "early_tickets" / "support_epoch1.npz")
+
+
+
+def test_invalid_config_fails_before_training(tmp_path):
+    config = tiny_config()
+    config.optimizer.kappa = -1.0
+    with pytest.raises(ValueError, match="config.optimizer.kappa=-1.0"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _cli(args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "tf_dessilbi.train", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+TINY_FLAGS = [
+    "--config=configs/fmnist_dessilbi.py",
+    "--config.data.name=synthetic",
+    "--config.data.synthetic_train=64",
+    "--config.data.synthetic_eval=16",
+    "--config.data.synthetic_shape=(12,12,1)",
+    "--config.batch_size=16",
+    "--config.num_epochs=1",
+    "--config.steps_per_epoch=2",
+    "--config.optimizer.lambda_=0.05",
+    "--config.optimizer.mu=1",
+]
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_prints_table_and_paths(tmp_path):
+    result = _cli(TINY_FLAGS + ["--config.outputs.allow_dead_export=True", f"--workdir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "accuracy (W* = W on supp Γ)" in out
+    assert "layer" in out and "conv1" in out and "total" in out
+    assert f"SavedModel: {tmp_path}/export/1" in out
+    assert f"regularization path: {tmp_path}/path.png" in out
+    assert "epoch 1/1:" in result.stderr and "units kept" in result.stderr
+    # Quiet by default: no CUDA probing errors (on a machine without GPUs), no
+    # Keras shuffle warning, no resource-name notices from the export.
+    if not os.path.exists("/proc/driver/nvidia"):
+        assert "cuInit" not in result.stderr
+    assert "shuffle=True" not in result.stderr
+    assert "Found untraced functions" not in result.stderr
+    assert "Assets written to" not in result.stderr
+    with open(tmp_path / "train.log") as f:
+        assert "epoch 1/1:" in f.read()
+
+
+def test_cli_diverging_run_exits_1_with_one_message(tmp_path):
+    result = _cli(TINY_FLAGS + ["--config.optimizer.learning_rate=1e12", f"--workdir={tmp_path}"])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "tf_dessilbi.train: failed: Training diverged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "export")
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.optimizer.kapa=2", "kapa"),
+    ("--config.optimizer.kappa=-1", "config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
+    ("--config.method=nope", "config.method='nope' is invalid"),
+    ("--workdir={tmp}/afile", "is a file, not a folder"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, flag, message):
+    (tmp_path / "afile").write_text("x")
+    workdir = [] if flag.startswith("--workdir") else [f"--workdir={tmp_path}/run"]
+    result = _cli(TINY_FLAGS + [flag.format(tmp=tmp_path)] + workdir, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [l for l in result.stderr.splitlines() if l.startswith("tf_dessilbi.train: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "backup")
+
+
+def test_cli_helpfull_lists_the_config_fields():
+    result = _cli(["--helpfull"], timeout=120)
+    assert "optimizer.kappa=1.0" in result.stdout and "outputs.allow_dead_export=False" in result.stdout
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_train_and_evaluate_gates(tmp_path, rounds):
+    config = tiny_config("sgd")
+    config.gates.enabled = True
+    config.gates.final_beta = 10.0
+    config.gates.penalty = 1e-4
+    config.gates.rounds = rounds
+    config.gates.rewind_epoch = 1
+    config.outputs.tensorboard = rounds == 1
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= summary["eval_ticket"]["accuracy"] <= 1.0
+    assert all(np.isfinite(summary["history"]["loss"]))
+    assert os.path.exists(os.path.join(summary["export_dir"], "saved_model.pb"))
+    structures = {row["structure"] for row in summary["sparsity"]["layers"]}
+    assert structures == {"gate:weight"}
+    if rounds > 1:
+        assert [r["round"] for r in summary["rounds"]] == [0, 1]
+        assert 0.0 < summary["ticket_weight_fraction"] <= 1.0
+
+
+def test_registering_a_method_is_one_line(tmp_path, monkeypatch):
+    import keras
+
+    from tf_dessilbi import training
+    from tf_dessilbi.layers import masked
+
+    seen = {}
+
+    def prepare(config, model, data, steps_per_epoch):
+        seen["prepare"] = (data.num_train, steps_per_epoch, config.sparse.keep)
+        return masked.mask_model(model)
+
+    def callbacks(config, model, steps_per_epoch):
+        class Count(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen["epochs"] = seen.get("epochs", 0) + 1
+        return [Count()]
+
+    monkeypatch.setitem(training.METHODS, "toy", training.Method(prepare=prepare, callbacks=callbacks))
+    config = tiny_config("sgd")
+    config.method = "toy"
+    config.sparse.keep = 0.5  # a method's own fields live in config.sparse
+    config.outputs.tensorboard = False
+    summary = train.train_and_evaluate(config, str(tmp_path / "toy"))
+    assert seen == {"prepare": (96, 3, 0.5), "epochs": 2}
+    assert summary["method"] == "toy" and os.path.exists(summary["export_dir"])
+
+    def run(config, workdir, data, strategy):
+        return {"eval": {"loss": 1.0, "accuracy": 0.5}, "sparsity": {}, "rounds": 3}
+
+    monkeypatch.setitem(training.METHODS, "whole", training.Method(run=run))
+    config = tiny_config("sgd")
+    config.method = "whole"
+    summary = train.train_and_evaluate(config, str(tmp_path / "whole"))
+    assert summary["rounds"] == 3 and summary["method"] == "whole"
+    with open(tmp_path / "whole" / "summary.json") as f:
+        assert json.load(f)["eval"]["accuracy"] == 0.5
+
+
+def test_the_default_method_follows_the_older_fields():
+    from tf_dessilbi.training import methods
+
+    config = tiny_config()
+    assert methods.method_name(config) == "dessilbi"
+    config.optimizer.name = "sgd"
+    assert methods.method_name(config) == "sgd"
+    config.gates.enabled = True
+    assert methods.method_name(config) == "cs"
+    config.gates.rounds = 2
+    assert methods.method_name(config) == "cs_search"
+    with pytest.raises(ValueError, match="either a whole run"):
+        methods.Method(run=lambda *a: {}, prepare=lambda *a: None)

@@ -1,0 +1,177 @@
+"""The sparsity methods the CLI trains, picked by name (``config.method``).
+
+A `Method` is a few hooks (all optional) around the one training loop of
+`tf_dessilbi.training.train`:
+
+* ``prepare(config, model, data, steps_per_epoch) -> keras.Model`` — called
+  on the freshly built dense model, before compile (wrap it, score it on a
+  few batches of ``data.train``, ...);
+* ``callbacks(config, model, steps_per_epoch) -> list`` — extra fit callbacks;
+* ``finish(config, model, evaluate) -> dict`` — extra entries of the summary
+  after training (``evaluate()`` returns ``{"loss", "accuracy"}`` on the eval
+  set), e.g. the accuracy of W* or of the hard gate mask;
+
+or, for a multi-round procedure, the whole run:
+
+* ``run(config, workdir, data, strategy) -> dict`` — a JSON-able summary with
+  at least ``"eval": {"loss", "accuracy"}`` and ``"sparsity":
+  report.to_dict()``; an optional ``"model"`` entry (the final
+  `keras.Model`, taken out of the summary) is exported like a fit run's.
+
+Registering one is one line::
+
+    METHODS["rigl"] = Method(prepare=rigl.prepare, callbacks=rigl.callbacks)
+    METHODS["imp"] = Method(run=imp.run)
+
+With ``config.method = ""`` (the default) the method follows from the older
+fields, so existing configs keep working: `default_method`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Optional
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """The hooks of one sparsity method; see the module docstring."""
+
+    prepare: Optional[Callable] = None
+    callbacks: Optional[Callable] = None
+    finish: Optional[Callable] = None
+    run: Optional[Callable] = None
+    description: str = ""
+
+    def __post_init__(self):
+        hooks = {"prepare": self.prepare, "callbacks": self.callbacks, "finish": self.finish}
+        for name, hook in {**hooks, "run": self.run}.items():
+            if hook is not None and not callable(hook):
+                raise TypeError(f"`{name}` must be a function or None. Received: {name}={hook!r}")
+        if self.run is not None and any(h is not None for h in hooks.values()):
+            raise ValueError(
+                "A Method is either a whole run (`run`) or hooks around the fit loop "
+                "(`prepare`, `callbacks`, `finish`), not both."
+            )
+
+
+def default_method(config) -> str:
+    """The method a config without ``config.method`` means (the older fields)."""
+    if config.gates.enabled:
+        return "cs_search" if config.gates.rounds > 1 else "cs"
+    return "dessilbi" if config.optimizer.name == "dessilbi" else "sgd"
+
+
+def method_name(config) -> str:
+    """``config.method`` or, when empty, `default_method`."""
+    return config.get("method", "") or default_method(config)
+
+
+def get(config) -> Method:
+    """The `Method` of `config`.
+
+    Raises:
+        ValueError: an unknown ``config.method``.
+    """
+    name = method_name(config)
+    if name not in METHODS:
+        raise ValueError(
+            f"config.method={name!r} is invalid: allowed one of {tuple(sorted(METHODS))} "
+            f"(or '' for the method the optimizer/gates fields imply)."
+        )
+    return METHODS[name]
+
+
+# -- DessiLBI -------------------------------------------------------------------
+def _dessilbi_finish(config, model, evaluate) -> dict:
+    import tf_dessilbi as tfd
+
+    with tfd.apply_w_star(model, model.optimizer):
+        return {"eval_w_star": evaluate()}
+
+
+# -- Continuous Sparsification ---------------------------------------------------
+def _cs_prepare(config, model, data, steps_per_epoch) -> keras.Model:
+    import tf_dessilbi as tfd
+
+    g = config.gates
+    return tfd.gate_model(
+        model, granularity=g.granularity, gate_init=g.gate_init, penalty=g.penalty
+    )
+
+
+def _cs_callbacks(config, model, steps_per_epoch) -> list:
+    import tf_dessilbi as tfd
+
+    return [
+        tfd.callbacks.GateTemperature(
+            final_beta=config.gates.final_beta,
+            epochs=config.num_epochs,
+            steps_per_epoch=steps_per_epoch,
+            per_step=config.gates.per_step,
+        )
+    ]
+
+
+def _cs_finish(config, model, evaluate) -> dict:
+    import tf_dessilbi as tfd
+
+    tfd.set_ticket_mode(model, True)  # the hard mask 1[s > 0]/σ(s₀): the ticket
+    return {"eval_ticket": evaluate()}
+
+
+def _cs_search_run(config, workdir, data, strategy) -> dict:
+    """Continuous Sparsification with rounds and rewinding (`TicketSearch`).
+
+    No backup here: a killed search starts again from round 0.
+    """
+    import tf_dessilbi as tfd
+    from tf_dessilbi import models as models_lib
+    from tf_dessilbi.training.callbacks import EpochLog
+    from tf_dessilbi.training.components import build_optimizer
+    from tf_dessilbi.training.train import evaluate_model
+
+    g = config.gates
+    steps_per_epoch = config.steps_per_epoch or max(data.num_train // config.batch_size, 1)
+    with strategy.scope():
+        search = tfd.TicketSearch(
+            lambda: models_lib.get_model(
+                config.model.name, input_shape=data.input_shape,
+                num_classes=data.num_classes,
+                **({"weight_decay": config.model.weight_decay} if config.model.weight_decay else {}),
+            ),
+            lambda: build_optimizer(config, None, steps_per_epoch),
+            rounds=g.rounds, epochs_per_round=config.num_epochs,
+            rewind_epoch=g.rewind_epoch, final_beta=g.final_beta, penalty=g.penalty,
+            per_step=g.per_step, granularity=g.granularity, gate_init=g.gate_init,
+            jit_compile=config.jit_compile,
+        )
+        result = search.run(
+            data.train, data.eval, verbose=config.verbose,
+            callbacks=[EpochLog(config.num_epochs)], steps_per_epoch=steps_per_epoch,
+        )
+    model = result.model
+    report = tfd.sparsity_report(model)
+    evaluation = evaluate_model(model, data.eval, config.eval_steps)
+    return {
+        "model": model,
+        "rounds": result.rounds,
+        "history": {k: [float(x) for x in v] for k, v in result.ticket_history.items()},
+        "eval": evaluation,
+        "eval_ticket": evaluation,
+        "ticket_weight_fraction": result.weight_fraction,
+        "sparsity": report.to_dict(),
+    }
+
+
+METHODS: Dict[str, Method] = {
+    "sgd": Method(description="dense training with the configured optimizer"),
+    "dessilbi": Method(finish=_dessilbi_finish, description="DessiLBI: W and Γ, W* on supp(Γ)"),
+    "cs": Method(
+        prepare=_cs_prepare, callbacks=_cs_callbacks, finish=_cs_finish,
+        description="Continuous Sparsification: soft gates annealed to a hard mask",
+    ),
+    "cs_search": Method(run=_cs_search_run, description="Continuous Sparsification ticket search"),
+}
