@@ -192,14 +192,14 @@ def timed(fn: Callable, *args, **kwargs):
 def dessilbi_hparams() -> dict:
     """DessiLBI keyword arguments from the Fashion-MNIST config.
 
-    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.load_config`)
+    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.config.load_config`)
     so the benchmarks and the configs never disagree.
 
     Returns:
         ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
         "structure": config.optimizer.structure}``.
     """
-    from bench.accuracy import load_config
+    from bench.accuracy.config import load_config
 
     config, source = load_config(quick=False)
     o = config.optimizer
