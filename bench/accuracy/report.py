@@ -36,7 +36,8 @@ def to_markdown(results: dict) -> str:
     lines += [
         bench.md_table(
             ("model", "test accuracy %", "weights kept %"),
-            [(k, format_mean_std(r["acc"]), format_mean_std(r["kept"])) for k, r in s["rows"].items()],
+            [(k, format_mean_std(r["acc"]), format_mean_std(r["kept"]))
+             for k, r in s["rows"].items()],
         ),
         "",
         "Weights kept = nonzero entries of the conv and dense kernels (all of them coupled "
@@ -77,8 +78,9 @@ def path_markdown(results: dict) -> str:
     return bench.md_table(
         ("step", f"conv filters in supp Γ (of {s['filters_total']})",
          f"units in supp Γ (of {s['units_total']})", "weights in supp Γ %"),
-        [(p["step"], format_mean_std(p["filters_kept"], 1, 1), format_mean_std(p["units_kept"], 1, 1),
-          format_mean_std(p["weight_fraction"], 100, 3)) for p in pick],
+        [(p["step"], format_mean_std(p["filters_kept"], 1, 1),
+          format_mean_std(p["units_kept"], 1, 1), format_mean_std(p["weight_fraction"], 100, 3))
+         for p in pick],
     )
 
 
