@@ -26,7 +26,7 @@ REF = {
 
 
 def _row(acc, prefix):
-    """The first summary row whose name starts with `prefix`: ``(name, row)`` or ``(None, None)``."""
+    """``(name, row)``: the first summary row named `prefix`..., or ``(None, None)``."""
     rows = acc["summary"]["rows"]
     for k, r in rows.items():
         if k.startswith(prefix):
@@ -144,31 +144,39 @@ def reproduction(results: dict, quick: bool) -> str:
                     continue
                 layers = sd["dessilbi"]["support"][int(epoch) - 1]["layers"]
                 convs = "/".join(str(v[0]) for k, v in layers.items() if k.startswith("conv"))
-                per_seed.append(f"seed {sd['seed']}: filters {convs}, retrained "
-                                f"{100 * t['accuracy']:.1f} % (loss {t['loss']:.3f})")
+                if t["accuracy"] is None:  # a layer keeps nothing: not retrained
+                    how = f"not retrained (empty: {', '.join(t.get('empty_layers', []))})"
+                else:
+                    how = f"retrained {100 * t['accuracy']:.1f} % (loss {t['loss']:.3f})"
+                per_seed.append(f"seed {sd['seed']}: filters {convs}, {how}")
             details.append(f"- epoch {epoch}: " + "; ".join(per_seed))
         out += ["", "Conv filters (conv1/conv2/conv3) in each ticket, from the DessiLBI run's "
                 "support at that epoch (a re-run with the same seed is used for tickets added "
                 "later with `--add-ticket-epochs`; its support can differ slightly), and the "
                 "retrained ticket (test loss ln 10 = 2.303 means a constant output):", "",
                 *details]
-        best_k, best = max(tickets, key=lambda kr: kr[1]["acc"]["mean"])
-        gap3 = 100 * (sgd["mean"] - best["acc"]["mean"])
-        kept3 = best["kept"]["mean"]
-        if gap3 <= 1.0 and kept3 < 0.5:
-            v3 = "**supported**"
-        elif gap3 <= 1.0:
-            v3 = "**partly supported** (within 1 point, but the ticket keeps most weights)"
-        elif gap3 <= 3.0:
-            v3 = "**partly supported**"
+        measured = [(k, r) for k, r in tickets if r["acc"] is not None]
+        if not measured:
+            out += ["", "Verdict: not measured (every early ticket has a layer that keeps "
+                    "nothing, so none was retrained).", ""]
         else:
-            v3 = "**not supported at this scale**"
-        gap_w = 100 * (best["acc"]["mean"] - dense["acc"]["mean"])
-        out += ["", f"Against DessiLBI's own dense W at the end: ticket − dense W = "
-                f"{gap_w:+.2f} points."]
-        out += ["", f"Best: {best_k}: ticket − dense SGD = {-gap3:+.2f} points with "
-                f"{100 * kept3:.2f} % of the weights. Verdict: {v3} (rule: within 1 point of "
-                "dense with < 50 % of the weights = supported).", ""]
+            best_k, best = max(measured, key=lambda kr: kr[1]["acc"]["mean"])
+            gap3 = 100 * (sgd["mean"] - best["acc"]["mean"])
+            kept3 = best["kept"]["mean"]
+            if gap3 <= 1.0 and kept3 < 0.5:
+                v3 = "**supported**"
+            elif gap3 <= 1.0:
+                v3 = "**partly supported** (within 1 point, but the ticket keeps most weights)"
+            elif gap3 <= 3.0:
+                v3 = "**partly supported**"
+            else:
+                v3 = "**not supported at this scale**"
+            gap_w = 100 * (best["acc"]["mean"] - dense["acc"]["mean"])
+            out += ["", f"Against DessiLBI's own dense W at the end: ticket − dense W = "
+                    f"{gap_w:+.2f} points."]
+            out += ["", f"Best: {best_k}: ticket − dense SGD = {-gap3:+.2f} points with "
+                    f"{100 * kept3:.2f} % of the weights. Verdict: {v3} (rule: within 1 point of "
+                    "dense with < 50 % of the weights = supported).", ""]
 
     # Claim 4: CS sparser than magnitude pruning at equal accuracy.
     out += ["### 4. Continuous Sparsification finds sparser tickets than magnitude pruning "

@@ -147,8 +147,9 @@ def retrain_early_ticket(config, data, steps_per_epoch: int, initial, masks, epo
         make_optimizer=lambda: train.build_optimizer(sgd, None, steps_per_epoch),
     )
     result["weight_fraction"] = result["weights_kept"] / result["weights_total"]
-    log(f"seed {config.seed}: early ticket {epoch}: {result['accuracy']:.4f} "
-        f"kept {result['weight_fraction']:.5f}")
+    acc = "not retrained (a layer keeps nothing)" if result["accuracy"] is None else (
+        f"{result['accuracy']:.4f}")
+    log(f"seed {config.seed}: early ticket {epoch}: {acc} kept {result['weight_fraction']:.5f}")
     return result
 
 
