@@ -34,16 +34,6 @@ def optional_import(name: str):
         return None, f"{type(e).__name__}: {e}"
 
 
-def optional_attr(module_name: str, attr: str):
-    """``(obj, None)`` or ``(None, why)`` for ``module.attr``."""
-    module, why = optional_import(module_name)
-    if module is None:
-        return None, f"`{module_name}` cannot be imported ({why})"
-    if not hasattr(module, attr):
-        return None, f"`{module_name}.{attr}` does not exist yet"
-    return getattr(module, attr), None
-
-
 def median_ms(seconds) -> float:
     return 1000.0 * statistics.median(seconds)
 
@@ -192,14 +182,14 @@ def timed(fn: Callable, *args, **kwargs):
 def dessilbi_hparams() -> dict:
     """DessiLBI keyword arguments from the Fashion-MNIST config.
 
-    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.load_config`)
+    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.config.load_config`)
     so the benchmarks and the configs never disagree.
 
     Returns:
         ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
         "structure": config.optimizer.structure}``.
     """
-    from bench.accuracy import load_config
+    from bench.accuracy.config import load_config
 
     config, source = load_config(quick=False)
     o = config.optimizer

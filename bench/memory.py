@@ -46,8 +46,8 @@ def run(quick: bool = False) -> dict:
 
     hp = bench.dessilbi_hparams()["optimizer"]
     factories = {"FMNIST-CNN-S": models.fmnist_cnn_s}
-    resnet20, why = bench.optional_attr("tf_dessilbi.models", "resnet20")
-    if resnet20 is not None and not quick:
+    resnet20 = models.resnet20
+    if not quick:
         factories["ResNet-20"] = lambda: resnet20(input_shape=(32, 32, 3), num_classes=10)
     optimizers = {
         "SGD (momentum 0.9)": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
@@ -57,9 +57,7 @@ def run(quick: bool = False) -> dict:
         "DessiLBI (no momentum)": lambda: tf_dessilbi.DessiLBI(**{**hp, "momentum": 0.0}),
     }
     out = {"models": {}, "notes": {}}
-    if resnet20 is None:
-        out["notes"]["ResNet-20"] = f"not available: {why}"
-    elif quick:
+    if quick:
         out["notes"]["ResNet-20"] = "skipped in quick mode"
     for mname, factory in factories.items():
         rows = {}

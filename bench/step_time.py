@@ -101,16 +101,8 @@ def _keras_contenders(model_fn, hp, notes, with_gates=True, structures=True):
         add("dessilbi_elementwise", m,
             tf_dessilbi.DessiLBI(**{**hp, "structure": _elementwise_structure(m)}))
     if with_gates:
-        gate_model, why = bench.optional_attr("tf_dessilbi", "gate_model")
-        if gate_model is None:
-            notes["gated"] = f"not available: {why}"
-        else:
-            try:
-                gm = gate_model(model_fn())
-                add("gated_sgd", gm,
-                    keras.optimizers.SGD(hp["learning_rate"], momentum=hp["momentum"]))
-            except Exception as e:  # noqa: BLE001
-                notes["gated"] = f"not available: gate_model failed: {type(e).__name__}: {e}"
+        gm = tf_dessilbi.gate_model(model_fn())
+        add("gated_sgd", gm, keras.optimizers.SGD(hp["learning_rate"], momentum=hp["momentum"]))
     return contenders
 
 
@@ -157,25 +149,23 @@ def run(quick: bool = False) -> dict:
     result["tfmot"] = bench.run_worker("bench.step_time", args, timeout=900)
 
     # ResNet-20 on synthetic 32×32×3.
-    resnet_fn, why = bench.optional_attr("tf_dessilbi.models", "resnet20")
-    if resnet_fn is None:
-        result["resnet20"] = {"error": f"not available: {why}"}
-    else:
-        keras.utils.clear_session()
-        rnotes = {}
-        rb = _synthetic_batches(4)
-        try:
-            rc = _keras_contenders(
-                lambda: resnet_fn(input_shape=(32, 32, 3), num_classes=10),
-                opt_hp, rnotes, with_gates=not quick, structures=False,
-            )
-            rt = bench.alternate_timings(
-                rc, rb, 1 if quick else 3, s["resnet_steps_per_block"],
-                s["resnet_blocks"],
-            )
-            result["resnet20"] = {"timings": rt, "ratios": _ratios(rt), "notes": rnotes}
-        except Exception as e:  # noqa: BLE001
-            result["resnet20"] = {"error": f"failed: {type(e).__name__}: {e}"}
+    from tf_dessilbi.models import resnet20 as resnet_fn
+
+    keras.utils.clear_session()
+    rnotes = {}
+    rb = _synthetic_batches(4)
+    try:
+        rc = _keras_contenders(
+            lambda: resnet_fn(input_shape=(32, 32, 3), num_classes=10),
+            opt_hp, rnotes, with_gates=not quick, structures=False,
+        )
+        rt = bench.alternate_timings(
+            rc, rb, 1 if quick else 3, s["resnet_steps_per_block"],
+            s["resnet_blocks"],
+        )
+        result["resnet20"] = {"timings": rt, "ratios": _ratios(rt), "notes": rnotes}
+    except Exception as e:  # noqa: BLE001
+        result["resnet20"] = {"error": f"failed: {type(e).__name__}: {e}"}
     _ = tf_dessilbi
     return result
 

@@ -58,4 +58,8 @@ def test_quick_suite_runs_and_report_parses(tmp_path):
     assert all(t["median_ms"] > 0 for t in step["fmnist"].values())
     acc = results["accuracy"]["summary"]["rows"]
     assert "SGD (dense)" in acc
-    assert all(0.0 <= r["acc"]["mean"] <= 1.0 for r in acc.values())
+    for name, r in acc.items():
+        if r["acc"] is None:  # only an early ticket with an empty layer is not retrained
+            assert name.startswith("early ticket"), name
+        else:
+            assert 0.0 <= r["acc"]["mean"] <= 1.0, name

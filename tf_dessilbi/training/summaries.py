@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dessilbi.training import path as path_lib
-from tf_dessilbi.sparsity import sparsity_report
 from tf_dessilbi.sparsity import unwrap_optimizer
 
 

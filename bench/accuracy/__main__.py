@@ -1,0 +1,5 @@
+"""``python -m bench.accuracy``: see `bench.accuracy.main`."""
+
+from bench.accuracy import main
+
+main()

@@ -1,0 +1,71 @@
+"""The accuracy benchmark's configuration: the Fashion-MNIST DessiLBI config,
+the early-ticket epochs, the SGD variant of the config and the per-step
+learning-rate table handed to tf_keras.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import bench
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, time-stamped."""
+    print(f"[accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_config(quick: bool):
+    """The DessiLBI config for Fashion-MNIST (and where it came from)."""
+    from tf_dessilbi.training import config_lib
+
+    path = os.path.join(bench.REPO_ROOT, "configs", "fmnist_dessilbi.py")
+    config = None
+    if os.path.exists(path):
+        try:
+            config = config_lib.load_config(path)
+            source = "`configs/fmnist_dessilbi.py`"
+        except Exception as e:  # noqa: BLE001 - a config being edited
+            why = f"configs/fmnist_dessilbi.py failed to load: {type(e).__name__}: {e}"
+    else:
+        why = "configs/fmnist_dessilbi.py not there yet"
+    if config is None:
+        config = config_lib.base_config()
+        source = f"`tf_dessilbi.training.config_lib.base_config()` ({why})"
+    config.data.name = "fashion_mnist"
+    config.model.name = "fmnist_cnn_s"
+    config.optimizer.name = "dessilbi"
+    config.batch_size = 128
+    if quick:
+        config.num_epochs = 2
+        config.data.train_limit = 512
+        config.data.eval_limit = 500
+    return config, source
+
+
+def early_ticket_epochs(config) -> list:
+    """The (at most two) epochs whose supp Γ is retrained as an early ticket."""
+    epochs = [e for e in tuple(config.early_tickets.epochs) if e < config.num_epochs]
+    return sorted(epochs)[:2] or [1, 2]
+
+
+def lr_table(config, steps_per_epoch: int) -> list:
+    """The learning rate at every step of the run (to give tf_keras the same schedule)."""
+    import keras
+
+    from tf_dessilbi.training import components as train
+
+    lr = train.learning_rate_schedule(config, steps_per_epoch)
+    total = config.num_epochs * steps_per_epoch
+    if callable(lr):
+        return [float(keras.ops.convert_to_numpy(lr(s))) for s in range(total)]
+    return [float(lr)] * total
+
+
+def sgd_config(config):
+    """A copy of `config` with the SGD optimizer (same momentum and schedule)."""
+    c = config.copy_and_resolve_references()
+    c.optimizer.name = "sgd"
+    return c
