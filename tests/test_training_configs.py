@@ -144,6 +144,16 @@ def test_command_line_wrong_type_fails():
         _parse([f"--config={path}", "--config.optimizer.kappa=abc"])
 
 
-def test_base_config_is_locked_by_flags():
-    assert isinstance(config_lib.base_config(), ml_collections.ConfigDict)
+def test_the_cli_locks_the_config_so_a_typo_is_an_error(tmp_path):
+    import subprocess
+    import sys
+
     config_lib.validate(config_lib.base_config())
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_dessilbi.train", f"--config={ROOT}/configs/fmnist_dessilbi.py",
+         f"--workdir={tmp_path}/run", "--config.optimizer.learning_rat=0.1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "learning_rat" in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started
