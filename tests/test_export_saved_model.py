@@ -14,7 +14,6 @@ import tensorflow as tf
 import tf_dessilbi
 from tests.test_export_strip import _Subclassed  # noqa: F401
 from tf_dessilbi import export
-from tf_dessilbi.layers import SparseGate
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 

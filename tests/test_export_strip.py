@@ -1,10 +1,7 @@
 """Tests of tf_dessilbi.export.strip: strip() (DessiLBI W*, SparseGate, MaskedLayer)."""
 
-import json
 import os
-import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -12,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 import tf_dessilbi
-from tf_dessilbi import export
 from tf_dessilbi.layers import SparseGate
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

@@ -29,8 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dessilbi.training import path as path_lib
-from tf_dessilbi.sparsity import sparsity_report
-from tf_dessilbi.sparsity import unwrap_optimizer
+
+
+def unwrap_optimizer(optimizer):
+    """The optimizer inside a `LossScaleOptimizer` (or `optimizer` itself)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
 
 
 def _metadata(plugin: str):
