@@ -247,34 +247,72 @@ def test_cli_end_to_end_prints_table_and_paths(tmp_path):
         assert "epoch 1/1:" in f.read()
 
 
-def test_cli_diverging_run_exits_1_with_one_message(tmp_path):
-    result = _cli(TINY_FLAGS + ["--config.optimizer.learning_rate=1e12", f"--workdir={tmp_path}"])
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "tf_dessilbi.train: failed: Training diverged" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "export")
-
-
-@pytest.mark.parametrize("flag,message", [
-    ("--config.optimizer.kapa=2", "kapa"),
-    ("--config.optimizer.kappa=-1", "config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
-    ("--config.method=nope", "config.method='nope' is invalid"),
-    ("--workdir={tmp}/afile", "is a file, not a folder"),
-])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, flag, message):
-    (tmp_path / "afile").write_text("x")
-    workdir = [] if flag.startswith("--workdir") else [f"--workdir={tmp_path}/run"]
-    result = _cli(TINY_FLAGS + [flag.format(tmp=tmp_path)] + workdir, timeout=120)
+def test_cli_bad_flag_is_one_line_and_exit_2(tmp_path):
+    result = _cli(TINY_FLAGS + ["--config.optimizer.kapa=2", f"--workdir={tmp_path}/run"], timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [l for l in result.stderr.splitlines() if l.startswith("tf_dessilbi.train: error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert len(errors) == 1 and "kapa" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optimizer.kappa", -1.0, "config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
+    ("method", "nope", "config.method='nope' is invalid"),
+    ("workdir", "afile", "is a file, not a folder"),
+])
+def test_cli_bad_value_is_one_line_and_exit_2(tmp_path, capsys, field, value, message):
+    from tf_dessilbi.training import main
+
+    (tmp_path / "afile").write_text("x")
+    config = tiny_config()
+    workdir = str(tmp_path / "run")
+    if field == "workdir":
+        workdir = str(tmp_path / value)
+    elif field == "method":
+        config.method = value
+    else:
+        config.optimizer.kappa = value
+    code = main.run(config, workdir)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tf_dessilbi.train: error: "), err
+    assert message in err
     assert not os.path.exists(tmp_path / "run" / "backup")
 
 
+def test_cli_diverging_run_exits_1_with_one_message(tmp_path, capsys):
+    from tf_dessilbi.training import main
+
+    config = tiny_config()
+    config.optimizer.learning_rate = 1e12
+    code = main.run(config, str(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "tf_dessilbi.train: failed: Training diverged" in err
+    assert not os.path.exists(tmp_path / "export")
+
+
+def test_cli_dead_model_exits_3(tmp_path, capsys):
+    from tf_dessilbi.training import main
+
+    config = tiny_config()
+    config.num_epochs = 1
+    config.optimizer.lambda_ = 5.0
+    config.outputs.tensorboard = False
+    assert main.run(config, str(tmp_path)) == 3
+    assert "SavedModel NOT exported: dead layers" in capsys.readouterr().out
+
+
 def test_cli_helpfull_lists_the_config_fields():
-    result = _cli(["--helpfull"], timeout=120)
-    assert "optimizer.kappa=1.0" in result.stdout and "outputs.allow_dead_export=False" in result.stdout
+    from absl import flags
+
+    from tf_dessilbi.training import main
+
+    main.define_flags()
+    text = flags.FLAGS["config"].help
+    assert "optimizer.kappa=1.0" in text and "outputs.allow_dead_export=False" in text
 
 
 @pytest.mark.parametrize("rounds", [1, 2])

@@ -13,8 +13,6 @@ from tf_dessilbi.export.saved_model import _unique  # noqa: F401 (tests)
 from tf_dessilbi.export.saved_model import clean_stale
 from tf_dessilbi.export.saved_model import export_saved_model
 from tf_dessilbi.export.saved_model import signature_names
-from tf_dessilbi.export.strip import _check_graph_model  # noqa: F401 (tf_dessilbi.tfmot)
-from tf_dessilbi.export.strip import _is_sparse_gate  # noqa: F401 (tf_dessilbi.tfmot)
 from tf_dessilbi.export.strip import is_mask_wrapper
 from tf_dessilbi.export.strip import strip
 

@@ -141,11 +141,3 @@ def strip(model: keras.Model, optimizer=None, prune_bias: bool = True) -> keras.
         stripped = walk.clone_with(model, make_clone)
     logging.debug("Stripped %r: %d weights.", model.name, len(stripped.weights))
     return stripped
-
-
-# Old private names, still used by tf_dessilbi.tfmot until it moves to export/tfmot/.
-_is_sparse_gate = is_mask_wrapper
-
-
-def _check_graph_model(model, argument: str = "model"):
-    walk.check_graph_model(model, "strip")

@@ -129,30 +129,39 @@ def print_summary(summary: dict) -> None:
     print(f"summary: {os.path.join(summary['workdir'], 'summary.json')}")
 
 
-def main(argv) -> None:
-    from absl import flags
+def run(config, workdir: str) -> int:
+    """Trains `config` in `workdir` as the CLI does; returns the exit status.
 
+    Errors the user can fix print one line on stderr (no traceback).
+    """
     from tf_dessilbi.training import backup
     from tf_dessilbi.training import config_lib
     from tf_dessilbi.training import workdir as workdir_lib
     from tf_dessilbi.training.callbacks import NonFiniteError
     from tf_dessilbi.training.train import train_and_evaluate
 
-    if len(argv) > 1:
-        _usage_error(f"unexpected arguments {argv[1:]} (flags are --config, --workdir, --config.*)")
-    flags_ = flags.FLAGS
     try:
-        summary = train_and_evaluate(flags_.config, flags_.workdir)
+        summary = train_and_evaluate(config, workdir)
     except (config_lib.ConfigError, workdir_lib.WorkdirError) as e:
-        _usage_error(str(e))
+        sys.stderr.write(f"tf_dessilbi.train: error: {e}\n")
+        return EXIT_USAGE
     except (NonFiniteError, backup.BackupError) as e:
         logging.error("%s", e)
         sys.stderr.write(f"tf_dessilbi.train: failed: {e}\n")
-        sys.exit(EXIT_FAILED)
+        return EXIT_FAILED
     if summary["chief"]:
         print_summary(summary)
-    if "export_refused" in summary:
-        sys.exit(EXIT_EXPORT_REFUSED)
+    return EXIT_EXPORT_REFUSED if "export_refused" in summary else 0
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        _usage_error(f"unexpected arguments {argv[1:]} (flags are --config, --workdir, --config.*)")
+    status = run(flags.FLAGS.config, flags.FLAGS.workdir)
+    if status:
+        sys.exit(status)
 
 
 def run_main(argv: Optional[list] = None) -> None:

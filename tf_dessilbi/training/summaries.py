@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dessilbi.training import path as path_lib
-from tf_dessilbi.sparsity import unwrap_optimizer
+from tf_dessilbi.masks import unwrap_optimizer
 
 
 def _metadata(plugin: str):
