@@ -3,7 +3,6 @@
 import glob
 import os
 
-import ml_collections
 import pytest
 from absl import flags
 from ml_collections import config_flags
