@@ -56,6 +56,9 @@ def run_graph(model, inputs, record) -> dict:
 def _run(model, flat_inputs, store, record):
     graph = _compat.functional_graph(model)
     values = {id(t): x for t, x in zip(graph.inputs, flat_inputs)}
+    for tensor, value in zip(graph.inputs, flat_inputs):
+        if id(tensor) in record:
+            store[id(tensor)] = np.asarray(keras.ops.convert_to_numpy(value))
     for node in _compat.graph_nodes(model):
         op = _compat.node_operation(node)
         args, kwargs = _compat.node_call_arguments(node, values)
