@@ -102,6 +102,27 @@ def nested():
     return keras.Model(x, layers.Dense(2, name="out")(h), name="nested")
 
 
+def assorted():
+    """Padding, merges other than Add, PReLU, cropping, up-sampling, ConvTranspose, Reshape."""
+    x = keras.Input((8, 8, 2))
+    h = layers.Conv2D(6, 3, padding="same", name="c1")(x)
+    h = layers.PReLU(shared_axes=[1, 2], name="prelu")(h)
+    h = layers.ZeroPadding2D(1, name="pad")(h)
+    h = layers.Conv2D(8, 3, activation="relu", name="c2")(h)
+    a = layers.Conv2D(8, 1, name="a")(h)
+    b = layers.Conv2D(8, 1, activation="sigmoid", name="b")(h)
+    m = layers.Multiply(name="mul")([a, b])
+    d = layers.Subtract(name="sub")([m, layers.Conv2D(8, 1, name="d")(h)])
+    d = layers.Maximum(name="max")([d, layers.Conv2D(8, 1, name="e")(h)])
+    d = layers.Cropping2D(1, name="crop")(d)
+    d = layers.UpSampling2D(2, name="up")(d)
+    t = layers.Conv2DTranspose(5, 3, strides=2, padding="same", activation="relu", name="tr")(d)
+    t = layers.Reshape((24 * 24, 5), name="reshape")(t)
+    t = layers.Conv1D(4, 1, activation="relu", name="c1d")(t)
+    g = layers.GlobalAveragePooling1D(name="gap")(t)
+    return keras.Model(x, layers.Dense(3, name="out")(g), name="assorted")
+
+
 def resnet20():
     return models.resnet20(input_shape=(8, 8, 3), num_classes=4)
 
@@ -124,6 +145,7 @@ BUILDERS = {
     "conv3d": conv3d,
     "nested": nested,
     "resnet20": resnet20,
+    "assorted": assorted,
 }
 
 

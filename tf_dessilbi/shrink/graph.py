@@ -179,7 +179,9 @@ class Graph:
             )
         spec = registry.layer_spec(layer)
         keep = layer.name in self.keep
-        if spec is None or (spec.role in ("producer", "depthwise") and spec.cut is None):
+        if spec is None or (
+            spec.role in ("producer", "depthwise", "channelwise") and spec.cut is None
+        ):
             if keep:
                 return self._opaque(layer, ins, outs)
             raise ValueError(
