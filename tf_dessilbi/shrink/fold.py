@@ -150,7 +150,9 @@ def plan(graph, model, weights, decision, fold_constants: bool) -> FoldPlan:
                 for item in items
             )
 
-        same = all(np.isfinite(c) and abs(c - z) <= _TOLERANCE * (1 + abs(c)) for _, _, c, z in items)
+        same = all(
+            np.isfinite(c) and abs(c - z) <= _TOLERANCE * (1 + abs(c)) for _, _, c, z in items
+        )
         if same and fits(2):
             which = 2
         elif fold_constants and fits(2):
