@@ -226,7 +226,7 @@ def _train_cs(s, train):
     return gated, time.time() - t0
 
 
-CS_PENALTY = 2e-3
+CS_PENALTY = 1e-6  # filter gates: 1e-4 emptied every conv layer in 2 epochs, 1e-6 kept 4/8/13
 
 
 def _finetune(model, s, train_ft):
@@ -353,7 +353,8 @@ def run(quick: bool = False) -> dict:
     data = (train, test, train_ft)
     work = tempfile.mkdtemp(prefix="shrink_", dir=_work_dir())
     results = {"quick": quick, "settings": s, "hparams": _hparams(), "cases": [],
-               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "load_average_start": os.getloadavg()}
     t_start = time.time()
     try:
         model, opt, train_s = _train_dessilbi("auto", s, train)
@@ -376,6 +377,7 @@ def run(quick: bool = False) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["wall_minutes"] = (time.time() - t_start) / 60
+    results["load_average_end"] = os.getloadavg()
     return results
 
 
@@ -393,6 +395,10 @@ def _lat(case, key) -> str:
             f"block ratios {lat['block_ratio_p25']:.2f}–{lat['block_ratio_p75']:.2f})")
 
 
+def _load(results, key) -> str:
+    return ", ".join(f"{v:.1f}" for v in results[key])
+
+
 def to_markdown(results: dict) -> str:
     s = results["settings"]
     lines = [
@@ -403,7 +409,9 @@ def to_markdown(results: dict) -> str:
         f"{os.cpu_count()} shared CPU cores, TensorFlow backend, float32. "
         f"DessiLBI hyperparameters: {results['hparams'][1]}, {s['epochs']} epoch(s)"
         f"{' on ' + str(s['train_limit']) + ' images' if s['train_limit'] else ' on the full training set'}; "
-        f"CS gates {s['cs_epochs']} epoch(s).",
+        f"CS gates {s['cs_epochs']} epoch(s)."
+        + (f" Load average at start {_load(results, 'load_average_start')}, at end "
+           f"{_load(results, 'load_average_end')}." if "load_average_start" in results else ""),
         "",
         "Latency cells: shrunk/dense ratio of medians (shrunk / dense median ms; IQR of every "
         f"call; quartiles of the per-block ratios), {s['blocks']} alternating blocks × "
