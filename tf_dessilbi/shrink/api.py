@@ -106,6 +106,7 @@ def shrink(
         raise TypeError(f"`keep` must be layer names. Received: keep={keep!r}")
 
     mask = masks_lib.resolve(source, model, optimizer=optimizer)
+    raw_norms = _raw_norms(model)
     working = _strip(model, optimizer)
     for _, variable, weight_mask in masks_lib.apply_to(mask, working):
         value = keras.ops.convert_to_numpy(variable)
@@ -116,7 +117,12 @@ def shrink(
     extra_pinned = []
     for _ in range(20):
         decision = units_lib.decide(
-            graph, weights, extra_pinned=extra_pinned, min_units=min_units, round_to=round_to
+            graph,
+            weights,
+            extra_pinned=extra_pinned,
+            min_units=min_units,
+            round_to=round_to,
+            raw_norms=raw_norms,
         )
         plan = fold_lib.plan(graph, working, weights, decision, fold_constants)
         if not plan.pin:
@@ -135,6 +141,19 @@ def shrink(
         report.macs_after,
     )
     return (shrunk, report) if return_report else shrunk
+
+
+def _raw_norms(model) -> dict:
+    """``{layer name: ‖W[…, j]‖₂}`` of the input model's producers, before any mask."""
+    norms = {}
+    for layer, _, spec in walk.sparsifiable(model):
+        handler = spec.cut
+        if hasattr(handler, "column_norms"):
+            try:
+                norms.setdefault(layer.name, handler.column_norms(handlers_lib.weights_of(layer)))
+            except KeyError:
+                continue
+    return norms
 
 
 def _strip(model, optimizer):

@@ -45,7 +45,9 @@ class Decision:
         return ~self.removed[self.roots[np.asarray(elems, np.int64)]]
 
 
-def decide(graph, weights, *, extra_pinned=(), min_units=1, round_to=1) -> Decision:
+def decide(
+    graph, weights, *, extra_pinned=(), min_units=1, round_to=1, raw_norms=None
+) -> Decision:
     """Decides which classes go.
 
     Args:
@@ -54,7 +56,10 @@ def decide(graph, weights, *, extra_pinned=(), min_units=1, round_to=1) -> Decis
         extra_pinned: more labels to keep (from constant folding).
         min_units: fewest units a producer keeps.
         round_to: producers keep a multiple of this many units.
+        raw_norms: ``{layer name: column norms}`` of the weights before the
+            mask (W rather than W*), to rank units whose masked norms tie (at 0).
     """
+    raw_norms = raw_norms or {}
     roots = graph.uf.roots()
     size = len(roots)
     pinned = np.zeros(size, bool)
@@ -75,7 +80,10 @@ def decide(graph, weights, *, extra_pinned=(), min_units=1, round_to=1) -> Decis
     for _ in range(20):
         before = removed.copy()
         for info in producers:
-            removed = _top_up(info, weights, roots, removed, min_units, round_to, notes)
+            removed = _top_up(
+                info, weights, roots, removed, min_units, round_to, notes,
+                raw_norms.get(info.layer.name),
+            )
         removed = _drop_consumed(graph, weights, roots, removed, dead)
         if np.array_equal(before, removed):
             break
@@ -116,7 +124,7 @@ def _is_root(roots) -> np.ndarray:
     return roots == np.arange(len(roots))
 
 
-def _top_up(info, weights, roots, removed, min_units, round_to, notes) -> np.ndarray:
+def _top_up(info, weights, roots, removed, min_units, round_to, notes, raw) -> np.ndarray:
     members = roots[info.out_elems]
     kept = ~removed[members]
     total = len(members)
@@ -133,9 +141,11 @@ def _top_up(info, weights, roots, removed, min_units, round_to, notes) -> np.nda
     if target <= kept.sum():
         return removed
     norms = info.handler.column_norms(weights[id(info.layer)])
+    if raw is None or len(raw) != len(norms):
+        raw = np.zeros_like(norms)
     removed = removed.copy()
-    # strongest removed units first (stable on ties: lowest index first)
-    for j in np.argsort(-norms, kind="stable"):
+    # strongest removed units first: by ‖W*[…, j]‖, ties by ‖W[…, j]‖, then index
+    for j in np.lexsort((np.arange(len(norms)), -raw, -norms)):
         if (~removed[members]).sum() >= target:
             break
         if removed[members[j]]:
