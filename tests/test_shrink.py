@@ -57,6 +57,24 @@ class SourcesTest(parameterized.TestCase):
             if name != "logits" and gone < mask.units[name].size:
                 self.assertGreaterEqual(len(report.removed.get(name, [])), gone)
 
+    def test_short_dessilbi_run_on_resnet(self):
+        from tf_dessilbi.models import resnet20
+
+        keras.utils.set_random_seed(0)
+        model = resnet20(input_shape=(8, 8, 3), num_classes=4)
+        opt = tfd.DessiLBI(learning_rate=0.05, mu=20.0, lambda_=0.5)
+        model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((32, 8, 8, 3)).astype("float32")
+        model.fit(x, rng.integers(0, 4, 32), batch_size=16, epochs=3, verbose=0)
+        small, report = shrink(model, optimizer=opt, return_report=True)
+        self.assertTrue(report.removed)
+        self.assertLess(report.macs_after, report.macs_before)
+        # A removed filter's BN outputs β − γ·m/√(v+ε) ≠ 0 into a padded conv:
+        # those units are zeroed, and the result is the reference that zeroes them.
+        expected = ref.zero_units(tfd.strip(model, opt), report.zeroed)
+        ref.assert_close(small, expected, x[:4])
+
     def test_filter_neuron_structure(self):
         structure = {r"conv\d/kernel": "filter", r"fc1/kernel": "neuron"}
         model, opt = _dessilbi_model(0, structure=structure)

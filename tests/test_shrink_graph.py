@@ -83,6 +83,25 @@ class GraphTest(parameterized.TestCase):
         ref.assert_close(small, ref.sparse_model(model, masks), ref.inputs_for(model))
 
 
+    def test_nested_model_called_twice(self):
+        inner_in = keras.Input((5,))
+        inner = keras.Model(inner_in, layers.Dense(4, name="inner_d")(inner_in), name="block")
+        x1, x2 = keras.Input((3,)), keras.Input((3,))
+        a = layers.Dense(5, name="a")(x1)
+        b = layers.Dense(5, name="b")(x2)
+        out = layers.Concatenate(name="cat")([inner(a), inner(b)])
+        model = ref.randomize(keras.Model([x1, x2], layers.Dense(2, name="out")(out)), 0)
+        masks = {"a": np.array([0, 0, 1, 1, 1], bool), "b": np.array([0, 1, 1, 1, 1], bool),
+                 "inner_d": np.array([1, 0, 1, 1], bool)}
+        small, report = shrink(model, masks, return_report=True)
+        self.assertEqual(report.removed["a"], [0])
+        self.assertEqual(report.removed["b"], [0])
+        self.assertEqual(report.removed["inner_d"], [1])
+        self.assertIsInstance(small.get_layer("block"), keras.Model)
+        expected = ref.zero_units(ref.sparse_model(model, masks), report.zeroed)
+        ref.assert_close(small, expected, ref.inputs_for(model))
+
+
 class DecisionTest(parameterized.TestCase):
     def _mlp(self, seed=0):
         keras.utils.set_random_seed(seed)

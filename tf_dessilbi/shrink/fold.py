@@ -20,7 +20,9 @@ The constants are read off the model itself: it is run (eagerly, on two
 random inputs) once as it is and once with the removed units zeroed, and a
 removed channel is constant where it does not vary over batch and positions.
 A dead unit's output does not depend on the input (its kernel column is zero),
-so two inputs suffice.
+so two inputs suffice. The calls of a sub-model called more than once are
+stacked, so a constant must be the same in every call to fold into the
+shared layer's bias; a shared leaf layer is never folded into.
 """
 
 from __future__ import annotations
@@ -57,8 +59,7 @@ def _run(model, flat_inputs, store, record):
     graph = _compat.functional_graph(model)
     values = {id(t): x for t, x in zip(graph.inputs, flat_inputs)}
     for tensor, value in zip(graph.inputs, flat_inputs):
-        if id(tensor) in record:
-            store[id(tensor)] = np.asarray(keras.ops.convert_to_numpy(value))
+        _keep(store, record, tensor, value)
     for node in _compat.graph_nodes(model):
         op = _compat.node_operation(node)
         args, kwargs = _compat.node_call_arguments(node, values)
@@ -68,9 +69,16 @@ def _run(model, flat_inputs, store, record):
             outs = keras.tree.flatten(op(*args, **kwargs))
         for tensor, value in zip(_compat.node_output_tensors(node), outs):
             values[id(tensor)] = value
-            if id(tensor) in record:
-                store[id(tensor)] = np.asarray(keras.ops.convert_to_numpy(value))
+            _keep(store, record, tensor, value)
     return [values[id(t)] for t in graph.outputs]
+
+
+def _keep(store, record, tensor, value):
+    """Records a value; a sub-model called twice stacks its calls along the batch axis."""
+    if id(tensor) in record:
+        value = np.asarray(keras.ops.convert_to_numpy(value))
+        previous = store.get(id(tensor))
+        store[id(tensor)] = value if previous is None else np.concatenate([previous, value])
 
 
 def _constants(array) -> np.ndarray:
