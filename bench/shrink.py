@@ -321,8 +321,10 @@ def _tfmot_case(model, optimizer, s, data, work, x128):
         if layer.name in ("conv1", "conv2", "conv3", "fc1", "logits"):
             k = layer.get_weights()[0]
             masks[layer.name] = np.abs(k) > np.quantile(np.abs(k), 0.9)
-    _, tfmot = tf_dessilbi.tfmot._modules()
     pruned = tf_dessilbi.tfmot.to_pruned(tk, masks)
+    # The bridge has imported tf_keras and TF-MOT (without leaking
+    # TF_USE_LEGACY_KERAS); these imports only fetch the loaded modules.
+    import tensorflow_model_optimization as tfmot
     import tf_keras
 
     pruned.compile(tf_keras.optimizers.SGD(0.01, momentum=0.9),
