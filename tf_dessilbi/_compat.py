@@ -100,3 +100,56 @@ def relabel_tracked_list(owner, children: dict, name: str, index_of) -> dict:
         object.__setattr__(owner, "_compat_relabelled", cached)
     children[name] = cached[1]
     return children
+
+
+# -- the Functional graph, for tf_dessilbi.shrink ------------------------------
+def functional_graph(model):
+    """The Functional graph of a Sequential or Functional model (Sequential keeps one inside)."""
+    if isinstance(model, keras.Sequential):
+        graph = getattr(model, "_functional", None)
+        if graph is None:
+            raise ValueError(
+                f"Sequential model {model.name!r} has no graph yet: give it an Input first."
+            )
+        return graph
+    return model
+
+
+def graph_nodes(model) -> list:
+    """The call nodes of a graph model in topological order (input nodes left out)."""
+    graph = functional_graph(model)
+    nodes = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                nodes.append(node)
+    return nodes
+
+
+def node_operation(node):
+    return node.operation
+
+
+def node_input_tensors(node) -> list:
+    return list(node.input_tensors)
+
+
+def node_output_tensors(node) -> list:
+    return list(node.outputs)
+
+
+def node_call_arguments(node, tensor_dict):
+    """``(args, kwargs)`` of a node's call with its tensors replaced via ``tensor_dict[id(t)]``."""
+    return node.arguments.fill_in(tensor_dict)
+
+
+def pack_outputs(model, flat):
+    """``flat`` in the structure of a graph model's outputs."""
+    graph = functional_graph(model)
+    return keras.tree.pack_sequence_as(graph._outputs_struct, list(flat))
+
+
+def pack_inputs(model, flat):
+    """``flat`` in the structure of a graph model's inputs."""
+    graph = functional_graph(model)
+    return keras.tree.pack_sequence_as(graph._inputs_struct, list(flat))

@@ -1,0 +1,16 @@
+"""Physical removal of filters and neurons: smaller, faster plain Keras models.
+
+`shrink(model, source)` reads which units a sparse model has removed (any
+`tf_dessilbi.masks` source), finds what is coupled to them (`graph`: the
+channel dependency graph over the Keras graph, Torch-Pruning's DepGraph idea),
+decides what goes (`units`), folds constant outputs into biases (`fold`),
+cuts each layer (`handlers`, attached to the layer table) and rebuilds the
+model (`rebuild`), with a `ShrinkReport` of units, parameters and MACs.
+"""
+
+from tf_dessilbi.shrink import handlers  # attaches the cut handlers to the layer table
+from tf_dessilbi.shrink.api import shrink
+from tf_dessilbi.shrink.report import ShrinkReport
+from tf_dessilbi.shrink.report import ShrinkRow
+
+__all__ = ["ShrinkReport", "ShrinkRow", "handlers", "shrink"]

@@ -1,0 +1,337 @@
+"""The channel dependency graph of a Keras graph model (DepGraph over Keras' nodes).
+
+Every channel of every tensor in the model gets a label, an element of a
+union-find structure. Two labels in the same class must be removed together
+or not at all: the class is the unit of physical removal. The rules, per
+layer role of `tf_dessilbi.registry`:
+
+* producer (Dense, Conv, ConvTranspose, SeparableConv): fresh labels for its
+  output units; its input rows are per-layer labels joined to the labels of
+  every tensor it reads (a shared layer couples its callers);
+* depthwise: output channel (c, m) joined to input channel c;
+* channelwise (BatchNormalization, PReLU): per-channel labels joined to the
+  input channels, output = input labels;
+* passthrough (activations, pooling, dropout, padding, up-sampling): output =
+  input labels;
+* flatten, and a reshape to 1-D: entry i of the NHWC-flattened tensor takes
+  the label of channel ``i mod C``, so a removed channel removes H·W inputs of
+  the next Dense; a reshape keeping the channel axis is a passthrough;
+* merge (Add, Subtract, Multiply, Average, Maximum, Minimum): channel j of
+  every input joined (a channel goes only if it goes in every input);
+* concatenate: labels concatenated (offsets) along the channel axis;
+* nested Sequential / Functional sub-models: their graphs inlined, their
+  inputs joined to the tensors they are called on.
+
+Classes that may never go are *pinned*: model inputs and outputs, the inputs
+and outputs of layers in ``keep``, the channels of a softmax or of a
+LayerNormalization (both mix channels: removing one changes the others), and
+a channel broadcast across a merge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import keras
+import numpy as np
+
+from tf_dessilbi import _compat
+from tf_dessilbi import registry
+
+_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+
+
+class UnionFind:
+    """Union-find over integer elements, created on demand."""
+
+    def __init__(self):
+        self.parent = []
+
+    def new(self, count: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return np.arange(start, start + count)
+
+    def find(self, element: int) -> int:
+        parent = self.parent
+        root = element
+        while parent[root] != root:
+            root = parent[root]
+        while parent[element] != root:
+            parent[element], element = root, parent[element]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(int(a)), self.find(int(b))
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def union_arrays(self, a, b) -> None:
+        for x, y in zip(np.asarray(a).tolist(), np.asarray(b).tolist()):
+            self.union(x, y)
+
+    def roots(self) -> np.ndarray:
+        """The class (root) of every element, as an array."""
+        return np.array([self.find(e) for e in range(len(self.parent))], dtype=np.int64)
+
+
+@dataclasses.dataclass
+class LayerInfo:
+    """What the graph knows about one leaf layer (shared by all its calls)."""
+
+    layer: keras.layers.Layer
+    role: str
+    handler: object = None
+    in_elems: Optional[np.ndarray] = None  # producer input rows / per-channel labels
+    out_elems: Optional[np.ndarray] = None  # producer / depthwise output units
+    calls: list = dataclasses.field(default_factory=list)  # [(input tids, output tids)]
+    keep: bool = False
+
+
+class Graph:
+    """Labels for the channels of a model's tensors, and the layers that own them.
+
+    Attributes:
+        uf: the `UnionFind` over labels.
+        labels: ``{tensor id: int array}``, one label per last-axis entry.
+        shapes: ``{tensor id: shape tuple}``.
+        infos: ``{id(layer): LayerInfo}`` for every leaf layer, in call order.
+        pinned: labels whose classes may never be removed.
+        edges: ``[(LayerInfo, tensor id)]``: a producer reading a tensor.
+    """
+
+    def __init__(self, model, keep=()):
+        self.model = model
+        self.keep = set(keep)
+        self.uf = UnionFind()
+        self.labels = {}
+        self.shapes = {}
+        self.infos = {}
+        self.pinned = []
+        self.edges = []
+        self._models_seen = set()
+        inputs = _compat.functional_graph(model).inputs
+        for tensor in inputs:
+            labels = self._fresh(tensor)
+            self.pinned.extend(labels.tolist())
+        self._walk(model)
+        for tensor in _compat.functional_graph(model).outputs:
+            self.pinned.extend(self.labels[id(tensor)].tolist())
+        unknown = sorted(self.keep - {info.layer.name for info in self.infos.values()})
+        if unknown:
+            raise ValueError(
+                f"`keep` names layers {unknown} that model {model.name!r} does not have."
+            )
+
+    # ------------------------------------------------------------- building
+    def _fresh(self, tensor) -> np.ndarray:
+        labels = self.uf.new(_channels(tensor))
+        self._set(tensor, labels)
+        return labels
+
+    def _set(self, tensor, labels) -> None:
+        self.labels[id(tensor)] = np.asarray(labels, dtype=np.int64)
+        self.shapes[id(tensor)] = tuple(tensor.shape)
+
+    def _walk(self, model) -> None:
+        for node in _compat.graph_nodes(model):
+            op = _compat.node_operation(node)
+            ins = _compat.node_input_tensors(node)
+            outs = _compat.node_output_tensors(node)
+            if _compat.is_graph_model(op):
+                self._submodel(op, ins, outs)
+            else:
+                self._leaf(op, ins, outs)
+
+    def _submodel(self, sub, ins, outs) -> None:
+        graph = _compat.functional_graph(sub)
+        if len(graph.inputs) != len(ins):
+            raise ValueError(
+                f"Nested model {sub.name!r} is called on {len(ins)} tensors but has "
+                f"{len(graph.inputs)} inputs; shrink needs plain positional calls."
+            )
+        first = id(sub) not in self._models_seen
+        for inner, outer in zip(graph.inputs, ins):
+            if first:
+                self._set(inner, self.labels[id(outer)])
+            else:
+                self.uf.union_arrays(self.labels[id(inner)], self.labels[id(outer)])
+        if first:
+            self._models_seen.add(id(sub))
+            self._walk(sub)
+        for inner, outer in zip(graph.outputs, outs):
+            self._set(outer, self.labels[id(inner)])
+
+    def _info(self, layer, role, handler) -> LayerInfo:
+        info = self.infos.get(id(layer))
+        if info is None:
+            info = LayerInfo(layer, role, handler, keep=layer.name in self.keep)
+            self.infos[id(layer)] = info
+        return info
+
+    def _leaf(self, layer, ins, outs) -> None:
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                f"shrink() cannot reason about the operation {getattr(layer, 'name', layer)!r} "
+                f"({type(layer).__name__}) in the model graph: only layers of the "
+                f"layer table are supported ({', '.join(registry.known_layers())})."
+            )
+        spec = registry.layer_spec(layer)
+        keep = layer.name in self.keep
+        if spec is None or (
+            spec.role in ("producer", "depthwise", "channelwise") and spec.cut is None
+        ):
+            if keep:
+                return self._opaque(layer, ins, outs)
+            raise ValueError(
+                f"shrink() cannot reason about layer {layer.name!r} of class "
+                f"{type(layer).__name__}: it is not in the layer table. Supported: "
+                f"{', '.join(registry.known_layers())}. Put it in `keep=` to leave it "
+                f"and its inputs and outputs whole, or register it "
+                f"(tf_dessilbi.registry.register_layer + set_cut)."
+            )
+        _check_channels_last(layer)
+        info = self._info(layer, spec.role, spec.cut)
+        in_labels = [self.labels[id(t)] for t in ins]
+        info.calls.append(([id(t) for t in ins], [id(t) for t in outs]))
+        role = spec.role
+        if role == "producer":
+            if len(ins) != 1 or len(outs) != 1:
+                raise ValueError(f"Layer {layer.name!r} must be called on one tensor.")
+            info.handler.check(layer)
+            if info.in_elems is None:
+                info.in_elems = self.uf.new(len(in_labels[0]))
+                info.out_elems = self.uf.new(_channels(outs[0]))
+            self.uf.union_arrays(info.in_elems, in_labels[0])
+            self._set(outs[0], info.out_elems)
+            self.edges.append((info, id(ins[0])))
+            if _activation_name(layer) in _MIXING_ACTIVATIONS or keep:
+                self.pinned.extend(info.out_elems.tolist())
+            if keep:
+                self.pinned.extend(info.in_elems.tolist())
+        elif role == "depthwise":
+            info.handler.check(layer)
+            channels = len(in_labels[0])
+            if info.in_elems is None:
+                info.in_elems = self.uf.new(channels)
+                info.out_elems = self.uf.new(_channels(outs[0]))
+                multiplier = len(info.out_elems) // channels
+                self.uf.union_arrays(np.repeat(info.in_elems, multiplier), info.out_elems)
+            self.uf.union_arrays(info.in_elems, in_labels[0])
+            self._set(outs[0], info.out_elems)
+            if keep:
+                self.pinned.extend(info.in_elems.tolist())
+        elif role == "channelwise":
+            if isinstance(layer, keras.layers.LayerNormalization):
+                self.pinned.extend(in_labels[0].tolist())  # mixes channels
+            axis = getattr(layer, "axis", -1)
+            axes = axis if isinstance(axis, (list, tuple)) else [axis]
+            rank = len(ins[0].shape)
+            if isinstance(layer, keras.layers.BatchNormalization) and [a % rank for a in axes] != [
+                rank - 1
+            ]:
+                raise ValueError(
+                    f"shrink() needs BatchNormalization {layer.name!r} over the last axis; "
+                    f"it normalizes axis={axis!r}."
+                )
+            if info.in_elems is None:
+                info.in_elems = self.uf.new(len(in_labels[0]))
+            self.uf.union_arrays(info.in_elems, in_labels[0])
+            self._set(outs[0], info.in_elems)
+            if keep:
+                self.pinned.extend(info.in_elems.tolist())
+        elif role == "passthrough":
+            if _activation_name(layer) in _MIXING_ACTIVATIONS or isinstance(
+                layer, keras.layers.Softmax
+            ):
+                self.pinned.extend(in_labels[0].tolist())
+            if keep:
+                self.pinned.extend(in_labels[0].tolist())
+            for t in outs:
+                self._set(t, in_labels[0])
+        elif role in ("flatten", "reshape"):
+            self._reshape(layer, ins[0], outs[0], in_labels[0])
+        elif role == "merge":
+            self._merge(layer, in_labels, outs[0])
+        elif role == "concatenate":
+            rank = len(outs[0].shape)
+            if layer.axis % rank == rank - 1:
+                self._set(outs[0], np.concatenate(in_labels))
+            else:
+                self._merge(layer, in_labels, outs[0])
+        elif role == "input":
+            for t in outs:
+                self._fresh(t)
+        else:  # pragma: no cover - roles are validated by the registry
+            raise ValueError(f"Unknown role {role!r} of layer {layer.name!r}.")
+        if keep and role not in ("producer", "depthwise", "channelwise", "passthrough"):
+            for t in list(ins) + list(outs):
+                self.pinned.extend(self.labels[id(t)].tolist())
+
+    def _opaque(self, layer, ins, outs) -> None:
+        """A layer in ``keep`` that shrink cannot reason about: everything around it pinned."""
+        for t in ins:
+            self.pinned.extend(self.labels[id(t)].tolist())
+        for t in outs:
+            self.pinned.extend(self._fresh(t).tolist())
+        info = self._info(layer, "opaque", None)
+        info.calls.append(([id(t) for t in ins], [id(t) for t in outs]))
+
+    def _reshape(self, layer, x, out, labels) -> None:
+        in_shape, out_shape = tuple(x.shape), tuple(out.shape)
+        channels = len(labels)
+        if len(out_shape) == 2:  # NHWC flatten: entry i is channel i mod C
+            size = out_shape[1]
+            if size is None or size % channels:
+                raise ValueError(
+                    f"Cannot map the channels of {layer.name!r} ({type(layer).__name__}): "
+                    f"output size {size} is not a multiple of {channels} channels."
+                )
+            self._set(out, np.tile(labels, size // channels))
+        elif out_shape[-1] == in_shape[-1]:
+            self._set(out, labels)
+        else:
+            raise ValueError(
+                f"shrink() supports a {type(layer).__name__} that flattens or keeps the "
+                f"channel (last) axis; {layer.name!r} reshapes {in_shape} to {out_shape}."
+            )
+
+    def _merge(self, layer, in_labels, out) -> None:
+        width = max(len(lab) for lab in in_labels)
+        full = [lab for lab in in_labels if len(lab) == width]
+        for lab in in_labels:
+            if len(lab) != width:  # broadcast across the merge
+                self.pinned.extend(lab.tolist())
+        for lab in full[1:]:
+            self.uf.union_arrays(full[0], lab)
+        self._set(out, full[0])
+
+    # -------------------------------------------------------------- queries
+    def producers(self) -> list:
+        return [i for i in self.infos.values() if i.role == "producer"]
+
+
+def _channels(tensor) -> int:
+    size = tensor.shape[-1]
+    if size is None:
+        raise ValueError(
+            f"shrink() needs a known channel (last) axis; tensor {tensor.name!r} has "
+            f"shape {tuple(tensor.shape)}."
+        )
+    return int(size)
+
+
+def _activation_name(layer) -> Optional[str]:
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    return getattr(activation, "__name__", None)
+
+
+def _check_channels_last(layer) -> None:
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        raise ValueError(
+            f"shrink() works on channels_last models; layer {layer.name!r} "
+            f"({type(layer).__name__}) is channels_first."
+        )
