@@ -95,3 +95,23 @@ def test_tfmot_prune_registry_weight_names():
         assert _compat.tfmot_weight_names(prune_registry.PruneRegistry, layer) == ["kernel"]
 
     _pinned("tfmot_weight_names", check)
+
+
+def test_functional_graph_nodes_for_shrink():
+    def check():
+        model = _model()
+        nodes = _compat.graph_nodes(model)
+        assert [_compat.node_operation(n).name for n in nodes] == ["h", "out"]
+        first = nodes[0]
+        (tensor,) = _compat.node_input_tensors(first)
+        assert tensor is model.inputs[0]
+        (out,) = _compat.node_output_tensors(first)
+        args, kwargs = _compat.node_call_arguments(first, {id(tensor): "X"})
+        assert args == ("X",) and kwargs == {}
+        seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+        assert isinstance(_compat.functional_graph(seq), _compat.functional_class())
+        assert [_compat.node_operation(n).name for n in _compat.graph_nodes(seq)] == ["d"]
+        assert _compat.pack_outputs(model, ["y"]) == "y" and _compat.pack_inputs(model, ["x"]) == "x"
+        assert out is not None
+
+    _pinned("graph_nodes", check)

@@ -32,6 +32,8 @@ from tf_dessilbi.procedures.ticket_search import TicketSearch
 from tf_dessilbi.procedures.ticket_search import TicketSearchResult
 from tf_dessilbi.registry import register_gated_layer
 from tf_dessilbi.registry import register_layer
+from tf_dessilbi.shrink import ShrinkReport
+from tf_dessilbi.shrink import shrink  # the function (the subpackage stays importable by path)
 from tf_dessilbi.sparsity import SparsityReport
 from tf_dessilbi.sparsity import SparsityRow
 from tf_dessilbi.sparsity import sparsity_report
@@ -48,6 +50,7 @@ __all__ = [
     "DessiLBI",
     "Mask",
     "MaskSource",
+    "ShrinkReport",
     "SparsityReport",
     "SparsityRow",
     "TicketSearch",
@@ -70,6 +73,7 @@ __all__ = [
     "reset_gates",
     "set_beta",
     "set_ticket_mode",
+    "shrink",
     "soft_threshold",
     "sparsity_report",
     "strip",

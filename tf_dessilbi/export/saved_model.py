@@ -121,6 +121,8 @@ def export_saved_model(
     optimizer=None,
     prune_bias: bool = True,
     preprocessing: Optional[Callable] = None,
+    shrink: bool = False,
+    shrink_options: Optional[dict] = None,
 ) -> str:
     """Writes the stripped model as ``<export_dir>/<version>/``, a SavedModel.
 
@@ -156,6 +158,13 @@ def export_saved_model(
             input shape) applied before the model in the serving function,
             e.g. ``lambda x: (x / 255 - 0.286) / 0.353`` for raw pixels.
             Defaults to `None` (the inputs go to the model as they are).
+        shrink: physically remove the filters and neurons the model does
+            not keep (`tf_dessilbi.shrink` on the model's masks and the
+            optimizer's support) before exporting: a smaller, faster
+            SavedModel with the same outputs. Defaults to `False`.
+        shrink_options: keyword arguments for `tf_dessilbi.shrink`
+            (``round_to``, ``keep``, ``min_units``, ``fold_constants``).
+            Defaults to None.
 
     Returns:
         The path of the version directory written.
@@ -181,6 +190,12 @@ def export_saved_model(
             f"`export_dir` must be a path. Received: export_dir={export_dir!r}"
         )
     overwrite = _validate.boolean("overwrite", overwrite)
+    shrink = _validate.boolean("shrink", shrink)
+    if shrink_options is not None and (not shrink or not isinstance(shrink_options, dict)):
+        raise ValueError(
+            "`shrink_options` must be a dict and goes with shrink=True. "
+            f"Received: shrink={shrink}, shrink_options={shrink_options!r}"
+        )
     if preprocessing is not None and not callable(preprocessing):
         raise TypeError(
             f"`preprocessing` must be a function or None. Received: "
@@ -207,7 +222,12 @@ def export_saved_model(
             f"(version=None picks the next free one)."
         )
 
-    stripped = strip(model, optimizer, prune_bias=prune_bias)
+    if shrink:
+        from tf_dessilbi.shrink import shrink as shrink_fn
+
+        stripped = shrink_fn(model, optimizer=optimizer, **(shrink_options or {}))
+    else:
+        stripped = strip(model, optimizer, prune_bias=prune_bias)
     module, concrete = _serving_module(stripped, preprocessing)
 
     os.makedirs(export_dir, exist_ok=True)

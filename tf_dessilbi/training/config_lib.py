@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.outputs.export = True  # stripped SavedModel under workdir/export/<version>
     c.outputs.export_version = 1
     c.outputs.allow_dead_export = False  # export even if a layer keeps no weight
+    # Physically remove filters/neurons outside the support before export
+    # ("auto": when the run removed whole units; "always"; "never").
+    c.outputs.shrink = "auto"
     c.outputs.summary_every_steps = 50  # TensorBoard train scalars every N steps
     c.outputs.path_points = 80  # regularization-path records per run (about)
     return c
@@ -208,6 +211,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _choice(config, "method", tuple(sorted(methods.METHODS)))
     _choice(config, "resume", (True, False))
     _choice(config, "outputs.allow_dead_export", (True, False))
+    _choice(config, "outputs.shrink", ("auto", "always", "never"))
     _choice(config, "model.name", tuple(sorted(models_lib.MODELS)))
     _choice(config, "optimizer.name", OPTIMIZERS)
     _choice(config, "schedule.name", SCHEDULES)

@@ -229,27 +229,15 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
     return summary, model, optimizer
 
 
-def dead_layers(model, optimizer=None) -> list:
-    """Names of the layers whose support / kept mask is empty (all weights zero)."""
-    import tf_dessilbi as tfd
-
-    try:
-        report = tfd.sparsity_report(model, optimizer)
-    except (TypeError, ValueError):
-        return []
-    return [row.layer for row in report if row.weights_total and row.weights_kept == 0]
-
-
 def _finish(config, workdir, chief, summary, model, optimizer) -> None:
-    """Dead-layer check, the sparsity table, the export, the output paths."""
+    """Dead-layer check, the sparsity table, shrinking, the export, the output paths."""
     import tf_dessilbi as tfd
 
-    table = ""
-    dead = []
+    table, dead = "", []
     if model is not None:
         report = tfd.sparsity_report(model, optimizer)
         table = str(report) if len(report) else ""
-        dead = dead_layers(model, optimizer)
+        dead = report.empty_layers
     summary["dead_layers"] = dead
     if dead:
         warning = (
@@ -260,6 +248,12 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
         )
         logging.warning("%s", warning)
         table = (table + "\n" if table else "") + warning
+    shrunk = None
+    if model is not None and not dead:
+        shrunk = _shrink(config, model, _support_optimizer(optimizer))
+        if shrunk is not None:
+            summary["shrink"] = shrunk[1].to_dict()
+            table = (table + "\n\n" if table else "") + str(shrunk[1])
     summary["sparsity_table"] = table
     if chief and config.outputs.export and model is not None:
         if dead and not config.outputs.allow_dead_export:
@@ -269,23 +263,44 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
             )
             logging.warning("Export refused: %s.", summary["export_refused"])
         else:
-            summary["export_dir"] = os.path.abspath(
-                _export(model, optimizer, workdir, config.outputs.export_version)
-            )
+            # The shrunk model already holds W* (and the masks): export it as is.
+            exported, opt = (shrunk[0], None) if shrunk is not None else (model, _support_optimizer(optimizer))
+            summary["export_dir"] = os.path.abspath(tfd.export_saved_model(
+                exported, os.path.join(workdir, "export"), version=config.outputs.export_version,
+                overwrite=True, optimizer=opt,
+            ))
     png = os.path.join(workdir, "path.png")
     if chief and config.outputs.path and os.path.exists(png):
         summary["path_png"] = os.path.abspath(png)
 
 
-def _export(model, optimizer, workdir, version):
+def _support_optimizer(optimizer):
+    """The optimizer if it has a supp(Γ) (DessiLBI), else None."""
+    return optimizer if optimizer is not None and hasattr(_unwrap(optimizer), "support") else None
+
+
+def _shrink(config, model, optimizer):
+    """``(shrunk model, ShrinkReport)`` per ``config.outputs.shrink``, or None.
+
+    ``"auto"`` shrinks when the run removed whole units (filter / neuron
+    supports, unit gates) and falls back to the unshrunk export, with a
+    warning, when the model has a layer `shrink` cannot cut; ``"always"``
+    shrinks (and fails loudly); ``"never"`` does not.
+    """
     import tf_dessilbi as tfd
 
-    if optimizer is not None and not hasattr(_unwrap(optimizer), "support"):
-        optimizer = None  # plain or gated model: nothing of Γ to apply
-    return tfd.export_saved_model(
-        model, os.path.join(workdir, "export"), version=version, overwrite=True,
-        optimizer=optimizer,
-    )
+    mode = config.outputs.shrink
+    if mode == "never":
+        return None
+    if mode == "auto" and not tfd.masks.resolve(None, model, optimizer=optimizer).units:
+        return None
+    try:
+        return tfd.shrink(model, optimizer=optimizer, return_report=True)
+    except ValueError as e:
+        if mode == "always":
+            raise
+        logging.warning("Not shrinking the exported model: %s", e)
+        return None
 
 
 def _early_tickets(config, workdir, strategy, data, steps_per_epoch, initial_weights):
