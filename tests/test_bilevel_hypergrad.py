@@ -40,7 +40,7 @@ def _neumann_reference(w, fw, hess, x, groups, q, eta):
 
 
 def _setup(groups=None, x=(0.3,)):
-    X, t, Xv, tv = ridge.ridge_data(zero_features=8)
+    X, t, Xv, tv = ridge.ridge_data(weak_features=8)
     groups = np.zeros(X.shape[1], int) if groups is None else np.asarray(groups)
     problem = ridge.ridge_problem(X, t, Xv, tv, groups=groups)
     w, grad, hess, fw = _closed_form(X, t, Xv, tv, np.asarray(x), groups)

@@ -98,13 +98,24 @@ def hypergradient(
             inner.watch(y)
             g = problem.inner_loss(x, y, inner_batch)
         gy = _zeros_for_none(inner.gradient(g, y), y)
-    p = fy
-    total = list(fy)
-    for _ in range(1, num_terms):
+    def term(p, total):
         hp = _zeros_for_none(outer.gradient(gy, y, output_gradients=p), y)
-        oracles.record("hvp", inner_batch)
         p = [pi - eta * hi for pi, hi in zip(p, hp)]
-        total = [ti + pi for ti, pi in zip(total, p)]
+        return p, [ti + pi for ti, pi in zip(total, p)]
+
+    p, total = list(fy), list(fy)
+    if num_terms > 1 and not tf.executing_eagerly():
+        # A graph loop: tracing cost independent of Q.
+        _, p, total = tf.while_loop(
+            lambda i, p, t: i < num_terms - 1,
+            lambda i, p, t: (i + 1, *term(p, t)),
+            (tf.constant(0), p, total),
+        )
+    else:
+        for _ in range(1, num_terms):
+            p, total = term(p, total)
+    for _ in range(1, num_terms):
+        oracles.record("hvp", inner_batch)
     z = [eta * t for t in total]
     cross = outer.gradient(gy, x, output_gradients=z)
     oracles.record("jvp", inner_batch)

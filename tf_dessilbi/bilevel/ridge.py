@@ -69,16 +69,16 @@ class RidgeClosedForm:
 
 
 def ridge_data(n: int = 64, d: int = 16, noise: float = 1.0, scale: float = 0.25,
-               seed: int = 1, zero_features: int = 0):
+               seed: int = 1, weak_features: int = 0, weak_scale: float = 0.2):
     """Synthetic train/validation regression data (the tests' default problem).
 
-    The last ``zero_features`` true weights are zero (pure-noise features),
+    The last ``weak_features`` true weights are scaled by ``weak_scale``,
     so a per-group strength has a different optimum per group.
     """
     rng = np.random.default_rng(seed)
     w = scale * rng.normal(size=d)
-    if zero_features:
-        w[d - zero_features:] = 0.0
+    if weak_features:
+        w[d - weak_features:] *= weak_scale
     X = rng.normal(size=(n, d))
     t = X @ w + noise * rng.normal(size=n)
     Xv = rng.normal(size=(n, d))
