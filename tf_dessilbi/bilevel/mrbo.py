@@ -88,7 +88,7 @@ class MRBO(BilevelSolver):
         eta = tf.cast(scalars["eta"], dtype)
         a = tf.cast(scalars["alpha"], dtype)
         b = tf.cast(scalars["beta"], dtype)
-        x1 = [xi - self.outer_lr * eta * vi for xi, vi in zip(x, v)]
+        x1 = self._outer_step(x, v, self.outer_lr * eta)
         y1 = [yi - self.inner_lr * tf.cast(eta, yi.dtype) * ui for yi, ui in zip(y, u)]
         g_new = self._grad_g(x1, y1, inner_batch)
         g_old = self._grad_g(x, y, inner_batch)

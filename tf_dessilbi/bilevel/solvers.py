@@ -93,6 +93,11 @@ class BilevelSolver:
         neumann_terms: Q ≥ 1 terms of the Neumann series. Defaults to `10`.
         neumann_eta: η of the Neumann series, 0 < η < 1/L_g. Defaults to
             `None`: ``inner_lr`` (both need η·L_g < 1).
+        max_outer_step: if set, each coordinate of the x step is clipped to
+            [−max_outer_step, max_outer_step] (the estimators are not
+            touched). Not in the paper: a safeguard for problems whose
+            hypergradient scale varies by orders of magnitude (the CS
+            use, where it grows like β²). Defaults to `None` (no clipping).
         use_tf_function: run steps as `tf.function`s. Defaults to `True`.
         jit_compile: passed to `tf.function`. Defaults to `None`.
 
@@ -112,6 +117,7 @@ class BilevelSolver:
         inner_lr: float,
         neumann_terms: int = 10,
         neumann_eta: Optional[float] = None,
+        max_outer_step: Optional[float] = None,
         use_tf_function: bool = True,
         jit_compile: Optional[bool] = None,
     ):
@@ -122,6 +128,9 @@ class BilevelSolver:
         self.neumann_terms = positive_int("neumann_terms", neumann_terms)
         self.neumann_eta = positive_number(
             "neumann_eta", self.inner_lr if neumann_eta is None else neumann_eta
+        )
+        self.max_outer_step = (
+            None if max_outer_step is None else positive_number("max_outer_step", max_outer_step)
         )
         self.problem = problem
         self.x = _tf_variables("x", x)
@@ -143,6 +152,16 @@ class BilevelSolver:
             self.problem, x, y, outer_batch, inner_batch,
             self.neumann_terms, self.neumann_eta,
         )
+
+    def _outer_step(self, x, direction, scale):
+        """x − clip(scale · direction) (clipping only with ``max_outer_step``)."""
+        out = []
+        for xi, di in zip(x, direction):
+            step = scale * di
+            if self.max_outer_step is not None:
+                step = tf.clip_by_value(step, -self.max_outer_step, self.max_outer_step)
+            out.append(xi - step)
+        return out
 
     def _hyper_batches(self, large: bool = False):
         if large:
@@ -286,7 +305,7 @@ class StocBiO(BilevelSolver):
         checks["y (inner SGD)"] = y
         h = self._hypergrad(x, y, hyper_batches)
         checks["hypergradient"] = h
-        x = [xi - self.outer_lr * hi for xi, hi in zip(x, h)]
+        x = self._outer_step(x, h, self.outer_lr)
         checks["x"] = x
         return {"x": x, "y": y}, checks, h
 

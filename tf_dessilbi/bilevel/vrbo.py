@@ -101,7 +101,7 @@ class VRBO(BilevelSolver):
         else:
             u, v = _read(self._u), _read(self._v)
         v_used = v
-        x1 = [xi - self.outer_lr * vi for xi, vi in zip(x, v)]
+        x1 = self._outer_step(x, v, self.outer_lr)
         u, v = self._correct(u, v, x1, y, x, y, batches[0])
         for batch in batches[1:]:
             y_prev = y
