@@ -33,10 +33,13 @@ def get_config():
     config.bilevel.target_density = 0.27  # the hand-tuned fmnist_cs.py ticket keeps 27 %
     config.bilevel.density_weight = 1000.0  # ρ
     config.bilevel.outer_lr = 1000.0  # γ on the log-strengths
-    config.bilevel.inner_lr = 0.3  # λ, step on the weights
+    config.bilevel.inner_lr = 0.1  # λ, step on the weights
     config.bilevel.neumann_terms = 3  # Q
     config.bilevel.neumann_eta = 0.0  # 0: inner_lr
-    config.bilevel.warm_steps = 4  # plain SGD steps on the weights per solver step
+    config.bilevel.warm_steps = 4  # SGD steps (lr, momentum below) per solver step
+    config.bilevel.warm_lr = 0.1  # fmnist_cs.py's SGD: lr 0.1, momentum 0.9
+    config.bilevel.warm_momentum = 0.9
+    config.bilevel.max_outer_step = 0.05  # clip of each x_l step (log units)
     config.bilevel.num_steps = 0  # 0: num_epochs × steps_per_epoch / (warm_steps + 1)
     config.bilevel.log_every = 10
     config.bilevel.solver_kwargs = ml_collections.ConfigDict()

@@ -55,6 +55,18 @@ def test_layout_soft_density_and_hard_density():
     assert densities["conv"] == pytest.approx(0.25)
     sizes = layout.kernel_sizes
     assert layout.density() == pytest.approx((0.25 * sizes[0] + 0.0 * sizes[1]) / sum(sizes))
+    # d(s): the hard value, the soft gradient.
+    y = [tf.identity(v) for v in gated.trainable_variables]
+    j = layout.score_index[0]
+    with tf.GradientTape() as tape:
+        tape.watch(y[j])
+        d = layout.density_estimate(y, [1.0, 1.0])
+    assert float(d) == pytest.approx(layout.density(), rel=1e-5)
+    grad = tape.gradient(d, y[j]).numpy()
+    s = y[j].numpy()
+    sig = 1 / (1 + np.exp(-s))
+    np.testing.assert_allclose(grad, layout.per_gate[0] * sig * (1 - sig) / layout.total,
+                               rtol=1e-5)
 
 
 def test_density_term_pushes_every_strength_up():
@@ -65,6 +77,8 @@ def test_density_term_pushes_every_strength_up():
     problem, layout = cs.cs_problem(gated, lambda: _batch(ds), lambda: _batch(ds),
                                     target_density=0.05, base_penalty=1e-2,
                                     density_weight=1e6)
+    for gate in layout.gates:  # open gates: hard density 1 ≫ 0.05
+        gate.gate_scores.assign(tf.fill(gate.gate_scores.shape, 0.01))
     x = [tf.zeros(len(layout.names))]
     y = [tf.identity(v) for v in gated.trainable_variables]
     h = bilevel.hypergradient(problem, x, y, _batch(ds), _batch(ds), 3, 0.1)[0].numpy()

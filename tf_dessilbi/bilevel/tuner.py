@@ -1,7 +1,8 @@
 """`BilevelTuner`: train a gated model while a bilevel solver tunes λ per layer.
 
-Each step of the tuner is ``warm_steps`` plain SGD steps on the inner loss
-(y only, counted as Gc(g) calls) followed by one step of the chosen solver
+Each step of the tuner is ``warm_steps`` SGD steps with heavy-ball momentum
+on the inner loss (y only, counted as Gc(g) calls; the usual CS optimizer)
+followed by one step of the chosen solver
 (MRBO, VRBO or stocBiO), which updates y and the per-layer log-strengths x
 together. β of every gate grows geometrically from 1 to β_final over the
 run (per step, as `tf_dessilbi.callbacks.GateTemperature` does), so the
@@ -91,7 +92,9 @@ class BilevelTuner:
         neumann_eta: η. Defaults to `None` (``inner_lr``).
         max_outer_step: clip of each x_l step (log units), see
             `BilevelSolver`. Defaults to `0.05`.
-        warm_steps: plain SGD steps on y before each solver step. Defaults to `0`.
+        warm_steps: SGD steps on y before each solver step. Defaults to `0`.
+        warm_lr: their learning rate. Defaults to `0.1`.
+        warm_momentum: their heavy-ball momentum in [0, 1). Defaults to `0.9`.
         refresh_batches: VRBO's S₁ is this many batches. Defaults to `4`.
         log_dir: TensorBoard directory for scalars ``bilevel/x/<layer>``,
             ``bilevel/density``, ``bilevel/soft_density``,
@@ -113,7 +116,7 @@ class BilevelTuner:
                  density_weight: float = 10.0, final_beta: float = 200.0,
                  outer_lr: float = 1.0, inner_lr: float = 0.1, neumann_terms: int = 3,
                  neumann_eta: Optional[float] = None, max_outer_step: Optional[float] = 0.05,
-                 warm_steps: int = 0,
+                 warm_steps: int = 0, warm_lr: float = 0.1, warm_momentum: float = 0.9,
                  refresh_batches: int = 4, log_dir: Optional[str] = None,
                  log_every: int = 10, solver_kwargs: Optional[dict] = None):
         from tf_dessilbi.bilevel import SOLVERS
@@ -125,6 +128,13 @@ class BilevelTuner:
         self.warm_steps = positive_int("warm_steps", warm_steps, minimum=0)
         self.log_every = positive_int("log_every", log_every)
         refresh_batches = positive_int("refresh_batches", refresh_batches)
+        self.warm_lr = positive_number("warm_lr", warm_lr)
+        if isinstance(warm_momentum, bool) or not isinstance(warm_momentum, (int, float)) \
+                or not 0 <= warm_momentum < 1:
+            raise ValueError(
+                f"`warm_momentum` must be in [0, 1). Received: warm_momentum={warm_momentum!r}"
+            )
+        self.warm_momentum = float(warm_momentum)
         inner, outer = _sampler(train_data), _sampler(val_data)
         self.problem, self.layout = cs.cs_problem(
             model, inner, outer, target_density, base_penalty, density_weight,
@@ -146,6 +156,7 @@ class BilevelTuner:
     def _warm_step(self, batch):
         if self._warm is None:
             solver = self.solver
+            slots = [tf.Variable(tf.zeros_like(v), trainable=False) for v in solver.y]
 
             def body(batch):
                 x = [tf.identity(self.x)]
@@ -154,8 +165,9 @@ class BilevelTuner:
                 finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in g])
 
                 def commit():
-                    for v, gi in zip(solver.y, g):
-                        v.assign_sub(solver.inner_lr * gi)
+                    for v, m, gi in zip(solver.y, slots, g):
+                        m.assign(self.warm_momentum * m + gi)
+                        v.assign_sub(self.warm_lr * m)
                     return tf.constant(True)
 
                 return tf.cond(finite, commit, lambda: tf.constant(False))
