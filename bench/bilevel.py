@@ -256,7 +256,8 @@ def to_markdown(res: dict, command: str) -> str:
             f"{c['warm_steps']} warm SGD steps + 1 solver step). Target density = the "
             f"single-λ run's final density {c['single']['density']:.4f}. Accuracy: ticket "
             "(hard mask) on the test set. Plot: bench/bilevel_ridge.png (right).", "",
-            "| run | ticket accuracy | weights kept | per-layer density (conv1, conv2, conv3, fc1, logits) | λ per layer | oracle calls | wall s |",
+            "| run | ticket accuracy | weights kept | per-layer density "
+            "(conv1, conv2, conv3, fc1, logits) | λ per layer | oracle calls | wall s |",
             "|---|---|---|---|---|---|---|",
         ]
         for name in ("single", "mrbo", "vrbo", "stocbio"):

@@ -185,3 +185,17 @@ def test_rejects_bad_problem_and_variables():
         bilevel.MRBO(p, [], [tf.Variable(tf.zeros(16))])
     with pytest.raises(TypeError, match="`problem` must be a BilevelProblem"):
         bilevel.MRBO(object(), [tf.Variable([0.0])], [tf.Variable(tf.zeros(16))])
+
+
+@pytest.mark.parametrize("name", ["stocbio", "mrbo", "vrbo"])
+def test_max_outer_step_clips_the_x_step(name):
+    solver, x, _, _ = _solver(name, outer_lr=1e4, max_outer_step=0.01, batch_size=None)
+    xs = [1.0]
+    solver.run(3, callback=lambda s, m: xs.append(float(x[0])))
+    steps = np.abs(np.diff(xs))
+    # The huge outer_lr saturates the clip: each step is 0 (a zero estimate at
+    # w₀ = 0) or exactly 0.01, and x does move.
+    assert all(d < 1e-7 or abs(d - 0.01) < 1e-6 for d in steps), steps
+    assert steps.max() == pytest.approx(0.01, abs=1e-6)
+    with pytest.raises(ValueError, match="`max_outer_step`"):
+        _solver(name, max_outer_step=0.0)

@@ -173,6 +173,32 @@ def cs_problem(
     return problem, layout
 
 
+def config_section():
+    """The ``config.bilevel`` section with its defaults (for ``base_config``).
+
+    ``method`` picks the solver; ``num_steps`` 0 means
+    ``num_epochs × steps_per_epoch / (warm_steps + 1)`` tuner steps.
+    """
+    import ml_collections
+
+    b = ml_collections.ConfigDict()
+    b.method = "mrbo"  # mrbo | vrbo | stocbio
+    b.target_density = 0.27  # fraction of gated kernel weights kept
+    b.density_weight = 1000.0  # ρ
+    b.outer_lr = 1000.0  # γ (MRBO), α (VRBO, stocBiO) on the log-strengths
+    b.max_outer_step = 0.05  # clip of each x_l step in log units (0: none)
+    b.inner_lr = 0.05  # the solver's step on the weights
+    b.neumann_terms = 3  # Q
+    b.neumann_eta = 0.0  # η; 0: inner_lr
+    b.warm_steps = 9  # SGD steps on the weights per solver step
+    b.warm_lr = 0.05  # as configs/fmnist_sgd.py: lr 0.05, momentum 0.9
+    b.warm_momentum = 0.9
+    b.num_steps = 0
+    b.log_every = 10
+    b.solver_kwargs = ml_collections.ConfigDict()  # e.g. period, inner_steps
+    return b
+
+
 def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
     """The ``cs_bilevel`` method: per-layer CS penalties tuned by a bilevel solver.
 

@@ -122,9 +122,14 @@ class BilevelTuner:
         from tf_dessilbi.bilevel import SOLVERS
 
         if method not in SOLVERS:
-            raise ValueError(f"`method` must be one of {sorted(SOLVERS)}. Received: method={method!r}")
-        if isinstance(final_beta, bool) or not isinstance(final_beta, (int, float)) or not final_beta >= 1:
-            raise ValueError(f"`final_beta` must be a number >= 1. Received: final_beta={final_beta!r}")
+            raise ValueError(
+                f"`method` must be one of {sorted(SOLVERS)}. Received: method={method!r}"
+            )
+        if (isinstance(final_beta, bool) or not isinstance(final_beta, (int, float))
+                or not final_beta >= 1):
+            raise ValueError(
+                f"`final_beta` must be a number >= 1. Received: final_beta={final_beta!r}"
+            )
         self.warm_steps = positive_int("warm_steps", warm_steps, minimum=0)
         self.log_every = positive_int("log_every", log_every)
         refresh_batches = positive_int("refresh_batches", refresh_batches)
