@@ -3,9 +3,11 @@
 Every solver owns its variables (x, y and its estimators) and advances them
 with `step()`. A step is a `tf.function` (TensorFlow backend) that computes
 *candidate* values of all of them and assigns them together only if every
-checked quantity is finite (and the hypergradient is not exactly zero
-on each of the first steps): a NaN oracle raises `FloatingPointError` naming the quantity,
-with x, y and the estimators unchanged. Batches are drawn in Python from the
+checked quantity is finite: a NaN oracle raises `FloatingPointError`
+naming the quantity, with x, y and the estimators unchanged. A hypergradient
+that is structurally absent (f depends on x neither directly nor through g)
+or exactly zero on each of the first `ZERO_CHECK_STEPS` steps raises
+`ValueError` instead of silently returning the start. Batches are drawn in Python from the
 problem's samplers and passed in, so tf.data iterators work and nothing
 retraces while batch shapes stay the same. Step sizes that change with the
 iteration are passed as tensors (no retrace either).
