@@ -270,6 +270,24 @@ def to_markdown(res: dict, command: str) -> str:
                          f"{100 * run['accuracy']:.2f}% | {100 * run['density']:.2f}% | "
                          f"{dens} | {lam} | {calls} | {run['time_s']:.0f} |")
     lines += ["", "## Verdict", "", res.get("verdict", "(see the tables)"), ""]
+    lines += [
+        "## Notes", "",
+        "- Oracle calls: every Gc(g), Gc(f), HV(g) and JV(g) call counts 1, whatever its "
+        "batch (`OracleCounter.total`); 'examples' weighs each call by its batch size "
+        "(VRBO's refresh uses the whole training/validation set, 64 examples).",
+        "- Ridge settings are those of tests/test_bilevel_solvers.py (MRBO: η_k = "
+        "(8/(8+k))^{1/3}, c₁ = c₂ = 1; VRBO: q = 5, m = 3; stocBiO: T = 5).",
+        "- CS: the bilevel runs train the weights with 9 warm SGD steps (lr 0.05, momentum "
+        "0.9, the single-λ run's optimizer) and one solver step per tuner step; the solver "
+        "steps x with outer_lr 1000, each x_l step clipped to ±0.05 (the hypergradient "
+        "grows like β², not in the paper). Q = 3. Only the solver step differs between "
+        "MRBO, VRBO (q = 4, m = 1, S₁ = 4 batches) and stocBiO (T = 1).",
+        "- CS has no stationary inner solution; the Neumann hypergradient is a local "
+        "model, and the single-λ run is not tuned either: one seed, short budget, so "
+        "accuracy differences of a few tenths of a percent are within noise.",
+        "- Wall times are on 2 CPU cores shared with other jobs; compare them only "
+        "within this run.", "",
+    ]
     return "\n".join(lines)
 
 

@@ -97,7 +97,11 @@ def test_cs_problem_rejects_bad_input():
         BilevelTuner(gated, _data(), _data(), 0.5, method="adam")
 
 
-@pytest.mark.parametrize("method", ["mrbo", "stocbio", "vrbo"])
+@pytest.mark.parametrize("method", [
+    "mrbo",
+    pytest.param("stocbio", marks=pytest.mark.slow),
+    pytest.param("vrbo", marks=pytest.mark.slow),
+])
 def test_tuner_runs_logs_and_reports(method, tmp_path):
     gated = tfd.gate_model(_model(), penalty=0.0)
     kwargs = {"stocbio": dict(inner_steps=2), "vrbo": dict(period=2, inner_steps=1),
