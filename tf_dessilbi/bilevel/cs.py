@@ -210,16 +210,26 @@ def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
             batches are drawn from a second iterator over ``data.train``
             (no held-out split exists there); ``data.eval`` is only used
             for the reported accuracy.
-        strategy: unused beyond the default strategy (single replica).
+        strategy: a single-replica `tf.distribute` strategy (or `None`);
+            the bilevel steps are not distributed.
 
     Returns:
         The summary: eval accuracy of the soft model and of the ticket (hard
         mask), sparsity, the per-layer allocation, oracle counts, time.
+
+    Raises:
+        ValueError: a strategy with more than one replica.
     """
     import tf_dessilbi as tfd
     from tf_dessilbi import models as models_lib
     from tf_dessilbi.bilevel.tuner import BilevelTuner
 
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        raise ValueError(
+            "train_cs_bilevel runs on one replica; the bilevel steps are not "
+            f"distributed. Received a strategy with {strategy.num_replicas_in_sync} "
+            "replicas: use --config.strategy=default."
+        )
     start = time.time()
     b = config.bilevel
     steps_per_epoch = config.steps_per_epoch or max(data.num_train // config.batch_size, 1)
