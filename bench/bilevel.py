@@ -113,7 +113,8 @@ def _ticket_accuracy(model, test):
     return float(acc)
 
 
-def cs_part(steps: int, warm: int, quick: bool) -> dict:
+def cs_part(steps: int, warm: int, quick: bool, target=None,
+            solvers=("mrbo", "vrbo", "stocbio")) -> dict:
     import keras
 
     import tf_dessilbi as tfd
@@ -135,13 +136,16 @@ def cs_part(steps: int, warm: int, quick: bool) -> dict:
     layout = cs.CSLayout(model)
     out["single"] = {"density": layout.density(), "densities": layout.densities(),
                      "accuracy": _ticket_accuracy(model, test), "time_s": time.time() - start}
-    target = out["single"]["density"]
+    target = out["single"]["density"] if target is None else float(target)
+    out["target"] = target
+    out["solvers"] = list(solvers)
 
     tuner_steps = steps // (warm + 1)
     solver_kwargs = {"mrbo": {}, "vrbo": dict(period=4, inner_steps=1),
                      "stocbio": dict(inner_steps=1)}
     fixed_val = [next(iter(_stream(val, 99, 256)))]
-    for name, kwargs in solver_kwargs.items():
+    for name in solvers:
+        kwargs = solver_kwargs[name]
         keras.utils.set_random_seed(0)
         start = time.time()
         model = tfd.gate_model(fmnist_cnn_s(), penalty=0.0)
@@ -220,6 +224,30 @@ def _median(values):
     return (float(np.median(values)), min(values), max(values)) if values else None
 
 
+def cs_table(c: dict) -> list:
+    """The CS comparison table of one `cs_part` result."""
+    lines = [
+        f"{c['steps']} training steps of batch 128 for every run "
+        f"(bilevel: {c['steps'] // (c['warm_steps'] + 1)} tuner steps of "
+        f"{c['warm_steps']} warm SGD steps + 1 solver step). Target density "
+        f"{c.get('target', c['single']['density']):.4f} (single-λ run's final density: "
+        f"{c['single']['density']:.4f}). Accuracy: ticket (hard mask) on the test set.", "",
+        "| run | ticket accuracy | weights kept | per-layer density "
+        "(conv1, conv2, conv3, fc1, logits) | λ per layer | oracle calls | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ["single"] + c.get("solvers", ["mrbo", "vrbo", "stocbio"]):
+        run = c[name]
+        dens = ", ".join(f"{v:.3f}" for v in run["densities"].values())
+        lam = ("1e-8 (all)" if name == "single" else
+               ", ".join(f"{v:.3g}" for v in run["allocation"].values()))
+        calls = run.get("oracle_calls", {}).get("total", "–")
+        lines.append(f"| {name if name != 'single' else 'single-λ CS'} | "
+                     f"{100 * run['accuracy']:.2f}% | {100 * run['density']:.2f}% | "
+                     f"{dens} | {lam} | {calls} | {run['time_s']:.0f} |")
+    return lines
+
+
 def to_markdown(res: dict, command: str) -> str:
     r = res["ridge"]
     lines = [
@@ -249,26 +277,8 @@ def to_markdown(res: dict, command: str) -> str:
             f"{np.median([x['time_s'] for x in runs]):.1f} |")
     c = res.get("cs")
     if c:
-        lines += [
-            "", "## Fashion-MNIST, per-layer CS penalties for the single-λ density", "",
-            f"{c['steps']} training steps of batch 128 for every run "
-            f"(bilevel: {c['steps'] // (c['warm_steps'] + 1)} tuner steps of "
-            f"{c['warm_steps']} warm SGD steps + 1 solver step). Target density = the "
-            f"single-λ run's final density {c['single']['density']:.4f}. Accuracy: ticket "
-            "(hard mask) on the test set. Plot: bench/bilevel_ridge.png (right).", "",
-            "| run | ticket accuracy | weights kept | per-layer density "
-            "(conv1, conv2, conv3, fc1, logits) | λ per layer | oracle calls | wall s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name in ("single", "mrbo", "vrbo", "stocbio"):
-            run = c[name]
-            dens = ", ".join(f"{v:.3f}" for v in run["densities"].values())
-            lam = ("1e-8 (all)" if name == "single" else
-                   ", ".join(f"{v:.2g}" for v in run["allocation"].values()))
-            calls = run.get("oracle_calls", {}).get("total", "–")
-            lines.append(f"| {name if name != 'single' else 'single-λ CS'} | "
-                         f"{100 * run['accuracy']:.2f}% | {100 * run['density']:.2f}% | "
-                         f"{dens} | {lam} | {calls} | {run['time_s']:.0f} |")
+        lines += ["", "## Fashion-MNIST, per-layer CS penalties for the single-λ density", ""]
+        lines += cs_table(c)
     lines += ["", "## Verdict", "", res.get("verdict", "(see the tables)"), ""]
     lines += [
         "## Notes", "",
@@ -317,7 +327,7 @@ def verdict(res: dict) -> str:
     cs_res = res.get("cs")
     if cs_res:
         single = cs_res["single"]
-        for name in ("mrbo", "vrbo", "stocbio"):
+        for name in cs_res.get("solvers", ("mrbo", "vrbo", "stocbio")):
             run = cs_res[name]
             lines.append(
                 f"CS {name}: ticket {100 * run['accuracy']:.2f}% at {100 * run['density']:.2f}% "
@@ -332,6 +342,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip_cs", action="store_true")
     parser.add_argument("--json", default=os.path.join(HERE, "_work", "bilevel.json"))
+    parser.add_argument("--cs_only", action="store_true",
+                        help="only the CS part; its table is appended to BILEVEL.md")
+    parser.add_argument("--target", type=float, default=None,
+                        help="CS target density (default: the single-λ run's)")
+    parser.add_argument("--solvers", default="mrbo,vrbo,stocbio")
     parser.add_argument("--from_json", action="store_true",
                         help="only rewrite BILEVEL.md and the plot from --json")
     parser.add_argument("--command", default="",
@@ -346,6 +361,19 @@ def main(argv=None):
             f.write(to_markdown(res, args.command or "python -m bench.bilevel"))
         return 0
     start = time.time()
+    if args.cs_only:
+        c = cs_part(100 if args.quick else 400, 4 if args.quick else 9, args.quick,
+                    args.target, tuple(args.solvers.split(",")))
+        wall = time.time() - start
+        with open(args.json.replace(".json", "_cs.json"), "w") as f:
+            json.dump(c, f)
+        command = " ".join(["python -m bench.bilevel"] + list(argv or sys.argv[1:]))
+        text = ["", f"## Extra CS run: `{command}` ({wall:.0f} s wall clock)", ""]
+        text += cs_table(c) + [""]
+        with open(os.path.join(HERE, "BILEVEL.md"), "a") as f:
+            f.write("\n".join(text))
+        print("\n".join(text))
+        return 0
     seeds = [0, 1] if args.quick else [0, 1, 2]
     res = {"seeds": seeds, "ridge": ridge_part(3000 if args.quick else 12000, seeds)}
     if not args.skip_cs:
