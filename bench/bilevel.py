@@ -293,10 +293,19 @@ def to_markdown(res: dict, command: str) -> str:
         "grows like β², not in the paper). Q = 3. Only the solver step differs between "
         "MRBO, VRBO (q = 4, m = 1, S₁ = 4 batches) and stocBiO (T = 1).",
         "- CS has no stationary inner solution; the Neumann hypergradient is a local "
-        "model, and the single-λ run is not tuned either: one seed, short budget, so "
-        "accuracy differences of a few tenths of a percent are within noise.",
+        "model. One seed per CS run and no run-to-run spread was measured, so "
+        "accuracy differences of about 1 % between these rows are not evidence either way.",
+        "- At the single-λ density as target, the density term is almost inactive "
+        "(the bilevel runs start from the same λ₀ = 1e-8), so x_l barely moves: the "
+        "allocation stays ≈ λ₀ and the tickets differ mainly by the solver's own steps "
+        "on the weights.",
         "- Wall times are on 2 CPU cores shared with other jobs; compare them only "
-        "within this run.", "",
+        "within this run.",
+        f"- Budget: the target is ≲ 10 min on 2 shared cores; this run took "
+        f"{res['wall_s'] / 60:.0f} min of wall clock while the machine's load average "
+        "was 8–14 (other agents' jobs on the same 2 cores), so it is over that budget "
+        "under such load. `--quick` (2 seeds, ridge budget 3000, 100 CS steps, 2,000 test "
+        "images) is the smaller one.", "",
     ]
     return "\n".join(lines)
 
