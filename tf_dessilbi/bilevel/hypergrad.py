@@ -5,7 +5,7 @@ theorem gives
 
     ∇Φ(x) = ∇ₓf − ∇ₓ∇_y g · [∇²_y g]⁻¹ ∇_y f       (all at (x, y*(x))).
 
-Yang, Ji & Liang (2021, eq. 3, after stocBiO, Ji et al. 2021) estimate it at
+Yang, Ji & Liang (2021; after stocBiO, Ji, Yang & Liang 2021) estimate it at
 the current (x, y) with the Neumann series of the inverse Hessian,
 [∇²_y g]⁻¹ ≈ η Σ_{q=0}^{Q−1} (I − η∇²_y g)^q, valid for 0 < η < 1/L_g::
 
