@@ -13,7 +13,9 @@ the current (x, y) with the Neumann series of the inverse Hessian,
     z  = η Σ_{q=0}^{Q−1} p_q,
     ∇̂Φ(x, y) = ∇ₓf(x, y; ξ) − ∇ₓ∇_y g(x, y; ζ) · z.
 
-Q terms take Q − 1 Hessian-vector products (HV(g)) and one Jacobian-vector
+Here Q counts the terms of the sum (Q = 1 is η∇_y f alone; the papers'
+index conventions may differ by one). Q terms take Q − 1 Hessian-vector
+products (HV(g)) and one Jacobian-vector
 product (JV(g)), both by nested `tf.GradientTape`s: ∇_y g is computed once
 under a persistent outer tape and differentiated again against each
 vector, so no Hessian is ever materialized. With an exact y = y*(x) the
