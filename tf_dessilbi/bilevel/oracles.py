@@ -125,7 +125,12 @@ def counted_function(
         with recording(cost):
             return fn(*args)
 
-    compiled = tf.function(traced, jit_compile=jit_compile) if use_tf_function else traced
+    # No AutoGraph: the steps branch in Python and loop with tf.while_loop /
+    # tf.cond explicitly, so there is nothing to convert (and no source to re-read).
+    compiled = (
+        tf.function(traced, jit_compile=jit_compile, autograph=False)
+        if use_tf_function else traced
+    )
 
     def call(*args):
         out = compiled(*args)
