@@ -11,10 +11,13 @@ min_x Φ(x) = f(x, y*(x)),  y*(x) = argmin_y g(x, y): x the hyperparameters
 * Uses: per-layer Continuous Sparsification penalties for a global density
   target (`cs`, `BilevelTuner`) and per-layer weight decay (`weight_decay`).
 
-Backends: the solvers use `tf.GradientTape` (nested, for Hessian-vector
-products) and `tf.function`, so this subpackage needs the TensorFlow backend
-of Keras 3 (or plain TensorFlow); on JAX or PyTorch it raises at import of
-the uses that touch Keras models. The problem callables may use `keras.ops`.
+Backends: TensorFlow only. The solvers use `tf.GradientTape` (nested, for
+Hessian-vector products) and `tf.function` on TensorFlow tensors, so the
+problem callables must compute with TensorFlow ops (`keras.ops` works when
+Keras runs on TensorFlow). The Keras-model uses (`cs`, `weight_decay`,
+`BilevelTuner`) call `model.stateless_call` under the tapes and raise a
+`RuntimeError` on the JAX and PyTorch backends; importing this subpackage
+needs TensorFlow installed whatever the backend.
 """
 
 from tf_dessilbi.bilevel.hypergrad import hypergradient

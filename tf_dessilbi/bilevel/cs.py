@@ -45,6 +45,17 @@ from tf_dessilbi.bilevel.problem import BilevelProblem
 from tf_dessilbi.bilevel.solvers import positive_number
 
 
+def require_tensorflow_backend(what: str) -> None:
+    """RuntimeError unless Keras runs on TensorFlow (the tapes need TF tensors)."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} differentiates a Keras model with tf.GradientTape and needs "
+            f"the TensorFlow backend; Keras runs on {backend!r}. Set "
+            f"KERAS_BACKEND=tensorflow."
+        )
+
+
 def _gates(model):
     import tf_dessilbi as tfd
 
@@ -140,6 +151,7 @@ def cs_problem(
         )
     base_penalty = positive_number("base_penalty", base_penalty)
     density_weight = positive_number("density_weight", density_weight)
+    require_tensorflow_backend("cs_problem")
     layout = CSLayout(model)
     non_trainable = list(model.non_trainable_variables)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -51,6 +51,9 @@ def weight_decay_problem(
         ``(problem, names)``: x is one vector of log-strengths, one per name;
         y is ``model.trainable_variables``.
     """
+    from tf_dessilbi.bilevel.cs import require_tensorflow_backend
+
+    require_tensorflow_backend("weight_decay_problem")
     layers = kernel_layers(model)
     loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     non_trainable = list(model.non_trainable_variables)
