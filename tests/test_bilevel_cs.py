@@ -170,3 +170,12 @@ def test_train_cs_bilevel_end_to_end(tmp_path):
     with open(tmp_path / "summary.json") as f:
         assert json.load(f)["allocation"] == summary["allocation"]
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+
+
+def test_other_backends_get_a_clear_error(monkeypatch):
+    gated = tfd.gate_model(_model(), penalty=0.0)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="needs the TensorFlow backend.*'jax'"):
+        cs.cs_problem(gated, lambda: 0, lambda: 0, 0.5)
+    with pytest.raises(RuntimeError, match="weight_decay_problem"):
+        weight_decay.weight_decay_problem(_model(), lambda: 0, lambda: 0)
