@@ -113,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Hyperparameters of the method named by `method` (free-form: each method
     # defines its own fields in its config file).
     c.sparse = ml_collections.ConfigDict()
+    # Bilevel tuning of per-layer CS penalties (method "cs_bilevel").
+    from tf_dessilbi.bilevel.cs import config_section as _bilevel_section
+
+    c.bilevel = _bilevel_section()
 
     # Outputs in the workdir.
     c.outputs = ml_collections.ConfigDict()

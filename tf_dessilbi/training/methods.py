@@ -175,3 +175,12 @@ METHODS: Dict[str, Method] = {
     ),
     "cs_search": Method(run=_cs_search_run, description="Continuous Sparsification ticket search"),
 }
+
+
+def _cs_bilevel_run(config, workdir, data, strategy) -> dict:
+    from tf_dessilbi.bilevel.cs import train_cs_bilevel
+
+    return train_cs_bilevel(config, workdir, data, strategy)
+
+
+METHODS["cs_bilevel"] = Method(run=_cs_bilevel_run, description="CS with per-layer penalties tuned by MRBO/VRBO")
