@@ -71,9 +71,14 @@ def targets(model) -> list:
     return found
 
 
+def snapshot(variable):
+    """The variable's current value as a tensor (not a live reference to the variable)."""
+    return ops.copy(ops.convert_to_tensor(variable))
+
+
 def current_masks(model) -> dict:
-    """``{key: bool tensor}``: the masks of the model's `MaskedLayer` wrappers."""
-    return {t.key: ops.convert_to_tensor(t.mask) for t in targets(model)}
+    """``{key: bool tensor}``: the masks of the model's `MaskedLayer` wrappers (snapshots)."""
+    return {t.key: snapshot(t.mask) for t in targets(model)}
 
 
 def assign_masks(model, new_masks: Mapping, zero: Optional[Mapping] = None) -> None:
@@ -256,7 +261,7 @@ class MaskUpdater:
             return False
         if self.needs_gradients and gradients is None:
             gradients = self.gradients(model)
-        masks = {t.key: ops.convert_to_tensor(t.mask) for t in found}
+        masks = {t.key: snapshot(t.mask) for t in found}
         drop = self.drop_scores(found, gradients)
         if self.kind == "prune":
             new = prune(masks, drop, amount, self.scope)
