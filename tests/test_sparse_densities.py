@@ -47,7 +47,8 @@ def test_erdos_renyi_matches_reference(density, kernel):
 def test_small_layers_made_dense_at_high_density():
     got = densities.erdos_renyi(SHAPES, 0.5)
     assert got["conv1/kernel"] == 1.0  # ε·raw > 1: densified, ε recomputed
-    assert got["fc1/kernel"] < got["conv3/kernel"] < 1.0
+    assert got["logits/kernel"] == 1.0
+    assert got["conv3/kernel"] < got["fc1/kernel"] < got["conv2/kernel"] < 1.0
 
 
 def test_first_layer_dense_is_left_out_like_rigls_custom_map():
