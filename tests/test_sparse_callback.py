@@ -153,3 +153,13 @@ def test_update_masks_refuses_replica_context():
 
     strategy.run(step)
     assert errors and "cross-replica context" in errors[0]
+
+
+def test_consecutive_fits_update_each_step_once():
+    model = compiled(mask_model(tiny()))
+    rec = Recorder(every=4)
+    cb = sparse.UpdateMasks(rec)
+    x, y = data(32)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])  # steps 1..4
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])  # begins at t = 4
+    assert rec.steps == [0, 4, 8]
