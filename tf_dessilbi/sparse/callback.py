@@ -131,7 +131,7 @@ class UpdateMasks(keras.callbacks.Callback):
         for u in updaters:
             u.bind(self.model)  # a model that does not fit fails before training
         start = self._iterations()
-        if start - 1 < self._last:  # the step count went back (a new optimizer): start afresh
+        if start < self._last:  # the step count went back (a new optimizer): start afresh
             self._done = {}
         self._last = start - 1
         self._run_until(start)
