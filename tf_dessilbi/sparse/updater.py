@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 from keras import ops
 
+from tf_dessilbi import _validate
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi.sparse import topk
 
@@ -110,7 +111,8 @@ def assign_masks(model, new_masks: Mapping, zero: Optional[Mapping] = None) -> N
         by_key[key].mask.assign(ops.cast(value, "bool"))
     for key, value in zero.items():
         weight = by_key[key].weight
-        weight.assign(ops.where(ops.cast(value, "bool"), ops.zeros_like(weight), weight))
+        current = ops.convert_to_tensor(weight)
+        weight.assign(ops.where(ops.cast(value, "bool"), ops.zeros_like(current), current))
 
 
 def drop_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, counts: Mapping):
@@ -183,7 +185,7 @@ class MaskUpdater:
     needs_gradients = False
 
     def __init__(self, scope: str = "layer", name: Optional[str] = None):
-        topk._validate.one_of("scope", scope, topk.SCOPES)
+        _validate.one_of("scope", scope, topk.SCOPES)
         self.scope = scope
         self.name = name or type(self).__name__
         self._signature = None
@@ -268,7 +270,7 @@ class MaskUpdater:
             assign_masks(model, new)
             newly = {}
         else:
-            f = topk._validate.real("drop fraction", amount, minimum=0.0, maximum=1.0)
+            f = _validate.real("drop fraction", amount, minimum=0.0, maximum=1.0)
             counts = {
                 k: int(np.floor(f * int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) + 0.5))
                 for k, m in masks.items()
