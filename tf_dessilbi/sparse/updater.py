@@ -208,7 +208,10 @@ class MaskUpdater:
         raise NotImplementedError(f"{self.name} does not compute gradients.")
 
     def prepare(self, model) -> None:
-        """Called once with the model before the first update (e.g. initial masks)."""
+        """Called by `UpdateMasks` when training begins, before any update (binds the model).
+
+        Override for work needed once before training (e.g. scoring batches).
+        """
         self.bind(model)
 
     # ------------------------------------------------------------- binding
@@ -284,3 +287,29 @@ class MaskUpdater:
                      "density" if self.kind == "prune" else "drop fraction",
                      amount if not isinstance(amount, Mapping) else "per layer", kept)
         return True
+
+
+class PruneOnce(MaskUpdater):
+    """A one-shot prune-only updater: at ``at_step`` keep density 1 − s by ``drop_scores``.
+
+    Subclasses (SNIP, GraSP, ...) override `drop_scores` with their
+    saliencies; the default is |W| (one-shot magnitude pruning).
+
+    Args:
+        sparsity: s ∈ [0, 1) (a float; or ``{key: s_l}`` per layer).
+        at_step: the step to prune at. Defaults to `0`.
+        scope: ``"global"`` or ``"layer"``. Defaults to ``"global"``.
+    """
+
+    kind = "prune"
+
+    def __init__(self, sparsity, at_step: int = 0, scope: str = "global", name: Optional[str] = None):
+        if isinstance(sparsity, Mapping):
+            self.density = {k: 1.0 - _validate.fraction(f"sparsity[{k!r}]", v) for k, v in sparsity.items()}
+        else:
+            self.density = 1.0 - _validate.fraction("sparsity", sparsity)
+        self.at_step = _validate.integer("at_step", at_step, minimum=0)
+        super().__init__(scope=scope, name=name)
+
+    def amount(self, step: int):
+        return self.density if int(step) == self.at_step else None
