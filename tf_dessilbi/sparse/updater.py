@@ -128,6 +128,8 @@ def drop_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, counts
     """
     active = {k: ops.cast(m, "bool") for k, m in masks.items()}
     n_active = {k: int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) for k, m in active.items()}
+    if set(counts) != set(masks):
+        raise ValueError(f"`counts` must have the keys of the masks {sorted(masks)[:8]}.")
     for key, k in counts.items():
         if k > n_active[key]:
             raise ValueError(f"Cannot drop {k} weights of {key!r}: only {n_active[key]} are active.")
