@@ -221,6 +221,8 @@ def to_markdown(results: dict) -> str:
               "* Density kept: the fraction of masked (Conv2D/Dense kernel) weights active at the "
               "end; biases are not masked. ERK's per-layer rounding keeps a few weights more than "
               "exactly 10 %.",
+              "* The accuracy table's wall seconds are one run each on the shared machine (other "
+              "jobs, and this project's tests, ran alongside): they are not a speed comparison.",
               "* Step times come from a 2-core machine shared with other jobs: the per-round "
               "ratios (quartiles shown) carry that noise. The step-time contenders run the mask "
               "updates all along (GMP at a constant target), so the update cost is included.",
