@@ -11,6 +11,7 @@ from tf_dessilbi import callbacks  # GateTemperature
 from tf_dessilbi import layers  # SparseGate
 from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used
 from tf_dessilbi import masks  # Mask, MaskSource and the adapters
+from tf_dessilbi import sparse  # mask methods: GMP, SET, RigL, schedules, densities
 from tf_dessilbi.dessilbi import DessiLBI
 from tf_dessilbi.dessilbi import WStar
 from tf_dessilbi.dessilbi import apply_w_star
@@ -33,6 +34,7 @@ from tf_dessilbi.procedures.ticket_search import TicketSearchResult
 from tf_dessilbi.registry import register_gated_layer
 from tf_dessilbi.registry import register_layer
 from tf_dessilbi.shrink import ShrinkReport
+from tf_dessilbi.sparse.gmp import prune_low_magnitude
 from tf_dessilbi.shrink import shrink  # the function (the subpackage stays importable by path)
 from tf_dessilbi.sparsity import SparsityReport
 from tf_dessilbi.sparsity import SparsityRow
@@ -67,6 +69,7 @@ __all__ = [
     "layers",
     "make_train_step",
     "mask_model",
+    "prune_low_magnitude",
     "masks",
     "register_gated_layer",
     "register_layer",
@@ -75,6 +78,7 @@ __all__ = [
     "set_ticket_mode",
     "shrink",
     "soft_threshold",
+    "sparse",
     "sparsity_report",
     "strip",
     "structures_for",

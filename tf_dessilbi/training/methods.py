@@ -184,3 +184,17 @@ def _cs_bilevel_run(config, workdir, data, strategy) -> dict:
 
 
 METHODS["cs_bilevel"] = Method(run=_cs_bilevel_run, description="CS with per-layer penalties tuned by MRBO/VRBO")
+
+
+def _register_mask_methods() -> None:
+    """GMP, SET and RigL (`tf_dessilbi.sparse`): each module's prepare/callbacks hooks."""
+    from tf_dessilbi import sparse
+
+    for name, module in sparse.METHODS.items():
+        METHODS[name] = Method(
+            prepare=module.prepare, callbacks=module.callbacks,
+            description=(module.__doc__ or name).strip().splitlines()[0],
+        )
+
+
+_register_mask_methods()
