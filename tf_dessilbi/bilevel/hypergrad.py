@@ -121,7 +121,6 @@ def hypergradient(
     z = [eta * t for t in total]
     cross = outer.gradient(gy, x, output_gradients=z)
     oracles.record("jvp", inner_batch)
-    del outer
     if all(g is None for g in fx) and all(g is None for g in cross):
         raise ValueError(ZERO_HYPERGRADIENT)
     fx = _zeros_for_none(fx, x)

@@ -142,7 +142,7 @@ class SeparableHandler(ProducerHandler):
     def _paths(self, w, kept_out):
         """``(in, m)``: whether input c reaches a kept output through multiplier m."""
         dw = w["depthwise_kernel"]
-        mult = dw.shape[-1]
+        channels, mult = dw.shape[-2], dw.shape[-1]
         through_dw = dw.reshape(-1, channels, mult).any(axis=0)
         pw = w[self.kernel][..., kept_out].reshape(channels, mult, -1)
         return through_dw & pw.any(axis=-1)
@@ -152,7 +152,7 @@ class SeparableHandler(ProducerHandler):
 
     def fold(self, w, values) -> np.ndarray:
         dw = w["depthwise_kernel"].astype(np.float64)
-        mult = dw.shape[-1]
+        channels, mult = dw.shape[-2], dw.shape[-1]
         dw_sum = dw.reshape(-1, channels, mult).sum(axis=0)  # (in, m)
         pw = w[self.kernel].astype(np.float64).reshape(channels * mult, -1)
         inter = (np.asarray(values, np.float64)[:, None] * dw_sum).reshape(-1)
