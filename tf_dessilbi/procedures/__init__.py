@@ -1,0 +1,14 @@
+"""Multi-run procedures built on the fixed masks: IMP with rewinding, the
+lottery-ticket sanity checks, greedy forward selection.
+
+* `imp.iterative_magnitude_pruning` (Frankle & Carbin 2019, rewinding:
+  Frankle et al. 2020), with `sanity.run_sanity_checks` (Ma et al. 2021);
+* `greedy.greedy_forward_selection` (Ye et al., ICML 2020).
+
+Each module also exposes the CLI hook ``run(config, workdir, data, strategy)``.
+"""
+
+from tf_dessilbi.procedures import imp
+from tf_dessilbi.procedures import sanity
+
+__all__ = ["imp", "sanity"]
