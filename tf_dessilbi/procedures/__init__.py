@@ -8,7 +8,8 @@ lottery-ticket sanity checks, greedy forward selection.
 Each module also exposes the CLI hook ``run(config, workdir, data, strategy)``.
 """
 
+from tf_dessilbi.procedures import greedy
 from tf_dessilbi.procedures import imp
 from tf_dessilbi.procedures import sanity
 
-__all__ = ["imp", "sanity"]
+__all__ = ["greedy", "imp", "sanity"]
