@@ -1,0 +1,284 @@
+"""The one mask update of the mask methods: prune to a density, or drop and grow.
+
+A `MaskUpdater` is told, at a training step t, whether and how much to change
+the masks of a model's `tf_dessilbi.layers.MaskedLayer` wrappers; it provides
+the scores, this module does the update, in `keras.ops`:
+
+* prune-only (GMP, SNIP, GraSP, IMP; ``grow_scores`` returns None): keep the
+  ``round(d · n)`` active weights with the largest ``drop_scores`` (globally
+  or per layer); a pruned weight never comes back;
+* drop/grow (SET, RigL): in every layer drop the k = round(f_t · n_active)
+  active weights with the smallest ``drop_scores``, then grow the k weights
+  with the largest ``grow_scores`` among those inactive after the drop (a
+  weight just dropped may be regrown, as in google-research/rigl), so the
+  number of active weights is unchanged. Newly grown weights are set to 0
+  (a dropped-and-regrown weight keeps its value: it never left).
+
+Every check (keys, shapes, finite scores, counts) runs before the first
+variable is written, so a failed update leaves the model as it was. The
+updater binds to the first model it updates and refuses any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Optional
+
+import keras
+import numpy as np
+from absl import logging
+from keras import ops
+
+from tf_dessilbi import masks as masks_lib
+from tf_dessilbi.sparse import topk
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One masked weight: its `Mask` key, the wrapper, the weight W and mask M variables."""
+
+    key: str
+    wrapper: keras.layers.Layer
+    weight: keras.Variable
+    mask: keras.Variable
+
+
+def targets(model) -> list:
+    """The `Target` of every `MaskedLayer` in ``model`` (nested included), in layer order.
+
+    Raises:
+        ValueError: the model has no `MaskedLayer` (wrap it with
+            `tf_dessilbi.layers.mask_model` first) or one is not built.
+    """
+    from tf_dessilbi.layers.masked import MaskedLayer
+
+    found = []
+    for wrapper in masks_lib.find_wrappers(model, MaskedLayer):
+        if not wrapper.built:
+            raise ValueError(f"MaskedLayer {wrapper.name!r} is not built: build the model first.")
+        key = masks_lib.weight_key(wrapper.layer, wrapper.weight_variable)
+        found.append(Target(key, wrapper, wrapper.weight_variable, wrapper.weight_mask))
+    if not found:
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} has no MaskedLayer, so no sparsifiable "
+            f"weight to update: wrap it with tf_dessilbi.layers.mask_model(model) (or "
+            f"tf_dessilbi.sparse.prune_low_magnitude) first."
+        )
+    keys = [t.key for t in found]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"Two masked weights share a key in {keys}: give the layers unique names.")
+    return found
+
+
+def snapshot(variable):
+    """The variable's current value as a tensor (not a live reference to the variable)."""
+    return ops.copy(ops.convert_to_tensor(variable))
+
+
+def current_masks(model) -> dict:
+    """``{key: bool tensor}``: the masks of the model's `MaskedLayer` wrappers (snapshots)."""
+    return {t.key: snapshot(t.mask) for t in targets(model)}
+
+
+def assign_masks(model, new_masks: Mapping, zero: Optional[Mapping] = None) -> None:
+    """Writes masks (and zeroes weights where ``zero`` is True), all or nothing.
+
+    Args:
+        model: the masked model.
+        new_masks: ``{key: bool tensor}``, a subset of the model's keys.
+        zero: ``{key: bool tensor}``: weights set to 0 (newly grown ones).
+
+    Raises:
+        ValueError: an unknown key or a wrong shape (nothing is written).
+    """
+    by_key = {t.key: t for t in targets(model)}
+    zero = dict(zero or {})
+    for what, mapping in (("mask", new_masks), ("zeroing", zero)):
+        for key, value in mapping.items():
+            if key not in by_key:
+                raise ValueError(
+                    f"A {what} for {key!r} names no masked weight of model {model.name!r}; "
+                    f"its masked weights are {sorted(by_key)[:12]}"
+                )
+            shape = tuple(by_key[key].weight.shape)
+            if tuple(ops.shape(value)) != shape:
+                raise ValueError(
+                    f"The {what} for {key!r} has shape {tuple(ops.shape(value))}; the weight {shape}."
+                )
+    for key, value in new_masks.items():
+        by_key[key].mask.assign(ops.cast(value, "bool"))
+    for key, value in zero.items():
+        weight = by_key[key].weight
+        weight.assign(ops.where(ops.cast(value, "bool"), ops.zeros_like(weight), weight))
+
+
+def drop_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, counts: Mapping):
+    """The drop/grow update on tensors: ``(new masks, newly grown)``.
+
+    In each layer l: drop the ``counts[l]`` active weights of smallest drop
+    score, grow as many of largest grow score among the inactive-after-drop
+    weights. ``|new mask| = |mask|`` exactly.
+
+    Raises:
+        ValueError: a count above the number of active weights, or the
+            errors of `topk.topk_masks`.
+    """
+    active = {k: ops.cast(m, "bool") for k, m in masks.items()}
+    n_active = {k: int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) for k, m in active.items()}
+    for key, k in counts.items():
+        if k > n_active[key]:
+            raise ValueError(f"Cannot drop {k} weights of {key!r}: only {n_active[key]} are active.")
+    kept = topk.topk_masks(
+        drop_scores, candidates=active,
+        counts={key: n_active[key] - counts[key] for key in masks},
+    )
+    inactive = {k: ops.logical_not(m) for k, m in kept.items()}
+    grown = topk.topk_masks(grow_scores, candidates=inactive, counts=dict(counts))
+    new = {k: ops.logical_or(kept[k], grown[k]) for k in masks}
+    newly = {k: ops.logical_and(grown[k], ops.logical_not(active[k])) for k in masks}
+    return new, newly
+
+
+def prune(masks: Mapping, scores: Mapping, density, scope: str = "layer") -> dict:
+    """Prune-only update: the top-scored active weights at ``density`` (never grows).
+
+    A layer (or, globally, the model) already at or below the density keeps its mask.
+    """
+    active = {k: ops.cast(m, "bool") for k, m in masks.items()}
+    n_active = {k: int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) for k, m in active.items()}
+    sizes = {k: int(np.prod(ops.shape(m))) for k, m in masks.items()}
+    if isinstance(density, Mapping) or scope == "layer":
+        dens = density if isinstance(density, Mapping) else {k: density for k in masks}
+        if set(dens) != set(masks):
+            raise ValueError(f"Per-layer densities must have the keys {sorted(masks)[:8]}.")
+        counts = {}
+        for k in masks:
+            d = topk._density(f"density[{k!r}]", dens[k])
+            counts[k] = min(n_active[k], topk.kept_count(sizes[k], d))
+        return topk.topk_masks(scores, candidates=active, counts=counts)
+    d = topk._density("density", density)
+    keep = min(sum(n_active.values()), topk.kept_count(sum(sizes.values()), d))
+    return topk.topk_masks(scores, candidates=active, counts=keep)
+
+
+class MaskUpdater:
+    """Base of the mask methods: says when and how much, gives the scores.
+
+    Subclasses set ``kind`` (``"prune"`` or ``"drop_grow"``) and implement
+    `amount` (``step -> None`` when no update is due, else a density for
+    ``"prune"`` (float or ``{key: d}``) or a drop fraction f_t for
+    ``"drop_grow"``) and `drop_scores` (default |W|); drop/grow updaters
+    also implement `grow_scores`. ``needs_gradients = True`` makes the
+    driver pass ``{key: ∂L/∂(W⊙M)}`` (see `gradients`).
+
+    Args:
+        scope: ``"layer"`` (per-layer densities) or ``"global"`` (one top-k
+            over every masked weight) for prune-only updates. Defaults to
+            ``"layer"``.
+        name: a label for logs.
+    """
+
+    kind = "prune"
+    needs_gradients = False
+
+    def __init__(self, scope: str = "layer", name: Optional[str] = None):
+        topk._validate.one_of("scope", scope, topk.SCOPES)
+        self.scope = scope
+        self.name = name or type(self).__name__
+        self._signature = None
+        self.updates = 0
+
+    # --------------------------------------------------------------- hooks
+    def amount(self, step: int):
+        raise NotImplementedError
+
+    def drop_scores(self, targets_: list, gradients: Optional[Mapping]) -> dict:
+        """|W| of every target (higher = keep)."""
+        return {t.key: ops.abs(ops.convert_to_tensor(t.weight)) for t in targets_}
+
+    def grow_scores(self, targets_: list, gradients: Optional[Mapping], step: int):
+        """None: a prune-only updater."""
+        return None
+
+    def gradients(self, model) -> dict:
+        """``{key: ∂L/∂(W⊙M)}`` on one batch (for ``needs_gradients`` updaters)."""
+        raise NotImplementedError(f"{self.name} does not compute gradients.")
+
+    def prepare(self, model) -> None:
+        """Called once with the model before the first update (e.g. initial masks)."""
+        self.bind(model)
+
+    # ------------------------------------------------------------- binding
+    def bind(self, model) -> list:
+        """Binds the updater to ``model`` (first call) and checks it is the same one after.
+
+        Raises:
+            ValueError: the updater was bound to a model with other masked weights.
+        """
+        found = targets(model)
+        signature = tuple((t.key, tuple(t.weight.shape)) for t in found)
+        if self._signature is None:
+            self._signature = signature
+        elif signature != self._signature:
+            raise ValueError(
+                f"{self.name} was set up for a model with masked weights "
+                f"{[k for k, _ in self._signature][:6]}...; received model "
+                f"{model.name!r} with {[k for k, _ in signature][:6]}...: use one "
+                f"updater per model."
+            )
+        return found
+
+    def get_state(self) -> dict:
+        """The updater's state (bound weights, updates done)."""
+        return {"signature": [[k, list(s)] for k, s in (self._signature or ())],
+                "updates": self.updates}
+
+    def set_state(self, state: Mapping, model=None) -> None:
+        """Restores `get_state`; with ``model``, checks it has the recorded weights.
+
+        Raises:
+            ValueError: the state belongs to a model with other masked weights.
+        """
+        signature = tuple((k, tuple(s)) for k, s in state["signature"])
+        if model is not None:
+            found = tuple((t.key, tuple(t.weight.shape)) for t in targets(model))
+            if signature and found != signature:
+                raise ValueError(
+                    f"This {self.name} state is from a model with masked weights "
+                    f"{[k for k, _ in signature][:6]}; model {model.name!r} has "
+                    f"{[k for k, _ in found][:6]}."
+                )
+        self._signature = signature or None
+        self.updates = int(state.get("updates", 0))
+
+    # -------------------------------------------------------------- update
+    def update(self, model, step: int, gradients: Optional[Mapping] = None) -> bool:
+        """Updates the masks if one is due at ``step``; True when it did."""
+        found = self.bind(model)
+        amount = self.amount(int(step))
+        if amount is None:
+            return False
+        if self.needs_gradients and gradients is None:
+            gradients = self.gradients(model)
+        masks = {t.key: snapshot(t.mask) for t in found}
+        drop = self.drop_scores(found, gradients)
+        if self.kind == "prune":
+            new = prune(masks, drop, amount, self.scope)
+            assign_masks(model, new)
+            newly = {}
+        else:
+            f = topk._validate.real("drop fraction", amount, minimum=0.0, maximum=1.0)
+            counts = {
+                k: int(np.floor(f * int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) + 0.5))
+                for k, m in masks.items()
+            }
+            grow = self.grow_scores(found, gradients, int(step))
+            new, newly = drop_grow(masks, drop, grow, counts)
+            assign_masks(model, new, zero=newly)
+        self.updates += 1
+        kept = sum(int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) for m in new.values())
+        logging.info("%s at step %d: %s=%s, %d weights active.", self.name, step,
+                     "density" if self.kind == "prune" else "drop fraction",
+                     amount if not isinstance(amount, Mapping) else "per layer", kept)
+        return True
