@@ -23,7 +23,6 @@ trained: the procedure stops and reports the layer.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Callable, Optional
@@ -103,89 +102,7 @@ def _unit_axes(layer):
 
 
 # -------------------------------------------------------------- the recipe
-def _first_batch(data, name: str):
-    if data is None:
-        raise ValueError(f"`{name}` must be a dataset of (x, y) batches. Received: {name}=None")
-    for batch in data:
-        return batch
-    raise ValueError(f"`{name}` is an empty dataset: no batch to train or evaluate on.")
-
-
-class Recipe:
-    """One training recipe, the same for every round and every control.
-
-    ``train(mask, weights, seed)``: build a fresh model (after
-    ``keras.utils.set_random_seed(seed)`` when given), wrap it with
-    `tf_dessilbi.layers.mask_model` and the mask, load ``weights`` (the
-    non-mask variables, as from `state`), compile with a fresh
-    ``make_optimizer()``, fit ``epochs × steps_per_epoch`` steps, evaluate.
-    """
-
-    def __init__(self, build_model: Callable, make_optimizer: Callable, train_data, eval_data,
-                 epochs: int, steps_per_epoch: int, *, loss=None, eval_steps=None,
-                 callbacks=(), strategy=None, verbose: int = 0):
-        if not callable(build_model):
-            raise TypeError(f"`build_model` must be callable() -> keras.Model. Received: {build_model!r}")
-        if not callable(make_optimizer):
-            raise TypeError(
-                f"`make_optimizer` must be callable() -> optimizer. Received: {make_optimizer!r}"
-            )
-        self.build_model = build_model
-        self.make_optimizer = make_optimizer
-        self.train_data = train_data
-        self.eval_data = eval_data
-        self.epochs = _validate.positive_int("epochs_per_round", epochs)
-        self.steps_per_epoch = _validate.positive_int("steps_per_epoch", steps_per_epoch)
-        self.eval_steps = None if eval_steps is None else _validate.positive_int("eval_steps", eval_steps)
-        self.loss = loss or snip.default_loss()
-        self.callbacks = list(callbacks or [])
-        self.strategy = strategy
-        self.verbose = verbose
-
-    def _scope(self):
-        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
-
-    @staticmethod
-    def state(model) -> list:
-        """The model's variables other than the fixed masks (what rewinding restores)."""
-        from tf_dessilbi.layers import MaskedLayer
-
-        mask_ids = {id(w.weight_mask) for w in masks_lib.find_wrappers(model, MaskedLayer)}
-        return [v for v in model.weights if id(v) not in mask_ids]
-
-    def build(self, mask=None, weights=None, seed=None) -> keras.Model:
-        from tf_dessilbi.layers import mask_model
-
-        if seed is not None:
-            keras.utils.set_random_seed(int(seed))
-        with self._scope():
-            model = self.build_model()
-            _validate.model(model, "build_model")
-            model = mask_model(model, mask)
-            if weights is not None:
-                variables = self.state(model)
-                if len(variables) != len(weights):
-                    raise ValueError(
-                        f"Rewinding: the model has {len(variables)} variables, the saved state {len(weights)}."
-                    )
-                for variable, value in zip(variables, weights):
-                    variable.assign(value)
-            model.compile(optimizer=self.make_optimizer(), loss=self.loss, metrics=["accuracy"])
-        return model
-
-    def fit(self, model, extra_callbacks=()):
-        model.fit(self.train_data, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
-                  callbacks=self.callbacks + list(extra_callbacks), verbose=self.verbose)
-
-    def evaluate(self, model) -> dict:
-        result = model.evaluate(self.eval_data, steps=self.eval_steps, verbose=0, return_dict=True)
-        return {"loss": float(result["loss"]), "accuracy": float(result["accuracy"])}
-
-    def train(self, mask=None, weights=None, seed=None, extra_callbacks=()):
-        """``(model, {"loss", "accuracy"})`` of one training run (see the class docstring)."""
-        model = self.build(mask, weights, seed)
-        self.fit(model, extra_callbacks)
-        return model, self.evaluate(model)
+Recipe = sanity_lib.Recipe  # the one recipe of every round and every control
 
 
 class _Snapshot(keras.callbacks.Callback):
@@ -372,8 +289,8 @@ def iterative_magnitude_pruning(
     recipe = Recipe(build_model, make_optimizer, train_data, eval_data, epochs_per_round,
                     steps_per_epoch, loss=loss, eval_steps=eval_steps, callbacks=callbacks,
                     strategy=strategy, verbose=verbose)
-    _first_batch(train_data, "train_data")
-    _first_batch(eval_data, "eval_data")
+    sanity_lib.first_batch(train_data, "train_data")
+    sanity_lib.first_batch(eval_data, "eval_data")
 
     # Round 0: the dense network from θ₀ (a masked model with full masks).
     model = recipe.build(None, None, seed)

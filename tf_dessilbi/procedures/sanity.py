@@ -11,22 +11,110 @@ lottery tickets: does your winning ticket really win the jackpot?"
 3. it beats a random mask m̃ with the same layer-wise densities, trained
    from the same θ_k: acc(m, θ_k) > acc(m̃, θ_k) + margin.
 
+`Recipe` is that fixed recipe (IMP trains its rounds with it too);
 `random_mask_like` builds m̃; `run_sanity_checks` trains both controls with
-the caller's recipe (`tf_dessilbi.procedures.imp.Recipe`: the one that
-trained the ticket) and returns a `SanityResult` whose ``verdict`` reads
+the recipe that trained the ticket and returns a `SanityResult` whose ``verdict`` reads
 "winning ticket: yes" or "winning ticket: no (...)" with the margins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
+import keras
 import numpy as np
 from absl import logging
 
 from tf_dessilbi import _validate
 from tf_dessilbi import masks as masks_lib
+
+
+def first_batch(data, name: str):
+    """The first batch of ``data``; a clear error when there is none."""
+    if data is None:
+        raise ValueError(f"`{name}` must be a dataset of (x, y) batches. Received: {name}=None")
+    for batch in data:
+        return batch
+    raise ValueError(f"`{name}` is an empty dataset: no batch to train or evaluate on.")
+
+
+class Recipe:
+    """One training recipe, the same for every round and every control.
+
+    ``train(mask, weights, seed)``: build a fresh model (after
+    ``keras.utils.set_random_seed(seed)`` when given), wrap it with
+    `tf_dessilbi.layers.mask_model` and the mask, load ``weights`` (the
+    non-mask variables, as from `state`), compile with a fresh
+    ``make_optimizer()``, fit ``epochs × steps_per_epoch`` steps, evaluate.
+    """
+
+    def __init__(self, build_model: Callable, make_optimizer: Callable, train_data, eval_data,
+                 epochs: int, steps_per_epoch: int, *, loss=None, eval_steps=None,
+                 callbacks=(), strategy=None, verbose: int = 0):
+        if not callable(build_model):
+            raise TypeError(f"`build_model` must be callable() -> keras.Model. Received: {build_model!r}")
+        if not callable(make_optimizer):
+            raise TypeError(
+                f"`make_optimizer` must be callable() -> optimizer. Received: {make_optimizer!r}"
+            )
+        self.build_model = build_model
+        self.make_optimizer = make_optimizer
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.epochs = _validate.positive_int("epochs_per_round", epochs)
+        self.steps_per_epoch = _validate.positive_int("steps_per_epoch", steps_per_epoch)
+        self.eval_steps = None if eval_steps is None else _validate.positive_int("eval_steps", eval_steps)
+        self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.callbacks = list(callbacks or [])
+        self.strategy = strategy
+        self.verbose = verbose
+
+    def _scope(self):
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    @staticmethod
+    def state(model) -> list:
+        """The model's variables other than the fixed masks (what rewinding restores)."""
+        from tf_dessilbi.layers import MaskedLayer
+
+        mask_ids = {id(w.weight_mask) for w in masks_lib.find_wrappers(model, MaskedLayer)}
+        return [v for v in model.weights if id(v) not in mask_ids]
+
+    def build(self, mask=None, weights=None, seed=None) -> keras.Model:
+        from tf_dessilbi.layers import mask_model
+
+        if seed is not None:
+            keras.utils.set_random_seed(int(seed))
+        with self._scope():
+            model = self.build_model()
+            _validate.model(model, "build_model")
+            model = mask_model(model, mask)
+            if weights is not None:
+                variables = self.state(model)
+                if len(variables) != len(weights):
+                    raise ValueError(
+                        f"Rewinding: the model has {len(variables)} variables, the saved state {len(weights)}."
+                    )
+                for variable, value in zip(variables, weights):
+                    variable.assign(value)
+            model.compile(optimizer=self.make_optimizer(), loss=self.loss, metrics=["accuracy"])
+        return model
+
+    def fit(self, model, extra_callbacks=()):
+        model.fit(self.train_data, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+                  callbacks=self.callbacks + list(extra_callbacks), verbose=self.verbose)
+
+    def evaluate(self, model) -> dict:
+        result = model.evaluate(self.eval_data, steps=self.eval_steps, verbose=0, return_dict=True)
+        return {"loss": float(result["loss"]), "accuracy": float(result["accuracy"])}
+
+    def train(self, mask=None, weights=None, seed=None, extra_callbacks=()):
+        """``(model, {"loss", "accuracy"})`` of one training run (see the class docstring)."""
+        model = self.build(mask, weights, seed)
+        self.fit(model, extra_callbacks)
+        return model, self.evaluate(model)
 
 
 def random_mask_like(mask: masks_lib.Mask, seed: int = 0) -> masks_lib.Mask:
@@ -166,7 +254,7 @@ def run_sanity_checks(
     Args:
         recipe: what trained the ticket: an object with
             ``train(mask, weights=None, seed=None) -> (model, eval dict)``
-            (`tf_dessilbi.procedures.imp.Recipe`); ``weights=None`` means a
+            (`Recipe`); ``weights=None`` means a
             fresh initialization drawn after ``keras.utils.set_random_seed(seed)``.
         mask: the ticket's mask m.
         start_weights: θ_k, the weights the ticket was trained from.
