@@ -103,7 +103,9 @@ def loss_gradients(model: keras.Model, batches, loss: Optional[Callable] = None,
                    temperature: float = 1.0, variables=None) -> list:
     """g = mean over batches of ∂L/∂W, for ``variables`` (default: the scored weights).
 
-    L is ``loss(y, model(x) / temperature)``, the model run in inference mode.
+    L is ``loss(y, model(x) / temperature)``. The model runs in inference
+    mode (dropout off, BatchNormalization on its moving statistics), so
+    scoring changes no variable of the model.
 
     Returns:
         A list of float64 NumPy arrays, one per variable.
