@@ -24,7 +24,6 @@ trained: the procedure stops and reports the layer.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Optional
 
 import keras
@@ -192,13 +191,6 @@ class IMPResult:
 def _round_record(index, mask: masks_lib.Mask, evaluation) -> IMPRound:
     return IMPRound(index, mask.weights_kept, mask.weights_total,
                     sanity_lib.layer_densities(mask), evaluation)
-
-
-def rounds_for(target_sparsity: float, prune_fraction: float) -> int:
-    """The number of prunings R with (1 − p)^R ≤ 1 − s (ignoring rounding)."""
-    if target_sparsity <= 0:
-        return 0
-    return int(math.ceil(math.log(1.0 - target_sparsity) / math.log(1.0 - prune_fraction) - 1e-9))
 
 
 # -------------------------------------------------------------- the driver
