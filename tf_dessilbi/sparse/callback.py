@@ -106,6 +106,7 @@ class UpdateMasks(keras.callbacks.Callback):
         self._updaters = None if updaters is None else _as_list(updaters)
         self._epoch_start = 0
         self._last = -1
+        self._done = {}  # id(updater) -> the last step it was run for (once per step)
 
     @property
     def updaters(self) -> list:
@@ -130,6 +131,8 @@ class UpdateMasks(keras.callbacks.Callback):
         for u in updaters:
             u.bind(self.model)  # a model that does not fit fails before training
         start = self._iterations()
+        if start < self._last:  # the step count went back (a new optimizer): start afresh
+            self._done = {}
         self._last = start - 1
         self._run_until(start)
 
@@ -141,7 +144,9 @@ class UpdateMasks(keras.callbacks.Callback):
 
     def _run_until(self, step: int) -> None:
         for u in self.updaters:
-            due = [t for t in range(self._last + 1, step + 1) if u.amount(t) is not None]
+            done = self._done.get(id(u), -1)
+            due = [t for t in range(max(self._last, done) + 1, step + 1) if u.amount(t) is not None]
             if due:
                 update_masks(self.model, [u], due[-1])
+                self._done[id(u)] = due[-1]
         self._last = max(self._last, step)

@@ -1,0 +1,17 @@
+r"""configs/fmnist_rigl.py with uniform layer densities (every layer at 90 %).
+
+    python -m tf_dessilbi.train --config=configs/fmnist_rigl_uniform.py --workdir=runs/fmnist_rigl_uniform
+
+Accuracy under the shared protocol: bench/MASK_METHODS.md (not measured with
+this command).
+"""
+
+import os
+
+from tf_dessilbi import config_lib
+
+
+def get_config():
+    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "fmnist_rigl.py"))
+    config.sparse.distribution = "uniform"
+    return config
