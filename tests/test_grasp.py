@@ -173,6 +173,7 @@ def test_prepare_hook():
     batches = grasp.class_balanced_batches(data.train, 3, 3)
     expected = grasp.grasp_mask(model, batches, 0.5)
     got = masks_lib.FixedMasks().mask(masked)
+    assert grasp.callbacks(config, masked, 2) == []
     for key in expected.weights:
         np.testing.assert_array_equal(got.weights[key], expected.weights[key])
 

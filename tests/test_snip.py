@@ -141,6 +141,7 @@ def test_prepare_hook_scores_data_train():
     masked = snip.prepare(config, model, data, steps_per_epoch=2)
     expected = snip.snip_mask(model, batches, 0.8, num_batches=2)
     got = masks_lib.FixedMasks().mask(masked)
+    assert snip.callbacks(config, masked, 2) == []
     for key in expected.weights:
         np.testing.assert_array_equal(got.weights[key], expected.weights[key])
 

@@ -190,3 +190,8 @@ def prepare(config, model: keras.Model, data, steps_per_epoch: int) -> keras.Mod
         data.train, data.num_classes, s.samples_per_class, s.score_batch_size
     )
     return grasp_model(model, batches, s.sparsity, s.scope, s.temperature)
+
+
+def callbacks(config, model: keras.Model, steps_per_epoch: int) -> list:
+    """CLI hook: none (the mask is fixed after `prepare`)."""
+    return []

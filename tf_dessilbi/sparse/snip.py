@@ -224,3 +224,8 @@ def prepare(config, model: keras.Model, data, steps_per_epoch: int) -> keras.Mod
     """
     s = config.sparse
     return snip_model(model, data.train, s.sparsity, s.scope, s.score_batches)
+
+
+def callbacks(config, model: keras.Model, steps_per_epoch: int) -> list:
+    """CLI hook: none (the mask is fixed after `prepare`)."""
+    return []
