@@ -362,6 +362,9 @@ def greedy_forward_selection(
         units[layer.name] = selected
         logging.info("greedy selection: %s keeps %d/%d units (loss %.4f, full %.4f)",
                      layer.name, int(selected.sum()), switch.count, trace[-1].loss, trace[-1].full_loss)
+    mask = masks_lib.Mask({}, units)
+    for layer, _, kernel_mask in masks_lib.apply_to(mask, masked):  # the shared broadcast
+        wrappers[layer.name].set_mask(kernel_mask)
     selected_eval = _evaluate(masked, eval_data, eval_steps, loss)
     final_eval = selected_eval
     if fine_tune_epochs:
@@ -373,7 +376,7 @@ def greedy_forward_selection(
     kept_units = sum(int(u.sum()) for u in units.values())
     total_units = sum(int(u.size) for u in units.values())
     return GreedyResult(
-        mask=masks_lib.Mask({}, units), model=masked, steps=steps, order=order,
+        mask=mask, model=masked, steps=steps, order=order,
         unit_density=kept_units / total_units, weight_density=_weight_density(model, units),
         full_eval=full_eval, selected_eval=selected_eval, eval=final_eval,
     )
