@@ -119,6 +119,23 @@ JAX_SCRIPT = textwrap.dedent("""
     assert np.asarray(new["a"]).tolist() == [[True, True], [True, False]], new
     assert np.asarray(new["b"]).tolist() == [False, True, False], new
     assert np.asarray(grown["a"]).tolist() == [[False, False], [True, False]]
+    # The whole update on a MaskedLayer model: SET and a GMP step, fixed count, zero growth.
+    from tf_dessilbi import sparse
+    from tf_dessilbi.sparse import set_
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    net = keras.Model(inputs, keras.layers.Dense(4, name="d")(keras.layers.Dense(8, name="c")(inputs)))
+    u = sparse.SET(end_step=50, delta_t=5)
+    model = set_.sparsify(net, 0.5, u, distribution="uniform")
+    before = {t.key: np.asarray(t.mask.numpy()).copy() for t in updater.targets(model)}
+    assert sparse.update_masks(model, u, 5) == [u]
+    for t in updater.targets(model):
+        m, w = np.asarray(t.mask.numpy()), np.asarray(t.weight.numpy())
+        assert m.sum() == before[t.key].sum() and (m != before[t.key]).any()
+        assert np.all(w[m & ~before[t.key]] == 0.0)
+    g = sparse.prune_low_magnitude(net, sparse.ConstantSparsity(0.75, 0, -1, 1))
+    sparse.update_masks(g, sparse.callback.attached(g), 0)
+    assert [int(np.asarray(t.mask.numpy()).sum()) for t in updater.targets(g)] == [12, 8]
     print("JAX-OK")
 """)
 

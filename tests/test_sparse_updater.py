@@ -165,3 +165,17 @@ def test_model_without_masked_layer():
         updater_lib.targets(plain)
     with pytest.raises(ValueError, match="`scope` must be one of"):
         _Fixed.__mro__[1](scope="row")
+
+
+def test_prune_once_is_a_global_one_shot_prune():
+    model = tiny_model()
+    weights = {t.key: np_(t.weight) for t in updater_lib.targets(model)}
+    u = updater_lib.PruneOnce(0.75, at_step=3)
+    assert not u.update(model, 2)
+    assert u.update(model, 3)
+    flat_w = np.concatenate([np.abs(w).ravel() for w in weights.values()])
+    flat_m = np.concatenate([np_(t.mask).ravel() for t in updater_lib.targets(model)])
+    assert flat_m.sum() == int(np.floor(0.25 * flat_w.size + 0.5))
+    assert flat_w[flat_m].min() >= flat_w[~flat_m].max()
+    with pytest.raises(ValueError, match=r"`sparsity` must be < 1. Received: sparsity=1"):
+        updater_lib.PruneOnce(1.0)

@@ -22,7 +22,8 @@ Shared machinery (stable API; the prune-family methods build on it):
   ``gradients(model)``, ``prepare(model)``, ``update(model, step,
   gradients=None)``, ``get_state`` / ``set_state``). A one-shot method
   (SNIP, GraSP, IMP) is a prune-only updater whose ``drop_scores`` are its
-  saliencies, or simply ``assign_masks(model, topk_masks(scores, d))``.
+  saliencies — ``PruneOnce(sparsity, at_step=0, scope="global")`` is that
+  base — or simply ``assign_masks(model, topk_masks(scores, d))``.
 * `tf_dessilbi.sparse.schedules` — ``ConstantSparsity`` / ``PolynomialDecay``
   (TF-MOT: ``schedule(t) -> (should_prune, s_t)``), ``UpdateSchedule(delta_t,
   end_step, begin_step)(t) -> bool``, ``CosineDropFraction(f0, T_end)(t) -> f_t``.
@@ -64,6 +65,7 @@ from tf_dessilbi.sparse.topk import kept_count
 from tf_dessilbi.sparse.topk import topk_mask
 from tf_dessilbi.sparse.topk import topk_masks
 from tf_dessilbi.sparse.updater import MaskUpdater
+from tf_dessilbi.sparse.updater import PruneOnce
 
 # config.method -> the module with prepare(config, model, data, steps_per_epoch)
 # and callbacks(config, model, steps_per_epoch) (methods.md).
@@ -77,6 +79,7 @@ __all__ = [
     "MagnitudePruning",
     "MaskUpdater",
     "PolynomialDecay",
+    "PruneOnce",
     "RigL",
     "SET",
     "UpdateMasks",

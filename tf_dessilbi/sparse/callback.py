@@ -129,7 +129,9 @@ class UpdateMasks(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         updaters = self.updaters
         for u in updaters:
-            u.bind(self.model)  # a model that does not fit fails before training
+            u.bind(self.model)  # a model that does not fit fails before anything is done
+        for u in updaters:
+            u.prepare(self.model)
         start = self._iterations()
         if start < self._last:  # the step count went back (a new optimizer): start afresh
             self._done = {}

@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 from keras import ops
 
+from tf_dessilbi import _validate
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi.sparse import topk
 
@@ -110,7 +111,8 @@ def assign_masks(model, new_masks: Mapping, zero: Optional[Mapping] = None) -> N
         by_key[key].mask.assign(ops.cast(value, "bool"))
     for key, value in zero.items():
         weight = by_key[key].weight
-        weight.assign(ops.where(ops.cast(value, "bool"), ops.zeros_like(weight), weight))
+        current = ops.convert_to_tensor(weight)
+        weight.assign(ops.where(ops.cast(value, "bool"), ops.zeros_like(current), current))
 
 
 def drop_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, counts: Mapping):
@@ -126,6 +128,8 @@ def drop_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, counts
     """
     active = {k: ops.cast(m, "bool") for k, m in masks.items()}
     n_active = {k: int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) for k, m in active.items()}
+    if set(counts) != set(masks):
+        raise ValueError(f"`counts` must have the keys of the masks {sorted(masks)[:8]}.")
     for key, k in counts.items():
         if k > n_active[key]:
             raise ValueError(f"Cannot drop {k} weights of {key!r}: only {n_active[key]} are active.")
@@ -183,7 +187,7 @@ class MaskUpdater:
     needs_gradients = False
 
     def __init__(self, scope: str = "layer", name: Optional[str] = None):
-        topk._validate.one_of("scope", scope, topk.SCOPES)
+        _validate.one_of("scope", scope, topk.SCOPES)
         self.scope = scope
         self.name = name or type(self).__name__
         self._signature = None
@@ -206,7 +210,10 @@ class MaskUpdater:
         raise NotImplementedError(f"{self.name} does not compute gradients.")
 
     def prepare(self, model) -> None:
-        """Called once with the model before the first update (e.g. initial masks)."""
+        """Called by `UpdateMasks` when training begins, before any update (binds the model).
+
+        Override for work needed once before training (e.g. scoring batches).
+        """
         self.bind(model)
 
     # ------------------------------------------------------------- binding
@@ -268,7 +275,7 @@ class MaskUpdater:
             assign_masks(model, new)
             newly = {}
         else:
-            f = topk._validate.real("drop fraction", amount, minimum=0.0, maximum=1.0)
+            f = _validate.real("drop fraction", amount, minimum=0.0, maximum=1.0)
             counts = {
                 k: int(np.floor(f * int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) + 0.5))
                 for k, m in masks.items()
@@ -282,3 +289,29 @@ class MaskUpdater:
                      "density" if self.kind == "prune" else "drop fraction",
                      amount if not isinstance(amount, Mapping) else "per layer", kept)
         return True
+
+
+class PruneOnce(MaskUpdater):
+    """A one-shot prune-only updater: at ``at_step`` keep density 1 − s by ``drop_scores``.
+
+    Subclasses (SNIP, GraSP, ...) override `drop_scores` with their
+    saliencies; the default is |W| (one-shot magnitude pruning).
+
+    Args:
+        sparsity: s ∈ [0, 1) (a float; or ``{key: s_l}`` per layer).
+        at_step: the step to prune at. Defaults to `0`.
+        scope: ``"global"`` or ``"layer"``. Defaults to ``"global"``.
+    """
+
+    kind = "prune"
+
+    def __init__(self, sparsity, at_step: int = 0, scope: str = "global", name: Optional[str] = None):
+        if isinstance(sparsity, Mapping):
+            self.density = {k: 1.0 - _validate.fraction(f"sparsity[{k!r}]", v) for k, v in sparsity.items()}
+        else:
+            self.density = 1.0 - _validate.fraction("sparsity", sparsity)
+        self.at_step = _validate.integer("at_step", at_step, minimum=0)
+        super().__init__(scope=scope, name=name)
+
+    def amount(self, step: int):
+        return self.density if int(step) == self.at_step else None
