@@ -43,9 +43,11 @@ model, steps_per_epoch)`` (``METHODS`` maps ``config.method`` to them).
 
 from tf_dessilbi.sparse import densities
 from tf_dessilbi.sparse import gmp
+from tf_dessilbi.sparse import grasp
 from tf_dessilbi.sparse import rigl
 from tf_dessilbi.sparse import schedules
 from tf_dessilbi.sparse import set_
+from tf_dessilbi.sparse import snip
 from tf_dessilbi.sparse import topk
 from tf_dessilbi.sparse import updater
 from tf_dessilbi.sparse.callback import UpdateMasks
@@ -69,7 +71,7 @@ from tf_dessilbi.sparse.updater import PruneOnce
 
 # config.method -> the module with prepare(config, model, data, steps_per_epoch)
 # and callbacks(config, model, steps_per_epoch) (methods.md).
-METHODS = {"gmp": gmp, "set": set_, "rigl": rigl}
+METHODS = {"gmp": gmp, "set": set_, "rigl": rigl, "snip": snip, "grasp": grasp}
 
 __all__ = [
     "METHODS",

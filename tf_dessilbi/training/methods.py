@@ -187,7 +187,7 @@ METHODS["cs_bilevel"] = Method(run=_cs_bilevel_run, description="CS with per-lay
 
 
 def _register_mask_methods() -> None:
-    """GMP, SET and RigL (`tf_dessilbi.sparse`): each module's prepare/callbacks hooks."""
+    """GMP, SET, RigL, SNIP, GraSP (`tf_dessilbi.sparse`): each module's prepare/callbacks hooks."""
     from tf_dessilbi import sparse
 
     for name, module in sparse.METHODS.items():
@@ -198,3 +198,16 @@ def _register_mask_methods() -> None:
 
 
 _register_mask_methods()
+
+
+def _procedure(module_name: str):
+    def run(config, workdir, data, strategy):
+        import importlib
+
+        return importlib.import_module(f"tf_dessilbi.procedures.{module_name}").run(config, workdir, data, strategy)
+
+    return run
+
+
+METHODS["imp"] = Method(run=_procedure("imp"), description="iterative magnitude pruning with rewinding + sanity checks")
+METHODS["greedy"] = Method(run=_procedure("greedy"), description="greedy forward selection of units")
