@@ -1,7 +1,7 @@
 """Bytes of optimizer state per model parameter: SGD, Adam, DessiLBI.
 
 Counts the optimizer's own variables after it is built for the model
-(slots such as momentum, Adam's moments, DessiLBI's V and Γ, plus scalars
+(slots such as momentum, Adam's moments, DessiLBI's V — Γ is computed from V — plus scalars
 such as the iteration counter, learning rate, κ, μ, λ).
 
     python -m bench.memory [--json out.json]
@@ -80,9 +80,9 @@ def to_markdown(results: dict) -> str:
     lines = [
         "Bytes of optimizer variables (all of `optimizer.variables`, float32) divided "
         "by the number of trainable model parameters. Per-parameter slots only in the "
-        "second column (scalars excluded). DessiLBI keeps V and Γ only for coupled "
-        "kernels (fraction of parameters in the last column), so its cost is "
-        "4 B (momentum) + 8 B × coupled fraction.",
+        "second column (scalars excluded). DessiLBI keeps V only for coupled "
+        "kernels (fraction of parameters in the last column; Γ = κ·prox(V) is "
+        "computed where needed), so its cost is 4 B (momentum) + 4 B × coupled fraction.",
         "",
     ]
     for mname, rows in results["models"].items():

@@ -392,12 +392,10 @@ def run(config, workdir: str, data, strategy) -> dict:
     ``fine_tune_epochs`` (fine-tuning with a fresh optimizer of the same
     recipe). Writes ``greedy.json`` and ``mask.npz`` to ``workdir``.
     """
-    import json
-    import os
-
     from tf_dessilbi import models as models_lib
     from tf_dessilbi.training.components import build_optimizer
-    from tf_dessilbi.procedures.imp import mask_report
+    from tf_dessilbi.procedures.imp import write_run
+    from tf_dessilbi.sparsity import sparsity_report
 
     if config.optimizer.name != "sgd":
         raise ValueError(
@@ -420,9 +418,5 @@ def run(config, workdir: str, data, strategy) -> dict:
     )
     summary = result.to_dict()
     summary["eval"] = result.eval
-    summary["sparsity"] = mask_report(result.model, result.mask).to_dict()
-    os.makedirs(workdir, exist_ok=True)
-    result.mask.save(os.path.join(workdir, "mask.npz"))
-    with open(os.path.join(workdir, "greedy.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    summary["sparsity"] = sparsity_report(result.model).to_dict()  # its MaskedLayer masks
+    return write_run(workdir, "greedy", summary, result.mask)

@@ -24,6 +24,8 @@ trained: the procedure stops and reports the layer.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Callable, Optional
 
 import keras
@@ -77,27 +79,13 @@ def prune_remaining(magnitudes, kept, fraction: float, scope: str = "global",
     return {k: np.asarray(keras.ops.convert_to_numpy(m), bool) for k, m in chosen.items()}
 
 
-def mask_report(model: keras.Model, mask: masks_lib.Mask):
-    """A `tf_dessilbi.SparsityReport` of a mask (rows: the masked weights of ``model``)."""
-    from tf_dessilbi.sparsity import SparsityReport, SparsityRow
-
-    rows = []
-    for layer, variable, m in masks_lib.apply_to(mask, model):
-        spec_axes = _unit_axes(layer)
-        units = masks_lib.unit_mask_of(m, spec_axes)
-        rows.append(SparsityRow(
-            layer=layer.name, variable=masks_lib.weight_key(layer, variable),
-            structure="fixed_mask", units_kept=int(units.sum()), units_total=int(units.size),
-            weights_kept=int(m.sum()), weights_total=int(m.size),
-        ))
-    return SparsityReport(rows)
-
-
-def _unit_axes(layer):
-    from tf_dessilbi import registry
-
-    spec = registry.layer_spec(layer)
-    return spec.unit_axes if spec is not None else (-1,)
+def write_run(workdir: str, name: str, summary: dict, mask: masks_lib.Mask) -> dict:
+    """Saves a procedure's mask (``mask.npz``) and summary (``<name>.json``) in ``workdir``."""
+    os.makedirs(workdir, exist_ok=True)
+    mask.save(os.path.join(workdir, "mask.npz"))
+    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
 
 
 # -------------------------------------------------------------- the recipe
@@ -350,10 +338,8 @@ def run(config, workdir: str, data, strategy) -> dict:
     ``tolerance``; epochs per round = ``config.num_epochs``. Writes
     ``imp.json`` and the ticket's ``mask.npz`` to ``workdir``.
     """
-    import json
-    import os
-
     from tf_dessilbi import models as models_lib
+    from tf_dessilbi.sparsity import sparsity_report
 
     if config.optimizer.name != "sgd":
         raise ValueError(
@@ -377,9 +363,5 @@ def run(config, workdir: str, data, strategy) -> dict:
     )
     summary = result.to_dict()
     summary["eval"] = result.ticket_eval
-    summary["sparsity"] = mask_report(result.model, result.mask).to_dict()
-    os.makedirs(workdir, exist_ok=True)
-    result.mask.save(os.path.join(workdir, "mask.npz"))
-    with open(os.path.join(workdir, "imp.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    summary["sparsity"] = sparsity_report(result.model).to_dict()  # its MaskedLayer masks
+    return write_run(workdir, "imp", summary, result.mask)
