@@ -214,8 +214,43 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
             lines += ["![accuracy vs weights kept](accuracy_sparsity.png)", "",
                       "![DessiLBI support along training](dessilbi_support_path.png)", ""]
     lines.append(claims.reproduction(results, quick))
+    if not quick:
+        lines += _separate_reports()
     with open(output, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
+
+
+# Parts run by their own commands (long, resumable, in the background); each
+# writes its markdown file, included here verbatim.
+SEPARATE_REPORTS = (
+    ("Physical removal (shrink)", "SHRINK.md"),
+    ("Mask methods: GMP, SET, RigL", "MASK_METHODS.md"),
+    ("Mask methods: SNIP, GraSP, IMP + sanity checks, greedy selection", "PRUNE_METHODS.md"),
+    ("Bilevel tuning: MRBO, VRBO, stocBiO", "BILEVEL.md"),
+    ("Reliability: the fault matrix", "RELIABILITY.md"),
+)
+
+
+def _demote_headings(lines: list) -> list:
+    """Markdown headings one level down (code blocks left alone)."""
+    out, in_code = [], False
+    for line in lines:
+        if line.startswith("```"):
+            in_code = not in_code
+        out.append("#" + line if line.startswith("#") and not in_code else line)
+    return out
+
+
+def _separate_reports() -> list:
+    lines = []
+    for title, name in SEPARATE_REPORTS:
+        path = os.path.join(bench.REPO_ROOT, "bench", name)
+        if os.path.exists(path):
+            with open(path) as f:
+                body = f.read().strip().splitlines()
+            body = _demote_headings(body)
+            lines += [f"## {title} (from `bench/{name}`)", ""] + body + [""]
+    return lines
 
 
 def main(argv=None):
