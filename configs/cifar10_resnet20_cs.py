@@ -14,7 +14,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def get_config():
     config = config_lib.base_config()
-    # Savarese et al.'s CIFAR-10 ResNet script (PAPERS.md): SGD lr 0.1,
+    # Savarese et al.'s CIFAR-10 ResNet script (Savarese et al. 2020, authors' code): SGD lr 0.1,
     # Nesterov momentum 0.9, wd 1e-4 on weights only, λ 1e-8, β_final 200,
     # s₀ 0, 3 rounds × 85 epochs, lr ×0.1 at epochs 56 and 71, rewind epoch 2,
     # 5,000 training images held out for validation.

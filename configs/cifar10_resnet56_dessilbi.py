@@ -16,7 +16,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def get_config():
     config = config_lib.base_config()
-    # DessiLBI lottery scripts, CIFAR-10 ResNet-56 group (PAPERS.md): μ 100,
+    # DessiLBI lottery scripts, CIFAR-10 ResNet-56 group (Savarese et al. 2020, authors' code): μ 100,
     # κ 1, conv λ 0.1, Nesterov, wd 1e-4, 200 epochs.
     config.num_epochs = 200
     config.batch_size = 128

@@ -43,13 +43,13 @@ from tf_dessilbi.training import config_lib
 
 def get_config():
     config = config_lib.base_config()
-    config.num_epochs = 3  # the 3-epoch budget of the benchmarks (PAPERS.md)
+    config.num_epochs = 3  # the 3-epoch budget of the benchmarks (bench/RESULTS.md)
     config.batch_size = 128
 
     # Data: offline from Debian's dataset-fashion-mnist (TFDS otherwise).
     config.data.name = "fashion_mnist"
 
-    # Model: conv 16-32-64 + dense 128 (issue 2's benchmark model).
+    # Model: conv 16-32-64 + dense 128 (the benchmark model of bench/).
     config.model.name = "fmnist_cnn_s"
 
     # Optimizer: DessiLBI. Structure "auto": one group per conv filter

@@ -6,8 +6,8 @@ r"""ResNet-18 on ImageNet (ILSVRC-2012) with DessiLBI (filter groups).
 
 ImageNet must be prepared for TFDS first (``imagenet2012`` needs the manual
 download). Settings are the standard ResNet-18 recipe (90 epochs, lr 0.1 per
-256 images, ×0.1 at 30/60, wd 1e-4) with DessiLBI's κ 1, μ 100: not from
-PAPERS.md and not run here (no measured result).
+256 images, ×0.1 at 30/60, wd 1e-4) with DessiLBI's κ 1, μ 100: not from the
+authors' scripts and not run here (no measured result).
 """
 
 from tf_dessilbi.training import config_lib

@@ -12,9 +12,9 @@ from tf_dessilbi.training import config_lib
 
 def get_config():
     config = config_lib.base_config()
-    # The authors' LeNet/MNIST example (PAPERS.md, "Settings in the authors'
-    # scripts"): lr 0.1, κ 1, μ 20, momentum 0.9, no weight decay, lr ×0.1
-    # every 20 epochs. The epoch count is ours (not in PAPERS.md).
+    # The authors' LeNet/MNIST example (Fu et al. 2020, the authors' public
+    # scripts): lr 0.1, κ 1, μ 20, momentum 0.9, no weight decay, lr ×0.1
+    # every 20 epochs. The epoch count is ours (not in the authors' scripts).
     config.num_epochs = 60
     config.batch_size = 128
 

@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.gates.gate_init = 0.0  # s₀
     c.gates.penalty = 1e-8  # λ per gate
     c.gates.final_beta = 200.0
-    c.gates.per_step = True  # anneal β every step (per epoch diverges: PAPERS.md)
+    c.gates.per_step = True  # anneal β every step (per-epoch jumps were measured to diverge)
     c.gates.rounds = 1  # >1: ticket search with rewinding (TicketSearch)
     c.gates.rewind_epoch = 2
 
