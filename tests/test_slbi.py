@@ -12,6 +12,11 @@ from keras import ops
 from tf_dessilbi.dessilbi import slbi
 
 
+def _t(*arrays):
+    """The inputs as backend tensors, as the optimizer passes them."""
+    return [None if a is None else ops.convert_to_tensor(a) for a in arrays]
+
+
 def _np(x):
     return np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
 
@@ -70,7 +75,7 @@ def test_coupled_update_is_the_papers_discretisation():
     w, d, v = (rng.randn(4, 3).astype("float32") for _ in range(3))
     lr, kappa, mu, t = 0.1, 2.0, 5.0, 0.3
     gamma = kappa * _soft(v, t)  # Γ_k = κ prox(V_k)
-    w_new, v_new = slbi.coupled_update(w, d, v, lr, kappa, mu, t, "elementwise")
+    w_new, v_new = slbi.coupled_update(*_t(w, d, v), lr, kappa, mu, t, "elementwise")
     # W_{k+1} = W_k − κα(d + (W_k − Γ_k)/ν);  V_{k+1} = V_k + (α/ν)(W_k − Γ_k).
     np.testing.assert_allclose(_np(w_new), w - kappa * lr * (d + (w - gamma) / mu), rtol=1e-5)
     np.testing.assert_allclose(_np(v_new), v + (lr / mu) * (w - gamma), rtol=1e-5)
@@ -93,12 +98,12 @@ def test_step_equals_the_pieces_applied_by_hand(structure, momentum, nesterov):
     g, w, b, v = (rng.randn(*shape).astype("float32") for _ in range(4))
     buffer = b if momentum else None
     kw = dict(lr=0.05, kappa=1.5, mu=10.0, threshold=0.4, momentum=momentum, nesterov=nesterov)
-    got = slbi.step(g, w, buffer, None if structure is None else v, structure=structure, **kw)
-    direction, buffer_new = slbi.momentum_direction(g, buffer, momentum, nesterov)
+    got = slbi.step(*_t(g, w, buffer, None if structure is None else v), structure=structure, **kw)
+    direction, buffer_new = slbi.momentum_direction(*_t(g, buffer), momentum, nesterov)
     if structure is None:
         want = (w - 1.5 * 0.05 * _np(direction), buffer_new, None)
     else:
-        want_w, want_v = slbi.coupled_update(w, direction, v, 0.05, 1.5, 10.0, 0.4, structure)
+        want_w, want_v = slbi.coupled_update(*_t(w), direction, *_t(v), 0.05, 1.5, 10.0, 0.4, structure)
         want = (want_w, buffer_new, want_v)
     for a, b_ in zip(got, want):
         assert (a is None) == (b_ is None)

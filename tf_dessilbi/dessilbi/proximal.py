@@ -43,6 +43,7 @@ def soft_threshold(x, threshold):
     Raises:
         ValueError: a negative Python/NumPy ``threshold``.
     """
+    x = ops.convert_to_tensor(x)
     threshold = ops.cast(_checked(threshold), x.dtype)
     return ops.sign(x) * ops.maximum(ops.abs(x) - threshold, 0.0)
 
@@ -81,6 +82,7 @@ def group_soft_threshold(x, threshold, axis=None):
     Raises:
         ValueError: a negative Python/NumPy ``threshold``.
     """
+    x = ops.convert_to_tensor(x)
     threshold = ops.cast(_checked(threshold), x.dtype)
     norm = group_norms(x, axis)
     above = ops.greater(norm, threshold)
