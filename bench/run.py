@@ -199,7 +199,7 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
             lines.append(f"- {part}: {how}" + (f", finished {when}" if when else ""))
         lines.append("")
     titles = {
-        "step_time": "Step time (issue 2 and 6)",
+        "step_time": "Step time",
         "memory": "Optimizer memory",
         "accuracy": "Accuracy vs sparsity on Fashion-MNIST",
         **OTHER_PARTS,

@@ -11,23 +11,11 @@ bench/MASK_METHODS.md (not measured with this command).
 
 import os
 
-import ml_collections
-
 from tf_dessilbi.training import config_lib
 
 
 def get_config():
-    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "fmnist_sgd.py"))
+    # SET's recipe and sparsity settings; only the growth rule differs.
+    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "fmnist_set.py"))
     config.method = "rigl"
-
-    # Sparsity (tf_dessilbi.sparse.rigl.prepare reads these).
-    config.sparse = ml_collections.ConfigDict()
-    config.sparse.sparsity = 0.9
-    config.sparse.distribution = "erdos_renyi_kernel"  # | erdos_renyi | uniform
-    config.sparse.first_layer_dense = False
-    config.sparse.delta_t = 100  # ΔT
-    config.sparse.drop_fraction = 0.3  # f₀
-    config.sparse.end_fraction = 0.75  # T_end / training steps
-    config.sparse.seed = 0  # initial masks
-    config.outputs.path = False
     return config
