@@ -33,10 +33,8 @@ def _data(n=32, seed=0):
     return x, y
 
 
-def _dessilbi_trained(nested=False, steps=8):
-    """A small model after a few DessiLBI steps, with a partial support of Γ."""
-    keras.utils.set_random_seed(1)
-    model = _functional(nested)
+def dessilbi_steps(model, steps=8):
+    """``steps`` DessiLBI steps (lr 0.1, μ 1, λ 0.5) of ``model`` on `_data()`; the optimizer."""
     optimizer = tf_dessilbi.DessiLBI(learning_rate=0.1, mu=1.0, lambda_=0.5)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     x, y = _data()
@@ -45,6 +43,14 @@ def _dessilbi_trained(nested=False, steps=8):
             loss = loss_fn(y, model(x, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return optimizer
+
+
+def _dessilbi_trained(nested=False, steps=8):
+    """A small model after a few DessiLBI steps, with a partial support of Γ."""
+    keras.utils.set_random_seed(1)
+    model = _functional(nested)
+    optimizer = dessilbi_steps(model, steps)
     report = tf_dessilbi.sparsity_report(model, optimizer)
     assert 0 < report.weights_kept < report.weights_total  # a real sparse model
     return model, optimizer

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tf_dessilbi
+from tests.export_models import _data, dessilbi_steps
 from tf_dessilbi import tfmot as bridge
 from tf_dessilbi.layers import SparseGate
 
@@ -33,25 +34,10 @@ def _model():
     return keras.Model(inputs, outputs, name="net")
 
 
-def _data(n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    return (
-        rng.normal(size=(n, 8, 8, 1)).astype("float32"),
-        rng.integers(0, 3, size=n),
-    )
-
-
 def _dessilbi_trained(steps=8):
     keras.utils.set_random_seed(1)
     model = _model()
-    optimizer = tf_dessilbi.DessiLBI(learning_rate=0.1, mu=1.0, lambda_=0.5)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    x, y = _data()
-    for _ in range(steps):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    optimizer = dessilbi_steps(model, steps)
     masks = bridge.sparse_masks(model, optimizer)
     assert any(0 < m.mean() < 1 for m in masks.values())  # really sparse
     return model, optimizer
