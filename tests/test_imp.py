@@ -161,6 +161,55 @@ def test_target_sparsity_is_reached_exactly(scope):
         assert [r.weights_kept for r in result.rounds] == [56, 39, 27, 22]
 
 
+def test_milestones_stop_a_round_exactly_and_get_their_own_controls():
+    train, evals = _data()
+    starts = _Starts()
+    result = imp.iterative_magnitude_pruning(
+        _build(), lambda: keras.optimizers.SGD(0.05), train, evals,
+        epochs_per_round=1, steps_per_epoch=1, target_sparsity=0.6, prune_fraction=0.3,
+        milestones=(0.45,), sanity_at=[0.45], callbacks=[starts], seed=1,
+    )
+    # 56 → 39 (p = 0.3) → 31 (the 0.45 milestone: round(0.55 · 56)) → 22 (the target).
+    assert [r.weights_kept for r in result.rounds] == [56, 39, 31, 22]
+    assert result.milestones == {0.45: 2}
+    assert result.milestone_eval(0.45) == result.rounds[2].eval
+    # dense, 3 rounds, 2 controls at the milestone, 2 at the end.
+    assert len(starts.starts) == 8
+    milestone_mask = starts.masks[2]
+    for control in (4, 5):
+        assert starts.masks[control].weights_kept == 31
+    for k, m in milestone_mask.weights.items():
+        np.testing.assert_array_equal(starts.masks[4].weights[k], m)  # same mask, re-initialized
+    ms = result.milestone_sanity[0.45]
+    assert ms.ticket_accuracy == result.rounds[2].eval["accuracy"]
+    d = result.to_dict()
+    assert d["milestones"] == {"0.45": 2} and d["milestone_sanity"]["0.45"]["winning"] == ms.winning
+    with pytest.raises(ValueError, match="not a reached milestone"):
+        result.milestone_eval(0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"target_sparsity": 0.6, "milestones": (0.7,)}, ValueError, r"below target_sparsity=0.6"),
+        ({"target_sparsity": 0.6, "milestones": (0.0,)}, ValueError, r"`milestones` must be > 0"),
+        ({"rounds": 2, "milestones": (0.3,)}, ValueError, r"`milestones` needs `target_sparsity`"),
+        ({"target_sparsity": 0.6, "milestones": (0.3,), "sanity_at": (0.4,)}, ValueError,
+         r"`sanity_at` must be a subset of milestones=\[0.3\]"),
+        ({"target_sparsity": 0.6, "milestones": 0.3}, TypeError, r"`milestones` must be a sequence"),
+    ],
+)
+def test_bad_milestones_fail_before_training(kwargs, error, match):
+    train, evals = _data()
+    starts = _Starts()
+    with pytest.raises(error, match=match):
+        imp.iterative_magnitude_pruning(
+            _build(), lambda: keras.optimizers.SGD(0.1), train, evals,
+            epochs_per_round=1, steps_per_epoch=1, callbacks=[starts], **kwargs,
+        )
+    assert not starts.starts
+
+
 def test_a_layer_that_would_become_empty_is_reported_not_trained():
     train, evals = _data()
     starts = _Starts()

@@ -13,7 +13,9 @@ original reset to θ₀):
               over the whole network or per layer), W ← θ_k, train E epochs with m_r fixed
 
 until ``rounds`` prunings or the ``target_sparsity`` (the last round prunes
-just down to it). Every round is trained by the same `Recipe` (a fresh
+just down to it). ``milestones`` are sparsities a round also stops at exactly
+(p is cut short there), so one run yields tickets at, e.g., 80 % and 90 %;
+``sanity_at`` runs the controls at some of them as well as at the end. Every round is trained by the same `Recipe` (a fresh
 optimizer from ``make_optimizer``, E epochs of ``steps_per_epoch`` steps);
 the dense round is the baseline of the sanity checks of Ma et al. (2021),
 which the same driver then runs under the same budget
@@ -136,6 +138,9 @@ class IMPResult:
         empty_layers: layers the next round would have emptied (then not
             trained; the procedure stopped there). Empty when none.
         sanity: the Ma et al. checks (None when not run).
+        milestones: ``{sparsity: round index}`` for every milestone reached.
+        milestone_sanity: ``{sparsity: SanityResult}`` for the ``sanity_at``
+            milestones (the controls of the ticket of that round).
     """
 
     rounds: list
@@ -147,6 +152,15 @@ class IMPResult:
     scope: str
     empty_layers: list = dataclasses.field(default_factory=list)
     sanity: Optional[sanity_lib.SanityResult] = None
+    milestones: dict = dataclasses.field(default_factory=dict)
+    milestone_sanity: dict = dataclasses.field(default_factory=dict)
+
+    def milestone_eval(self, sparsity: float) -> dict:
+        """The evaluation of the ticket of the round that stopped at milestone ``sparsity``."""
+        if sparsity not in self.milestones:
+            raise ValueError(f"`sparsity` {sparsity!r} is not a reached milestone; reached: "
+                             f"{sorted(self.milestones)}")
+        return self.rounds[self.milestones[sparsity]].eval
 
     @property
     def dense_eval(self) -> dict:
@@ -173,6 +187,8 @@ class IMPResult:
             "empty_layers": list(self.empty_layers),
             "sanity": None if self.sanity is None else self.sanity.to_dict(),
             "verdict": None if self.sanity is None else self.sanity.verdict,
+            "milestones": {f"{m:g}": i for m, i in self.milestones.items()},
+            "milestone_sanity": {f"{m:g}": r.to_dict() for m, r in self.milestone_sanity.items()},
         }
 
 
@@ -182,6 +198,31 @@ def _round_record(index, mask: masks_lib.Mask, evaluation) -> IMPRound:
 
 
 # -------------------------------------------------------------- the driver
+def _check_milestones(milestones, sanity_at, target_sparsity):
+    """Sorted, validated ``milestones`` and ``sanity_at`` (a subset of them)."""
+    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+        raise TypeError(f"`milestones` must be a sequence of sparsities. Received: "
+                        f"milestones={milestones!r}")
+    if isinstance(sanity_at, (str, bytes)) or not hasattr(sanity_at, "__iter__"):
+        raise TypeError(f"`sanity_at` must be a sequence of milestones. Received: "
+                        f"sanity_at={sanity_at!r}")
+    checked = sorted({_validate.real("milestones", m, minimum=0.0, maximum=1.0, min_open=True,
+                                     max_open=True) for m in milestones})
+    if checked and target_sparsity is None:
+        raise ValueError(f"`milestones` needs `target_sparsity`. Received: milestones={milestones!r}")
+    if checked and checked[-1] >= target_sparsity:
+        raise ValueError(
+            f"`milestones` must be below target_sparsity={target_sparsity}. "
+            f"Received: milestones={milestones!r}"
+        )
+    at = sorted({float(m) for m in sanity_at})
+    unknown = [m for m in at if m not in checked]
+    if unknown:
+        raise ValueError(f"`sanity_at` must be a subset of milestones={checked}. "
+                         f"Received: sanity_at={list(sanity_at)!r}")
+    return checked, at
+
+
 def iterative_magnitude_pruning(
     build_model: Callable,
     make_optimizer: Callable,
@@ -196,6 +237,8 @@ def iterative_magnitude_pruning(
     scope: str = "global",
     rewind_epoch: int = 0,
     sanity_checks: bool = True,
+    milestones=(),
+    sanity_at=(),
     tolerance: float = 0.005,
     margin: float = 0.0,
     seed: Optional[int] = 0,
@@ -224,6 +267,12 @@ def iterative_magnitude_pruning(
             of the dense run. Defaults to `0`.
         sanity_checks: train the random-reinit and random-mask controls.
             Defaults to True.
+        milestones: sparsities in (0, target_sparsity) a round stops at
+            exactly (that round removes fewer than p of the remaining
+            weights), e.g. ``(0.8,)`` with a 0.9 target: tickets at both.
+            Defaults to none.
+        sanity_at: milestones at which the two controls are trained too
+            (each costs two more trainings). Defaults to none.
         tolerance, margin: see `sanity.SanityResult`.
         seed: ``keras.utils.set_random_seed(seed)`` before θ₀ is drawn (and
             ``seed + 1`` for the re-initialization control); None leaves the
@@ -262,6 +311,7 @@ def iterative_magnitude_pruning(
             f"Received: rewind_epoch={rewind_epoch}"
         )
     sanity_checks = _validate.boolean("sanity_checks", sanity_checks)
+    milestones, sanity_at = _check_milestones(milestones, sanity_at, target_sparsity)
     _validate.non_negative("tolerance", tolerance)
     _validate.non_negative("margin", margin)
     if seed is not None:
@@ -284,17 +334,27 @@ def iterative_magnitude_pruning(
     logging.info("IMP round 0 (dense): accuracy %.4f", history[0].eval["accuracy"])
 
     totals = {k: int(mask.weights[k].size) for k in keys}
-    if target_sparsity is not None:
+
+    def floor_at(sparsity):
         if scope == "global":
-            floor = topk.kept_count(sum(totals.values()), 1.0 - target_sparsity)
-        else:
-            floor = {k: topk.kept_count(n, 1.0 - target_sparsity) for k, n in totals.items()}
-    else:
-        floor = None
+            return topk.kept_count(sum(totals.values()), 1.0 - sparsity)
+        return {k: topk.kept_count(n, 1.0 - sparsity) for k, n in totals.items()}
+
+    def above(kept, floor):  # kept has more weights than the floor allows
+        if scope == "global":
+            return sum(int(m.sum()) for m in kept.values()) > floor
+        return any(int(kept[k].sum()) > floor[k] for k in keys)
+
+    floor = None if target_sparsity is None else floor_at(target_sparsity)
     empty = []
     index = 0
+    reached, milestone_masks = {}, {}
     while True:
         kept = {k: mask.weights[k] for k in keys}
+        for m in milestones:  # the round just trained stopped at m
+            if m not in reached and index > 0 and not above(kept, floor_at(m)):
+                reached[m] = index
+                milestone_masks[m] = mask
         if rounds is not None and index >= rounds:
             break
         if target_sparsity is not None:
@@ -304,7 +364,9 @@ def iterative_magnitude_pruning(
                 break
         magnitudes = {k: keras.ops.convert_to_numpy(v)
                       for k, _, v in snip.scored_weights(model, "iterative_magnitude_pruning")}
-        new = prune_remaining(magnitudes, kept, prune_fraction, scope, floor)
+        pending = [m for m in milestones if m not in reached and above(kept, floor_at(m))]
+        new = prune_remaining(magnitudes, kept, prune_fraction, scope,
+                              floor_at(pending[0]) if pending else floor)
         empty = [k.split("/")[0] for k, m in new.items() if not m.any()]
         if empty:
             logging.warning(
@@ -319,7 +381,16 @@ def iterative_magnitude_pruning(
         logging.info("IMP round %d: %.2f%% kept, accuracy %.4f",
                      index, 100 * history[-1].density, evaluation["accuracy"])
 
-    result = IMPResult(history, mask, model, rewind, rewind_epoch, prune_fraction, scope, empty)
+    result = IMPResult(history, mask, model, rewind, rewind_epoch, prune_fraction, scope, empty,
+                       milestones=reached)
+    for m in sanity_at:
+        if m in reached:
+            i = reached[m]
+            result.milestone_sanity[m] = sanity_lib.run_sanity_checks(
+                recipe, milestone_masks[m], rewind, history[0].eval["accuracy"],
+                history[i].eval["accuracy"], seed=seed or 0, tolerance=tolerance, margin=margin,
+            )
+            logging.info("IMP at %g: %s", m, result.milestone_sanity[m].verdict)
     if sanity_checks and index > 0:
         result.sanity = sanity_lib.run_sanity_checks(
             recipe, mask, rewind, history[0].eval["accuracy"], history[-1].eval["accuracy"],
