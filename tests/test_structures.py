@@ -39,6 +39,31 @@ def test_first_matching_pattern_wins_and_unmatched_variables_are_uncoupled():
     assert resolved == ["elementwise", "filter", None]
 
 
+def test_elementwise_preset_couples_autos_kernels_each_as_a_lasso():
+    variables = [_Var("a/kernel", (4, 2)), _Var("b/kernel", (3, 3, 1, 2)), _Var("b/bias", (2,)),
+                 _Var("dw/depthwise_kernel", (3, 3, 2, 1))]
+    assert structures.validate_structure("elementwise") == "elementwise"
+    resolved = structures.resolve_structures(variables, "elementwise")
+    assert resolved == ["elementwise", "elementwise", None, None]
+    assert structures.resolve_structures(variables, "auto") == ["elementwise", "filter", None, None]
+
+
+def test_elementwise_preset_round_trips_through_the_optimizer_config():
+    import keras
+
+    from tf_dessilbi import DessiLBI
+
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    opt = DessiLBI(0.1, structure="elementwise")
+    opt.build(model.trainable_variables)
+    assert opt.get_config()["structure"] == "elementwise"
+    again = DessiLBI.from_config(opt.get_config())
+    again.build(model.trainable_variables)
+    assert [again.variable_structure(v) for v in model.trainable_variables] == [
+        "elementwise", None, "elementwise", None]
+
+
 def test_group_structure_needs_rank_two():
     with pytest.raises(ValueError, match=r"'filter' .* needs a variable of rank >= 2"):
         structures.resolve_structures([_Var("x/bias", (3,))], structures.validate_structure({"bias": "filter"}))

@@ -221,7 +221,7 @@ class DessiLBIMixin:
     def _dessilbi_config(self) -> dict:
         """DessiLBI's own constructor arguments (for `get_config`)."""
         structure = self._structure
-        if structure != structures_lib.AUTO:
+        if structure not in structures_lib.PRESETS:
             structure = [list(item) for item in structure]
         return {
             "kappa": float(ops.convert_to_numpy(self._kappa)),

@@ -15,6 +15,8 @@ transposed-convolution variables uncoupled. It decides from the variable
 itself (name ``kernel``, its rank, and its path), because an optimizer never
 sees layers; `structures_for(model)` decides from the layer classes instead
 and returns an explicit mapping that can be passed as ``structure=``.
+``"elementwise"`` couples the same kernels as ``"auto"``, every one of them
+elementwise (the lasso path of the paper's unstructured experiments).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ NEURON = "neuron"
 STRUCTURES = (ELEMENTWISE, FILTER, NEURON)
 GROUP_STRUCTURES = (FILTER, NEURON)
 AUTO = "auto"
+PRESETS = (AUTO, "elementwise")  # string values of ``structure=``
 
 _EXCLUDED_BY_AUTO = ("depthwise", "transpose", "separable")
 
@@ -63,13 +66,13 @@ def validate_structure(structure):
         ValueError: an unknown structure name or an invalid regex.
     """
     if isinstance(structure, str):
-        if structure != AUTO:
+        if structure not in PRESETS:
             raise ValueError(
-                f"`structure` must be 'auto' or a mapping from variable-path "
+                f"`structure` must be one of {PRESETS} or a mapping from variable-path "
                 f"regex patterns to one of {STRUCTURES + (None,)}. "
                 f"Received: structure={structure!r}"
             )
-        return AUTO
+        return structure
     if isinstance(structure, Mapping):
         items = list(structure.items())
     elif isinstance(structure, (list, tuple)) and all(
@@ -129,6 +132,9 @@ def resolve_structures(variables, structure) -> list:
     paths = [_path(v) for v in variables]
     if structure == AUTO:
         return [auto_structure(p, v.shape) for p, v in zip(paths, variables)]
+    if structure == ELEMENTWISE:  # auto's choice of kernels, each one a lasso
+        return [None if auto_structure(p, v.shape) is None else ELEMENTWISE
+                for p, v in zip(paths, variables)]
     used = set()
     result = []
     for path, variable in zip(paths, variables):
