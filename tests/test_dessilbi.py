@@ -349,6 +349,50 @@ def test_apply_w_star_context_manager_and_keep_bias():
     assert np.count_nonzero(ops.convert_to_numpy(model.get_layer("conv").kernel) == 0) == 0
 
 
+def _conv_bn_model():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    outputs = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_apply_w_star_prunes_the_batch_norm_channel_of_a_pruned_filter():
+    keras.utils.set_random_seed(0)
+    model = _conv_bn_model()
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(0)
+    # Trained-looking statistics: a zeroed filter would come out of BN as β − γ·m/√(v+ε) ≠ 0.
+    bn.moving_mean.assign(rng.normal(size=4).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=4).astype("float32"))
+    bn.gamma.assign(rng.uniform(0.5, 1.5, size=4).astype("float32"))
+    bn.beta.assign(rng.uniform(0.5, 1.0, size=4).astype("float32"))
+    conv = model.get_layer("conv")
+    opt = DessiLBI(0.1, lambda_=1.0, structure={"conv/kernel": "filter"})
+    opt.build(model.trainable_variables)
+    v = np.zeros(conv.kernel.shape, "float32")
+    v[..., :2] = 10.0  # filters 0, 1 in the support; 2, 3 out
+    opt.v(conv.kernel).assign(v)
+    gamma_before = ops.convert_to_numpy(bn.gamma).copy()
+    x = rng.normal(size=(5, 6, 6, 2)).astype("float32")
+    relu = keras.Model(model.inputs, model.get_layer("relu").output)
+    with tf_dessilbi.apply_w_star(model, opt):
+        np.testing.assert_array_equal(ops.convert_to_numpy(bn.gamma)[2:], 0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(bn.beta)[2:], 0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(bn.gamma)[:2], gamma_before[:2])
+        act = ops.convert_to_numpy(relu(x, training=False))
+        assert np.all(act[..., 2:] == 0) and np.any(act[..., :2] != 0)
+        w_star_out = ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_array_equal(ops.convert_to_numpy(bn.gamma), gamma_before)  # restored
+    # The shrunk model drops filters 2, 3 and computes W*'s function.
+    small = tf_dessilbi.shrink(model, optimizer=opt)
+    assert small.get_layer("conv").kernel.shape[-1] == 2
+    np.testing.assert_allclose(ops.convert_to_numpy(small(x, training=False)), w_star_out, atol=1e-5)
+    with tf_dessilbi.apply_w_star(model, opt, prune_bias=False):  # the authors' W*: BN kept
+        np.testing.assert_array_equal(ops.convert_to_numpy(bn.gamma), gamma_before)
+
+
 def test_apply_w_star_needs_a_built_optimizer():
     model = conv_dense_model()
     with pytest.raises(ValueError, match="needs an optimizer that has been built"):
