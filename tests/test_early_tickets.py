@@ -74,3 +74,54 @@ def test_support_snapshots_save_masks_by_layer_name(tmp_path):
     saved = early_tickets.load_support(str(tmp_path), 2)
     np.testing.assert_array_equal(saved.weights["d/kernel"], ops.convert_to_numpy(opt.support(model.get_layer("d").kernel)))
     assert early_tickets.load_support(str(tmp_path), 1).weights["d/kernel"].shape == (4, 3)
+
+
+class _Runs(keras.callbacks.Callback):
+    """Records the kernel, the mask and the start state of every training run."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels, self.masks = [], []
+
+    def on_train_begin(self, logs=None):
+        wrapper = self.model.layers[-1]
+        self.kernels.append(ops.convert_to_numpy(wrapper.layer.kernel).copy())
+        self.masks.append(masks_lib.FixedMasks().mask(self.model).weights["d/kernel"].copy())
+
+
+def test_ticket_with_controls_trains_the_ticket_and_both_controls_under_one_recipe():
+    keras.utils.set_random_seed(0)
+    model = _build()
+    start = [ops.convert_to_numpy(w) + 0.25 for w in model.weights]
+    train_ds, eval_ds = _data()
+    runs = _Runs()
+    result = early_tickets.ticket_with_controls(
+        _build, start, masks_lib.Mask({"d/kernel": MASK}), train_ds, eval_ds, epochs=1,
+        steps_per_epoch=2, make_optimizer=lambda: keras.optimizers.SGD(0.1), dense_accuracy=0.5,
+        seed=3, callbacks=[runs],
+    )
+    assert len(runs.kernels) == 3  # ticket, re-initialized control, random-mask control
+    np.testing.assert_array_equal(runs.kernels[0], start[0])  # the ticket starts from θ_k
+    np.testing.assert_array_equal(runs.masks[0], MASK)
+    assert not np.allclose(runs.kernels[1], start[0])  # a fresh draw
+    np.testing.assert_array_equal(runs.masks[1], MASK)
+    np.testing.assert_array_equal(runs.kernels[2], start[0])  # random mask from θ_k
+    assert runs.masks[2].sum() == MASK.sum() and not np.array_equal(runs.masks[2], MASK)
+    s = result["sanity"]
+    assert s["ticket_accuracy"] == result["ticket"]["accuracy"] and s["dense_accuracy"] == 0.5
+    winning = (s["ticket_accuracy"] >= 0.5 - 0.005 and s["ticket_accuracy"] > s["reinit_accuracy"]
+               and s["ticket_accuracy"] > s["random_mask_accuracy"])
+    assert result["winning"] is winning and result["verdict"].startswith(
+        "winning ticket: yes" if winning else "winning ticket: no")
+
+
+def test_ticket_with_controls_reports_an_empty_layer_without_training():
+    train_ds, eval_ds = _data()
+    result = early_tickets.ticket_with_controls(
+        _build, [ops.convert_to_numpy(w) for w in _build().weights],
+        masks_lib.Mask({"d/kernel": np.zeros((4, 3), bool)}), train_ds, eval_ds, epochs=1,
+        steps_per_epoch=2, make_optimizer=lambda: (_ for _ in ()).throw(AssertionError("trained")),
+        dense_accuracy=0.9,
+    )
+    assert result["ticket"] is None and result["sanity"] is None and not result["winning"]
+    assert result["verdict"] == "not retrained: layer(s) d keep no weight"

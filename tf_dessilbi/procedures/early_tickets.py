@@ -8,6 +8,10 @@ authors' CIFAR scripts).
 
 * `SupportSnapshots` (a callback) saves the support of Γ at chosen epochs to
   ``<dir>/support_epoch<E>.npz``, and the weights at a rewind epoch.
+* `ticket_with_controls` retrains a ticket and, under the same recipe and
+  budget, the two controls of Ma et al. (2021) — the same mask from a random
+  re-initialization, a random mask with the same layer-wise densities — and
+  returns the verdict (`tf_dessilbi.procedures.sanity`).
 * `retrain_ticket` resets a model to the saved weights, wraps its masked
   layers in `tf_dessilbi.layers.MaskedLayer` (the package's one fixed-mask
   mechanism; the layers' own constraints are left alone) and trains it with
@@ -155,3 +159,73 @@ def retrain_ticket(
     if keep_model:
         result["model"] = model
     return result
+
+
+def ticket_with_controls(
+    build_model: Callable[[], keras.Model],
+    start_weights: list,
+    masks: masks_lib.Mask,
+    train_ds,
+    eval_ds,
+    epochs: int,
+    steps_per_epoch: int,
+    make_optimizer: Callable[[], keras.optimizers.Optimizer],
+    dense_accuracy: float,
+    *,
+    seed: int = 0,
+    tolerance: float = 0.005,
+    margin: float = 0.0,
+    eval_steps: Optional[int] = None,
+    callbacks=(),
+) -> dict:
+    """An early ticket and its two lottery-ticket controls, with the verdict.
+
+    The ticket (``masks`` from ``start_weights``), the same mask from a fresh
+    initialization (drawn after ``keras.utils.set_random_seed(seed + 1)``)
+    and a random mask with the ticket's layer-wise densities (from
+    ``start_weights``) are each trained ``epochs × steps_per_epoch`` steps
+    with a fresh ``make_optimizer()`` (`tf_dessilbi.procedures.sanity.Recipe`).
+
+    Args:
+        build_model, start_weights, masks, train_ds, eval_ds, epochs,
+            steps_per_epoch, make_optimizer, eval_steps: as `retrain_ticket`.
+        dense_accuracy: the accuracy the ticket must match (the dense run's).
+        seed: seeds the controls. Defaults to `0`.
+        tolerance, margin: see `tf_dessilbi.procedures.sanity.SanityResult`.
+        callbacks: extra `fit` callbacks of every training run.
+
+    Returns:
+        ``{"ticket": {"accuracy", "loss"}, "sanity": SanityResult.to_dict(),
+        "verdict", "winning", "weights_kept", "weights_total",
+        "empty_layers"}``. A mask that empties a layer is not trained:
+        ``ticket`` and ``sanity`` are None and the verdict says which layers.
+
+    Raises:
+        ValueError: the masks do not fit the model, or a bad argument.
+    """
+    from tf_dessilbi.procedures import sanity as sanity_lib
+
+    recipe = sanity_lib.Recipe(build_model, make_optimizer, train_ds, eval_ds, epochs,
+                               steps_per_epoch, eval_steps=eval_steps, callbacks=callbacks)
+    dense_accuracy = float(dense_accuracy)
+    model = build_model()
+    model.set_weights(start_weights)
+    masks = masks_lib.resolve(masks, model)
+    masks_lib.apply_to(masks, model)  # raises on keys or shapes that do not fit
+    out = {
+        "weights_kept": masks.weights_kept,
+        "weights_total": masks.weights_total,
+        "empty_layers": sorted(k.split("/")[0] for k, m in masks.weights.items() if not m.any()),
+    }
+    if out["empty_layers"]:
+        return {**out, "ticket": None, "sanity": None, "winning": False,
+                "verdict": f"not retrained: layer(s) {', '.join(out['empty_layers'])} keep no weight"}
+    # θ_k in the recipe's variable order (the masked model's non-mask variables).
+    state = [np.array(keras.ops.convert_to_numpy(v))
+             for v in sanity_lib.Recipe.state(mask_model(model, masks))]
+    _, ticket = recipe.train(masks, weights=state)
+    sanity = sanity_lib.run_sanity_checks(recipe, masks, state, dense_accuracy,
+                                          ticket["accuracy"], seed=seed, tolerance=tolerance,
+                                          margin=margin)
+    return {**out, "ticket": ticket, "sanity": sanity.to_dict(), "winning": sanity.winning,
+            "verdict": sanity.verdict}
