@@ -224,8 +224,8 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
 # writes its markdown file, included here verbatim.
 SEPARATE_REPORTS = (
     ("Physical removal (shrink)", "SHRINK.md"),
-    ("Mask methods: GMP, SET, RigL", "MASK_METHODS.md"),
-    ("Mask methods: SNIP, GraSP, IMP + sanity checks, greedy selection", "PRUNE_METHODS.md"),
+    ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
+    ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),
     ("Bilevel tuning: MRBO, VRBO, stocBiO", "BILEVEL.md"),
     ("Reliability: the fault matrix", "RELIABILITY.md"),
 )
@@ -239,6 +239,19 @@ def _demote_headings(lines: list) -> list:
             in_code = not in_code
         out.append("#" + line if line.startswith("#") and not in_code else line)
     return out
+
+
+def refresh_separate(output: str) -> None:
+    """Rewrites the included separate reports at the end of ``output`` (atomic)."""
+    with open(output) as f:
+        lines = f.read().rstrip("\n").split("\n")
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith("## ") and " (from `bench/" in line), len(lines))
+    text = "\n".join(lines[:start] + _separate_reports()).rstrip() + "\n"
+    tmp = f"{output}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, output)
 
 
 def _separate_reports() -> list:
@@ -265,7 +278,14 @@ def main(argv=None):
     parser.add_argument("--reuse", default="",
                         help="comma-separated parts to read from bench/_work/<part>.json "
                              "instead of running them")
+    parser.add_argument("--refresh-separate", action="store_true",
+                        help="only rewrite the parts of --output included from the separate "
+                             "reports (SHRINK.md, SPARSE_COMPARE.md, ...), keeping the rest")
     args = parser.parse_args(argv)
+    if args.refresh_separate:
+        refresh_separate(args.output)
+        print(f"[bench] refreshed the included reports of {args.output}", flush=True)
+        return None
     parts = [p for p in args.parts.split(",") if p]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
