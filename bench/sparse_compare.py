@@ -531,7 +531,7 @@ def claims(grid, args) -> list:
         return (_mean(rows), len(rows)) if rows else (None, 0)
 
     def compare(claim, a, b, s):
-        (ma, na), (mb, nb) = mean_at(a, s), mean_at(b, s)
+        (ma, _), (mb, _) = mean_at(a, s), mean_at(b, s)
         if ma is None or mb is None:
             return
         seeds = {r["seed"] for r in g[(a, s)]} & {r["seed"] for r in g[(b, s)]}
@@ -703,7 +703,7 @@ def to_markdown(grid, timing, args) -> str:
               "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c} | **{v}** | {n} |" for c, v, n in claims(grid, args)]
     lines += ["", "## Notes", "",
-              f"* λ found by the search (seed 0, then every seed): " + ", ".join(
+              "* λ found by the search (seed 0, then every seed): " + ", ".join(
                   f"{k} → {v:.4g}" for k, v in grid["lambdas"].items() if v is not None) +
               ". The crosses in the plot are every λ tried (seed 0): CS's and DessiLBI's own "
               "accuracy-vs-sparsity curves.",
