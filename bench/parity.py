@@ -1,0 +1,297 @@
+"""DessiLBI against SGD under the shared protocol: parity, W*, and early tickets with both controls.
+
+    python -m bench.parity --epochs 3 --seeds 0           # what PARITY.md reports
+    python -m bench.parity --epochs 10 --seeds 0 1 2      # the issue's budget (hours here)
+
+Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
+order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
+0) and FMNIST-CNN-S (``--model resnet20``: ResNet-20 on 28×28×1, BN channels
+pruned with their filters in W*):
+
+* ``sgd`` — the dense baseline (`bench.mask_methods`' dense run, shared);
+* ``dessilbi_<structure>`` for ``auto`` (conv filters as groups, dense
+  weights elementwise), ``filter_neuron`` (hidden dense neurons as groups
+  too) and ``elementwise``: κ = 1, μ = 20, λ = 1.5 with fan-in scaling
+  (``configs/fmnist_dessilbi.py``), the protocol's learning-rate schedule as
+  α; dense W and W* (W on supp Γ) evaluated;
+* early tickets of ``dessilbi_auto``: supp Γ taken after 10 / 20 / 30 % of
+  the steps, retrained from θ₀ with SGD under the protocol, with Ma et
+  al.'s two controls under the same budget
+  (`tf_dessilbi.procedures.early_tickets.ticket_with_controls`); the ticket
+  must reach the dense DessiLBI run's W − 0.5 pt and beat both controls.
+
+Runs are cached as JSON (and the supports as ``.npz``) in ``--work``; an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import bench
+from bench import protocol
+
+bench.quiet_tf()
+
+STRUCTURES = ("auto", "filter_neuron", "elementwise")
+HPARAMS = {"kappa": 1.0, "mu": 20.0, "lambda_": 1.5, "momentum": 0.9, "nesterov": True,
+           "lambda_scaling": "fan_in"}
+TICKET_FRACTIONS = (0.1, 0.2, 0.3)
+
+
+def _log(message: str) -> None:
+    print(f"[parity {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def build(model_name: str, seed: int):
+    import keras
+
+    from tf_dessilbi import models
+
+    if model_name == "fmnist":
+        return protocol.build_model(seed)
+    keras.utils.set_random_seed(int(seed))
+    return models.resnet20(input_shape=(28, 28, 1), num_classes=10)
+
+
+def structure_of(name: str, model):
+    """The ``DessiLBI(structure=...)`` of a structure name (as the CLI's configs)."""
+    import tf_dessilbi as tfd
+
+    if name in ("auto", "elementwise"):
+        return name
+    mapping = tfd.structures_for(model)
+    last = list(mapping)[-1]  # the logits stay elementwise: a class unit is never dropped
+    return {k: ("neuron" if v == "elementwise" and k != last else v) for k, v in mapping.items()}
+
+
+class _Supports:
+    """Keras callback: supp Γ as a `Mask` after given numbers of steps."""
+
+    def __new__(cls, steps):
+        import keras
+
+        from tf_dessilbi.procedures import early_tickets
+
+        class Supports(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.step, self.masks = 0, {}
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.step += 1
+                if self.step in steps:
+                    self.masks[self.step] = early_tickets.support_masks(self.model,
+                                                                        self.model.optimizer)
+
+        return Supports()
+
+
+def _filters(report, model) -> tuple:
+    """Conv filters with a weight in the support, and all conv filters (any structure)."""
+    import keras
+
+    from tf_dessilbi import _compat
+
+    convs = {layer.name for layer in _compat.flatten_layers(model)
+             if isinstance(layer, keras.layers.Conv2D)}
+    rows = [r for r in report.rows if r.layer in convs]
+    return sum(r.units_kept for r in rows), sum(r.units_total for r in rows)
+
+
+def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=()) -> dict:
+    import keras
+
+    import tf_dessilbi as tfd
+
+    keras.utils.clear_session()
+    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
+    model = build(model_name, seed)
+    optimizer = tfd.DessiLBI(learning_rate=protocol.lr_schedule(data.steps_per_epoch, epochs),
+                             structure=structure_of(structure, model), **HPARAMS)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    supports = _Supports(set(ticket_steps))
+    result = protocol.train(model, data, epochs, callbacks=[supports], compile=False)
+    result["w_accuracy"] = result.pop("accuracy")
+    with tfd.apply_w_star(model, optimizer):
+        result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])
+    report = tfd.sparsity_report(model, optimizer)
+    kept, total = _filters(report, model)
+    result.update(model=model_name, structure=structure, seed=seed,
+                  weight_fraction=report.weight_fraction, filters_kept=kept, filters_total=total,
+                  layers={r.layer: [r.units_kept, r.units_total, r.weights_kept, r.weights_total]
+                          for r in report.rows})
+    result["supports"] = {}
+    for step, mask in supports.masks.items():
+        path = os.path.join(work, f"support_{model_name}_{structure}_e{epochs}_s{seed}_step{step}.npz")
+        os.makedirs(work, exist_ok=True)
+        mask.save(path)
+        k, t = mask.weights_kept, mask.weights_total
+        result["supports"][str(step)] = {"file": os.path.basename(path), "weight_fraction": k / t}
+    _log(f"{model_name} dessilbi {structure} seed {seed}: W {result['w_accuracy']:.4f}, "
+         f"W* {result['w_star_accuracy']:.4f}, filters {kept}/{total}")
+    return result
+
+
+def sgd_run(model_name, seed, epochs, limit=0) -> dict:
+    import keras
+
+    keras.utils.clear_session()
+    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
+    result = protocol.train(build(model_name, seed), data, epochs)
+    result.update(model=model_name, seed=seed)
+    return result
+
+
+def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, limit=0) -> dict:
+    import keras
+
+    from tf_dessilbi import masks as masks_lib
+    from tf_dessilbi.procedures import early_tickets
+
+    keras.utils.clear_session()
+    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
+    theta0 = [keras.ops.convert_to_numpy(w) for w in build(model_name, seed).weights]
+    mask = masks_lib.Mask.load(os.path.join(work, support_file))
+    result = early_tickets.ticket_with_controls(
+        lambda: build(model_name, seed), theta0, mask, data.train, data.test, epochs,
+        data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs),
+        dense_accuracy, seed=seed)
+    _log(f"{model_name} ticket {support_file}: {result['verdict']}")
+    return result
+
+
+def run(args) -> dict:
+    work = args.work
+    spe = (args.limit or protocol.NUM_TRAIN) // protocol.BATCH_SIZE
+    total = args.epochs * spe
+    steps = sorted({max(1, int(round(f * total))) for f in args.ticket_fractions})
+    tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
+    out = {"seeds": {}}
+    for seed in args.seeds:
+        seed_out = out["seeds"][str(seed)] = {}
+        if args.model == "fmnist":  # the dense run of bench.mask_methods / sparse_compare
+            mask_work = os.path.join(os.path.dirname(work), "mask_methods")
+            name = f"dense_s0_seed{seed}_e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
+            from bench import mask_methods
+
+            seed_out["sgd"] = protocol.run_cached(mask_work, name, lambda: mask_methods.accuracy_run(
+                "dense", 0.0, seed, args.epochs, args.limit))
+        else:
+            seed_out["sgd"] = protocol.run_cached(work, f"sgd_{args.model}_{tag}_s{seed}",
+                                                  lambda: sgd_run(args.model, seed, args.epochs,
+                                                                  args.limit))
+        for structure in args.structures:
+            seed_out[structure] = protocol.run_cached(
+                work, f"dessilbi_{args.model}_{structure}_{tag}_s{seed}",
+                lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,
+                                     steps if structure == "auto" else ()))
+        auto = seed_out.get("auto")
+        seed_out["tickets"] = {}
+        if auto and args.tickets:
+            for step in steps:
+                support = auto["supports"][str(step)]
+                seed_out["tickets"][str(step)] = protocol.run_cached(
+                    work, f"ticket_{args.model}_{tag}_s{seed}_step{step}",
+                    lambda: ticket_run(args.model, seed, args.epochs, work, support["file"],
+                                       auto["w_accuracy"], args.limit))
+                seed_out["tickets"][str(step)]["fraction"] = step / total
+    return out
+
+
+def _mean_sd(values) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def to_markdown(results, args) -> str:
+    seeds = [results["seeds"][str(s)] for s in args.seeds if str(s) in results["seeds"]]
+    sgd = [s["sgd"]["accuracy"] for s in seeds]
+    lines = [
+        f"# DessiLBI vs SGD under the shared protocol ({args.model}, bench/parity.py)", "",
+        "Command:", "", f"    {args.command}", "",
+        f"Protocol: `bench/protocol.py` (E = {args.epochs} epochs, warm-up 1 epoch then cosine to "
+        f"0, Nesterov 0.9, peak lr 0.05), seeds {', '.join(map(str, args.seeds))}. DessiLBI: "
+        f"κ {HPARAMS['kappa']:g}, μ {HPARAMS['mu']:g}, λ {HPARAMS['lambda_']:g} (fan-in "
+        f"scaling), α = the protocol's schedule. Accuracy: 10k test images, %, mean ± sd over "
+        f"seeds.", "",
+        "| run | dense W | Δ vs SGD | W* | Δ vs SGD | weights kept | conv filters kept | "
+        "target (W ≥ SGD − 0.3, W* ≥ SGD − 0.5 with ≥ 50 % filters out) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| SGD | {_mean_sd(sgd)} | — | — | — | 100 % | all | — |",
+    ]
+    for structure in args.structures:
+        runs = [s[structure] for s in seeds if structure in s]
+        if not runs:
+            continue
+        w = [r["w_accuracy"] for r in runs]
+        ws = [r["w_star_accuracy"] for r in runs]
+        dw = 100 * (statistics.mean(w) - statistics.mean(sgd))
+        dws = 100 * (statistics.mean(ws) - statistics.mean(sgd))
+        kept = statistics.mean(r["filters_kept"] for r in runs)
+        tot = runs[0]["filters_total"]
+        out_frac = 1 - kept / tot if tot else 0.0
+        ok = dw >= -0.3 and dws >= -0.5 and out_frac >= 0.5
+        lines.append(
+            f"| DessiLBI {structure} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
+            f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
+            f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | {'holds' if ok else 'does not hold'} |")
+    tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
+    if tickets:
+        lines += ["", "## Early tickets (supp Γ of DessiLBI auto, retrained from θ₀ with SGD)", "",
+                  "| seed | taken at | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
+                  "random mask | verdict |", "|---|---|---|---|---|---|---|---|"]
+        for seed, step, t in tickets:
+            s = t.get("sanity") or {}
+            acc = lambda key: f"{100 * s[key]:.2f}" if key in s else "—"  # noqa: E731
+            lines.append(
+                f"| {seed} | step {step} ({100 * t['fraction']:.0f} % of the budget) | "
+                f"{100 * t['weights_kept'] / t['weights_total']:.2f} % | {acc('ticket_accuracy')} | "
+                f"{acc('dense_accuracy')} | {acc('reinit_accuracy')} | {acc('random_mask_accuracy')} "
+                f"| {t['verdict']} |")
+    lines += ["", "Wall clock per run (s): " + ", ".join(
+        f"seed {seed} {name} {s[name]['wall_s']:.0f}" for seed, s in zip(args.seeds, seeds)
+        for name in ["sgd", *args.structures] if name in s and "wall_s" in s[name]), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("fmnist", "resnet20"), default="fmnist")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
+    parser.add_argument("--ticket-fractions", type=float, nargs="+", default=list(TICKET_FRACTIONS))
+    parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
+    parser.add_argument("--work", default=os.path.join(bench.WORK_DIR, "parity"))
+    parser.add_argument("--out", default=os.path.join(bench.REPO_ROOT, "bench", "PARITY.md"))
+    args = parser.parse_args(argv)
+    bad = [f for f in args.ticket_fractions if not 0.0 < f <= 1.0]
+    if bad:
+        parser.error(f"--ticket-fractions must lie in (0, 1]; received {bad}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1; received {args.epochs}")
+    args.command = "python -m bench.parity " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = run(args)
+    with open(os.path.join(args.work, f"results_{args.model}_e{args.epochs}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    text = to_markdown(results, args)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    _log(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""bench/parity.py: structures as the CLI's, and a tiny run end to end."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench import parity  # noqa: E402
+
+
+def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
+    from tf_dessilbi import models
+
+    model = models.fmnist_cnn_s()
+    mapping = parity.structure_of("filter_neuron", model)
+    by_layer = {k.split("/")[0].strip("^"): v for k, v in mapping.items()}
+    assert by_layer == {"conv1": "filter", "conv2": "filter", "conv3": "filter", "fc1": "neuron",
+                        "logits": "elementwise"}
+    assert parity.structure_of("auto", model) == "auto"
+    assert parity.structure_of("elementwise", model) == "elementwise"
+
+
+def test_resnet20_takes_fashion_mnist_images():
+    model = parity.build("resnet20", 0)
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+@pytest.mark.slow
+def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_DESSILBI_BENCH_WORK=str(tmp_path))
+    out = tmp_path / "PARITY.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.parity", "--epochs", "2", "--limit", "512", "--seeds", "0",
+         "--ticket-fractions", "0.5", "--work", str(tmp_path / "w" / "parity"), "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for structure in parity.STRUCTURES:
+        assert f"| DessiLBI {structure} |" in text
+    assert "| 0 | step 4 (50 % of the budget) |" in text
+    assert (tmp_path / "w" / "parity" / "support_fmnist_auto_e2_s0_step4.npz").exists()
