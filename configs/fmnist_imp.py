@@ -36,4 +36,6 @@ def get_config():
     config.sparse.rewind_epoch = 0  # 0: reset to θ₀ (Frankle & Carbin); k: rewind to epoch k
     config.sparse.sanity_checks = True
     config.sparse.tolerance = 0.005  # "matches dense" within half a point
+    config.sparse.milestones = (0.8,)  # a round also stops exactly at 80 %: a ticket there too
+    config.sparse.sanity_at = ()  # milestones that get the two controls as well
     return config

@@ -272,7 +272,11 @@ def test_empty_dataset_and_unsparsifiable_model_fail_before_training():
     assert starts.starts == []
 
 
-def test_run_hook_writes_the_summary(tmp_path):
+@pytest.mark.parametrize("sparse,density,milestones", [
+    (dict(rounds=1, target_sparsity=0.0), 0.5, {}),
+    (dict(rounds=0, target_sparsity=0.6, milestones=(0.3,)), 0.4, {"0.3": 1}),
+])
+def test_run_hook_writes_the_summary(tmp_path, sparse, density, milestones):
     from tf_dessilbi.training import config_lib
 
     config = config_lib.base_config()
@@ -284,8 +288,8 @@ def test_run_hook_writes_the_summary(tmp_path):
     config.verbose = 0
     config.model.name = "lenet5"
     config.sparse = ml_collections.ConfigDict(dict(
-        rounds=1, target_sparsity=0.0, prune_fraction=0.5, scope="layer", rewind_epoch=0,
-        sanity_checks=False, tolerance=0.005,
+        prune_fraction=0.5, scope="layer", rewind_epoch=0, sanity_checks=False, tolerance=0.005,
+        **sparse,
     ))
     rng = np.random.default_rng(0)
     x = rng.random((32, 28, 28, 1)).astype(np.float32)
@@ -295,5 +299,6 @@ def test_run_hook_writes_the_summary(tmp_path):
                                  input_shape=(28, 28, 1), num_classes=10)
     summary = imp.run(config, str(tmp_path), data, tf.distribute.get_strategy())
     assert set(summary["eval"]) == {"loss", "accuracy"}
-    assert summary["sparsity"]["weight_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert summary["sparsity"]["weight_fraction"] == pytest.approx(density, abs=0.01)
+    assert summary["milestones"] == milestones
     assert (tmp_path / "imp.json").exists() and (tmp_path / "mask.npz").exists()

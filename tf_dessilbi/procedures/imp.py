@@ -406,7 +406,8 @@ def run(config, workdir: str, data, strategy) -> dict:
 
     Reads ``config.sparse``: ``target_sparsity`` (or ``rounds`` > 0),
     ``prune_fraction``, ``scope``, ``rewind_epoch``, ``sanity_checks``,
-    ``tolerance``; epochs per round = ``config.num_epochs``. Writes
+    ``tolerance`` and, when present, ``milestones`` / ``sanity_at``
+    (sequences); epochs per round = ``config.num_epochs``. Writes
     ``imp.json`` and the ticket's ``mask.npz`` to ``workdir``.
     """
     from tf_dessilbi import models as models_lib
@@ -430,6 +431,7 @@ def run(config, workdir: str, data, strategy) -> dict:
         rounds=s.rounds or None, target_sparsity=None if s.rounds else s.target_sparsity,
         prune_fraction=s.prune_fraction, scope=s.scope, rewind_epoch=s.rewind_epoch,
         sanity_checks=s.sanity_checks, tolerance=s.tolerance, seed=config.seed,
+        milestones=tuple(s.get("milestones", ()) or ()), sanity_at=tuple(s.get("sanity_at", ()) or ()),
         eval_steps=config.eval_steps or None, strategy=strategy, verbose=config.verbose,
     )
     summary = result.to_dict()
