@@ -105,6 +105,20 @@ def accuracy_run(method: str, sparsity: float, seed: int, epochs: int, limit: in
     return result
 
 
+def timing_data(block: int, limit: int = 0):
+    """``(protocol data of seed 0, a cached dataset of ``block`` batches)`` for step timing."""
+    import tensorflow as tf
+
+    from bench import protocol
+
+    data = protocol.load_data(0, epochs=1, train_limit=limit or None, test_limit=limit or None)
+    n = block * protocol.BATCH_SIZE
+    reps = -(-n // len(data.x_train))
+    x = tf.constant(tf.concat([data.x_train] * reps, 0)[:n])
+    y = tf.constant(tf.concat([data.y_train] * reps, 0)[:n])
+    return data, tf.data.Dataset.from_tensor_slices((x, y)).batch(protocol.BATCH_SIZE).cache()
+
+
 def timing_run(sparsity: float, rounds: int, block: int = DELTA_T, limit: int = 0) -> dict:
     """Per-step wall time of every contender's fit, alternating blocks of ``block`` steps.
 
@@ -113,17 +127,11 @@ def timing_run(sparsity: float, rounds: int, block: int = DELTA_T, limit: int = 
     ``block`` steps, so each block contains exactly one update.
     """
     import keras
-    import tensorflow as tf
 
     from bench import protocol
 
     keras.utils.clear_session()
-    data = protocol.load_data(0, epochs=1, train_limit=limit or None, test_limit=limit or None)
-    n = block * protocol.BATCH_SIZE
-    reps = -(-n // len(data.x_train))
-    x = tf.constant(tf.concat([data.x_train] * reps, 0)[:n])
-    y = tf.constant(tf.concat([data.y_train] * reps, 0)[:n])
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(protocol.BATCH_SIZE).cache()
+    data, ds = timing_data(block, limit)
     steps = (rounds + 2) * block
     names = ["dense", *METHODS]
     contenders = {}

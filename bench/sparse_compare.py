@@ -437,19 +437,13 @@ def run_grid(args) -> dict:
 def timing_run(rounds: int, block: int, limit: int = 0) -> dict:
     """Per-step wall and CPU time of every Keras 3 contender's fit, alternating blocks of ``block`` steps."""
     import keras
-    import tensorflow as tf
 
     import tf_dessilbi as tfd
     from bench import mask_methods
     from tf_dessilbi.sparse import snip
 
     keras.utils.clear_session()
-    data = protocol.load_data(0, epochs=1, train_limit=limit or None, test_limit=limit or None)
-    n = block * protocol.BATCH_SIZE
-    reps = -(-n // len(data.x_train))
-    x = tf.constant(tf.concat([data.x_train] * reps, 0)[:n])
-    y = tf.constant(tf.concat([data.y_train] * reps, 0)[:n])
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(protocol.BATCH_SIZE).cache()
+    data, ds = mask_methods.timing_data(block, limit)
     steps = (rounds + 2) * block
     contenders = {}
     for name in ("dense", "gmp", "set", "rigl_erk"):

@@ -90,6 +90,20 @@ def load_weights(filename: str) -> list:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+def _start(build_model, start_weights, masks):
+    """``(model at start_weights, resolved masks, counts)``; raises when the masks do not fit."""
+    model = build_model()
+    model.set_weights(start_weights)
+    masks = masks_lib.resolve(masks, model)
+    masks_lib.apply_to(masks, model)  # raises on keys or shapes that do not fit
+    counts = {
+        "weights_kept": masks.weights_kept,
+        "weights_total": masks.weights_total,
+        "empty_layers": sorted(k.split("/")[0] for k, m in masks.weights.items() if not m.any()),
+    }
+    return model, masks, counts
+
+
 def retrain_ticket(
     build_model: Callable[[], keras.Model],
     start_weights: list,
@@ -133,15 +147,7 @@ def retrain_ticket(
     Raises:
         ValueError: the masks do not fit the rebuilt model.
     """
-    model = build_model()
-    model.set_weights(start_weights)
-    masks = masks_lib.resolve(masks, model)
-    masks_lib.apply_to(masks, model)  # raises on keys or shapes that do not fit
-    counts = {
-        "weights_kept": masks.weights_kept,
-        "weights_total": masks.weights_total,
-        "empty_layers": sorted(k.split("/")[0] for k, m in masks.weights.items() if not m.any()),
-    }
+    model, masks, counts = _start(build_model, start_weights, masks)
     if counts["empty_layers"]:
         return {"accuracy": None, "loss": None, **counts}
     model = mask_model(model, masks)
@@ -208,15 +214,7 @@ def ticket_with_controls(
     recipe = sanity_lib.Recipe(build_model, make_optimizer, train_ds, eval_ds, epochs,
                                steps_per_epoch, eval_steps=eval_steps, callbacks=callbacks)
     dense_accuracy = float(dense_accuracy)
-    model = build_model()
-    model.set_weights(start_weights)
-    masks = masks_lib.resolve(masks, model)
-    masks_lib.apply_to(masks, model)  # raises on keys or shapes that do not fit
-    out = {
-        "weights_kept": masks.weights_kept,
-        "weights_total": masks.weights_total,
-        "empty_layers": sorted(k.split("/")[0] for k, m in masks.weights.items() if not m.any()),
-    }
+    model, masks, out = _start(build_model, start_weights, masks)
     if out["empty_layers"]:
         return {**out, "ticket": None, "sanity": None, "winning": False,
                 "verdict": f"not retrained: layer(s) {', '.join(out['empty_layers'])} keep no weight"}
