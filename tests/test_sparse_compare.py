@@ -126,12 +126,12 @@ def test_bad_arguments_are_refused(argv, match, capsys):
 
 @pytest.mark.slow
 def test_a_tiny_grid_runs_end_to_end_and_reports(tmp_path):
-    """Every contender (TF-MOT in its tf_keras process) on 256 images, 1 epoch."""
+    """Every contender (TF-MOT in its tf_keras process) on 256 images, 1 epoch, one seed."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_DESSILBI_BENCH_WORK=str(tmp_path))
     env.pop("TF_USE_LEGACY_KERAS", None)
     out = tmp_path / "SC.md"
     cmd = [sys.executable, "-m", "bench.sparse_compare", "--epochs", "1", "--limit", "256",
-           "--seeds", "0", "1", "--sparsities", "0.9", "0.95", "--search-steps", "1",
+           "--seeds", "0", "--sparsities", "0.9", "--search-steps", "1",
            "--timing-rounds", "1", "--timing-block", "2", "--work", str(tmp_path / "w" / "sc"),
            "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -142,7 +142,7 @@ def test_a_tiny_grid_runs_end_to_end_and_reports(tmp_path):
     for block in __import__("re").findall(r"(?:^\|.*\|\n)+", text, __import__("re").M):
         assert len({line.count("|") for line in block.strip().splitlines()}) == 1, block
     assert (tmp_path / "sparse_compare.png").stat().st_size > 0
-    with open(tmp_path / "w" / "sc" / "tfmot_0.9_e1_n256_s1.json") as f:
+    with open(tmp_path / "w" / "sc" / "tfmot_0.9_e1_n256_s0.json") as f:
         tfmot = json.load(f)
     assert tfmot["tfmot"] and 0 < tfmot["density"] <= 1
     # Re-running reads every run back (no training): the report is identical.
