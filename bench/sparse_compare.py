@@ -67,7 +67,7 @@ DESSILBI = {"kappa": 1.0, "mu": 20.0, "momentum": 0.9, "nesterov": True, "lambda
 CS_GATES = {"granularity": "weight", "gate_init": 0.0, "final_beta": 200.0}
 SEARCH_START = {"cs": (1e-8, 1e-6), "dessilbi": (1.5, 6.0)}  # λ brackets to start the search
 SEARCH_TOLERANCE = 0.01  # accept a λ whose measured sparsity is within 1 pt of the target
-SEARCH_STEPS = 5
+SEARCH_STEPS = 4
 
 
 def _log(message: str) -> None:
@@ -346,7 +346,8 @@ class Runner:
 
 
 def next_lambda(tried: dict, target: float):
-    """The next λ of the secant search: log λ interpolated in log(density), extrapolated ×4 at most.
+    """The next λ of the search: log λ interpolated in log(density) (regula falsi kept inside the
+    middle half of the bracket), extrapolated ×4 at most before a bracket exists.
 
     ``tried`` maps λ to runs with a ``density``; sparsity grows with λ for
     both methods (a larger threshold or penalty keeps fewer weights).
@@ -366,6 +367,8 @@ def next_lambda(tried: dict, target: float):
         x = (x1 + math.log(4.0)) if below and not above else (x0 - math.log(4.0))
         return math.exp(x)
     x = x0 + (goal - y0) * (x1 - x0) / (y1 - y0)
+    if below and above:  # bracketed: stay in the middle half, so the bracket shrinks ≥ 25 %
+        return math.exp(min(max(x, x0 + 0.25 * (x1 - x0)), x0 + 0.75 * (x1 - x0)))
     lo, hi = pts[0][0] - math.log(4.0), pts[-1][0] + math.log(4.0)
     return math.exp(min(max(x, lo), hi))
 

@@ -21,16 +21,23 @@ def _power_law(c, a):
     return lambda lam: min(1.0, c * lam ** (-a))
 
 
-@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+@pytest.mark.parametrize("target", [0.98, 0.99, 0.999])
 def test_next_lambda_solves_a_power_law_in_one_step(target):
-    density = _power_law(0.05, 1.7)
-    tried = {lam: {"density": density(lam)} for lam in (0.5, 4.0)}
-    # λ* with c·λ*^(−a) = 1 − target, when bracketed.
-    want = (0.05 / (1 - target)) ** (1 / 1.7)
+    density = _power_law(0.01, 1.7)
+    tried = {lam: {"density": density(lam)} for lam in (0.1, 50.0)}
+    # λ* with c·λ*^(−a) = 1 − target, inside the middle half of the (log) bracket.
+    want = (0.01 / (1 - target)) ** (1 / 1.7)
+    assert math.log(0.1) + 0.25 * math.log(500) < math.log(want) < math.log(0.1) + 0.75 * math.log(500)
     lam = sc.next_lambda(tried, target)
-    if 0.5 <= want <= 4.0:
-        assert lam == pytest.approx(want, rel=1e-9)
-        assert 1 - density(lam) == pytest.approx(target, abs=1e-9)
+    assert lam == pytest.approx(want, rel=1e-9)
+    assert 1 - density(lam) == pytest.approx(target, abs=1e-9)
+
+
+def test_next_lambda_stays_inside_the_middle_half_of_the_bracket():
+    tried = {1.0: {"density": 0.5}, 100.0: {"density": 1e-5}}
+    # Regula falsi would land at λ ≈ 1.03, next to the dense end: clamped to 100^(1/4).
+    assert sc.next_lambda(tried, 0.55) == pytest.approx(100.0 ** 0.25)
+    assert sc.next_lambda(tried, 1 - 1.2e-5) == pytest.approx(100.0 ** 0.75)
 
 
 def test_next_lambda_extrapolates_at_most_four_times():
