@@ -312,7 +312,7 @@ class Runner:
         Returns ``(λ, run)``; every run tried stays in the cache (and in the
         accuracy-vs-sparsity plot).
         """
-        tried = {}
+        tried = dict(self._cached_lambdas(method, seed))  # runs of earlier searches count
         for lam in SEARCH_START[method]:
             run = self.searched(method, lam, seed)
             if run is not None:
@@ -327,8 +327,6 @@ class Runner:
             if lam is None or any(math.isclose(lam, k, rel_tol=1e-3) for k in tried):
                 break
             tried[lam] = self.searched(method, lam, seed)
-        cached = self._cached_lambdas(method, seed)  # runs made by earlier searches
-        tried.update({k: v for k, v in cached.items() if k not in tried})
         best = min(tried, key=lambda k: abs((1 - tried[k]["density"]) - target))
         return best, tried[best]
 
