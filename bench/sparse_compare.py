@@ -617,6 +617,8 @@ def plot(grid, path) -> None:
         d = [100 * r["accuracy"] for r in dense]
         ax.axhspan(min(d), max(d), color="0.85", label=f"dense SGD ({len(d)} seeds, range)")
         ax.axhline(statistics.mean(d), color="0.4", lw=1)
+    accs = [100 * r["accuracy"] for r in grid["rows"] if r["method"] != "dense"]
+    bottom = max(min(accs) - 1, statistics.median(accs) - 8) if accs else None
     markers = "osD^v<>pP*Xh"
     colors = plt.get_cmap("tab20").colors
     for i, method in enumerate(m for m in [*METHODS, "imp_reinit", "imp_random"] if m != "dense"):
@@ -626,8 +628,11 @@ def plot(grid, path) -> None:
         if not pts:
             continue
         xs, ys, es = zip(*pts)
+        label = LABELS[method]
+        if bottom is not None and max(ys) < bottom:
+            label += " — below the axis: " + ", ".join(f"{y:.1f}" for y in ys)
         ax.errorbar([100 * x for x in xs], ys, yerr=es, marker=markers[i % len(markers)],
-                    color=colors[(2 * i) % 20 + (2 * i) // 20], capsize=3, label=LABELS[method],
+                    color=colors[(2 * i) % 20 + (2 * i) // 20], capsize=3, label=label,
                     ls="--" if method.startswith("imp_") else "-")
     for method, pts in grid.get("curves", {}).items():
         if pts:
@@ -639,10 +644,8 @@ def plot(grid, path) -> None:
         ax.set_xlim(max(0.0, min(removed) - 3), min(100.0, max(removed) + 2))
     ax.set_xlabel("weights removed (%)")
     ax.set_ylabel("test accuracy (%)")
-    lows = [100 * r["accuracy"] for r in grid["rows"] if r["method"] != "dense"
-            and 1 - r["density"] <= max(0.96, max(removed or [0]) / 100)]
-    if lows:
-        ax.set_ylim(max(min(lows) - 1, statistics.median(lows) - 8), max(lows) + 0.5)
+    if accs:
+        ax.set_ylim(bottom, max(accs) + 0.5)
     ax.set_title("FMNIST-CNN-S on Fashion-MNIST, one protocol (bench/sparse_compare.py)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
