@@ -401,7 +401,11 @@ def run_grid(args) -> dict:
                 run = r.tfmot(sparsity, seed)
             else:
                 if (method, sparsity) not in searched_lam:
-                    searched_lam[(method, sparsity)] = r.search(method, sparsity)[0]
+                    # The λ chosen is cached too, so a resumed or repeated run reuses it.
+                    found = r.cached(r.work, f"search_{method}_{sparsity:g}_{r.tag}",
+                                     lambda: {"lam": r.search(method, sparsity)[0]})
+                    searched_lam[(method, sparsity)] = (
+                        found["lam"] if found else r.search(method, sparsity)[0])
                 lam = searched_lam[(method, sparsity)]
                 run = None if lam is None else r.searched(method, lam, seed)
                 if run is not None:
