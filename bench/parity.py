@@ -104,7 +104,12 @@ def _filters(report, model) -> tuple:
     return sum(r.units_kept for r in rows), sum(r.units_total for r in rows)
 
 
-def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=()) -> dict:
+def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=(),
+                 lambda_=None) -> dict:
+    """One DessiLBI run under the protocol: dense W, W*, supports (saved in ``work`` at ``ticket_steps``).
+
+    ``lambda_`` overrides `HPARAMS`' λ (`bench.sparse_compare` searches it).
+    """
     import keras
 
     import tf_dessilbi as tfd
@@ -113,7 +118,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
     model = build(model_name, seed)
     optimizer = tfd.DessiLBI(learning_rate=protocol.lr_schedule(data.steps_per_epoch, epochs),
-                             structure=structure_of(structure, model), **HPARAMS)
+                             structure=structure_of(structure, model),
+                             **{**HPARAMS, **({} if lambda_ is None else {"lambda_": float(lambda_)})})
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

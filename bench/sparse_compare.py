@@ -49,14 +49,14 @@ import time
 import types
 
 import bench
-from bench import protocol
+from bench import parity, protocol
 from bench.sparse_report import LABELS, METHODS, claims, plot, sparsity_at_accuracy, to_markdown  # noqa: F401
 from bench.sparse_tfmot import tfmot_run, tfmot_spec  # noqa: F401
 
 bench.quiet_tf()
 
 IMP_FRACTION = 0.5
-DESSILBI = {"kappa": 1.0, "mu": 20.0, "momentum": 0.9, "nesterov": True, "lambda_scaling": "fan_in"}
+DESSILBI = {k: v for k, v in parity.HPARAMS.items() if k != "lambda_"}  # λ is searched
 CS_GATES = {"granularity": "weight", "gate_init": 0.0, "final_beta": 200.0}
 SEARCH_START = {"cs": (1e-8, 1e-6), "dessilbi": (1.5, 6.0)}  # λ brackets to start the search
 SEARCH_TOLERANCE = 0.01  # accept a λ whose measured sparsity is within 1 pt of the target
@@ -97,27 +97,10 @@ def static_erk_run(sparsity, seed, epochs, limit=0) -> dict:
 
 
 def dessilbi_run(lam, seed, epochs, limit=0) -> dict:
-    """DessiLBI elementwise under the protocol; accuracy of W* (and of the dense W)."""
-    import keras
-
-    import tf_dessilbi as tfd
-
-    keras.utils.clear_session()
-    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
-    model = protocol.build_model(seed)
-    optimizer = tfd.DessiLBI(learning_rate=protocol.lr_schedule(data.steps_per_epoch, epochs),
-                             lambda_=float(lam), structure="elementwise", **DESSILBI)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    result = protocol.train(model, data, epochs, compile=False)
-    result["dense_w_accuracy"] = result.pop("accuracy")
-    with tfd.apply_w_star(model, optimizer):
-        result["accuracy"] = float(model.evaluate(data.test, verbose=0)[1])
-    report = tfd.sparsity_report(model, optimizer)
-    result.update(method="dessilbi", lam=float(lam), seed=seed, density=report.weight_fraction)
-    _log(f"dessilbi λ={lam:.4g} seed={seed}: W* {result['accuracy']:.4f} (W "
-         f"{result['dense_w_accuracy']:.4f}), density {result['density']:.4f}")
+    """DessiLBI elementwise at λ = ``lam`` (`bench.parity.dessilbi_run`); accuracy of W*, and of W."""
+    result = parity.dessilbi_run("fmnist", "elementwise", seed, epochs, None, limit, lambda_=lam)
+    result.update(method="dessilbi", lam=float(lam), dense_w_accuracy=result.pop("w_accuracy"),
+                  accuracy=result.pop("w_star_accuracy"), density=result["weight_fraction"])
     return result
 
 
