@@ -38,10 +38,53 @@ from bench import protocol
 
 bench.quiet_tf()
 
-STRUCTURES = ("auto", "filter_neuron", "elementwise")
+STRUCTURES = ("auto", "filter", "filter_neuron", "elementwise")
 HPARAMS = {"kappa": 1.0, "mu": 20.0, "lambda_": 1.5, "momentum": 0.9, "nesterov": True,
            "lambda_scaling": "fan_in"}
 TICKET_FRACTIONS = (0.1, 0.2, 0.3)
+RECIPE = "paper"  # the recipe of the parity table and the tickets unless --recipes says otherwise
+_RECIPE_KEYS = {"lam": "lambda_", "mu": "mu", "kappa": "kappa"}
+
+
+def parse_recipe(spec: str) -> dict:
+    """A recipe name as settings: ``+``-joined tokens.
+
+    ``paper`` (the paper's iteration with the protocol's α), ``init``
+    (``lambda_scaling="init_norm"``), ``steady``
+    (`tf_dessilbi.dessilbi.path_speed.SteadyPathSpeed`), ``ft<N>`` (W* fine-tuned
+    in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
+    (the same with the coupling on), ``lam<x>`` / ``mu<x>`` /
+    ``kappa<x>`` (override `HPARAMS`). E.g. ``steady+ft1+lam2``.
+    """
+    out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True}
+    for token in spec.split("+"):
+        if token == "paper":
+            continue
+        if token == "steady":
+            out["steady"] = True
+            continue
+        if token == "init":
+            out["hparams"]["lambda_scaling"] = "init_norm"
+            continue
+        if token.startswith("ft") and token[2:].isdigit():
+            out["finetune_epochs"] = int(token[2:])
+            continue
+        if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
+            out["finetune_epochs"], out["decouple"] = int(token[3:]), False
+            continue
+        for prefix, key in _RECIPE_KEYS.items():
+            if token.startswith(prefix):
+                try:
+                    out["hparams"][key] = float(token[len(prefix):])
+                except ValueError:
+                    break
+                break
+        else:
+            raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, steady, "
+                             f"ft<N>, cft<N>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+        if key not in out["hparams"]:
+            raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
+    return out
 
 
 def _log(message: str) -> None:
@@ -66,6 +109,8 @@ def structure_of(name: str, model):
     if name in ("auto", "elementwise"):
         return name
     mapping = tfd.structures_for(model)
+    if name == "filter":  # conv filters as groups; dense kernels uncoupled (plain SGD)
+        return {k: (v if v == "filter" else None) for k, v in mapping.items()}
     last = list(mapping)[-1]  # the logits stay elementwise: a class unit is never dropped
     return {k: ("neuron" if v == "elementwise" and k != last else v) for k, v in mapping.items()}
 
@@ -105,26 +150,36 @@ def _filters(report, model) -> tuple:
 
 
 def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=(),
-                 lambda_=None) -> dict:
+                 lambda_=None, recipe="paper") -> dict:
     """One DessiLBI run under the protocol: dense W, W*, supports (saved in ``work`` at ``ticket_steps``).
 
-    ``lambda_`` overrides `HPARAMS`' λ (`bench.sparse_compare` searches it).
+    ``recipe`` is a `parse_recipe` name; ``lambda_`` overrides λ
+    (`bench.sparse_compare` searches it).
     """
     import keras
 
     import tf_dessilbi as tfd
+    from tf_dessilbi.dessilbi import finetune, path_speed
 
+    settings = parse_recipe(recipe)
+    hparams = {**HPARAMS, **settings["hparams"], **({} if lambda_ is None else {"lambda_": float(lambda_)})}
     keras.utils.clear_session()
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
     model = build(model_name, seed)
     optimizer = tfd.DessiLBI(learning_rate=protocol.lr_schedule(data.steps_per_epoch, epochs),
-                             structure=structure_of(structure, model),
-                             **{**HPARAMS, **({} if lambda_ is None else {"lambda_": float(lambda_)})})
+                             structure=structure_of(structure, model), **hparams)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     supports = _Supports(set(ticket_steps))
-    result = protocol.train(model, data, epochs, callbacks=[supports], compile=False)
+    callbacks = [supports]
+    if settings["steady"]:
+        callbacks.append(path_speed.SteadyPathSpeed())
+    if settings["finetune_epochs"]:
+        callbacks.append(finetune.WStarFinetune(max(0, epochs - settings["finetune_epochs"]),
+                                                decouple=settings["decouple"]))
+    result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
+    result["recipe"], result["hparams"] = recipe, hparams
     result["w_accuracy"] = result.pop("accuracy")
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])
@@ -136,12 +191,12 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                           for r in report.rows})
     result["supports"] = {}
     for step, mask in supports.masks.items():
-        path = os.path.join(work, f"support_{model_name}_{structure}_e{epochs}_s{seed}_step{step}.npz")
+        path = os.path.join(work, f"support_{model_name}_{structure}_{recipe}_e{epochs}_s{seed}_step{step}.npz")
         os.makedirs(work, exist_ok=True)
         mask.save(path)
         k, t = mask.weights_kept, mask.weights_total
         result["supports"][str(step)] = {"file": os.path.basename(path), "weight_fraction": k / t}
-    _log(f"{model_name} dessilbi {structure} seed {seed}: W {result['w_accuracy']:.4f}, "
+    _log(f"{model_name} dessilbi {structure} {recipe} seed {seed}: W {result['w_accuracy']:.4f}, "
          f"W* {result['w_star_accuracy']:.4f}, filters {kept}/{total}")
     return result
 
@@ -178,7 +233,7 @@ def run(args) -> dict:
     work = args.work
     spe = (args.limit or protocol.NUM_TRAIN) // protocol.BATCH_SIZE
     total = args.epochs * spe
-    steps = sorted({max(1, int(round(f * total))) for f in args.ticket_fractions})
+    steps = sorted({max(1, int(f * total)) for f in args.ticket_fractions})  # never past f
     tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
     out = {"seeds": {}}
     for seed in args.seeds:
@@ -194,18 +249,22 @@ def run(args) -> dict:
             seed_out["sgd"] = protocol.run_cached(work, f"sgd_{args.model}_{tag}_s{seed}",
                                                   lambda: sgd_run(args.model, seed, args.epochs,
                                                                   args.limit))
-        for structure in args.structures:
-            seed_out[structure] = protocol.run_cached(
-                work, f"dessilbi_{args.model}_{structure}_{tag}_s{seed}",
-                lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,
-                                     steps if structure == "auto" else ()))
-        auto = seed_out.get("auto")
+        for recipe in args.recipes:
+            suffix = "" if recipe == "paper" else f"_{recipe}"
+            for structure in args.structures:
+                tickets_here = structure == "auto" and recipe == args.ticket_recipe
+                seed_out[f"{structure}:{recipe}"] = protocol.run_cached(
+                    work, f"dessilbi_{args.model}_{structure}_{tag}_s{seed}{suffix}",
+                    lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,
+                                         steps if tickets_here else (), recipe=recipe))
+        auto = seed_out.get(f"auto:{args.ticket_recipe}")
         seed_out["tickets"] = {}
         if auto and args.tickets:
+            suffix = "" if args.ticket_recipe == "paper" else f"_{args.ticket_recipe}"
             for step in steps:
                 support = auto["supports"][str(step)]
                 seed_out["tickets"][str(step)] = protocol.run_cached(
-                    work, f"ticket_{args.model}_{tag}_s{seed}_step{step}",
+                    work, f"ticket_{args.model}_{tag}_s{seed}_step{step}{suffix}",
                     lambda: ticket_run(args.model, seed, args.epochs, work, support["file"],
                                        auto["w_accuracy"], args.limit))
                 seed_out["tickets"][str(step)]["fraction"] = step / total
@@ -219,6 +278,40 @@ def _mean_sd(values) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _recipes_tried(args) -> list:
+    """Every DessiLBI run of this model and budget in the work dir (seed 0): the tuning record."""
+    import glob
+
+    tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
+    runs = []
+    for path in glob.glob(os.path.join(args.work, f"dessilbi_{args.model}_*_{tag}_s0*.json")):
+        with open(path) as f:
+            r = json.load(f)
+        if r.get("seed") == 0 and r.get("epochs", args.epochs) == args.epochs:
+            runs.append(r)
+    if not runs:
+        return []
+    lines = ["", "## Every recipe measured (seed 0)", "",
+             "Recipe tokens: `paper` the paper's iteration with the protocol's α; `init` "
+             "λ in units of each layer's RMS initial unit norm (`lambda_scaling=\"init_norm\"`); "
+             "`steady` μ ∝ α once α peaks (`SteadyPathSpeed`); `ftN` the last N epochs train W* "
+             "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
+             "the coupling on; `lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
+             "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
+             "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
+             "kernel elementwise.", "",
+             "| structure | recipe | dense W | W* | conv filters kept (per layer) | coupled weights kept |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["structure"], r.get("recipe", "paper"))):
+        convs = [v for k, v in r["layers"].items() if k.startswith("conv")]
+        per_layer = "/".join(str(v[0]) for v in convs) if len(convs) <= 4 else ""
+        lines.append(f"| {r['structure']} | {r.get('recipe', 'paper')} | {100 * r['w_accuracy']:.2f} "
+                     f"| {100 * r['w_star_accuracy']:.2f} | {r['filters_kept']}/{r['filters_total']}"
+                     f"{' (' + per_layer + ')' if per_layer else ''} | "
+                     f"{100 * r['weight_fraction']:.1f} % |")
+    return lines
+
+
 def to_markdown(results, args) -> str:
     seeds = [results["seeds"][str(s)] for s in args.seeds if str(s) in results["seeds"]]
     sgd = [s["sgd"]["accuracy"] for s in seeds]
@@ -228,17 +321,18 @@ def to_markdown(results, args) -> str:
         f"Protocol: `bench/protocol.py` (E = {args.epochs} epochs, warm-up 1 epoch then cosine to "
         f"0, Nesterov 0.9, peak lr 0.05), seeds {', '.join(map(str, args.seeds))}. DessiLBI: "
         f"κ {HPARAMS['kappa']:g}, μ {HPARAMS['mu']:g}, λ {HPARAMS['lambda_']:g} (fan-in "
-        f"scaling), α = the protocol's schedule. Accuracy: 10k test images, %, mean ± sd over "
-        f"seeds.", "",
+        f"scaling) unless the recipe says otherwise (tokens below), α = the protocol's "
+        f"schedule. Accuracy: 10k test images, %, mean ± sd over seeds.", "",
         "| run | dense W | Δ vs SGD | W* | Δ vs SGD | weights kept | conv filters kept | "
         "target (W ≥ SGD − 0.3, W* ≥ SGD − 0.5 with ≥ 50 % filters out) |",
         "|---|---|---|---|---|---|---|---|",
         f"| SGD | {_mean_sd(sgd)} | — | — | — | 100 % | all | — |",
     ]
-    for structure in args.structures:
-        runs = [s[structure] for s in seeds if structure in s]
+    for key in [f"{st}:{r}" for r in args.recipes for st in args.structures]:
+        runs = [s[key] for s in seeds if key in s]
         if not runs:
             continue
+        structure, recipe = key.split(":")
         w = [r["w_accuracy"] for r in runs]
         ws = [r["w_star_accuracy"] for r in runs]
         dw = 100 * (statistics.mean(w) - statistics.mean(sgd))
@@ -248,12 +342,14 @@ def to_markdown(results, args) -> str:
         out_frac = 1 - kept / tot if tot else 0.0
         ok = dw >= -0.3 and dws >= -0.5 and out_frac >= 0.5
         lines.append(
-            f"| DessiLBI {structure} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
+            f"| DessiLBI {structure}, {recipe} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
             f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
             f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | {'holds' if ok else 'does not hold'} |")
+    lines += _recipes_tried(args)
     tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
     if tickets:
-        lines += ["", "## Early tickets (supp Γ of DessiLBI auto, retrained from θ₀ with SGD)", "",
+        lines += ["", f"## Early tickets (supp Γ of DessiLBI auto, {args.ticket_recipe}, retrained "
+                  "from θ₀ with SGD under the protocol)", "",
                   "| seed | taken at | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
                   "random mask | verdict |", "|---|---|---|---|---|---|---|---|"]
         for seed, step, t in tickets:
@@ -266,7 +362,8 @@ def to_markdown(results, args) -> str:
                 f"| {t['verdict']} |")
     lines += ["", "Wall clock per run (s): " + ", ".join(
         f"seed {seed} {name} {s[name]['wall_s']:.0f}" for seed, s in zip(args.seeds, seeds)
-        for name in ["sgd", *args.structures] if name in s and "wall_s" in s[name]), ""]
+        for name in ["sgd", *[f"{st}:{r}" for r in args.recipes for st in args.structures]]
+        if name in s and "wall_s" in s[name]), ""]
     return "\n".join(lines)
 
 
@@ -276,6 +373,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
+    parser.add_argument("--recipes", nargs="+", default=[RECIPE],
+                        help="DessiLBI recipes (see parse_recipe), e.g. paper steady+ft1")
+    parser.add_argument("--ticket-recipe", default=None,
+                        help="the recipe whose auto run gives the tickets (default: the first)")
     parser.add_argument("--ticket-fractions", type=float, nargs="+", default=list(TICKET_FRACTIONS))
     parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
@@ -285,6 +386,12 @@ def main(argv=None):
     bad = [f for f in args.ticket_fractions if not 0.0 < f <= 1.0]
     if bad:
         parser.error(f"--ticket-fractions must lie in (0, 1]; received {bad}")
+    for recipe in args.recipes + ([args.ticket_recipe] if args.ticket_recipe else []):
+        try:
+            parse_recipe(recipe)
+        except ValueError as err:
+            parser.error(str(err))
+    args.ticket_recipe = args.ticket_recipe or args.recipes[0]
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1; received {args.epochs}")
     args.command = "python -m bench.parity " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -30,7 +30,14 @@ def group_soft_threshold(v, lam):
     return out
 
 
-def threshold(lam, shape, structure, lambda_scaling):
+def threshold(lam, shape, structure, lambda_scaling, w0=None):
+    if lambda_scaling == "init_norm":
+        # λ × the RMS initial entry (elementwise) or RMS initial unit norm (groups).
+        w0 = np.asarray(w0, np.float64)
+        if structure == "elementwise":
+            return lam * np.sqrt(np.mean(w0 ** 2))
+        units = w0.reshape(-1, w0.shape[-1])
+        return lam * np.sqrt(np.mean(np.sum(units ** 2, axis=0)))
     if structure == "elementwise" and lambda_scaling == "fan_in":
         return lam / np.sqrt(np.prod(shape[:-1]))
     return lam
@@ -42,6 +49,7 @@ class ReferenceDessiLBI:
     def __init__(self, weights, structures, kappa, mu, lam, momentum,
                  nesterov, lambda_scaling):
         self.w = [np.array(w, dtype=np.float64) for w in weights]
+        self.w0 = [w.copy() for w in self.w]
         self.structures = structures
         self.b = [np.zeros_like(w) for w in self.w]
         self.v = [np.zeros_like(w) for w in self.w]
@@ -66,7 +74,7 @@ class ReferenceDessiLBI:
             w_old, gamma_old = self.w[i], self.gamma[i]
             self.w[i] = w_old - k * lr * (d + (w_old - gamma_old) / mu)
             self.v[i] = self.v[i] + (lr / mu) * (w_old - gamma_old)
-            lam = threshold(self.lam, self.w[i].shape, s, self.lambda_scaling)
+            lam = threshold(self.lam, self.w[i].shape, s, self.lambda_scaling, self.w0[i])
             if s == "elementwise":
                 self.gamma[i] = k * soft_threshold(self.v[i], lam)
             else:

@@ -87,3 +87,45 @@ def test_a_store_of_another_length_is_not_reinterpreted(extra):
     model, opt = _fresh()
     values = [ops.convert_to_numpy(v) for v in opt.variables] + [np.zeros(1)] * extra
     assert opt._drop_stored_gammas(values) == values or extra == 2
+
+
+def _init_norm_model(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(6, 3, name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(x))
+    opt = tf_dessilbi.DessiLBI(learning_rate=0.5, mu=1.0, lambda_=1.5, lambda_scaling="init_norm")
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    initial = {v.path: ops.convert_to_numpy(v) for v in model.trainable_variables}
+    x = np.random.RandomState(1).randn(16, 6, 6, 1).astype("float32")
+    y = np.arange(16) % 2
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, shuffle=False)
+    return model, opt, initial, x
+
+
+def test_init_norm_scales_are_the_initial_weights_and_survive_saving(tmp_path):
+    from tf_dessilbi.dessilbi import slbi
+
+    model, opt, initial, x = _init_norm_model(tmp_path)
+    want = {v.path: slbi.init_norm_scale(initial[v.path], s) for v, s in opt.coupled_variables()}
+    for i, (v, s) in enumerate(zip(opt._trainable_variables, opt._structures)):
+        if s is not None:
+            assert float(ops.convert_to_numpy(opt._threshold(i, "float32"))) == pytest.approx(1.5 * want[v.path], rel=1e-6)
+    supports = {v.path: ops.convert_to_numpy(opt.support(v)) for v, _ in opt.coupled_variables()}
+    assert all(0 < s.sum() < s.size for s in supports.values())  # λ·c is selective here
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    # Rebuilt on the trained weights, the scales must come from the file, not be re-measured.
+    for v, _ in loaded.optimizer.coupled_variables():
+        np.testing.assert_array_equal(ops.convert_to_numpy(loaded.optimizer.support(v)), supports[v.path])
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    ckpt = str(tmp_path / "ckpt")
+    tf.train.Checkpoint(model=model, optimizer=opt).write(ckpt)
+    fresh, fresh_opt, _, _ = _init_norm_model(tmp_path)
+    for variable in fresh_opt.variables:
+        variable.assign(ops.zeros_like(variable))
+    tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(ckpt).assert_consumed()
+    for v, _ in fresh_opt.coupled_variables():
+        np.testing.assert_array_equal(ops.convert_to_numpy(fresh_opt.support(v)), supports[v.path])

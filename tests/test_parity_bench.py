@@ -21,8 +21,23 @@ def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
     by_layer = {k.split("/")[0].strip("^"): v for k, v in mapping.items()}
     assert by_layer == {"conv1": "filter", "conv2": "filter", "conv3": "filter", "fc1": "neuron",
                         "logits": "elementwise"}
+    filters_only = {k.split("/")[0].strip("^"): v for k, v in parity.structure_of("filter", model).items()}
+    assert filters_only == {"conv1": "filter", "conv2": "filter", "conv3": "filter", "fc1": None,
+                            "logits": None}
     assert parity.structure_of("auto", model) == "auto"
     assert parity.structure_of("elementwise", model) == "elementwise"
+
+
+def test_recipes_parse_into_the_settings_of_a_run():
+    assert parity.parse_recipe("paper") == {"hparams": {}, "steady": False, "finetune_epochs": 0,
+                                            "decouple": True}
+    got = parity.parse_recipe("init+steady+ft2+lam0.5+mu40")
+    assert got == {"hparams": {"lambda_scaling": "init_norm", "lambda_": 0.5, "mu": 40.0},
+                   "steady": True, "finetune_epochs": 2, "decouple": True}
+    assert parity.parse_recipe("cft1")["decouple"] is False
+    for bad in ("fast", "lam", "lamx", "ft", "paper+"):
+        with pytest.raises(ValueError, match="(?i)recipe token"):
+            parity.parse_recipe(bad)
 
 
 def test_resnet20_takes_fashion_mnist_images():
@@ -37,11 +52,14 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
     out = tmp_path / "PARITY.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.parity", "--epochs", "2", "--limit", "512", "--seeds", "0",
-         "--ticket-fractions", "0.5", "--work", str(tmp_path / "w" / "parity"), "--out", str(out)],
+         "--ticket-fractions", "0.5", "--recipes", "init+ft1+lam0.5", "paper",
+         "--work", str(tmp_path / "w" / "parity"), "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for structure in parity.STRUCTURES:
-        assert f"| DessiLBI {structure} |" in text
+        for recipe in ("init+ft1+lam0.5", "paper"):
+            assert f"| DessiLBI {structure}, {recipe} |" in text
+            assert f"| {structure} | {recipe} |" in text  # the tuning record
     assert "| 0 | step 4 (50 % of the budget) |" in text
-    assert (tmp_path / "w" / "parity" / "support_fmnist_auto_e2_s0_step4.npz").exists()
+    assert (tmp_path / "w" / "parity" / "support_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()

@@ -109,3 +109,19 @@ def test_step_equals_the_pieces_applied_by_hand(structure, momentum, nesterov):
         assert (a is None) == (b_ is None)
         if a is not None:
             np.testing.assert_allclose(_np(a), _np(b_), rtol=1e-6, atol=1e-7)
+
+
+def test_init_norm_scale():
+    rng = np.random.RandomState(3)
+    w0 = rng.randn(3, 3, 2, 4)
+    # Groups: √(mean over the 4 units of ‖W₀_g‖²); elementwise: √(mean W₀²) = that / √fan_in.
+    unit_norms = np.sqrt((w0.reshape(-1, 4) ** 2).sum(axis=0))
+    assert slbi.init_norm_scale(w0, "filter") == pytest.approx(np.sqrt(np.mean(unit_norms ** 2)))
+    assert slbi.init_norm_scale(w0, "elementwise") == pytest.approx(np.sqrt(np.mean(w0 ** 2)))
+    assert slbi.init_norm_scale(w0, "elementwise") == pytest.approx(
+        slbi.init_norm_scale(w0, "filter") / np.sqrt(18))
+    assert slbi.init_norm_scale(2 * w0, "filter") == pytest.approx(2 * slbi.init_norm_scale(w0, "filter"))
+    # An all-zero start falls back to "fan_in".
+    assert slbi.init_norm_scale(np.zeros((8, 4)), "elementwise") == pytest.approx(1 / np.sqrt(8))
+    with pytest.raises(ValueError, match="init_norm"):
+        slbi.threshold_scale((8, 4), "elementwise", "init_norm")

@@ -153,3 +153,23 @@ def pack_inputs(model, flat):
     """``flat`` in the structure of a graph model's inputs."""
     graph = functional_graph(model)
     return keras.tree.pack_sequence_as(graph._inputs_struct, list(flat))
+
+
+def sync_jax_state(model) -> None:
+    """On JAX, `fit` keeps variable values outside the variables during an
+    epoch; syncing writes them back, and the trainer re-reads the variables
+    (so a callback's assignment takes effect at the next step). A no-op on
+    the other backends."""
+    if keras.backend.backend() == "jax" and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
+def eager_numpy(variable):
+    """A variable's value as NumPy, also while a `tf.function` is being traced
+    (read in `tf.init_scope`, where it exists eagerly)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.init_scope():
+            return keras.ops.convert_to_numpy(variable)
+    return keras.ops.convert_to_numpy(variable)

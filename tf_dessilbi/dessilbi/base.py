@@ -24,11 +24,12 @@ from typing import Optional
 
 from keras import ops
 
+from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import slbi
 from tf_dessilbi.dessilbi import structures as structures_lib
 
-LAMBDA_SCALINGS = ("fan_in", "none")
+LAMBDA_SCALINGS = ("fan_in", "none", "init_norm")
 
 
 def validate_hyperparameters(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure):
@@ -124,10 +125,20 @@ class DessiLBIMixin:
     def _build_dessilbi(self, variables, resolved) -> None:
         """Creates the momentum buffers, V and Γ (``resolved`` from `_resolve_structures`)."""
         self._structures = list(resolved)
-        self._threshold_scales = [
-            None if s is None else slbi.threshold_scale(v.shape, s, self.lambda_scaling)
-            for v, s in zip(variables, resolved)
-        ]
+        if self.lambda_scaling == "init_norm":
+            # Measured on the values the optimizer is built on (the initial
+            # weights) and kept as variables, created before the slots so the
+            # Vs stay the last variables: saved and restored with the state.
+            self._threshold_scales = [
+                None if s is None else self._new_hyper_variable(
+                    slbi.init_norm_scale(_compat.eager_numpy(v), s), f"lambda_scale_{i}")
+                for i, (v, s) in enumerate(zip(variables, resolved))
+            ]
+        else:
+            self._threshold_scales = [
+                None if s is None else slbi.threshold_scale(v.shape, s, self.lambda_scaling)
+                for v, s in zip(variables, resolved)
+            ]
         self._momentums = (
             [self._new_slot(v, "momentum") for v in variables] if self.momentum != 0.0 else []
         )
@@ -161,7 +172,10 @@ class DessiLBIMixin:
 
     def _threshold(self, index, dtype):
         """λ·c of variable ``index`` (c from `slbi.threshold_scale`)."""
-        return ops.cast(self._lambda, dtype) * self._threshold_scales[index]
+        scale = self._threshold_scales[index]
+        if not isinstance(scale, float):
+            scale = ops.cast(scale, dtype)
+        return ops.cast(self._lambda, dtype) * scale
 
     # -- public accessors --------------------------------------------------------
     def variable_structure(self, variable) -> Optional[str]:

@@ -64,8 +64,12 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             λ/√fan_in (fan_in = entries per output unit) and groups at λ, so
             one λ means the same for every layer and structure; ``"none"``
             thresholds every structure at λ exactly (the authors' base code,
-            whose λ = 1 leaves wide dense layers almost empty). Defaults to
-            `"fan_in"`.
+            whose λ = 1 leaves wide dense layers almost empty);
+            ``"init_norm"`` thresholds each kernel at λ × its RMS initial unit
+            norm (groups) or entry (elementwise), measured when the optimizer
+            is built and saved with its state: λ is a multiple of the layer's
+            own initial scale, whatever its initializer and width
+            (`slbi.init_norm_scale`). Defaults to `"fan_in"`.
         **kwargs: the base optimizer arguments (`weight_decay`, `clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,
             `ema_overwrite_frequency`, `loss_scale_factor`,

@@ -94,14 +94,40 @@ def threshold_scale(shape, structure: str, lambda_scaling: str) -> float:
     """Factor c with per-variable threshold ``λ·c``.
 
     ``"none"``: c = 1 everywhere (λ is the raw threshold on |V| or ‖V_g‖).
+    ``"init_norm"`` depends on the initial values: see `init_norm_scale`.
     ``"fan_in"``: c = 1 for groups and ``1/√fan_in`` for elementwise kernels,
     fan_in being the entries per output unit (all axes but the last). A group
     of n entries of size a has norm a·√n, so this makes λ mean the same for a
     single weight as for the unit that holds it, whatever the layer width.
     """
+    if lambda_scaling == "init_norm":
+        raise ValueError("lambda_scaling='init_norm' needs the initial values: use init_norm_scale().")
     if lambda_scaling == "none" or structure != ELEMENTWISE:
         return 1.0
     fan_in = 1
     for dim in shape[:-1]:
         fan_in *= int(dim)
     return 1.0 / (max(fan_in, 1) ** 0.5)
+
+
+def init_norm_scale(initial, structure: str) -> float:
+    """Factor c of ``lambda_scaling="init_norm"``, from a kernel's initial value W₀.
+
+    Groups: c = the RMS initial unit norm, √(Σ W₀² / units); elementwise:
+    c = the RMS initial entry, √(mean W₀²) (= the former / √fan_in, so one λ
+    means the same for a unit and for its entries, as with ``"fan_in"``).
+    λ is then a multiple of the layer's typical initial norm: under the
+    coupling an unimportant unit's ‖V_g‖ tends to its initial ‖W₀_g‖, so
+    λ > 1 admits only units that grew. An all-zero W₀ gives the
+    ``"fan_in"`` factor.
+    """
+    import numpy as np
+
+    w = np.asarray(initial, dtype=np.float64)
+    units = int(w.shape[-1]) if w.ndim else 1
+    total = float((w ** 2).sum())
+    if total == 0.0 or w.size == 0:
+        return threshold_scale(w.shape, structure, "fan_in")
+    if structure == ELEMENTWISE:
+        return (total / w.size) ** 0.5
+    return (total / max(units, 1)) ** 0.5

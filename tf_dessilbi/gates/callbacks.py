@@ -7,15 +7,12 @@ from typing import Optional
 import keras
 from absl import logging
 
+from tf_dessilbi import _compat
 from tf_dessilbi.gates import gating
 from tf_dessilbi.gates import schedules
 
 
-def _sync_jax_state(model):
-    """On JAX, `fit` keeps variable values outside the variables during an
-    epoch; syncing them back makes the trainer re-read our assignment."""
-    if keras.backend.backend() == "jax" and hasattr(model, "jax_state_sync"):
-        model.jax_state_sync()
+_sync_jax_state = _compat.sync_jax_state
 
 
 class GateTemperature(keras.callbacks.Callback):

@@ -20,7 +20,7 @@ SCHEDULES = ("constant", "cosine", "piecewise", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRUCTURES = ("auto", "elementwise", "filter_neuron")
-LAMBDA_SCALINGS = ("fan_in", "none")
+LAMBDA_SCALINGS = ("fan_in", "none", "init_norm")
 GRANULARITIES = ("weight", "filter", "neuron")
 REWINDS = ("init", "epoch")
 
@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.lambda_ = 1.0  # DessiLBI λ
     c.optimizer.structure = "auto"  # auto | elementwise | filter_neuron
     c.optimizer.lambda_scaling = "fan_in"
+    # DessiLBI under a decaying lr: hold V's speed α/μ once α peaks (SteadyPathSpeed),
+    # and train W* on its support in the last N epochs (WStarFinetune; 0: off).
+    c.optimizer.steady_path = False
+    c.optimizer.finetune_epochs = 0
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -223,6 +227,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "mixed_precision", PRECISIONS)
     _choice(config, "optimizer.structure", STRUCTURES)
     _choice(config, "optimizer.lambda_scaling", LAMBDA_SCALINGS)
+    _choice(config, "optimizer.steady_path", (True, False))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -235,7 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "data.train_limit", "data.eval_limit", "data.image_size",
         "data.shuffle_buffer", "schedule.step_epochs",
         "early_tickets.retrain_epochs", "early_tickets.rewind_epoch",
-        "gates.rewind_epoch", "outputs.export_version",
+        "gates.rewind_epoch", "outputs.export_version", "optimizer.finetune_epochs",
     ):
         _number(config, field, 0, integer=True)
     for field in ("outputs.summary_every_steps", "outputs.path_points"):
@@ -267,6 +272,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.schedule.warmup_epochs >= config.num_epochs:
         _fail("schedule.warmup_epochs", config.schedule.warmup_epochs,
               f"< num_epochs={config.num_epochs}")
+    if config.optimizer.name != "dessilbi":
+        for field in ("steady_path", "finetune_epochs"):
+            if config.optimizer[field]:
+                _fail(f"optimizer.{field}", config.optimizer[field],
+                      "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
+    if config.optimizer.finetune_epochs >= config.num_epochs:
+        _fail("optimizer.finetune_epochs", config.optimizer.finetune_epochs,
+              f"< num_epochs={config.num_epochs} (DessiLBI needs epochs to find the support)")
     tickets = tuple(config.early_tickets.epochs)
     if tickets:
         if config.optimizer.name != "dessilbi":

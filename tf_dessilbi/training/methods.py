@@ -92,6 +92,17 @@ def _dessilbi_finish(config, model, evaluate) -> dict:
         return {"eval_w_star": evaluate()}
 
 
+def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
+    from tf_dessilbi.dessilbi import finetune, path_speed
+
+    cbs = []
+    if config.optimizer.steady_path:
+        cbs.append(path_speed.SteadyPathSpeed())
+    if config.optimizer.finetune_epochs:
+        cbs.append(finetune.WStarFinetune(config.num_epochs - config.optimizer.finetune_epochs))
+    return cbs
+
+
 # -- Continuous Sparsification ---------------------------------------------------
 def _cs_prepare(config, model, data, steps_per_epoch) -> keras.Model:
     import tf_dessilbi as tfd
@@ -168,7 +179,7 @@ def _cs_search_run(config, workdir, data, strategy) -> dict:
 
 METHODS: Dict[str, Method] = {
     "sgd": Method(description="dense training with the configured optimizer"),
-    "dessilbi": Method(finish=_dessilbi_finish, description="DessiLBI: W and Γ, W* on supp(Γ)"),
+    "dessilbi": Method(callbacks=_dessilbi_callbacks, finish=_dessilbi_finish, description="DessiLBI: W and Γ, W* on supp(Γ)"),
     "cs": Method(
         prepare=_cs_prepare, callbacks=_cs_callbacks, finish=_cs_finish,
         description="Continuous Sparsification: soft gates annealed to a hard mask",

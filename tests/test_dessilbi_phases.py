@@ -1,0 +1,239 @@
+"""`SteadyPathSpeed` (μ tracks a decaying α) and `WStarFinetune` (train W* on its support).
+
+Backend-agnostic (pure Keras 3): tests/test_backends.py reruns this file under
+the JAX and PyTorch backends.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import tf_dessilbi
+from tf_dessilbi import DessiLBI
+from tf_dessilbi.dessilbi import finetune
+from tf_dessilbi.dessilbi import path_speed
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6, 6, 2)).astype("float32")
+    y = (x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + 2 * (x[..., 1].mean(axis=(1, 2)) > 0)
+    return x, y.astype("int32")
+
+
+def _model(bn=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(8, 3, use_bias=not bn, name="conv")(inputs)
+    if bn:
+        x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(6, activation="relu", name="hidden")(x)
+    outputs = keras.layers.Dense(4, name="head")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _compile(model, lr, **kwargs):
+    opt = DessiLBI(lr, **{"kappa": 1.0, "mu": 5.0, "lambda_": 0.3, **kwargs})
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return opt
+
+
+class _Trace(keras.callbacks.Callback):
+    """μ and α as the step about to run sees them (runs after the callback under test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu, self.lr = [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        opt = self.model.optimizer
+        self.mu.append(float(ops.convert_to_numpy(opt.mu)))
+        self.lr.append(float(ops.convert_to_numpy(opt.learning_rate)))
+
+
+def _warmup_cosine(total, warmup, peak):
+    return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, alpha=0.0,
+                                                  warmup_target=peak, warmup_steps=warmup)
+
+
+def _reference_mu(lrs, mu0, floor, peak=0.0):
+    """NumPy: μ_k = μ₀·min(1, max(α_k/α_peak, floor)), α_peak the running max of α."""
+    out, running = [], peak
+    for lr in lrs:
+        running = max(running, lr)
+        out.append(mu0 if running == 0 else mu0 * min(1.0, max(lr / running, floor)))
+    return np.array(out)
+
+
+def test_path_mu_formula():
+    assert path_speed.path_mu(20.0, 0.05, 0.05, 1e-3) == 20.0
+    assert path_speed.path_mu(20.0, 0.0125, 0.05, 1e-3) == pytest.approx(5.0)
+    assert path_speed.path_mu(20.0, 0.0, 0.05, 1e-3) == pytest.approx(0.02)
+    assert path_speed.path_mu(20.0, 0.1, 0.05, 1e-3) == 20.0  # never above μ₀
+
+
+def test_steady_path_speed_follows_the_decay_and_restores_mu():
+    x, y = _data()
+    model = _model()
+    steps, warmup = 16, 4  # 4 batches of 16 per epoch, 4 epochs
+    opt = _compile(model, _warmup_cosine(steps, warmup, 0.2))
+    trace = _Trace()
+    model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+              callbacks=[path_speed.SteadyPathSpeed(floor=0.05), trace])
+    np.testing.assert_allclose(trace.mu, _reference_mu(trace.lr, 5.0, 0.05), rtol=1e-5)
+    # Warm-up: the paper's μ; decay: α/μ held at the peak's 0.2/5 (until the floor).
+    assert trace.mu[:warmup + 1] == pytest.approx([5.0] * (warmup + 1))
+    speed = np.array(trace.lr[warmup:]) / np.array(trace.mu[warmup:])
+    above_floor = np.array(trace.lr[warmup:]) > 0.05 * 0.2
+    np.testing.assert_allclose(speed[above_floor], 0.2 / 5.0, rtol=1e-5)
+    assert trace.mu[-1] < 5.0 * 0.5  # it really moved
+    assert float(ops.convert_to_numpy(opt.mu)) == 5.0  # μ₀ back for the config
+    assert opt.get_config()["mu"] == 5.0
+
+
+def test_steady_path_speed_resumed_mid_decay_keeps_the_peak():
+    """A second fit in the decay phase reads α_peak from the schedule, not from α now."""
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, _warmup_cosine(16, 4, 0.2))
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)  # 8 steps, peak passed
+    trace = _Trace()
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+              callbacks=[path_speed.SteadyPathSpeed(floor=0.05), trace])
+    np.testing.assert_allclose(trace.mu, _reference_mu(trace.lr, 5.0, 0.05, peak=0.2), rtol=1e-5)
+    assert trace.mu[0] < 5.0
+    assert float(ops.convert_to_numpy(opt.mu)) == 5.0
+
+
+def test_steady_path_speed_moves_v_further_under_decay():
+    """V's path time Σα/μ: the steady run's V travels further than the paper's."""
+    x, y = _data()
+    norms = []
+    for callbacks in ([], [path_speed.SteadyPathSpeed()]):
+        model = _model()
+        opt = _compile(model, _warmup_cosine(16, 4, 0.2))
+        model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
+        norms.append(float(np.linalg.norm(ops.convert_to_numpy(opt.v(model.get_layer("conv").kernel)))))
+    assert norms[1] > 1.2 * norms[0]
+
+
+def test_steady_path_speed_arguments_and_optimizer():
+    with pytest.raises(ValueError, match="floor"):
+        path_speed.SteadyPathSpeed(floor=0.0)
+    with pytest.raises(ValueError, match="floor"):
+        path_speed.SteadyPathSpeed(floor=1.5)
+    with pytest.raises(TypeError, match="floor"):
+        path_speed.SteadyPathSpeed(floor="x")
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="needs a tf_dessilbi.DessiLBI optimizer"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[path_speed.SteadyPathSpeed()])
+
+
+class _Snapshots(keras.callbacks.Callback):
+    """W and supp Γ of the conv kernel at the end of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.support = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        kernel = self.model.get_layer("conv").kernel
+        self.w.append(ops.convert_to_numpy(kernel).copy())
+        self.support.append(ops.convert_to_numpy(self.model.optimizer.support(kernel)).copy())
+
+
+def _assert_is_w_star(model, opt, bn=False):
+    for name in ("conv", "hidden", "head"):
+        layer = model.get_layer(name)
+        w = ops.convert_to_numpy(layer.kernel)
+        support = ops.convert_to_numpy(opt.support(layer.kernel))
+        np.testing.assert_array_equal(w[~support], 0)
+        kept = support.reshape(-1, support.shape[-1]).any(axis=0)
+        if layer.bias is not None:
+            np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias)[~kept], 0)
+    if bn:
+        kept = ops.convert_to_numpy(opt.support(model.get_layer("conv").kernel))
+        kept = kept.reshape(-1, kept.shape[-1]).any(axis=0)
+        norm = model.get_layer("bn")
+        np.testing.assert_array_equal(ops.convert_to_numpy(norm.gamma)[~kept], 0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(norm.beta)[~kept], 0)
+
+
+@pytest.mark.parametrize("bn,decouple", [(False, True), (True, True), (False, False), (True, False)])
+def test_w_star_finetune_ends_at_w_star_and_freezes_entries(bn, decouple):
+    x, y = _data()
+    model = _model(bn=bn)
+    opt = _compile(model, 0.2, structure="auto")
+    snaps = _Snapshots()
+    trace = _Trace()
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+              callbacks=[finetune.WStarFinetune(start_epoch=3, decouple=decouple), snaps, trace])
+    mu_during = set(trace.mu[12:])  # 4 steps per epoch: epochs 3, 4
+    assert mu_during == ({finetune.DECOUPLED_MU} if decouple else {5.0})
+    assert set(trace.mu[:12]) == {5.0}
+    assert float(ops.convert_to_numpy(opt.mu)) == 5.0
+    if decouple:  # V, hence the support, is fixed
+        for later in snaps.support[3:]:
+            np.testing.assert_array_equal(later, snaps.support[2])
+    # Before the fine-tune W is dense off the support; at the end W == W*.
+    assert np.any(snaps.w[2][~snaps.support[2]] != 0)
+    assert snaps.support[2].any() and not snaps.support[2].all()  # a selective support
+    _assert_is_w_star(model, opt, bn=bn)
+    # No weight enters the support during the fine-tune (V is still off it).
+    start = snaps.support[2]
+    for later in snaps.support[3:]:
+        assert not np.any(later & ~start)
+    # Evaluating the model is evaluating W*: apply_w_star changes nothing.
+    before = [ops.convert_to_numpy(v).copy() for v in model.weights]
+    with tf_dessilbi.apply_w_star(model, opt):
+        after = [ops.convert_to_numpy(v) for v in model.weights]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_w_star_finetune_with_steady_path_speed_keeps_mu_decoupled_then_restores_it():
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, _warmup_cosine(20, 4, 0.2), structure="auto")
+    trace = _Trace()
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+              callbacks=[finetune.WStarFinetune(start_epoch=3), path_speed.SteadyPathSpeed(), trace])
+    assert set(trace.mu[12:]) == {finetune.DECOUPLED_MU}  # SteadyPathSpeed yields
+    assert min(trace.mu[4:12]) < 5.0  # and it ran before
+    assert float(ops.convert_to_numpy(opt.mu)) == 5.0
+    assert not finetune.is_decoupled(opt)
+
+
+def test_w_star_finetune_trains_the_support():
+    """The fine-tune is training, not a freeze: W* moves and the loss keeps falling."""
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, 0.2, structure="auto")
+    snaps = _Snapshots()
+    history = model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+                        callbacks=[finetune.WStarFinetune(start_epoch=3), snaps])
+    w3 = np.where(snaps.support[2], snaps.w[2], 0)
+    assert np.abs(snaps.w[4] - w3)[snaps.support[4]].max() > 1e-4
+    assert history.history["loss"][-1] < history.history["loss"][3]
+    assert opt.iterations is not None
+
+
+def test_w_star_finetune_arguments_and_optimizer():
+    with pytest.raises(ValueError, match="start_epoch"):
+        finetune.WStarFinetune(start_epoch=-1)
+    with pytest.raises(TypeError, match="start_epoch"):
+        finetune.WStarFinetune(start_epoch=1.5)
+    with pytest.raises(TypeError, match="prune_bias"):
+        finetune.WStarFinetune(start_epoch=1, prune_bias="yes")
+    with pytest.raises(TypeError, match="decouple"):
+        finetune.WStarFinetune(start_epoch=1, decouple=1)
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="needs a tf_dessilbi.DessiLBI optimizer"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[finetune.WStarFinetune(0)])
