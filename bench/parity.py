@@ -104,15 +104,9 @@ def build(model_name: str, seed: int):
 
 def structure_of(name: str, model):
     """The ``DessiLBI(structure=...)`` of a structure name (as the CLI's configs)."""
-    import tf_dessilbi as tfd
+    from tf_dessilbi.dessilbi import structures
 
-    if name in ("auto", "elementwise"):
-        return name
-    mapping = tfd.structures_for(model)
-    if name == "filter":  # conv filters as groups; dense kernels uncoupled (plain SGD)
-        return {k: (v if v == "filter" else None) for k, v in mapping.items()}
-    last = list(mapping)[-1]  # the logits stay elementwise: a class unit is never dropped
-    return {k: ("neuron" if v == "elementwise" and k != last else v) for k, v in mapping.items()}
+    return structures.named_structure(name, model)
 
 
 class _Supports:
@@ -236,6 +230,17 @@ def run(args) -> dict:
     steps = sorted({max(1, int(f * total)) for f in args.ticket_fractions})  # never past f
     tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
     out = {"seeds": {}}
+
+    def cached(work_dir, name, fn):
+        """`protocol.run_cached`; with ``--render`` only what is cached (else ``None``)."""
+        if not getattr(args, "render", False):
+            return protocol.run_cached(work_dir, name, fn)
+        path = os.path.join(work_dir, f"{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
     for seed in args.seeds:
         seed_out = out["seeds"][str(seed)] = {}
         if args.model == "fmnist":  # the dense run of bench.mask_methods / sparse_compare
@@ -243,31 +248,43 @@ def run(args) -> dict:
             name = f"dense_s0_seed{seed}_e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
             from bench import mask_methods
 
-            seed_out["sgd"] = protocol.run_cached(mask_work, name, lambda: mask_methods.accuracy_run(
+            seed_out["sgd"] = cached(mask_work, name, lambda: mask_methods.accuracy_run(
                 "dense", 0.0, seed, args.epochs, args.limit))
         else:
-            seed_out["sgd"] = protocol.run_cached(work, f"sgd_{args.model}_{tag}_s{seed}",
+            seed_out["sgd"] = cached(work, f"sgd_{args.model}_{tag}_s{seed}",
                                                   lambda: sgd_run(args.model, seed, args.epochs,
                                                                   args.limit))
         for recipe in args.recipes:
             suffix = "" if recipe == "paper" else f"_{recipe}"
             for structure in args.structures:
-                tickets_here = structure == "auto" and recipe == args.ticket_recipe
-                seed_out[f"{structure}:{recipe}"] = protocol.run_cached(
-                    work, f"dessilbi_{args.model}_{structure}_{tag}_s{seed}{suffix}",
+                tickets_here = (args.tickets and structure == args.ticket_structure
+                                and recipe == args.ticket_recipe)
+                name = f"dessilbi_{args.model}_{structure}_{tag}_s{seed}{suffix}"
+                path = os.path.join(work, f"{name}.json")
+                if tickets_here and os.path.exists(path) and not args.render:
+                    with open(path) as f:  # a run without the supports: redo it
+                        if not all(str(st) in json.load(f).get("supports", {}) for st in steps):
+                            os.remove(path)
+                seed_out[f"{structure}:{recipe}"] = cached(
+                    work, name,
                     lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,
                                          steps if tickets_here else (), recipe=recipe))
-        auto = seed_out.get(f"auto:{args.ticket_recipe}")
+        auto = seed_out.get(f"{args.ticket_structure}:{args.ticket_recipe}")
         seed_out["tickets"] = {}
         if auto and args.tickets:
             suffix = "" if args.ticket_recipe == "paper" else f"_{args.ticket_recipe}"
+            if args.ticket_structure != "auto":
+                suffix += f"_{args.ticket_structure}"
             for step in steps:
-                support = auto["supports"][str(step)]
-                seed_out["tickets"][str(step)] = protocol.run_cached(
+                support = auto["supports"].get(str(step))
+                ticket = support and cached(
                     work, f"ticket_{args.model}_{tag}_s{seed}_step{step}{suffix}",
                     lambda: ticket_run(args.model, seed, args.epochs, work, support["file"],
                                        auto["w_accuracy"], args.limit))
-                seed_out["tickets"][str(step)]["fraction"] = step / total
+                if ticket:
+                    seed_out["tickets"][str(step)] = dict(ticket, fraction=step / total)
+        for key in [k for k, v in seed_out.items() if v is None]:
+            del seed_out[key]
     return out
 
 
@@ -314,7 +331,7 @@ def _recipes_tried(args) -> list:
 
 def to_markdown(results, args) -> str:
     seeds = [results["seeds"][str(s)] for s in args.seeds if str(s) in results["seeds"]]
-    sgd = [s["sgd"]["accuracy"] for s in seeds]
+    sgd = [s["sgd"]["accuracy"] for s in seeds if "sgd" in s]
     lines = [
         f"# DessiLBI vs SGD under the shared protocol ({args.model}, bench/parity.py)", "",
         "Command:", "", f"    {args.command}", "",
@@ -323,32 +340,34 @@ def to_markdown(results, args) -> str:
         f"κ {HPARAMS['kappa']:g}, μ {HPARAMS['mu']:g}, λ {HPARAMS['lambda_']:g} (fan-in "
         f"scaling) unless the recipe says otherwise (tokens below), α = the protocol's "
         f"schedule. Accuracy: 10k test images, %, mean ± sd over seeds.", "",
-        "| run | dense W | Δ vs SGD | W* | Δ vs SGD | weights kept | conv filters kept | "
+        "| run | seeds | dense W | Δ vs SGD | W* | Δ vs SGD | coupled weights kept | conv filters kept | "
         "target (W ≥ SGD − 0.3, W* ≥ SGD − 0.5 with ≥ 50 % filters out) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| SGD | {_mean_sd(sgd)} | — | — | — | 100 % | all | — |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| SGD | {len(sgd)} | {_mean_sd(sgd)} | — | — | — | 100 % | all | — |",
     ]
     for key in [f"{st}:{r}" for r in args.recipes for st in args.structures]:
-        runs = [s[key] for s in seeds if key in s]
-        if not runs:
+        pairs = [(s[key], s["sgd"]["accuracy"]) for s in seeds if key in s and "sgd" in s]
+        if not pairs:
             continue
+        runs = [r for r, _ in pairs]
+        base = statistics.mean(b for _, b in pairs)  # SGD on the same seeds
         structure, recipe = key.split(":")
         w = [r["w_accuracy"] for r in runs]
         ws = [r["w_star_accuracy"] for r in runs]
-        dw = 100 * (statistics.mean(w) - statistics.mean(sgd))
-        dws = 100 * (statistics.mean(ws) - statistics.mean(sgd))
+        dw = 100 * (statistics.mean(w) - base)
+        dws = 100 * (statistics.mean(ws) - base)
         kept = statistics.mean(r["filters_kept"] for r in runs)
         tot = runs[0]["filters_total"]
         out_frac = 1 - kept / tot if tot else 0.0
         ok = dw >= -0.3 and dws >= -0.5 and out_frac >= 0.5
         lines.append(
-            f"| DessiLBI {structure}, {recipe} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
+            f"| DessiLBI {structure}, {recipe} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
             f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
             f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | {'holds' if ok else 'does not hold'} |")
     lines += _recipes_tried(args)
     tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
     if tickets:
-        lines += ["", f"## Early tickets (supp Γ of DessiLBI auto, {args.ticket_recipe}, retrained "
+        lines += ["", f"## Early tickets (supp Γ of DessiLBI {args.ticket_structure}, {args.ticket_recipe}, retrained "
                   "from θ₀ with SGD under the protocol)", "",
                   "| seed | taken at | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
                   "random mask | verdict |", "|---|---|---|---|---|---|---|---|"]
@@ -377,8 +396,12 @@ def main(argv=None):
                         help="DessiLBI recipes (see parse_recipe), e.g. paper steady+ft1")
     parser.add_argument("--ticket-recipe", default=None,
                         help="the recipe whose auto run gives the tickets (default: the first)")
+    parser.add_argument("--ticket-structure", default=None, choices=STRUCTURES,
+                        help="the structure whose run gives the tickets (default: the first)")
     parser.add_argument("--ticket-fractions", type=float, nargs="+", default=list(TICKET_FRACTIONS))
     parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the report from the cached runs (train nothing)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
     parser.add_argument("--work", default=os.path.join(bench.WORK_DIR, "parity"))
     parser.add_argument("--out", default=os.path.join(bench.REPO_ROOT, "bench", "PARITY.md"))
@@ -392,6 +415,7 @@ def main(argv=None):
         except ValueError as err:
             parser.error(str(err))
     args.ticket_recipe = args.ticket_recipe or args.recipes[0]
+    args.ticket_structure = args.ticket_structure or args.structures[0]
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1; received {args.epochs}")
     args.command = "python -m bench.parity " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -20,6 +20,7 @@ BACKEND_AGNOSTIC_TESTS = [
     "tests/test_proximal.py",
     "tests/test_slbi.py",
     "tests/test_dessilbi.py",
+    "tests/test_dessilbi_phases.py",
     "tests/test_gates.py",
     "tests/test_sparse_gate.py",
     "tests/test_masks.py",

@@ -98,3 +98,17 @@ def test_a_registered_structure_is_picked_up():
 def test_structures_for_needs_a_built_model():
     with pytest.raises(ValueError, match="needs a built model"):
         tf_dessilbi.structures_for(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_named_structures_and_an_unknown_name():
+    from tf_dessilbi import models
+    from tf_dessilbi.dessilbi import structures
+
+    model = models.fmnist_cnn_s()
+    assert structures.named_structure("auto", model) == "auto"
+    filt = structures.named_structure("filter", model)
+    assert sorted(v for v in filt.values() if v) == ["filter"] * 3 and list(filt.values())[-2:] == [None, None]
+    fn = list(structures.named_structure("filter_neuron", model).values())
+    assert fn == ["filter", "filter", "filter", "neuron", "elementwise"]
+    with pytest.raises(ValueError, match=r"`structure` must be one of .*Received: structure='filters'"):
+        structures.named_structure("filters", model)

@@ -388,3 +388,42 @@ def test_the_default_method_follows_the_older_fields():
     assert methods.method_name(config) == "cs_search"
     with pytest.raises(ValueError, match="either a whole run"):
         methods.Method(run=lambda *a: {}, prepare=lambda *a: None)
+
+
+def test_a_decaying_schedule_with_steady_path_and_w_star_finetune(tmp_path):
+    """The protocol recipe through the CLI's training: the final model *is* W*."""
+    config = tiny_config()
+    config.num_epochs = 3
+    config.schedule.name = "cosine"
+    config.schedule.warmup_epochs = 1.0
+    config.optimizer.steady_path = True
+    config.optimizer.finetune_epochs = 1
+    config.optimizer.lambda_scaling = "init_norm"
+    config.optimizer.lambda_ = 0.12
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert summary["eval"]["accuracy"] == summary["eval_w_star"]["accuracy"]
+    assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
+    assert 0 < summary["sparsity"]["weights_kept"] < summary["sparsity"]["weights_total"]
+    with open(os.path.join(str(tmp_path), "config.json")) as f:
+        saved = json.load(f)["optimizer"]
+    assert saved["finetune_epochs"] == 1 and saved["steady_path"] is True
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
+    ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
+])
+def test_dessilbi_schedule_fields_are_validated(field, value, match):
+    config = tiny_config()
+    section, key = field.split(".")
+    with config[section].ignore_type():
+        config[section][key] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(config)
+
+
+def test_dessilbi_schedule_fields_need_dessilbi():
+    config = tiny_config("sgd")
+    config.optimizer.finetune_epochs = 1
+    with pytest.raises(ValueError, match=r"finetune_epochs=1 .*optimizer.name='dessilbi'"):
+        config_lib.validate(config)

@@ -53,7 +53,8 @@ def _targets(model: keras.Model, optimizer, prune_bias: bool) -> list:
 def _project(targets, optimizer) -> None:
     for kernel, unit_axes, unit_variables in targets:
         support = optimizer.support(kernel)
-        kernel.assign(ops.where(support, kernel, ops.zeros_like(kernel)))
+        w = ops.convert_to_tensor(kernel)
+        kernel.assign(ops.where(support, w, ops.zeros_like(w)))
         if not unit_variables:
             continue
         ndim = len(kernel.shape)
@@ -62,7 +63,7 @@ def _project(targets, optimizer) -> None:
         kept = ops.reshape(ops.any(support, axis=others) if others else support, (-1,))
         for variable in unit_variables:
             if int(np.prod(variable.shape)) == int(kept.shape[0]):
-                value = ops.reshape(variable, (-1,))
+                value = ops.reshape(ops.convert_to_tensor(variable), (-1,))
                 variable.assign(ops.reshape(ops.where(kept, value, ops.zeros_like(value)),
                                             variable.shape))
 

@@ -191,5 +191,32 @@ def structures_for(model: keras.Model) -> dict:
     }
 
 
+NAMED = ("auto", "elementwise", "filter", "filter_neuron")  # names of `named_structure`
+
+
+def named_structure(name: str, model: keras.Model):
+    """The ``structure=`` argument a structure name stands for (configs, benchmarks).
+
+    * ``"auto"``, ``"elementwise"``: the presets themselves;
+    * ``"filter"``: conv filters as groups, every other kernel uncoupled (the
+      dense layers take plain SGD steps);
+    * ``"filter_neuron"``: conv filters and hidden dense neurons as groups;
+      the last kernel (the logits) stays elementwise, as dropping a class
+      unit drops a class.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in NAMED:
+        raise ValueError(f"`structure` must be one of {NAMED}. Received: structure={name!r}")
+    if name in PRESETS:
+        return name
+    mapping = structures_for(model)  # conv → filter, dense → elementwise
+    if name == "filter":
+        return {k: (v if v == "filter" else None) for k, v in mapping.items()}
+    last = list(mapping)[-1]
+    return {k: ("neuron" if v == "elementwise" and k != last else v) for k, v in mapping.items()}
+
+
 def _path(variable) -> str:
     return getattr(variable, "path", None) or variable.name

@@ -85,19 +85,9 @@ def learning_rate_schedule(config, steps_per_epoch: int):
 
 
 def _structure(config, model):
-    name = config.optimizer.structure
-    if name == "auto":
-        return "auto"
-    mapping = tfd.structures_for(model)  # conv → filter, dense → elementwise
-    if name == "elementwise":
-        return {k: "elementwise" for k in mapping}
-    # filter_neuron: conv filters and hidden dense neurons as groups; the
-    # logits layer stays elementwise (dropping a class unit drops a class).
-    last = list(mapping)[-1]
-    return {
-        k: ("neuron" if v == "elementwise" and k != last else v)
-        for k, v in mapping.items()
-    }
+    from tf_dessilbi.dessilbi import structures
+
+    return structures.named_structure(config.optimizer.structure, model)
 
 
 def build_optimizer(config, model, steps_per_epoch: int):

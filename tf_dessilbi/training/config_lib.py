@@ -19,7 +19,7 @@ OPTIMIZERS = ("sgd", "dessilbi")
 SCHEDULES = ("constant", "cosine", "piecewise", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRUCTURES = ("auto", "elementwise", "filter_neuron")
+STRUCTURES = ("auto", "elementwise", "filter", "filter_neuron")
 LAMBDA_SCALINGS = ("fan_in", "none", "init_norm")
 GRANULARITIES = ("weight", "filter", "neuron")
 REWINDS = ("init", "epoch")
@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.kappa = 1.0  # DessiLBI κ
     c.optimizer.mu = 100.0  # DessiLBI ν (the authors' "mu")
     c.optimizer.lambda_ = 1.0  # DessiLBI λ
-    c.optimizer.structure = "auto"  # auto | elementwise | filter_neuron
+    c.optimizer.structure = "auto"  # auto | elementwise | filter | filter_neuron
     c.optimizer.lambda_scaling = "fan_in"
     # DessiLBI under a decaying lr: hold V's speed α/μ once α peaks (SteadyPathSpeed),
     # and train W* on its support in the last N epochs (WStarFinetune; 0: off).
