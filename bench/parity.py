@@ -379,6 +379,16 @@ def to_markdown(results, args) -> str:
                 f"{100 * t['weights_kept'] / t['weights_total']:.2f} % | {acc('ticket_accuracy')} | "
                 f"{acc('dense_accuracy')} | {acc('reinit_accuracy')} | {acc('random_mask_accuracy')} "
                 f"| {t['verdict']} |")
+    if tickets:
+        lines += ["", "Per budget fraction, seeds whose ticket wins (≥ dense DessiLBI W − 0.5 pt "
+                  "and beats both controls by more than the margin):", ""]
+        for step in sorted({int(k) for _, k, _ in tickets}):
+            rows = [t for _, k, t in tickets if int(k) == step]
+            won = sum(bool(t.get("winning")) for t in rows)
+            empty = sum(bool(t.get("empty_layers")) for t in rows)
+            lines.append(f"- step {step} ({100 * rows[0]['fraction']:.0f} %): wins on {won}/"
+                         f"{len(rows)} seeds" + (f" ({empty} with an empty layer, not retrained)"
+                                                 if empty else ""))
     lines += ["", "Wall clock per run (s): " + ", ".join(
         f"seed {seed} {name} {s[name]['wall_s']:.0f}" for seed, s in zip(args.seeds, seeds)
         for name in ["sgd", *[f"{st}:{r}" for r in args.recipes for st in args.structures]]
