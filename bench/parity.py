@@ -91,14 +91,16 @@ def _log(message: str) -> None:
     print(f"[parity {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def build(model_name: str, seed: int):
+def build(model_name: str, seed=None):
+    """The model, its weights drawn after ``set_random_seed(seed)`` (``None``: the current RNG state)."""
     import keras
 
     from tf_dessilbi import models
 
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
     if model_name == "fmnist":
-        return protocol.build_model(seed)
-    keras.utils.set_random_seed(int(seed))
+        return models.fmnist_cnn_s()
     return models.resnet20(input_shape=(28, 28, 1), num_classes=10)
 
 
@@ -216,7 +218,7 @@ def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, lim
     theta0 = [keras.ops.convert_to_numpy(w) for w in build(model_name, seed).weights]
     mask = masks_lib.Mask.load(os.path.join(work, support_file))
     result = early_tickets.ticket_with_controls(
-        lambda: build(model_name, seed), theta0, mask, data.train, data.test, epochs,
+        lambda: build(model_name), theta0, mask, data.train, data.test, epochs,  # the controls seed it
         data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs),
         dense_accuracy, seed=seed)
     _log(f"{model_name} ticket {support_file}: {result['verdict']}")
@@ -414,7 +416,8 @@ def main(argv=None):
                         help="only rewrite the report from the cached runs (train nothing)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
     parser.add_argument("--work", default=os.path.join(bench.WORK_DIR, "parity"))
-    parser.add_argument("--out", default=os.path.join(bench.REPO_ROOT, "bench", "PARITY.md"))
+    parser.add_argument("--out", default=None,
+                        help="default bench/PARITY.md (fmnist), bench/PARITY_RESNET20.md (resnet20)")
     args = parser.parse_args(argv)
     bad = [f for f in args.ticket_fractions if not 0.0 < f <= 1.0]
     if bad:
@@ -424,6 +427,8 @@ def main(argv=None):
             parse_recipe(recipe)
         except ValueError as err:
             parser.error(str(err))
+    args.out = args.out or os.path.join(bench.REPO_ROOT, "bench", "PARITY.md" if args.model == "fmnist"
+                                        else f"PARITY_{args.model.upper()}.md")
     args.ticket_recipe = args.ticket_recipe or args.recipes[0]
     args.ticket_structure = args.ticket_structure or args.structures[0]
     if args.epochs < 1:

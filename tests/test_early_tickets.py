@@ -125,3 +125,18 @@ def test_ticket_with_controls_reports_an_empty_layer_without_training():
     )
     assert result["ticket"] is None and result["sanity"] is None and not result["winning"]
     assert result["verdict"] == "not retrained: layer(s) d keep no weight"
+
+
+def test_ticket_with_controls_refuses_a_builder_that_seeds_itself():
+    """Such a builder would make the 're-initialization' control the ticket itself."""
+    def seeded_build():
+        keras.utils.set_random_seed(7)
+        return _build()
+
+    train_ds, eval_ds = _data()
+    start = [ops.convert_to_numpy(w) for w in seeded_build().weights]
+    with pytest.raises(ValueError, match="sets the random seed itself"):
+        early_tickets.ticket_with_controls(
+            seeded_build, start, masks_lib.Mask({"d/kernel": MASK}), train_ds, eval_ds, epochs=1,
+            steps_per_epoch=2, make_optimizer=lambda: (_ for _ in ()).throw(AssertionError("trained")),
+            dense_accuracy=0.5, seed=3)

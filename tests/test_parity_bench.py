@@ -63,3 +63,15 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
             assert f"| {structure} | {recipe} |" in text  # the tuning record
     assert "| 0 | step 4 (50 % of the budget) |" in text
     assert (tmp_path / "w" / "parity" / "support_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()
+
+
+def test_build_seeds_only_when_asked():
+    """θ₀ is seeded; the controls' builds are not (they draw after their own seed)."""
+    import numpy as np
+
+    a = [keras.ops.convert_to_numpy(w) for w in parity.build("fmnist", 0).weights]
+    b = [keras.ops.convert_to_numpy(w) for w in parity.build("fmnist", 0).weights]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    keras.utils.set_random_seed(1)
+    c = [keras.ops.convert_to_numpy(w) for w in parity.build("fmnist").weights]
+    assert not np.array_equal(a[0], c[0])

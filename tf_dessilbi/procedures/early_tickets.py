@@ -207,7 +207,9 @@ def ticket_with_controls(
         ``ticket`` and ``sanity`` are None and the verdict says which layers.
 
     Raises:
-        ValueError: the masks do not fit the model, or a bad argument.
+        ValueError: the masks do not fit the model, a bad argument, or a
+            ``build_model`` that seeds itself (the re-initialization control
+            would then be the ticket).
     """
     from tf_dessilbi.procedures import sanity as sanity_lib
 
@@ -218,6 +220,16 @@ def ticket_with_controls(
     if out["empty_layers"]:
         return {**out, "ticket": None, "sanity": None, "winning": False,
                 "verdict": f"not retrained: layer(s) {', '.join(out['empty_layers'])} keep no weight"}
+    keras.utils.set_random_seed(int(seed) + 1)  # what the re-initialization control will draw
+    probe = [keras.ops.convert_to_numpy(v) for v in build_model().weights]
+    if len(probe) == len(start_weights) and all(
+            np.array_equal(a, np.asarray(b)) for a, b in zip(probe, start_weights)):
+        raise ValueError(
+            "ticket_with_controls(): `build_model()` returned the start weights after "
+            "keras.utils.set_random_seed(seed + 1): it sets the random seed itself, so the "
+            "'random re-initialization' control would retrain the ticket. Build without "
+            "seeding (the controls seed it)."
+        )
     # θ_k in the recipe's variable order (the masked model's non-mask variables).
     state = [np.array(keras.ops.convert_to_numpy(v))
              for v in sanity_lib.Recipe.state(mask_model(model, masks))]
