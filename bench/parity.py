@@ -264,9 +264,10 @@ def run(args) -> dict:
                 name = f"dessilbi_{args.model}_{structure}_{tag}_s{seed}{suffix}"
                 path = os.path.join(work, f"{name}.json")
                 if tickets_here and os.path.exists(path) and not args.render:
-                    with open(path) as f:  # a run without the supports: redo it
-                        if not all(str(st) in json.load(f).get("supports", {}) for st in steps):
-                            os.remove(path)
+                    with open(path) as f:
+                        saved = json.load(f).get("supports", {})
+                    if not all(str(st) in saved for st in steps):  # run without the supports: redo
+                        os.remove(path)
                 seed_out[f"{structure}:{recipe}"] = cached(
                     work, name,
                     lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,

@@ -63,6 +63,11 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
             assert f"| {structure} | {recipe} |" in text  # the tuning record
     assert "| 0 | step 4 (50 % of the budget) |" in text
     assert (tmp_path / "w" / "parity" / "support_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()
+    # A rerun reads every run back (the cached ticket run with its supports is kept).
+    again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "dessilbi auto" not in again.stderr  # nothing was retrained
+    assert out.read_text().split("Command:")[1] == text.split("Command:")[1]
 
 
 def test_build_seeds_only_when_asked():
