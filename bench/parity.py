@@ -104,13 +104,6 @@ def build(model_name: str, seed=None):
     return models.resnet20(input_shape=(28, 28, 1), num_classes=10)
 
 
-def structure_of(name: str, model):
-    """The ``DessiLBI(structure=...)`` of a structure name (as the CLI's configs)."""
-    from tf_dessilbi.dessilbi import structures
-
-    return structures.named_structure(name, model)
-
-
 class _Supports:
     """Keras callback: supp Γ as a `Mask` after given numbers of steps."""
 
@@ -155,7 +148,7 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     import keras
 
     import tf_dessilbi as tfd
-    from tf_dessilbi.dessilbi import finetune, path_speed
+    from tf_dessilbi.dessilbi import finetune, path_speed, structures
 
     settings = parse_recipe(recipe)
     hparams = {**HPARAMS, **settings["hparams"], **({} if lambda_ is None else {"lambda_": float(lambda_)})}
@@ -163,7 +156,7 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
     model = build(model_name, seed)
     optimizer = tfd.DessiLBI(learning_rate=protocol.lr_schedule(data.steps_per_epoch, epochs),
-                             structure=structure_of(structure, model), **hparams)
+                             structure=structures.named_structure(structure, model), **hparams)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

@@ -15,17 +15,18 @@ from bench import parity  # noqa: E402
 
 def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
     from tf_dessilbi import models
+    from tf_dessilbi.dessilbi.structures import named_structure
 
     model = models.fmnist_cnn_s()
-    mapping = parity.structure_of("filter_neuron", model)
+    mapping = named_structure("filter_neuron", model)
     by_layer = {k.split("/")[0].strip("^"): v for k, v in mapping.items()}
     assert by_layer == {"conv1": "filter", "conv2": "filter", "conv3": "filter", "fc1": "neuron",
                         "logits": "elementwise"}
-    filters_only = {k.split("/")[0].strip("^"): v for k, v in parity.structure_of("filter", model).items()}
+    filters_only = {k.split("/")[0].strip("^"): v for k, v in named_structure("filter", model).items()}
     assert filters_only == {"conv1": "filter", "conv2": "filter", "conv3": "filter", "fc1": None,
                             "logits": None}
-    assert parity.structure_of("auto", model) == "auto"
-    assert parity.structure_of("elementwise", model) == "elementwise"
+    assert named_structure("auto", model) == "auto"
+    assert named_structure("elementwise", model) == "elementwise"
 
 
 def test_recipes_parse_into_the_settings_of_a_run():

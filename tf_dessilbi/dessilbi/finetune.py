@@ -20,68 +20,21 @@ removes what the support left out.
 
 from __future__ import annotations
 
-import weakref
-
 import keras
-import numpy as np
 from keras import ops
 
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
-from tf_dessilbi import walk
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.masks import unwrap_optimizer
 
 
-def _targets(model: keras.Model, optimizer, prune_bias: bool) -> list:
-    """``(kernel, unit axes, [bias, BN γ, BN β ...])`` of every coupled kernel."""
-    norms = w_star_lib.following_batch_norms(model) if prune_bias else {}
-    out = []
-    for layer, kernel, spec in walk.sparsifiable(model):
-        try:
-            if optimizer.variable_structure(kernel) is None:
-                continue
-        except ValueError:  # not a variable of this optimizer
-            continue
-        units = [walk.bias_of(layer)] if prune_bias else []
-        for norm in norms.get(layer, ()):
-            units += [norm.gamma, norm.beta]
-        out.append((kernel, spec.unit_axes, [u for u in units if u is not None]))
-    return out
-
-
-def _project(targets, optimizer) -> None:
-    for kernel, unit_axes, unit_variables in targets:
-        support = optimizer.support(kernel)
-        w = ops.convert_to_tensor(kernel)
-        kernel.assign(ops.where(support, w, ops.zeros_like(w)))
-        if not unit_variables:
-            continue
-        ndim = len(kernel.shape)
-        axes = {a % ndim for a in unit_axes}
-        others = tuple(a for a in range(ndim) if a not in axes)
-        kept = ops.reshape(ops.any(support, axis=others) if others else support, (-1,))
-        for variable in unit_variables:
-            if int(np.prod(variable.shape)) == int(kept.shape[0]):
-                value = ops.reshape(ops.convert_to_tensor(variable), (-1,))
-                variable.assign(ops.reshape(ops.where(kept, value, ops.zeros_like(value)),
-                                            variable.shape))
-
-
-def project_w_star(model: keras.Model, optimizer, prune_bias: bool = True) -> None:
-    """Sets the model to W* in place, as `apply_w_star` does, without keeping the dense W."""
-    optimizer = unwrap_optimizer(optimizer)
-    _project(_targets(model, optimizer, prune_bias), optimizer)
-
-
-# Optimizers whose coupling a WStarFinetune has switched off (SteadyPathSpeed leaves μ alone).
-_DECOUPLED = weakref.WeakSet()
 DECOUPLED_MU = 2.0 ** 40  # α/μ·(W − Γ) then moves V by ~1e-14: below float32 resolution
 
 
 def is_decoupled(optimizer) -> bool:
-    """Whether a `WStarFinetune` holds this optimizer's support fixed right now."""
-    return unwrap_optimizer(optimizer) in _DECOUPLED
+    """Whether a `WStarFinetune` holds this optimizer's support fixed right now (μ = `DECOUPLED_MU`)."""
+    return float(ops.convert_to_numpy(unwrap_optimizer(optimizer).mu)) == DECOUPLED_MU
 
 
 class WStarFinetune(keras.callbacks.Callback):
@@ -135,8 +88,13 @@ class WStarFinetune(keras.callbacks.Callback):
             return
         _compat.sync_jax_state(self.model)
         if self._projection is None:
-            targets = _targets(self.model, optimizer, self.prune_bias)
-            self._projection = lambda: _project(targets, optimizer)
+            targets = w_star_lib.w_star_targets(self.model, optimizer, self.prune_bias)
+
+            def projection():
+                for variable, value in w_star_lib.w_star_values(targets, optimizer):
+                    variable.assign(value)
+
+            self._projection = projection
             if keras.backend.backend() == "tensorflow":  # one graph: ~2 ms, not ~12 ms eager
                 import tensorflow as tf
 
@@ -151,7 +109,6 @@ class WStarFinetune(keras.callbacks.Callback):
         optimizer = unwrap_optimizer(self.model.optimizer)
         if self.decouple and not self._decoupled:
             optimizer.mu.assign(DECOUPLED_MU)
-            _DECOUPLED.add(optimizer)
             self._decoupled = True
 
     def on_train_batch_end(self, batch, logs=None):
@@ -159,12 +116,10 @@ class WStarFinetune(keras.callbacks.Callback):
             self._project()
 
     def on_train_end(self, logs=None):
-        optimizer = unwrap_optimizer(self.model.optimizer)
         if self._decoupled:
             _compat.sync_jax_state(self.model)
-            optimizer.mu.assign(self._mu)
+            unwrap_optimizer(self.model.optimizer).mu.assign(self._mu)
             self._decoupled = False
-        _DECOUPLED.discard(optimizer)
 
     def get_config(self):
         return {"start_epoch": self.start_epoch, "decouple": self.decouple,

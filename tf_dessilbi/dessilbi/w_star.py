@@ -68,36 +68,71 @@ def following_batch_norms(model) -> dict:
     return found
 
 
-def w_star_updates(model: keras.Model, optimizer, prune_bias: bool = True) -> list:
-    """``[(variable, old value, W* value)]`` for every coupled kernel (and biases).
+def w_star_targets(model: keras.Model, optimizer, prune_bias: bool = True) -> list:
+    """``(kernel, unit axes, unit variables)`` for every coupled kernel: what W* writes.
 
-    With ``prune_bias`` a unit outside the support also loses its bias and,
-    where its output feeds a BatchNormalization directly, that channel's γ
-    and β: the BN would otherwise turn the zero channel into the constant
-    β − γ·m/√(v+ε), so the "removed" filter would still output something.
-    Computed without assigning anything (all or nothing for the callers).
+    The unit variables are the kernel's bias and, where its output feeds a
+    BatchNormalization directly, that channel's γ and β (with
+    ``prune_bias``; else none): a unit outside the support would otherwise
+    still output act(bias) or the BN constant β − γ·m/√(v+ε).
+
+    Raises:
+        TypeError: ``optimizer`` has no support (not DessiLBI).
+        ValueError: it is not built, or a layer's kernel is not one of its variables.
     """
-    mask = masks_lib.OptimizerSupport(optimizer).mask(model)
+    source = masks_lib.OptimizerSupport(optimizer)  # the package's checks and messages
     norms = following_batch_norms(model) if prune_bias else {}
-    updates = []
-    for layer, kernel, weight_mask in masks_lib.apply_to(mask, model):
-        w = ops.convert_to_numpy(kernel)
-        updates.append((kernel, w, np.where(weight_mask, w, 0).astype(w.dtype)))
-        bias = walk.bias_of(layer)
-        if prune_bias and bias is not None:
-            kept = masks_lib.unit_mask_of(weight_mask, registry.layer_spec(layer).unit_axes)
-            b = ops.convert_to_numpy(bias)
-            if kept.size == b.size:
-                updates.append((bias, b, np.where(kept, b, 0).astype(b.dtype)))
-        if prune_bias and layer in norms:
-            kept = masks_lib.unit_mask_of(weight_mask, registry.layer_spec(layer).unit_axes)
-            for norm in norms[layer]:
-                for variable in (norm.gamma, norm.beta):
-                    if variable is None or int(np.prod(variable.shape)) != kept.size:
-                        continue
-                    v = ops.convert_to_numpy(variable)
-                    updates.append((variable, v, np.where(kept, v, 0).astype(v.dtype)))
-    return updates
+    targets = []
+    for layer, kernel, spec in walk.sparsifiable(model):
+        try:
+            structure = source.optimizer.variable_structure(kernel)
+        except ValueError:
+            raise ValueError(
+                f"Layer {layer.name!r}: its {spec.weight_name} is not known to the "
+                f"optimizer; was the model trained with it?"
+            ) from None
+        if structure is None:
+            continue
+        units = [walk.bias_of(layer)] if prune_bias else []
+        for norm in norms.get(layer, ()):
+            units += [norm.gamma, norm.beta]
+        targets.append((kernel, registry.layer_spec(layer).unit_axes,
+                        [u for u in units if u is not None]))
+    return targets
+
+
+def w_star_values(targets, optimizer) -> list:
+    """``[(variable, W* value)]`` for `w_star_targets`, as tensors (graph-safe: nothing assigned).
+
+    W* = W ⊙ 1[Γ ≠ 0]; a unit variable keeps its entry iff the unit keeps
+    at least one weight.
+    """
+    out = []
+    for kernel, unit_axes, unit_variables in targets:
+        support = optimizer.support(kernel)
+        w = ops.convert_to_tensor(kernel)
+        out.append((kernel, ops.where(support, w, ops.zeros_like(w))))
+        if not unit_variables:
+            continue
+        ndim = len(kernel.shape)
+        axes = {a % ndim for a in unit_axes}
+        others = tuple(a for a in range(ndim) if a not in axes)
+        kept = ops.reshape(ops.any(support, axis=others) if others else support, (-1,))
+        for variable in unit_variables:
+            if int(np.prod(variable.shape)) != int(kept.shape[0]):
+                continue
+            value = ops.reshape(ops.convert_to_tensor(variable), (-1,))
+            out.append((variable, ops.reshape(ops.where(kept, value, ops.zeros_like(value)),
+                                              variable.shape)))
+    return out
+
+
+def w_star_updates(model: keras.Model, optimizer, prune_bias: bool = True) -> list:
+    """``[(variable, old value, W* value)]`` as NumPy, computed without assigning anything
+    (all or nothing for the callers); see `w_star_targets` for what is written."""
+    targets = w_star_targets(model, optimizer, prune_bias)
+    return [(variable, ops.convert_to_numpy(variable), ops.convert_to_numpy(new))
+            for variable, new in w_star_values(targets, optimizer)]
 
 
 def apply_w_star(model: keras.Model, optimizer, prune_bias: bool = True) -> WStar:

@@ -12,8 +12,6 @@ from tf_dessilbi.gates import gating
 from tf_dessilbi.gates import schedules
 
 
-_sync_jax_state = _compat.sync_jax_state
-
 
 class GateTemperature(keras.callbacks.Callback):
     """Anneals the temperature β of every `SparseGate` from 1 to β_final.
@@ -88,7 +86,7 @@ class GateTemperature(keras.callbacks.Callback):
     def _set(self, beta):
         if beta == self.beta and self._assigned:
             return
-        _sync_jax_state(self.model)
+        _compat.sync_jax_state(self.model)
         for gate in self._gates:
             gate.beta.assign(beta)
         self.beta = beta

@@ -21,10 +21,10 @@ import numpy as np
 from absl import logging
 from keras import ops
 
+from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.gates import gating
 from tf_dessilbi.gates.callbacks import GateTemperature
-from tf_dessilbi.gates.callbacks import _sync_jax_state
 from tf_dessilbi.layers.sparse_gate import check_gate_arguments
 
 
@@ -51,7 +51,7 @@ class _RewindCheckpoint(keras.callbacks.Callback):
         self.values = None
 
     def _take(self):
-        _sync_jax_state(self.model)
+        _compat.sync_jax_state(self.model)
         self.values = [np.array(ops.convert_to_numpy(v)) for v in self.variables]
 
     def on_epoch_begin(self, epoch, logs=None):
