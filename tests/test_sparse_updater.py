@@ -179,3 +179,57 @@ def test_prune_once_is_a_global_one_shot_prune():
     assert flat_w[flat_m].min() >= flat_w[~flat_m].max()
     with pytest.raises(ValueError, match=r"`sparsity` must be < 1. Received: sparsity=1"):
         updater_lib.PruneOnce(1.0)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+    lambda: keras.optimizers.Adam(1e-2),
+], ids=["sgd_momentum", "adam"])
+def test_drop_grow_zeroes_the_optimizer_slots_of_grown_and_dropped_weights(make_optimizer):
+    from tf_dessilbi import _compat
+
+    model = tiny_model()
+    ts = updater_lib.targets(model)
+    rng = np.random.RandomState(1)
+    init = {t.key: rng.rand(*t.weight.shape) > 0.5 for t in ts}
+    updater_lib.assign_masks(model, init)
+    model.compile(optimizer=make_optimizer(), loss="mse")
+    x, y = rng.randn(32, 8).astype("float32"), rng.randn(32, 3).astype("float32")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    slots = {t.key: _compat.slot_variables(model.optimizer, t.weight) for t in ts}
+    assert all(len(s) == (1 if isinstance(model.optimizer, keras.optimizers.SGD) else 2)
+               for s in slots.values())
+    before = {k: [np_(s).copy() for s in v] for k, v in slots.items()}
+    for k, values in before.items():  # fit moved them, also outside the mask (Adam) or inside
+        assert any(np.any(v[init[k]] != 0) for v in values)
+    before_w = {t.key: np_(t.weight).copy() for t in ts}
+    grow = {t.key: rng.rand(*t.weight.shape).astype("float32") for t in ts}
+    assert _Fixed(0.5, grow).update(model, step=1)
+    for t in ts:
+        k = int(np.floor(0.5 * init[t.key].sum() + 0.5))
+        new, newly = ref_drop_grow(init[t.key], np.abs(before_w[t.key]), grow[t.key], k)
+        assert newly.any()
+        clear = ~new | newly
+        for old, slot in zip(before[t.key], slots[t.key]):
+            now = np_(slot)
+            assert np.all(now[clear] == 0.0)  # a grown weight starts with no momentum
+            np.testing.assert_array_equal(now[~clear], old[~clear])  # the kept ones keep theirs
+
+
+def test_prune_leaves_the_optimizer_slots_alone_and_reset_needs_no_optimizer():
+    from tf_dessilbi import _compat
+
+    model = tiny_model()
+    ts = updater_lib.targets(model)
+    keys = {t.key: np.ones(t.weight.shape, bool) for t in ts}
+    assert updater_lib.reset_slots(model, keys, {}) == 0  # not compiled: nothing to reset
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    rng = np.random.RandomState(2)
+    model.fit(rng.randn(16, 8).astype("float32"), rng.randn(16, 3).astype("float32"),
+              batch_size=8, verbose=0)
+    slots = {t.key: _compat.slot_variables(model.optimizer, t.weight)[0] for t in ts}
+    before = {k: np_(s).copy() for k, s in slots.items()}
+    assert updater_lib.PruneOnce(0.5, at_step=3).update(model, step=3)
+    assert sum(int(np_(t.mask).sum()) for t in ts) < sum(m.size for m in keys.values())
+    for k, s in slots.items():
+        np.testing.assert_array_equal(np_(s), before[k])

@@ -173,3 +173,33 @@ def eager_numpy(variable):
         with tf.init_scope():
             return keras.ops.convert_to_numpy(variable)
     return keras.ops.convert_to_numpy(variable)
+
+
+def slot_variables(optimizer, variable) -> list:
+    """The optimizer's per-variable slots of ``variable`` (SGD's momentum,
+    Adam's m and v, ...); ``[]`` when the optimizer is not built or does
+    not train ``variable``.
+
+    Keras 3 keeps a slot list per kind, indexed like the optimizer's
+    trainable variables, and names each slot after its variable's path; a
+    slot is taken only when both its index and its name match.
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    index_of = getattr(optimizer, "_trainable_variables_indices", None)
+    if optimizer is None or not getattr(optimizer, "built", False) or not index_of:
+        return []
+    key = optimizer._var_key(variable)
+    if key not in index_of:
+        return []
+    index, count = index_of[key], len(optimizer._trainable_variables)
+    prefix = variable.path.replace("/", "_") + "_"
+    found = []
+    for name, value in vars(optimizer).items():
+        if name == "_trainable_variables" or not isinstance(value, (list, tuple)) or len(value) != count:
+            continue
+        slot = value[index]
+        if (isinstance(slot, keras.Variable) and slot is not variable
+                and slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)
+                and all(slot is not f for f in found)):
+            found.append(slot)
+    return found

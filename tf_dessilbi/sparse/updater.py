@@ -12,7 +12,11 @@ the scores, this module does the update, in `keras.ops`:
   with the largest ``grow_scores`` among those inactive after the drop (a
   weight just dropped may be regrown, as in google-research/rigl), so the
   number of active weights is unchanged. Newly grown weights are set to 0
-  (a dropped-and-regrown weight keeps its value: it never left).
+  (a dropped-and-regrown weight keeps its value: it never left), and the
+  optimizer's slots (momentum, Adam's m and v) are zeroed outside the new
+  mask and at the newly grown weights, so a grown weight starts as freshly
+  initialized instead of with the decayed momentum it had before it was
+  dropped (as google-research/rigl and the PyTorch RigL reset momentum).
 
 Every check (keys, shapes, finite scores, counts) runs before the first
 variable is written, so a failed update leaves the model as it was. The
@@ -30,7 +34,7 @@ import numpy as np
 from absl import logging
 from keras import ops
 
-from tf_dessilbi import _validate
+from tf_dessilbi import _compat, _validate
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi.sparse import topk
 
@@ -113,6 +117,31 @@ def assign_masks(model, new_masks: Mapping, zero: Optional[Mapping] = None) -> N
         weight = by_key[key].weight
         current = ops.convert_to_tensor(weight)
         weight.assign(ops.where(ops.cast(value, "bool"), ops.zeros_like(current), current))
+
+
+def reset_slots(model, new_masks: Mapping, grown: Mapping) -> int:
+    """Zeroes the optimizer slots of each masked weight outside ``new_masks`` and at ``grown``.
+
+    A no-op (returns 0) while the model has no built optimizer.
+
+    Returns:
+        The number of slot variables written.
+    """
+    optimizer = masks_lib.unwrap_optimizer(getattr(model, "optimizer", None))
+    by_key = {t.key: t for t in targets(model)}
+    written = 0
+    for key, new in new_masks.items():
+        slots = _compat.slot_variables(optimizer, by_key[key].weight)
+        if not slots:
+            continue
+        clear = ops.logical_not(ops.cast(new, "bool"))
+        if key in grown:
+            clear = ops.logical_or(clear, ops.cast(grown[key], "bool"))
+        for slot in slots:
+            current = ops.convert_to_tensor(slot)
+            slot.assign(ops.where(clear, ops.zeros_like(current), current))
+            written += 1
+    return written
 
 
 def drop_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, counts: Mapping):
@@ -283,6 +312,7 @@ class MaskUpdater:
             grow = self.grow_scores(found, gradients, int(step))
             new, newly = drop_grow(masks, drop, grow, counts)
             assign_masks(model, new, zero=newly)
+            reset_slots(model, new, newly)
         self.updates += 1
         kept = sum(int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32")))) for m in new.values())
         logging.info("%s at step %d: %s=%s, %d weights active.", self.name, step,
