@@ -200,6 +200,32 @@ def sgd_run(model_name, seed, epochs, limit=0) -> dict:
     return result
 
 
+def scratch_run(widths, seed, epochs, limit=0) -> dict:
+    """Dense SGD from scratch on FMNIST-CNN-S with the conv widths a support leaves.
+
+    The control of Liu et al. (ICLR 2019, "Rethinking the value of network
+    pruning"): the same architecture trained from a fresh initialization
+    under the same protocol, so the report says what the selection added.
+    """
+    import keras
+
+    from tf_dessilbi import models
+
+    keras.utils.clear_session()
+    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
+    keras.utils.set_random_seed(int(seed))
+    result = protocol.train(models.fmnist_cnn_s(filters=tuple(int(w) for w in widths)), data, epochs)
+    result.update(widths=[int(w) for w in widths], seed=seed)
+    _log(f"scratch {widths} seed {seed}: {result['accuracy']:.4f}")
+    return result
+
+
+def support_widths(result) -> list:
+    """conv1..conv3 filters in a FMNIST-CNN-S run's support ([] when a layer keeps none)."""
+    widths = [result["layers"].get(name, [0])[0] for name in ("conv1", "conv2", "conv3")]
+    return widths if all(widths) else []
+
+
 def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, limit=0) -> dict:
     import keras
 
@@ -265,6 +291,12 @@ def run(args) -> dict:
                     work, name,
                     lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,
                                          steps if tickets_here else (), recipe=recipe))
+                done = seed_out[f"{structure}:{recipe}"]
+                widths = support_widths(done) if done and args.scratch and args.model == "fmnist" else []
+                if widths and widths != [16, 32, 64]:
+                    seed_out[f"scratch:{structure}:{recipe}"] = cached(
+                        work, f"scratch_{args.model}_{tag}_s{seed}_{'-'.join(map(str, widths))}",
+                        lambda: scratch_run(widths, seed, args.epochs, args.limit))
         auto = seed_out.get(f"{args.ticket_structure}:{args.ticket_recipe}")
         seed_out["tickets"] = {}
         if auto and args.tickets:
@@ -337,9 +369,9 @@ def to_markdown(results, args) -> str:
         f"scaling) unless the recipe says otherwise (tokens below), α = the protocol's "
         f"schedule. Accuracy: 10k test images, %, mean ± sd over seeds.", "",
         "| run | seeds | dense W | Δ vs SGD | W* | Δ vs SGD | coupled weights kept | conv filters kept | "
-        "target (W ≥ SGD − 0.3, W* ≥ SGD − 0.5 with ≥ 50 % filters out) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| SGD | {len(sgd)} | {_mean_sd(sgd)} | — | — | — | 100 % | all | — |",
+        "same widths from scratch (SGD) | target (W ≥ SGD − 0.3, W* ≥ SGD − 0.5 with ≥ 50 % filters out) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| SGD | {len(sgd)} | {_mean_sd(sgd)} | — | — | — | 100 % | all | — | — |",
     ]
     for key in [f"{st}:{r}" for r in args.recipes for st in args.structures]:
         pairs = [(s[key], s["sgd"]["accuracy"]) for s in seeds if key in s and "sgd" in s]
@@ -356,10 +388,13 @@ def to_markdown(results, args) -> str:
         tot = runs[0]["filters_total"]
         out_frac = 1 - kept / tot if tot else 0.0
         ok = dw >= -0.3 and dws >= -0.5 and out_frac >= 0.5
+        scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
         lines.append(
             f"| DessiLBI {structure}, {recipe} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
             f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
-            f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | {'holds' if ok else 'does not hold'} |")
+            f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | "
+            f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
+            f"{'holds' if ok else 'does not hold'} |")
     lines += _recipes_tried(args)
     tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
     if tickets:
@@ -392,6 +427,12 @@ def to_markdown(results, args) -> str:
     return "\n".join(lines)
 
 
+def default_out(model: str, epochs: int) -> str:
+    """bench/PARITY.md (fmnist, E = 3), PARITY_RESNET20.md, PARITY_E10.md, PARITY_RESNET20_E10.md, ..."""
+    name = "PARITY" + ("" if model == "fmnist" else f"_{model.upper()}") + ("" if epochs == 3 else f"_E{epochs}")
+    return os.path.join(bench.REPO_ROOT, "bench", f"{name}.md")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("fmnist", "resnet20"), default="fmnist")
@@ -406,12 +447,14 @@ def main(argv=None):
                         help="the structure whose run gives the tickets (default: the first)")
     parser.add_argument("--ticket-fractions", type=float, nargs="+", default=list(TICKET_FRACTIONS))
     parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--scratch", action="store_true",
+                        help="also train the support's conv widths from scratch with SGD (fmnist)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the report from the cached runs (train nothing)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
     parser.add_argument("--work", default=os.path.join(bench.WORK_DIR, "parity"))
     parser.add_argument("--out", default=None,
-                        help="default bench/PARITY.md (fmnist), bench/PARITY_RESNET20.md (resnet20)")
+                        help="default bench/PARITY[_RESNET20][_E<epochs> unless 3].md")
     args = parser.parse_args(argv)
     bad = [f for f in args.ticket_fractions if not 0.0 < f <= 1.0]
     if bad:
@@ -421,8 +464,7 @@ def main(argv=None):
             parse_recipe(recipe)
         except ValueError as err:
             parser.error(str(err))
-    args.out = args.out or os.path.join(bench.REPO_ROOT, "bench", "PARITY.md" if args.model == "fmnist"
-                                        else f"PARITY_{args.model.upper()}.md")
+    args.out = args.out or default_out(args.model, args.epochs)
     args.ticket_recipe = args.ticket_recipe or args.recipes[0]
     args.ticket_structure = args.ticket_structure or args.structures[0]
     if args.epochs < 1:

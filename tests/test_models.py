@@ -70,3 +70,16 @@ def test_resnet_cifar_bad_depth(depth):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="Unknown model 'resnet99'.*known models"):
         models.get_model("resnet99")
+
+
+def test_fmnist_cnn_s_widths_and_their_validation():
+    model = models.fmnist_cnn_s(filters=(8, 12, 20))
+    widths = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert widths == [8, 12, 20]
+    assert model.get_layer("fc1").kernel.shape == (7 * 7 * 20, 128)
+    default = [layer.filters for layer in models.fmnist_cnn_s().layers
+               if isinstance(layer, keras.layers.Conv2D)]
+    assert default == [16, 32, 64]
+    for bad in [(8, 12), (8, 0, 4), (8.0, 12, 20), "16,32,64", (True, 2, 3)]:
+        with pytest.raises(ValueError, match="filters"):
+            models.fmnist_cnn_s(filters=bad)

@@ -81,3 +81,42 @@ def test_build_seeds_only_when_asked():
     keras.utils.set_random_seed(1)
     c = [keras.ops.convert_to_numpy(w) for w in parity.build("fmnist").weights]
     assert not np.array_equal(a[0], c[0])
+
+
+def test_each_model_and_budget_has_its_own_report():
+    names = {(m, e): os.path.basename(parity.default_out(m, e))
+             for m in ("fmnist", "resnet20") for e in (3, 10)}
+    assert names == {("fmnist", 3): "PARITY.md", ("resnet20", 3): "PARITY_RESNET20.md",
+                     ("fmnist", 10): "PARITY_E10.md", ("resnet20", 10): "PARITY_RESNET20_E10.md"}
+
+
+def _fake_run(acc, layers):
+    kept = sum(v[0] for v in layers.values())
+    return {"w_accuracy": acc, "w_star_accuracy": acc, "filters_kept": kept, "filters_total": 112,
+            "weight_fraction": 0.3, "layers": layers, "wall_s": 1.0}
+
+
+def test_support_widths_and_the_from_scratch_column():
+    import argparse
+
+    layers = {"conv1": [16, 16, 144, 144], "conv2": [12, 32, 0, 0], "conv3": [20, 64, 0, 0]}
+    assert parity.support_widths({"layers": layers}) == [16, 12, 20]
+    assert parity.support_widths({"layers": dict(layers, conv2=[0, 32, 0, 0])}) == []
+    args = argparse.Namespace(model="fmnist", epochs=3, seeds=[0, 1], recipes=["r"],
+                              structures=["filter"], command="x", work="/nonexistent", limit=0,
+                              ticket_structure="filter", ticket_recipe="r")
+    results = {"seeds": {
+        "0": {"sgd": {"accuracy": 0.92, "wall_s": 1.0}, "filter:r": _fake_run(0.91, layers),
+              "scratch:filter:r": {"accuracy": 0.905}, "tickets": {}},
+        "1": {"sgd": {"accuracy": 0.93, "wall_s": 1.0}, "filter:r": _fake_run(0.92, layers),
+              "scratch:filter:r": {"accuracy": 0.915}, "tickets": {}}}}
+    row = next(line for line in parity.to_markdown(results, args).splitlines()
+               if line.startswith("| DessiLBI filter, r |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[3] == "91.50 ± 0.71" and cells[4] == "-1.00"  # W vs the SGD of the same seeds
+    assert cells[9] == "91.00 ± 0.71"  # the same widths trained from scratch, both seeds
+    assert cells[8] == "48/112 (57 % out)" and cells[10] == "does not hold"
+    del results["seeds"]["1"]["scratch:filter:r"]
+    row = next(line for line in parity.to_markdown(results, args).splitlines()
+               if line.startswith("| DessiLBI filter, r |"))
+    assert "90.50 (1 of 2 seeds)" in row
