@@ -53,10 +53,13 @@ def parse_recipe(spec: str) -> dict:
     (``lambda_scaling="init_norm"``), ``steady``
     (`tf_dessilbi.dessilbi.path_speed.SteadyPathSpeed`), ``ft<N>`` (W* fine-tuned
     in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
-    (the same with the coupling on), ``lam<x>`` / ``mu<x>`` /
-    ``kappa<x>`` (override `HPARAMS`). E.g. ``steady+ft1+lam2``.
+    (the same with the coupling on), ``u<x>`` (the fine-tune starts once
+    supp Γ holds a fraction x of the conv filters, checked every step, at
+    the latest with ``ftN``), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
-    out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True}
+    out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
+           "units_fraction": None}
     for token in spec.split("+"):
         if token == "paper":
             continue
@@ -72,6 +75,14 @@ def parse_recipe(spec: str) -> dict:
         if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
             out["finetune_epochs"], out["decouple"] = int(token[3:]), False
             continue
+        if token.startswith("u"):  # fine-tune once supp Γ holds this fraction of the filters
+            try:
+                out["units_fraction"] = float(token[1:])
+            except ValueError:
+                raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after 'u'.")
+            if not 0.0 < out["units_fraction"] <= 1.0:
+                raise ValueError(f"Recipe token {token!r} in {spec!r}: the fraction must lie in (0, 1].")
+            continue
         for prefix, key in _RECIPE_KEYS.items():
             if token.startswith(prefix):
                 try:
@@ -81,7 +92,7 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, steady, "
-                             f"ft<N>, cft<N>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
     return out
@@ -164,11 +175,15 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     callbacks = [supports]
     if settings["steady"]:
         callbacks.append(path_speed.SteadyPathSpeed())
-    if settings["finetune_epochs"]:
-        callbacks.append(finetune.WStarFinetune(max(0, epochs - settings["finetune_epochs"]),
-                                                decouple=settings["decouple"]))
+    if settings["finetune_epochs"] or settings["units_fraction"]:
+        start = max(0, epochs - settings["finetune_epochs"]) if settings["finetune_epochs"] else None
+        callbacks.append(finetune.WStarFinetune(start, decouple=settings["decouple"],
+                                                units_fraction=settings["units_fraction"],
+                                                check_every=1))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
+    if isinstance(callbacks[-1], finetune.WStarFinetune):
+        result["finetune_from_step"] = callbacks[-1].started_at_step
     result["w_accuracy"] = result.pop("accuracy")
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])
@@ -341,7 +356,8 @@ def _recipes_tried(args) -> list:
              "λ in units of each layer's RMS initial unit norm (`lambda_scaling=\"init_norm\"`); "
              "`steady` μ ∝ α once α peaks (`SteadyPathSpeed`); `ftN` the last N epochs train W* "
              "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
-             "the coupling on; `lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
+             "the coupling on; `uX` the fine-tune starts once supp Γ holds a fraction X of the "
+             "conv filters (checked every step); `lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
              "kernel elementwise.", "",

@@ -237,3 +237,77 @@ def test_w_star_finetune_arguments_and_optimizer():
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="needs a tf_dessilbi.DessiLBI optimizer"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[finetune.WStarFinetune(0)])
+
+
+class _UnitFraction(keras.callbacks.Callback):
+    """NumPy: the fraction of conv filters in supp Γ after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.fractions = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        support = ops.convert_to_numpy(self.model.optimizer.support(self.model.get_layer("conv").kernel))
+        self.fractions.append(float(support.reshape(-1, support.shape[-1]).any(axis=0).mean()))
+
+
+def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
+    x, y = _data()
+    reference = _UnitFraction()
+    model = _model()
+    _compile(model, 0.2, structure="auto")  # conv filters as groups, dense weights elementwise
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    fractions = np.array(reference.fractions)
+    rho = next(f for f in fractions if 0.0 < f < fractions.max())  # reached mid-run
+    every = 2
+    want = next(step for step in range(every, len(fractions) + 1, every) if fractions[step - 1] >= rho)
+    assert 0 < want < len(fractions) - 2
+
+    model = _model()
+    opt = _compile(model, 0.2, structure="auto")
+    callback = finetune.WStarFinetune(units_fraction=rho, check_every=every)
+    trace, after = _Trace(), _UnitFraction()
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+              callbacks=[callback, trace, after])
+    assert callback.started_at_step == want
+    assert set(trace.mu[:want]) == {5.0} and set(trace.mu[want:]) == {finetune.DECOUPLED_MU}
+    np.testing.assert_allclose(after.fractions[:want], fractions[:want])  # the same path until then
+    assert set(after.fractions[want - 1:]) == {after.fractions[want - 1]}  # then the support is fixed
+    assert after.fractions[want - 1] >= rho
+    _assert_is_w_star(model, opt)
+    assert float(ops.convert_to_numpy(opt.mu)) == 5.0
+    assert finetune.support_unit_fraction(opt) == pytest.approx(after.fractions[-1])
+    config = callback.get_config()
+    assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
+                      "units_fraction": rho, "check_every": every}
+    assert finetune.WStarFinetune(**config).get_config() == config
+
+
+def test_w_star_finetune_start_epoch_comes_first_when_the_fraction_is_never_reached():
+    x, y = _data()
+    model = _model()
+    _compile(model, 0.2, structure="auto")
+    callback = finetune.WStarFinetune(start_epoch=3, units_fraction=1.0, check_every=1)
+    trace = _Trace()
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[callback, trace])
+    fraction = finetune.support_unit_fraction(model.optimizer)
+    assert fraction < 1.0 and callback.started_at_step == 12
+    assert set(trace.mu[12:]) == {finetune.DECOUPLED_MU}
+
+
+def test_w_star_finetune_units_fraction_arguments():
+    with pytest.raises(ValueError, match="start_epoch` or `units_fraction"):
+        finetune.WStarFinetune()
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="units_fraction"):
+            finetune.WStarFinetune(units_fraction=bad)
+    with pytest.raises(TypeError, match="units_fraction"):
+        finetune.WStarFinetune(units_fraction="half")
+    with pytest.raises(ValueError, match="check_every"):
+        finetune.WStarFinetune(units_fraction=0.5, check_every=0)
+    x, y = _data()
+    model = _model()
+    _compile(model, 0.2, structure="elementwise")
+    with pytest.raises(ValueError, match="couples no kernel by groups"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                  callbacks=[finetune.WStarFinetune(units_fraction=0.5, check_every=1)])

@@ -8,7 +8,17 @@ on, after every step the model is projected onto W*,
                         the support and the γ/β of the BatchNormalization
                         channel it feeds are zeroed too, as `apply_w_star`),
 
-so the remaining steps train exactly the weights W* keeps. By default the
+so the remaining steps train exactly the weights W* keeps. The fine-tune
+starts at epoch ``start_epoch``, or, with ``units_fraction`` = ρ, as soon as
+the support holds a fraction ρ of the group units (conv filters, dense
+neurons),
+
+    Σ_l |{u : Γ_l[..., u] ≠ 0}| / Σ_l n_l  ≥  ρ   (checked every ``check_every`` steps),
+
+whichever comes first: the path is walked until the structure has the
+wanted size, then that support is retrained. This ties the sparsity to ρ
+instead of to λ and the learning-rate schedule (at a fixed λ the number of
+filters at the end of a warm-up differs by 20 % between seeds). By default the
 coupling is switched off meanwhile (μ → `DECOUPLED_MU`): W takes plain SGD
 steps and V, so supp Γ, stays fixed — the paper's retraining of the sparse
 model, inside the budget. With the coupling kept, V still runs on the
@@ -20,12 +30,16 @@ removes what the support left out.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import keras
+import numpy as np
 from keras import ops
 
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import w_star as w_star_lib
+from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import unwrap_optimizer
 
 
@@ -35,6 +49,19 @@ DECOUPLED_MU = 2.0 ** 40  # α/μ·(W − Γ) then moves V by ~1e-14: below floa
 def is_decoupled(optimizer) -> bool:
     """Whether a `WStarFinetune` holds this optimizer's support fixed right now (μ = `DECOUPLED_MU`)."""
     return float(ops.convert_to_numpy(unwrap_optimizer(optimizer).mu)) == DECOUPLED_MU
+
+
+def support_unit_fraction(optimizer) -> Optional[float]:
+    """Σ units in supp Γ / Σ units over the group-coupled kernels (filters, neurons); None if none."""
+    optimizer = unwrap_optimizer(optimizer)
+    kept = total = 0
+    for variable, structure in optimizer.coupled_variables():
+        if structure not in GROUP_STRUCTURES:
+            continue
+        support = np.asarray(ops.convert_to_numpy(optimizer.support(variable)))
+        units = support.reshape(-1, support.shape[-1]).any(axis=0)
+        kept, total = kept + int(units.sum()), total + int(units.size)
+    return kept / total if total else None
 
 
 class WStarFinetune(keras.callbacks.Callback):
@@ -50,23 +77,48 @@ class WStarFinetune(keras.callbacks.Callback):
     Args:
         start_epoch: the 0-based epoch (as `fit` counts, ``initial_epoch``
             included) whose first step starts the fine-tune. With E epochs,
-            ``start_epoch=E-1`` fine-tunes the last epoch.
+            ``start_epoch=E-1`` fine-tunes the last epoch. ``None``: only
+            ``units_fraction`` starts it.
         decouple: switch the coupling off during the fine-tune. Defaults to
             `True`.
         prune_bias: also zero the biases / BN channels of units outside the
             support (see `tf_dessilbi.apply_w_star`). Defaults to `True`.
+        units_fraction: ρ ∈ (0, 1]: start as soon as the support holds this
+            fraction of the group units (at the first check at or after the
+            step it is reached). ``None`` (default): ``start_epoch`` only.
+        check_every: steps between two checks of ``units_fraction``.
+            Defaults to `10`.
+
+    Attributes:
+        started_at_step: the optimizer step the fine-tune started at (``None``
+            before it starts).
 
     Raises:
-        ValueError, TypeError: a bad argument; at train begin, an optimizer
-            without a support (not DessiLBI).
+        ValueError, TypeError: a bad argument, neither ``start_epoch`` nor
+            ``units_fraction``; at train begin, an optimizer without a
+            support (not DessiLBI), or ``units_fraction`` with no group-coupled
+            kernel.
     """
 
-    def __init__(self, start_epoch: int, decouple: bool = True, prune_bias: bool = True):
+    def __init__(self, start_epoch: Optional[int] = None, decouple: bool = True,
+                 prune_bias: bool = True, units_fraction: Optional[float] = None,
+                 check_every: int = 10):
         super().__init__()
-        self.start_epoch = _validate.integer("start_epoch", start_epoch, minimum=0)
+        if start_epoch is None and units_fraction is None:
+            raise ValueError("WStarFinetune needs `start_epoch` or `units_fraction` (or both). "
+                             "Received: start_epoch=None, units_fraction=None")
+        self.start_epoch = (None if start_epoch is None
+                            else _validate.integer("start_epoch", start_epoch, minimum=0))
         self.decouple = _validate.boolean("decouple", decouple)
         self.prune_bias = _validate.boolean("prune_bias", prune_bias)
+        if units_fraction is not None:
+            units_fraction = _validate.real("units_fraction", units_fraction, minimum=0.0,
+                                            maximum=1.0, min_open=True)
+        self.units_fraction = units_fraction
+        self.check_every = _validate.positive_int("check_every", check_every)
         self.active = False
+        self.started_at_step = None
+        self._batches = 0
         self._projection = None
         self._mu = None
         self._decoupled = False
@@ -81,6 +133,36 @@ class WStarFinetune(keras.callbacks.Callback):
         self._projection = None
         self._mu = float(ops.convert_to_numpy(optimizer.mu))  # μ₀, put back at the end
         self._decoupled = False
+        self.active, self.started_at_step, self._batches = False, None, 0
+        if (self.units_fraction is not None and getattr(optimizer, "built", False)
+                and support_unit_fraction(optimizer) is None):
+            raise ValueError(
+                "WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
+                "couples no kernel by groups: use a 'filter'/'neuron' structure or start_epoch."
+            )
+
+    def _start(self):
+        optimizer = unwrap_optimizer(self.model.optimizer)
+        self.active = True
+        if self.started_at_step is None:
+            self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
+        self._project()
+        if self.decouple and not self._decoupled:
+            optimizer.mu.assign(DECOUPLED_MU)
+            self._decoupled = True
+
+    def _units_reached(self) -> bool:
+        optimizer = unwrap_optimizer(self.model.optimizer)
+        if self.units_fraction is None or not getattr(optimizer, "built", False):
+            return False
+        _compat.sync_jax_state(self.model)
+        fraction = support_unit_fraction(optimizer)
+        if fraction is None:
+            raise ValueError(
+                "WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
+                "couples no kernel by groups: use a 'filter'/'neuron' structure or start_epoch."
+            )
+        return fraction >= self.units_fraction
 
     def _project(self):
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -102,18 +184,16 @@ class WStarFinetune(keras.callbacks.Callback):
         self._projection()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.active = epoch >= self.start_epoch
-        if not self.active:
-            return
-        self._project()
-        optimizer = unwrap_optimizer(self.model.optimizer)
-        if self.decouple and not self._decoupled:
-            optimizer.mu.assign(DECOUPLED_MU)
-            self._decoupled = True
+        if self.active or (self.start_epoch is not None and epoch >= self.start_epoch) \
+                or self._units_reached():
+            self._start()
 
     def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
         if self.active:
             self._project()
+        elif self._batches % self.check_every == 0 and self._units_reached():
+            self._start()
 
     def on_train_end(self, logs=None):
         if self._decoupled:
@@ -123,4 +203,5 @@ class WStarFinetune(keras.callbacks.Callback):
 
     def get_config(self):
         return {"start_epoch": self.start_epoch, "decouple": self.decouple,
-                "prune_bias": self.prune_bias}
+                "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
+                "check_every": self.check_every}
