@@ -409,9 +409,31 @@ def test_a_decaying_schedule_with_steady_path_and_w_star_finetune(tmp_path):
     assert saved["finetune_epochs"] == 1 and saved["steady_path"] is True
 
 
+def test_w_star_finetune_from_a_units_fraction_through_the_cli(tmp_path):
+    config = tiny_config()
+    config.num_epochs = 3
+    config.optimizer.structure = "filter"
+    config.optimizer.finetune_units = 0.25
+    config.optimizer.lambda_scaling = "init_norm"
+    config.optimizer.lambda_ = 0.12
+    summary = train.train_and_evaluate(config, str(tmp_path / "units"))
+    config.optimizer.finetune_units = 0.0
+    free = train.train_and_evaluate(config, str(tmp_path / "free"))
+    # The support was frozen once it held ≥ 25 % of the filters: fewer enter than on the free path,
+    kept = summary["sparsity"]["units_kept"]
+    assert 0.25 * summary["sparsity"]["units_total"] <= kept < free["sparsity"]["units_kept"]
+    # and the run ends at W* (some filters out, so this is not trivially true).
+    assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
+    assert summary["eval"]["accuracy"] == summary["eval_w_star"]["accuracy"]
+    with open(os.path.join(str(tmp_path / "units"), "config.json")) as f:
+        assert json.load(f)["optimizer"]["finetune_units"] == 0.25
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
     ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
+    ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
+    ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
     config = tiny_config()
@@ -426,4 +448,16 @@ def test_dessilbi_schedule_fields_need_dessilbi():
     config = tiny_config("sgd")
     config.optimizer.finetune_epochs = 1
     with pytest.raises(ValueError, match=r"finetune_epochs=1 .*optimizer.name='dessilbi'"):
+        config_lib.validate(config)
+
+
+def test_finetune_units_needs_groups_and_dessilbi():
+    config = tiny_config()
+    config.optimizer.structure = "elementwise"
+    config.optimizer.finetune_units = 0.5
+    with pytest.raises(ValueError, match=r"finetune_units=0.5 .*elementwise"):
+        config_lib.validate(config)
+    config = tiny_config("sgd")
+    config.optimizer.finetune_units = 0.5
+    with pytest.raises(ValueError, match=r"finetune_units=0.5 .*optimizer.name='dessilbi'"):
         config_lib.validate(config)

@@ -83,9 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.structure = "auto"  # auto | elementwise | filter | filter_neuron
     c.optimizer.lambda_scaling = "fan_in"
     # DessiLBI under a decaying lr: hold V's speed α/μ once α peaks (SteadyPathSpeed),
-    # and train W* on its support in the last N epochs (WStarFinetune; 0: off).
+    # and train W* on its support in the last N epochs (WStarFinetune; 0: off), or
+    # from the step supp Γ holds this fraction of the filters/neurons (0: off).
     c.optimizer.steady_path = False
     c.optimizer.finetune_epochs = 0
+    c.optimizer.finetune_units = 0.0
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -253,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, "optimizer.kappa", 0, low_open=True)
     _number(config, "optimizer.mu", 0, low_open=True)
     _number(config, "optimizer.lambda_", 0)
+    _number(config, "optimizer.finetune_units", 0, 1)
     _number(config, "model.weight_decay", 0)
     _number(config, "schedule.decay_factor", 0, low_open=True)
     _number(config, "schedule.warmup_epochs", 0)
@@ -273,10 +276,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("schedule.warmup_epochs", config.schedule.warmup_epochs,
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
-        for field in ("steady_path", "finetune_epochs"):
+        for field in ("steady_path", "finetune_epochs", "finetune_units"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
+    if config.optimizer.finetune_units and config.optimizer.structure == "elementwise":
+        _fail("optimizer.finetune_units", config.optimizer.finetune_units,
+              "0 with optimizer.structure='elementwise' (it counts filters and neurons)")
     if config.optimizer.finetune_epochs >= config.num_epochs:
         _fail("optimizer.finetune_epochs", config.optimizer.finetune_epochs,
               f"< num_epochs={config.num_epochs} (DessiLBI needs epochs to find the support)")

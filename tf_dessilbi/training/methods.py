@@ -98,8 +98,11 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
     cbs = []
     if config.optimizer.steady_path:
         cbs.append(path_speed.SteadyPathSpeed())
-    if config.optimizer.finetune_epochs:
-        cbs.append(finetune.WStarFinetune(config.num_epochs - config.optimizer.finetune_epochs))
+    o = config.optimizer
+    if o.finetune_epochs or o.finetune_units:
+        start = config.num_epochs - o.finetune_epochs if o.finetune_epochs else None
+        cbs.append(finetune.WStarFinetune(start, units_fraction=o.finetune_units or None,
+                                          check_every=1))
     return cbs
 
 
