@@ -1,7 +1,8 @@
 """DessiLBI against SGD under the shared protocol: parity, W*, and early tickets with both controls.
 
-    python -m bench.parity --epochs 3 --seeds 0           # what PARITY.md reports
-    python -m bench.parity --epochs 10 --seeds 0 1 2      # the issue's budget (hours here)
+    python -m bench.parity --epochs 3 --seeds 0           # PARITY.md (the commands are in it)
+    python -m bench.parity --epochs 10 --seeds 0 1 2 --structures filter \
+        --recipes init+lam0.5+u0.49 --ticket-fractions 0.3 --scratch   # PARITY_E10.md (≈ 1 h)
 
 Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
 order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
@@ -361,16 +362,29 @@ def _recipes_tried(args) -> list:
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
              "kernel elementwise.", "",
-             "| structure | recipe | dense W | W* | conv filters kept (per layer) | coupled weights kept |",
-             "|---|---|---|---|---|---|"]
+             "| structure | recipe | dense W | W* | conv filters kept (per layer) | coupled weights kept "
+             "| support fixed from |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["structure"], r.get("recipe", "paper"))):
         convs = [v for k, v in r["layers"].items() if k.startswith("conv")]
         per_layer = "/".join(str(v[0]) for v in convs) if len(convs) <= 4 else ""
         lines.append(f"| {r['structure']} | {r.get('recipe', 'paper')} | {100 * r['w_accuracy']:.2f} "
                      f"| {100 * r['w_star_accuracy']:.2f} | {r['filters_kept']}/{r['filters_total']}"
                      f"{' (' + per_layer + ')' if per_layer else ''} | "
-                     f"{100 * r['weight_fraction']:.1f} % |")
+                     f"{100 * r['weight_fraction']:.1f} % | {_fixed_from(r)} |")
     return lines
+
+
+def _fixed_from(result) -> str:
+    """The step the fine-tune fixed supp Γ at (recorded, or the ``ftN`` epoch), as a budget share."""
+    step = result.get("finetune_from_step")
+    epochs, steps = result.get("epochs"), result.get("steps")
+    if step is None and epochs and steps:
+        n = parse_recipe(result.get("recipe", "paper"))["finetune_epochs"]
+        step = (epochs - n) * (steps // epochs) if n else None
+    if step is None:
+        return "— (no fine-tune)"
+    return f"step {step} ({100 * step / steps:.0f} %)" if steps else f"step {step}"
 
 
 def to_markdown(results, args) -> str:

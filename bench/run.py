@@ -225,7 +225,8 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
 SEPARATE_REPORTS = (
     ("Physical removal (shrink)", "SHRINK.md"),
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
-    ("DessiLBI vs SGD under the protocol: parity, W*, early tickets", "PARITY.md"),
+    ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
+    ("DessiLBI vs SGD under the protocol at E = 3: parity, W*, early tickets", "PARITY.md"),
     ("DessiLBI vs SGD under the protocol: ResNet-20 (BN, residual)", "PARITY_RESNET20.md"),
     ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),
     ("Bilevel tuning: MRBO, VRBO, stocBiO", "BILEVEL.md"),

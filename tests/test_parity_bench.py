@@ -121,3 +121,10 @@ def test_support_widths_and_the_from_scratch_column():
     row = next(line for line in parity.to_markdown(results, args).splitlines()
                if line.startswith("| DessiLBI filter, r |"))
     assert "90.50 (1 of 2 seeds)" in row
+
+
+def test_the_tuning_record_says_where_the_support_was_fixed():
+    assert parity._fixed_from({"recipe": "init+ft2+lam0.5", "epochs": 3, "steps": 1404}) == "step 468 (33 %)"
+    assert parity._fixed_from({"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680,
+                               "finetune_from_step": 502}) == "step 502 (11 %)"
+    assert parity._fixed_from({"recipe": "paper", "epochs": 3, "steps": 1404}) == "— (no fine-tune)"
