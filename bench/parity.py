@@ -260,6 +260,30 @@ def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, lim
     return result
 
 
+def random_units_run(model_name, seed, epochs, work, support_file, limit=0) -> dict:
+    """The structured control of a filter ticket: as many random whole filters per layer, from θ₀.
+
+    `tf_dessilbi.procedures.sanity.random_mask_like` with ``units=True``
+    (seeded like the elementwise random-mask control), retrained with SGD
+    under the protocol by `early_tickets.retrain_ticket`.
+    """
+    import keras
+
+    from tf_dessilbi import masks as masks_lib
+    from tf_dessilbi.procedures import early_tickets, sanity
+
+    keras.utils.clear_session()
+    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
+    theta0 = [keras.ops.convert_to_numpy(w) for w in build(model_name, seed).weights]
+    mask = sanity.random_mask_like(masks_lib.Mask.load(os.path.join(work, support_file)),
+                                   seed=seed, units=True)
+    result = early_tickets.retrain_ticket(
+        lambda: build(model_name), theta0, mask, data.train, data.test, epochs,
+        data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs))
+    _log(f"{model_name} random filters like {support_file}: {result['accuracy']}")
+    return result
+
+
 def run(args) -> dict:
     work = args.work
     spe = (args.limit or protocol.NUM_TRAIN) // protocol.BATCH_SIZE
@@ -325,6 +349,13 @@ def run(args) -> dict:
                     work, f"ticket_{args.model}_{tag}_s{seed}_step{step}{suffix}",
                     lambda: ticket_run(args.model, seed, args.epochs, work, support["file"],
                                        auto["w_accuracy"], args.limit))
+                if ticket and ticket.get("sanity") and args.random_units:
+                    control = cached(
+                        work, f"ticket_units_{args.model}_{tag}_s{seed}_step{step}{suffix}",
+                        lambda: random_units_run(args.model, seed, args.epochs, work,
+                                                 support["file"], args.limit))
+                    if control:
+                        ticket = dict(ticket, random_units_accuracy=control["accuracy"])
                 if ticket:
                     seed_out["tickets"][str(step)] = dict(ticket, fraction=step / total)
         for key in [k for k, v in seed_out.items() if v is None]:
@@ -431,15 +462,19 @@ def to_markdown(results, args) -> str:
         lines += ["", f"## Early tickets (supp Γ of DessiLBI {args.ticket_structure}, {args.ticket_recipe}, retrained "
                   "from θ₀ with SGD under the protocol)", "",
                   "| seed | taken at | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
-                  "random mask | verdict |", "|---|---|---|---|---|---|---|---|"]
+                  "random mask | random filters | verdict (Ma et al.'s two controls) | "
+                  "ticket − random filters |", "|---|---|---|---|---|---|---|---|---|---|"]
         for seed, step, t in tickets:
             s = t.get("sanity") or {}
             acc = lambda key: f"{100 * s[key]:.2f}" if key in s else "—"  # noqa: E731
+            units = t.get("random_units_accuracy")
+            versus = (f"{100 * (s['ticket_accuracy'] - units):+.2f} pts"
+                      if units is not None and "ticket_accuracy" in s else "—")
             lines.append(
                 f"| {seed} | step {step} ({100 * t['fraction']:.0f} % of the budget) | "
                 f"{100 * t['weights_kept'] / t['weights_total']:.2f} % | {acc('ticket_accuracy')} | "
                 f"{acc('dense_accuracy')} | {acc('reinit_accuracy')} | {acc('random_mask_accuracy')} "
-                f"| {t['verdict']} |")
+                f"| {'—' if units is None else f'{100 * units:.2f}'} | {t['verdict']} | {versus} |")
     if tickets:
         lines += ["", "Per budget fraction, seeds whose ticket wins (≥ dense DessiLBI W − 0.5 pt "
                   "and beats both controls by more than the margin):", ""]
@@ -447,9 +482,16 @@ def to_markdown(results, args) -> str:
             rows = [t for _, k, t in tickets if int(k) == step]
             won = sum(bool(t.get("winning")) for t in rows)
             empty = sum(bool(t.get("empty_layers")) for t in rows)
+            structured = [t for t in rows if t.get("random_units_accuracy") is not None]
+            beats = sum((t["sanity"]["ticket_accuracy"] > t["random_units_accuracy"]
+                         and t["sanity"]["ticket_accuracy"] > t["sanity"]["reinit_accuracy"]
+                         and t["sanity"]["matches_dense"]) for t in structured)
             lines.append(f"- step {step} ({100 * rows[0]['fraction']:.0f} %): wins on {won}/"
                          f"{len(rows)} seeds" + (f" ({empty} with an empty layer, not retrained)"
-                                                 if empty else ""))
+                                                 if empty else "")
+                         + (f"; with random filters in place of the elementwise random mask "
+                            f"(matches dense, beats the re-init and the random filters): "
+                            f"{beats}/{len(structured)}" if structured else ""))
     lines += ["", "Wall clock per run (s): " + ", ".join(
         f"seed {seed} {name} {s[name]['wall_s']:.0f}" for seed, s in zip(args.seeds, seeds)
         for name in ["sgd", *[f"{st}:{r}" for r in args.recipes for st in args.structures]]
@@ -479,6 +521,8 @@ def main(argv=None):
     parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--scratch", action="store_true",
                         help="also train the support's conv widths from scratch with SGD (fmnist)")
+    parser.add_argument("--random-units", action="store_true",
+                        help="also retrain each ticket's random-filters control (same count per layer)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the report from the cached runs (train nothing)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")

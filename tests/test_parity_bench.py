@@ -128,3 +128,51 @@ def test_the_tuning_record_says_where_the_support_was_fixed():
     assert parity._fixed_from({"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680,
                                "finetune_from_step": 502}) == "step 502 (11 %)"
     assert parity._fixed_from({"recipe": "paper", "epochs": 3, "steps": 1404}) == "— (no fine-tune)"
+
+
+def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():
+    import argparse
+
+    layers = {"conv1": [16, 16, 144, 144], "conv2": [12, 32, 0, 0], "conv3": [20, 64, 0, 0]}
+    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1], recipes=["r"],
+                              structures=["filter"], command="x", work="/nonexistent", limit=0,
+                              ticket_structure="filter", ticket_recipe="r")
+
+    def ticket(acc, reinit, random_mask, units):
+        sanity = {"ticket_accuracy": acc, "dense_accuracy": 0.927, "reinit_accuracy": reinit,
+                  "random_mask_accuracy": random_mask, "matches_dense": acc >= 0.922}
+        out = {"fraction": 0.3, "weights_kept": 30, "weights_total": 100, "sanity": sanity,
+               "verdict": "winning ticket: no (...)", "winning": False, "empty_layers": []}
+        return out if units is None else dict(out, random_units_accuracy=units)
+
+    results = {"seeds": {
+        "0": {"sgd": {"accuracy": 0.93}, "filter:r": _fake_run(0.927, layers),
+              "tickets": {"1404": ticket(0.925, 0.924, 0.928, 0.921)}},
+        "1": {"sgd": {"accuracy": 0.93}, "filter:r": _fake_run(0.927, layers),
+              "tickets": {"1404": ticket(0.925, 0.926, 0.928, 0.921)}}}}
+    text = parity.to_markdown(results, args)
+    rows = [line for line in text.splitlines() if line.startswith("| 0 | step 1404")]
+    assert rows and rows[0].endswith("| 92.10 | winning ticket: no (...) | +0.40 pts |")
+    # seed 0 matches dense and beats the re-init and the random filters; seed 1 loses to its re-init
+    assert "random filters): 1/2" in text
+    del results["seeds"]["1"]["tickets"]["1404"]["random_units_accuracy"]
+    assert "random filters): 1/1" in parity.to_markdown(results, args)
+
+
+def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
+    import numpy as np
+
+    from tf_dessilbi import masks as masks_lib
+
+    model = parity.build("fmnist", 0)
+    weights = {}
+    for layer, keep in (("conv1", [0, 3, 5]), ("conv2", list(range(10))), ("conv3", [7, 8])):
+        kernel = model.get_layer(layer).kernel
+        m = np.zeros(tuple(kernel.shape), bool)
+        m[..., keep] = True
+        weights[f"{layer}/kernel"] = m
+    mask = masks_lib.Mask(weights)
+    mask.save(str(tmp_path / "support.npz"))
+    result = parity.random_units_run("fmnist", 0, 1, str(tmp_path), "support.npz", limit=256)
+    assert result["accuracy"] is not None and not result["empty_layers"]
+    assert result["weights_kept"] == mask.weights_kept  # whole filters, as many per layer

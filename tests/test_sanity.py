@@ -39,6 +39,26 @@ def test_random_mask_is_uniform_over_positions():
     assert counts.min() > 60 and counts.max() < 140
 
 
+def test_random_units_keep_whole_units_as_many_as_the_ticket_per_layer():
+    filters = np.zeros((3, 3, 2, 8), bool)
+    filters[..., [1, 4, 6]] = True  # a group support: 3 whole filters
+    neurons = np.zeros((10, 5), bool)
+    neurons[:4, 0] = True  # one partly kept neuron counts as a unit
+    mask = masks_lib.Mask({"conv/kernel": filters, "fc/kernel": neurons})
+    random = sanity.random_mask_like(mask, seed=3, units=True)
+    conv = random.weights["conv/kernel"]
+    kept = conv.reshape(-1, 8).any(axis=0)
+    assert kept.sum() == 3 and conv.reshape(-1, 8)[:, kept].all()  # whole filters
+    assert conv.sum() == filters.sum()
+    fc = random.weights["fc/kernel"]
+    assert fc.any(axis=0).sum() == 1 and fc[:, fc.any(axis=0)].all()
+    counts = sum(sanity.random_mask_like(mask, seed=s, units=True).weights["conv/kernel"][0, 0, 0]
+                 .astype(int) for s in range(400))
+    assert counts.min() > 100 and counts.max() < 200  # each filter kept with probability 3/8
+    with pytest.raises(TypeError, match="units"):
+        sanity.random_mask_like(mask, units="yes")
+
+
 def test_random_mask_refuses_bad_input():
     with pytest.raises(TypeError, match="needs a tf_dessilbi.masks.Mask"):
         sanity.random_mask_like({"a": np.ones(3, bool)})

@@ -117,16 +117,23 @@ class Recipe:
         return model, self.evaluate(model)
 
 
-def random_mask_like(mask: masks_lib.Mask, seed: int = 0) -> masks_lib.Mask:
+def random_mask_like(mask: masks_lib.Mask, seed: int = 0, units: bool = False) -> masks_lib.Mask:
     """A uniformly random mask with exactly the same kept count in every weight.
 
     Args:
         mask: the ticket's `Mask` (its ``weights``; unit masks are dropped:
             a random mask of the same layer-wise density is elementwise).
         seed: NumPy seed. Defaults to `0`.
+        units: draw whole output units instead (the last axis: conv
+            filters, dense neurons): in every weight as many units as the
+            ticket has with a kept weight, at random, each kept whole. The
+            like-for-like control of a structured ticket (the same widths,
+            other filters); the kept count matches when the ticket keeps
+            whole units (group supports). Defaults to `False`.
 
     Returns:
-        A `Mask` with, for every key, ``m̃.sum() == m.sum()`` at random places.
+        A `Mask` with, for every key, ``m̃.sum() == m.sum()`` at random places
+        (``units``: the same number of whole units at random places).
 
     Raises:
         TypeError: ``mask`` is not a `Mask`.
@@ -137,9 +144,16 @@ def random_mask_like(mask: masks_lib.Mask, seed: int = 0) -> masks_lib.Mask:
     if not mask.weights:
         raise ValueError("random_mask_like() needs a mask with weight entries; this one has none.")
     seed = _validate.integer("seed", seed, minimum=0)
+    units = _validate.boolean("units", units)
     rng = np.random.default_rng(seed)
     weights = {}
     for key, m in mask.weights.items():
+        if units:
+            count = int(masks_lib.unit_mask_of(m, (-1,)).sum())
+            chosen = np.zeros(m.shape[-1], bool)
+            chosen[rng.choice(m.shape[-1], size=count, replace=False)] = True
+            weights[key] = np.broadcast_to(chosen, m.shape).copy()
+            continue
         flat = np.zeros(m.size, bool)
         flat[rng.choice(m.size, size=int(m.sum()), replace=False)] = True
         weights[key] = flat.reshape(m.shape)
