@@ -448,14 +448,17 @@ def to_markdown(results, args) -> str:
         kept = statistics.mean(r["filters_kept"] for r in runs)
         tot = runs[0]["filters_total"]
         out_frac = 1 - kept / tot if tot else 0.0
-        ok = dw >= -0.3 and dws >= -0.5 and out_frac >= 0.5
+        w_star_ok, dense_ok = dws >= -0.5 and out_frac >= 0.5, dw >= -0.3
+        verdict = ("holds" if w_star_ok and dense_ok else "does not hold") + (
+            f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "
+            f"dense W ≥ SGD − 0.3: {'yes' if dense_ok else 'no'})")
         scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
         lines.append(
             f"| DessiLBI {structure}, {recipe} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
             f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
             f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | "
             f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
-            f"{'holds' if ok else 'does not hold'} |")
+            f"{verdict} |")
     lines += _recipes_tried(args)
     tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
     if tickets:
