@@ -315,6 +315,7 @@ def run(args) -> dict:
             seed_out["sgd"] = cached(work, f"sgd_{args.model}_{tag}_s{seed}",
                                                   lambda: sgd_run(args.model, seed, args.epochs,
                                                                   args.limit))
+        scratch_widths_runs(args, seed_out, seed, tag, cached)
         for recipe in args.recipes:
             suffix = "" if recipe == "paper" else f"_{recipe}"
             for structure in args.structures:
@@ -423,7 +424,9 @@ def to_markdown(results, args) -> str:
     sgd = [s["sgd"]["accuracy"] for s in seeds if "sgd" in s]
     lines = [
         f"# DessiLBI vs SGD under the shared protocol ({args.model}, bench/parity.py)", "",
-        "Command:", "", f"    {args.command}", "",
+        "Commands (runs are cached in `bench/_work/parity`, so each reuses what the others "
+        "trained; the last one wrote this report):", "",
+        *[f"    {c}" for c in _commands(args)], "",
         f"Protocol: `bench/protocol.py` (E = {args.epochs} epochs, warm-up 1 epoch then cosine to "
         f"0, Nesterov 0.9, peak lr 0.05), seeds {', '.join(map(str, args.seeds))}. DessiLBI: "
         f"κ {HPARAMS['kappa']:g}, μ {HPARAMS['mu']:g}, λ {HPARAMS['lambda_']:g} (fan-in "
@@ -459,6 +462,18 @@ def to_markdown(results, args) -> str:
             f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | "
             f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
             f"{verdict} |")
+    widths = [spec for spec in getattr(args, "scratch_widths", [])
+              if any(f"widths:{spec}" in s for s in seeds)]
+    if widths:
+        lines += ["", "## Narrower FMNIST-CNN-S trained from scratch (dense SGD, the same protocol)", "",
+                  "| conv widths | conv filters | seeds | accuracy | Δ vs SGD |", "|---|---|---|---|---|"]
+        for spec in widths:
+            pairs = [(s[f"widths:{spec}"]["accuracy"], s["sgd"]["accuracy"]) for s in seeds
+                     if f"widths:{spec}" in s and "sgd" in s]
+            accs = [a for a, _ in pairs]
+            delta = 100 * (statistics.mean(accs) - statistics.mean(b for _, b in pairs))
+            lines.append(f"| {spec.replace('-', '/')} | {sum(int(w) for w in spec.split('-'))}/112 "
+                         f"| {len(accs)} | {_mean_sd(accs)} | {delta:+.2f} |")
     lines += _recipes_tried(args)
     tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
     if tickets:
@@ -502,6 +517,41 @@ def to_markdown(results, args) -> str:
     return "\n".join(lines)
 
 
+def _commands_file(args) -> str:
+    tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
+    return os.path.join(args.work, f"commands_{args.model}_{tag}.txt")
+
+
+def _remembered(args) -> list:
+    path = _commands_file(args)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def _commands(args) -> list:
+    """Every command that trained into this work dir for this model and budget, then this one."""
+    return [c for c in _remembered(args) if c != args.command] + [args.command]
+
+
+def _remember_command(args) -> None:
+    if args.render or args.command in _remembered(args):
+        return
+    os.makedirs(args.work, exist_ok=True)
+    with open(_commands_file(args), "a") as f:
+        f.write(args.command + "\n")
+
+
+def scratch_widths_runs(args, seed_out, seed, tag, cached) -> None:
+    """``--scratch-widths``: FMNIST-CNN-S at given conv widths, dense SGD from scratch."""
+    for spec in args.scratch_widths:
+        widths = [int(w) for w in spec.split("-")]
+        seed_out[f"widths:{spec}"] = cached(
+            args.work, f"scratch_{args.model}_{tag}_s{seed}_{spec}",
+            lambda: scratch_run(widths, seed, args.epochs, args.limit))
+
+
 def default_out(model: str, epochs: int) -> str:
     """bench/PARITY.md (fmnist, E = 3), PARITY_RESNET20.md, PARITY_E10.md, PARITY_RESNET20_E10.md, ..."""
     name = "PARITY" + ("" if model == "fmnist" else f"_{model.upper()}") + ("" if epochs == 3 else f"_E{epochs}")
@@ -526,6 +576,8 @@ def main(argv=None):
                         help="also train the support's conv widths from scratch with SGD (fmnist)")
     parser.add_argument("--random-units", action="store_true",
                         help="also retrain each ticket's random-filters control (same count per layer)")
+    parser.add_argument("--scratch-widths", nargs="*", default=[], metavar="A-B-C",
+                        help="also train FMNIST-CNN-S with these conv widths from scratch (SGD)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the report from the cached runs (train nothing)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
@@ -546,7 +598,14 @@ def main(argv=None):
     args.ticket_structure = args.ticket_structure or args.structures[0]
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1; received {args.epochs}")
+    for spec in args.scratch_widths:
+        parts = spec.split("-")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            parser.error(f"--scratch-widths takes conv1-conv2-conv3 positive widths; received {spec!r}")
+    if args.scratch_widths and args.model != "fmnist":
+        parser.error("--scratch-widths is for --model fmnist")
     args.command = "python -m bench.parity " + " ".join(argv if argv is not None else sys.argv[1:])
+    _remember_command(args)
     results = run(args)
     with open(os.path.join(args.work, f"results_{args.model}_e{args.epochs}.json"), "w") as f:
         json.dump(results, f, indent=1)

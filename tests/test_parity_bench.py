@@ -178,3 +178,34 @@ def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
     result = parity.random_units_run("fmnist", 0, 1, str(tmp_path), "support.npz", limit=256)
     assert result["accuracy"] is not None and not result["empty_layers"]
     assert result["weights_kept"] == mask.weights_kept  # whole filters, as many per layer
+
+
+def test_the_report_lists_every_command_that_trained_into_the_cache(tmp_path):
+    import argparse
+
+    def args(command, render=False):
+        return argparse.Namespace(model="fmnist", epochs=10, limit=0, work=str(tmp_path),
+                                  command=command, render=render)
+
+    parity._remember_command(args("python -m bench.parity --recipes a"))
+    parity._remember_command(args("python -m bench.parity --recipes b"))
+    parity._remember_command(args("python -m bench.parity --recipes a"))  # once
+    parity._remember_command(args("python -m bench.parity --render", render=True))  # trains nothing
+    assert parity._commands(args("python -m bench.parity --render")) == [
+        "python -m bench.parity --recipes a", "python -m bench.parity --recipes b",
+        "python -m bench.parity --render"]
+
+
+def test_narrow_widths_from_scratch_get_their_own_table():
+    import argparse
+
+    args = argparse.Namespace(model="fmnist", epochs=3, seeds=[0, 1], recipes=[], structures=[],
+                              command="x", work="/nonexistent", limit=0, scratch_widths=["12-22-22"],
+                              ticket_structure="filter", ticket_recipe="r")
+    results = {"seeds": {
+        "0": {"sgd": {"accuracy": 0.92}, "widths:12-22-22": {"accuracy": 0.915}, "tickets": {}},
+        "1": {"sgd": {"accuracy": 0.93}, "widths:12-22-22": {"accuracy": 0.925}, "tickets": {}}}}
+    text = parity.to_markdown(results, args)
+    assert "| 12/22/22 | 56/112 | 2 | 92.00 ± 0.71 | -0.50 |" in text
+    with pytest.raises(SystemExit):
+        parity.main(["--scratch-widths", "12-22", "--render"])
