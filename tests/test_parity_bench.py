@@ -69,7 +69,9 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
     again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "dessilbi auto" not in again.stderr  # nothing was retrained
-    assert out.read_text().split("Command:")[1] == text.split("Command:")[1]
+    rerun = out.read_text()
+    assert rerun.split("Protocol:")[1].split("Wall clock")[0] == text.split("Protocol:")[1].split("Wall clock")[0]
+    assert rerun.count("    python -m bench.parity --epochs 2") == 1  # the command, listed once
 
 
 def test_build_seeds_only_when_asked():
