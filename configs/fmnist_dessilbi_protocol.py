@@ -29,7 +29,7 @@ choice does:
   to 43, so fixing the step (``finetune_epochs``) fixes neither the width
   nor the accuracy; the fraction fixes the width;
 * λ = 0.5 sets how fast the path moves: the support reaches 49 % of the
-  filters early in epoch 2 (about step 500 of 4,680), leaving ~9 epochs to
+  filters just after the warm-up (step 476–480 of 4,680), leaving ~9 epochs to
   train W*. λ 2 reaches it in epoch 5 (the tuning record has both);
 * the budget: at E = 3 no recipe met parity with half the filters out
   (best W* 90.82 ± 0.31 % at 38/112 against SGD 92.05 ± 0.18 %), and the
