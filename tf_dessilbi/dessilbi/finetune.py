@@ -43,6 +43,8 @@ from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import unwrap_optimizer
 
 
+_NO_GROUPS = ("WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
+              "couples no kernel by groups: use a 'filter'/'neuron' structure or start_epoch.")
 DECOUPLED_MU = 2.0 ** 40  # α/μ·(W − Γ) then moves V by ~1e-14: below float32 resolution
 
 
@@ -136,13 +138,11 @@ class WStarFinetune(keras.callbacks.Callback):
         self.active, self.started_at_step, self._batches = False, None, 0
         if (self.units_fraction is not None and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
-            raise ValueError(
-                "WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
-                "couples no kernel by groups: use a 'filter'/'neuron' structure or start_epoch."
-            )
+            raise ValueError(_NO_GROUPS)
 
     def _start(self):
         optimizer = unwrap_optimizer(self.model.optimizer)
+        _compat.sync_jax_state(self.model)  # iterations as the trainer has them
         self.active = True
         if self.started_at_step is None:
             self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
@@ -158,10 +158,7 @@ class WStarFinetune(keras.callbacks.Callback):
         _compat.sync_jax_state(self.model)
         fraction = support_unit_fraction(optimizer)
         if fraction is None:
-            raise ValueError(
-                "WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
-                "couples no kernel by groups: use a 'filter'/'neuron' structure or start_epoch."
-            )
+            raise ValueError(_NO_GROUPS)
         return fraction >= self.units_fraction
 
     def _project(self):
