@@ -211,3 +211,19 @@ def test_narrow_widths_from_scratch_get_their_own_table():
     assert "| 12/22/22 | 56/112 | 2 | 92.00 ± 0.71 | -0.50 |" in text
     with pytest.raises(SystemExit):
         parity.main(["--scratch-widths", "12-22", "--render"])
+
+
+def test_the_verdict_is_not_decided_by_float_noise():
+    import argparse
+
+    layers = {"conv1": [16, 16, 144, 144], "conv2": [12, 32, 0, 0], "conv3": [20, 64, 0, 0]}
+    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1, 2], recipes=["r"],
+                              structures=["filter"], command="x", work="/nonexistent", limit=0,
+                              ticket_structure="filter", ticket_recipe="r")
+    sgd, dessilbi = (0.9301, 0.9318, 0.9318), (0.9278, 0.9290, 0.9279)  # exactly −0.30 pt
+    results = {"seeds": {str(i): {"sgd": {"accuracy": a}, "filter:r": _fake_run(b, layers),
+                                  "tickets": {}} for i, (a, b) in enumerate(zip(sgd, dessilbi))}}
+    row = next(line for line in parity.to_markdown(results, args).splitlines()
+               if line.startswith("| DessiLBI filter, r |"))
+    assert "dense W ≥ SGD − 0.3: yes" in row
+
