@@ -2,7 +2,8 @@
 
     python -m bench.parity --epochs 3 --seeds 0           # PARITY.md (the commands are in it)
     python -m bench.parity --epochs 10 --seeds 0 1 2 --structures filter \
-        --recipes init+lam0.5+u0.49 --ticket-fractions 0.3 --scratch   # PARITY_E10.md (≈ 1 h)
+        --recipes init+lam0.5+u0.49 --ticket-fractions 0.3 --scratch --random-units
+                                                          # PARITY_E10.md (≈ 1 h 15 min)
 
 Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
 order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
@@ -19,7 +20,11 @@ pruned with their filters in W*):
   the steps, retrained from θ₀ with SGD under the protocol, with Ma et
   al.'s two controls under the same budget
   (`tf_dessilbi.procedures.early_tickets.ticket_with_controls`); the ticket
-  must reach the dense DessiLBI run's W − 0.5 pt and beat both controls.
+  must reach the dense DessiLBI run's W − 0.5 pt and beat both controls
+  (``--ticket-structure`` / ``--ticket-recipe`` choose the run; with
+  ``--random-units`` a third control, as many random whole filters per layer);
+* with ``--scratch`` the support's conv widths trained from scratch with SGD,
+  with ``--scratch-widths`` narrower FMNIST-CNN-S at given widths.
 
 Runs are cached as JSON (and the supports as ``.npz``) in ``--work``; an
 interrupted run resumes where it stopped.
