@@ -187,21 +187,29 @@ class OptimizerSupport:
             )
         self.optimizer = optimizer
 
-    def mask(self, model) -> Mask:
-        weights, units = {}, {}
+    def coupled(self, model):
+        """``(layer, kernel, spec, structure)`` of every kernel of ``model`` the optimizer couples.
+
+        Raises:
+            ValueError: a sparsifiable kernel is not one of the optimizer's variables.
+        """
         for layer, variable, spec in walk.sparsifiable(model):
             try:
-                support = self.optimizer.support(variable)
+                structure = self.optimizer.variable_structure(variable)
             except ValueError:
                 raise ValueError(
                     f"Layer {layer.name!r}: its {spec.weight_name} is not known to the "
                     f"optimizer; was the model trained with it?"
                 ) from None
-            if support is None:
-                continue
+            if structure is not None:
+                yield layer, variable, spec, structure
+
+    def mask(self, model) -> Mask:
+        weights, units = {}, {}
+        for layer, variable, _, structure in self.coupled(model):
             key = weight_key(layer, variable)
-            weights[key] = np.asarray(keras.ops.convert_to_numpy(support), bool)
-            if self.optimizer.variable_structure(variable) in ("filter", "neuron"):
+            weights[key] = np.asarray(keras.ops.convert_to_numpy(self.optimizer.support(variable)), bool)
+            if structure in ("filter", "neuron"):
                 units[layer.name] = unit_mask_of(weights[key], (-1,))
         return Mask(weights, units)
 

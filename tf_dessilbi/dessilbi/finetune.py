@@ -33,14 +33,13 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
-import numpy as np
 from keras import ops
 
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
-from tf_dessilbi.masks import unwrap_optimizer
+from tf_dessilbi.masks import unit_mask_of, unwrap_optimizer
 
 
 _NO_GROUPS = ("WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
@@ -60,8 +59,7 @@ def support_unit_fraction(optimizer) -> Optional[float]:
     for variable, structure in optimizer.coupled_variables():
         if structure not in GROUP_STRUCTURES:
             continue
-        support = np.asarray(ops.convert_to_numpy(optimizer.support(variable)))
-        units = support.reshape(-1, support.shape[-1]).any(axis=0)
+        units = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
         kept, total = kept + int(units.sum()), total + int(units.size)
     return kept / total if total else None
 

@@ -83,16 +83,7 @@ def w_star_targets(model: keras.Model, optimizer, prune_bias: bool = True) -> li
     source = masks_lib.OptimizerSupport(optimizer)  # the package's checks and messages
     norms = following_batch_norms(model) if prune_bias else {}
     targets = []
-    for layer, kernel, spec in walk.sparsifiable(model):
-        try:
-            structure = source.optimizer.variable_structure(kernel)
-        except ValueError:
-            raise ValueError(
-                f"Layer {layer.name!r}: its {spec.weight_name} is not known to the "
-                f"optimizer; was the model trained with it?"
-            ) from None
-        if structure is None:
-            continue
+    for layer, kernel, _, _ in source.coupled(model):
         units = [walk.bias_of(layer)] if prune_bias else []
         for norm in norms.get(layer, ()):
             units += [norm.gamma, norm.beta]
