@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -369,186 +368,6 @@ def run(args) -> dict:
     return out
 
 
-def _mean_sd(values) -> str:
-    values = [100 * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def _recipes_tried(args) -> list:
-    """Every DessiLBI run of this model and budget in the work dir (seed 0): the tuning record."""
-    import glob
-
-    tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
-    runs = []
-    for path in glob.glob(os.path.join(args.work, f"dessilbi_{args.model}_*_{tag}_s0*.json")):
-        with open(path) as f:
-            r = json.load(f)
-        if r.get("seed") == 0 and r.get("epochs", args.epochs) == args.epochs:
-            runs.append(r)
-    if not runs:
-        return []
-    lines = ["", "## Every recipe measured (seed 0)", "",
-             "Recipe tokens: `paper` the paper's iteration with the protocol's α; `init` "
-             "λ in units of each layer's RMS initial unit norm (`lambda_scaling=\"init_norm\"`); "
-             "`steady` μ ∝ α once α peaks (`SteadyPathSpeed`); `ftN` the last N epochs train W* "
-             "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
-             "the coupling on; `uX` the fine-tune starts once supp Γ holds a fraction X of the "
-             "conv filters (checked every step); `lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
-             "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
-             "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
-             "kernel elementwise.", "",
-             "| structure | recipe | dense W | W* | conv filters kept (per layer) | coupled weights kept "
-             "| support fixed from |",
-             "|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: (r["structure"], r.get("recipe", "paper"))):
-        convs = [v for k, v in r["layers"].items() if k.startswith("conv")]
-        per_layer = "/".join(str(v[0]) for v in convs) if len(convs) <= 4 else ""
-        lines.append(f"| {r['structure']} | {r.get('recipe', 'paper')} | {100 * r['w_accuracy']:.2f} "
-                     f"| {100 * r['w_star_accuracy']:.2f} | {r['filters_kept']}/{r['filters_total']}"
-                     f"{' (' + per_layer + ')' if per_layer else ''} | "
-                     f"{100 * r['weight_fraction']:.1f} % | {_fixed_from(r)} |")
-    return lines
-
-
-def _fixed_from(result) -> str:
-    """The step the fine-tune fixed supp Γ at (recorded, or the ``ftN`` epoch), as a budget share."""
-    step = result.get("finetune_from_step")
-    epochs, steps = result.get("epochs"), result.get("steps")
-    if step is None and epochs and steps:
-        n = parse_recipe(result.get("recipe", "paper"))["finetune_epochs"]
-        step = (epochs - n) * (steps // epochs) if n else None
-    if step is None:
-        return "— (no fine-tune)"
-    return f"step {step} ({100 * step / steps:.0f} %)" if steps else f"step {step}"
-
-
-def to_markdown(results, args) -> str:
-    seeds = [results["seeds"][str(s)] for s in args.seeds if str(s) in results["seeds"]]
-    sgd = [s["sgd"]["accuracy"] for s in seeds if "sgd" in s]
-    lines = [
-        f"# DessiLBI vs SGD under the shared protocol ({args.model}, bench/parity.py)", "",
-        "Commands (runs are cached in `bench/_work/parity`, so each reuses what the others "
-        "trained; the last one wrote this report):", "",
-        *[f"    {c}" for c in _commands(args)], "",
-        f"Protocol: `bench/protocol.py` (E = {args.epochs} epochs, warm-up 1 epoch then cosine to "
-        f"0, Nesterov 0.9, peak lr 0.05), seeds {', '.join(map(str, args.seeds))}. DessiLBI: "
-        f"κ {HPARAMS['kappa']:g}, μ {HPARAMS['mu']:g}, λ {HPARAMS['lambda_']:g} (fan-in "
-        f"scaling) unless the recipe says otherwise (tokens below), α = the protocol's "
-        f"schedule. Accuracy: 10k test images, %, mean ± sd over seeds.", "",
-        "| run | seeds | dense W | Δ vs SGD | W* | Δ vs SGD | coupled weights kept | conv filters kept | "
-        "same widths from scratch (SGD) | target (W ≥ SGD − 0.3, W* ≥ SGD − 0.5 with ≥ 50 % filters out) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| SGD | {len(sgd)} | {_mean_sd(sgd)} | — | — | — | 100 % | all | — | — |",
-    ]
-    for key in [f"{st}:{r}" for r in args.recipes for st in args.structures]:
-        pairs = [(s[key], s["sgd"]["accuracy"]) for s in seeds if key in s and "sgd" in s]
-        if not pairs:
-            continue
-        runs = [r for r, _ in pairs]
-        base = statistics.mean(b for _, b in pairs)  # SGD on the same seeds
-        structure, recipe = key.split(":")
-        w = [r["w_accuracy"] for r in runs]
-        ws = [r["w_star_accuracy"] for r in runs]
-        dw = 100 * (statistics.mean(w) - base)
-        dws = 100 * (statistics.mean(ws) - base)
-        kept = statistics.mean(r["filters_kept"] for r in runs)
-        tot = runs[0]["filters_total"]
-        out_frac = 1 - kept / tot if tot else 0.0
-        # Compared at 1e-6 pt: test accuracies are multiples of 0.01 pt, float sums are not.
-        w_star_ok, dense_ok = round(dws, 6) >= -0.5 and out_frac >= 0.5, round(dw, 6) >= -0.3
-        verdict = ("holds" if w_star_ok and dense_ok else "does not hold") + (
-            f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "
-            f"dense W ≥ SGD − 0.3: {'yes' if dense_ok else 'no'})")
-        scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
-        lines.append(
-            f"| DessiLBI {structure}, {recipe} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
-            f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
-            f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | "
-            f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
-            f"{verdict} |")
-    widths = [spec for spec in getattr(args, "scratch_widths", [])
-              if any(f"widths:{spec}" in s for s in seeds)]
-    if widths:
-        lines += ["", "## Narrower FMNIST-CNN-S trained from scratch (dense SGD, the same protocol)", "",
-                  "| conv widths | conv filters | seeds | accuracy | Δ vs SGD |", "|---|---|---|---|---|"]
-        for spec in widths:
-            pairs = [(s[f"widths:{spec}"]["accuracy"], s["sgd"]["accuracy"]) for s in seeds
-                     if f"widths:{spec}" in s and "sgd" in s]
-            accs = [a for a, _ in pairs]
-            delta = 100 * (statistics.mean(accs) - statistics.mean(b for _, b in pairs))
-            lines.append(f"| {spec.replace('-', '/')} | {sum(int(w) for w in spec.split('-'))}/112 "
-                         f"| {len(accs)} | {_mean_sd(accs)} | {delta:+.2f} |")
-    lines += _recipes_tried(args)
-    tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
-    if tickets:
-        lines += ["", f"## Early tickets (supp Γ of DessiLBI {args.ticket_structure}, {args.ticket_recipe}, retrained "
-                  "from θ₀ with SGD under the protocol)", "",
-                  "| seed | taken at | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
-                  "random mask | random filters | verdict (Ma et al.'s two controls) | "
-                  "ticket − random filters |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for seed, step, t in tickets:
-            s = t.get("sanity") or {}
-            acc = lambda key: f"{100 * s[key]:.2f}" if key in s else "—"  # noqa: E731
-            units = t.get("random_units_accuracy")
-            versus = (f"{100 * (s['ticket_accuracy'] - units):+.2f} pts"
-                      if units is not None and "ticket_accuracy" in s else "—")
-            lines.append(
-                f"| {seed} | step {step} ({100 * t['fraction']:.0f} % of the budget) | "
-                f"{100 * t['weights_kept'] / t['weights_total']:.2f} % | {acc('ticket_accuracy')} | "
-                f"{acc('dense_accuracy')} | {acc('reinit_accuracy')} | {acc('random_mask_accuracy')} "
-                f"| {'—' if units is None else f'{100 * units:.2f}'} | {t['verdict']} | {versus} |")
-    if tickets:
-        lines += ["", "Per budget fraction, seeds whose ticket wins (≥ dense DessiLBI W − 0.5 pt "
-                  "and beats both controls by more than the margin):", ""]
-        for step in sorted({int(k) for _, k, _ in tickets}):
-            rows = [t for _, k, t in tickets if int(k) == step]
-            won = sum(bool(t.get("winning")) for t in rows)
-            empty = sum(bool(t.get("empty_layers")) for t in rows)
-            structured = [t for t in rows if t.get("random_units_accuracy") is not None]
-            beats = sum((t["sanity"]["ticket_accuracy"] > t["random_units_accuracy"]
-                         and t["sanity"]["ticket_accuracy"] > t["sanity"]["reinit_accuracy"]
-                         and t["sanity"]["matches_dense"]) for t in structured)
-            lines.append(f"- step {step} ({100 * rows[0]['fraction']:.0f} %): wins on {won}/"
-                         f"{len(rows)} seeds" + (f" ({empty} with an empty layer, not retrained)"
-                                                 if empty else "")
-                         + (f"; with random filters in place of the elementwise random mask "
-                            f"(matches dense, beats the re-init and the random filters): "
-                            f"{beats}/{len(structured)}" if structured else ""))
-    lines += ["", "Wall clock per run (s): " + ", ".join(
-        f"seed {seed} {name} {s[name]['wall_s']:.0f}" for seed, s in zip(args.seeds, seeds)
-        for name in ["sgd", *[f"{st}:{r}" for r in args.recipes for st in args.structures]]
-        if name in s and "wall_s" in s[name]), ""]
-    return "\n".join(lines)
-
-
-def _commands_file(args) -> str:
-    tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
-    return os.path.join(args.work, f"commands_{args.model}_{tag}.txt")
-
-
-def _remembered(args) -> list:
-    path = _commands_file(args)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
-
-
-def _commands(args) -> list:
-    """Every command that trained into this work dir for this model and budget, then this one."""
-    return [c for c in _remembered(args) if c != args.command] + [args.command]
-
-
-def _remember_command(args) -> None:
-    if args.render or args.command in _remembered(args):
-        return
-    os.makedirs(args.work, exist_ok=True)
-    with open(_commands_file(args), "a") as f:
-        f.write(args.command + "\n")
-
-
 def scratch_widths_runs(args, seed_out, seed, tag, cached) -> None:
     """``--scratch-widths``: FMNIST-CNN-S at given conv widths, dense SGD from scratch."""
     for spec in args.scratch_widths:
@@ -558,13 +377,9 @@ def scratch_widths_runs(args, seed_out, seed, tag, cached) -> None:
             lambda: scratch_run(widths, seed, args.epochs, args.limit))
 
 
-def default_out(model: str, epochs: int) -> str:
-    """bench/PARITY.md (fmnist, E = 3), PARITY_RESNET20.md, PARITY_E10.md, PARITY_RESNET20_E10.md, ..."""
-    name = "PARITY" + ("" if model == "fmnist" else f"_{model.upper()}") + ("" if epochs == 3 else f"_E{epochs}")
-    return os.path.join(bench.REPO_ROOT, "bench", f"{name}.md")
-
-
 def main(argv=None):
+    from bench import parity_report
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("fmnist", "resnet20"), default="fmnist")
     parser.add_argument("--epochs", type=int, default=3)
@@ -599,7 +414,7 @@ def main(argv=None):
             parse_recipe(recipe)
         except ValueError as err:
             parser.error(str(err))
-    args.out = args.out or default_out(args.model, args.epochs)
+    args.out = args.out or parity_report.default_out(args.model, args.epochs)
     args.ticket_recipe = args.ticket_recipe or args.recipes[0]
     args.ticket_structure = args.ticket_structure or args.structures[0]
     if args.epochs < 1:
@@ -611,11 +426,11 @@ def main(argv=None):
     if args.scratch_widths and args.model != "fmnist":
         parser.error("--scratch-widths is for --model fmnist")
     args.command = "python -m bench.parity " + " ".join(argv if argv is not None else sys.argv[1:])
-    _remember_command(args)
+    parity_report.remember_command(args)
     results = run(args)
     with open(os.path.join(args.work, f"results_{args.model}_e{args.epochs}.json"), "w") as f:
         json.dump(results, f, indent=1)
-    text = to_markdown(results, args)
+    text = parity_report.to_markdown(results, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

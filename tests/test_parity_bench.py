@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench import parity  # noqa: E402
+from bench import parity, parity_report  # noqa: E402
 
 
 def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
@@ -87,7 +87,7 @@ def test_build_seeds_only_when_asked():
 
 
 def test_each_model_and_budget_has_its_own_report():
-    names = {(m, e): os.path.basename(parity.default_out(m, e))
+    names = {(m, e): os.path.basename(parity_report.default_out(m, e))
              for m in ("fmnist", "resnet20") for e in (3, 10)}
     assert names == {("fmnist", 3): "PARITY.md", ("resnet20", 3): "PARITY_RESNET20.md",
                      ("fmnist", 10): "PARITY_E10.md", ("resnet20", 10): "PARITY_RESNET20_E10.md"}
@@ -113,7 +113,7 @@ def test_support_widths_and_the_from_scratch_column():
               "scratch:filter:r": {"accuracy": 0.905}, "tickets": {}},
         "1": {"sgd": {"accuracy": 0.93, "wall_s": 1.0}, "filter:r": _fake_run(0.92, layers),
               "scratch:filter:r": {"accuracy": 0.915}, "tickets": {}}}}
-    row = next(line for line in parity.to_markdown(results, args).splitlines()
+    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
                if line.startswith("| DessiLBI filter, r |"))
     cells = [c.strip() for c in row.split("|")]
     assert cells[3] == "91.50 ± 0.71" and cells[4] == "-1.00"  # W vs the SGD of the same seeds
@@ -122,16 +122,16 @@ def test_support_widths_and_the_from_scratch_column():
     assert cells[10] == ("does not hold (W* ≥ SGD − 0.5 with ≥ 50 % out: no; "
                          "dense W ≥ SGD − 0.3: no)")
     del results["seeds"]["1"]["scratch:filter:r"]
-    row = next(line for line in parity.to_markdown(results, args).splitlines()
+    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
                if line.startswith("| DessiLBI filter, r |"))
     assert "90.50 (1 of 2 seeds)" in row
 
 
 def test_the_tuning_record_says_where_the_support_was_fixed():
-    assert parity._fixed_from({"recipe": "init+ft2+lam0.5", "epochs": 3, "steps": 1404}) == "step 468 (33 %)"
-    assert parity._fixed_from({"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680,
+    assert parity_report._fixed_from({"recipe": "init+ft2+lam0.5", "epochs": 3, "steps": 1404}) == "step 468 (33 %)"
+    assert parity_report._fixed_from({"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680,
                                "finetune_from_step": 502}) == "step 502 (11 %)"
-    assert parity._fixed_from({"recipe": "paper", "epochs": 3, "steps": 1404}) == "— (no fine-tune)"
+    assert parity_report._fixed_from({"recipe": "paper", "epochs": 3, "steps": 1404}) == "— (no fine-tune)"
 
 
 def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():
@@ -154,13 +154,13 @@ def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():
               "tickets": {"1404": ticket(0.925, 0.924, 0.928, 0.921)}},
         "1": {"sgd": {"accuracy": 0.93}, "filter:r": _fake_run(0.927, layers),
               "tickets": {"1404": ticket(0.925, 0.926, 0.928, 0.921)}}}}
-    text = parity.to_markdown(results, args)
+    text = parity_report.to_markdown(results, args)
     rows = [line for line in text.splitlines() if line.startswith("| 0 | step 1404")]
     assert rows and rows[0].endswith("| 92.10 | winning ticket: no (...) | +0.40 pts |")
     # seed 0 matches dense and beats the re-init and the random filters; seed 1 loses to its re-init
     assert "random filters): 1/2" in text
     del results["seeds"]["1"]["tickets"]["1404"]["random_units_accuracy"]
-    assert "random filters): 1/1" in parity.to_markdown(results, args)
+    assert "random filters): 1/1" in parity_report.to_markdown(results, args)
 
 
 def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
@@ -189,11 +189,11 @@ def test_the_report_lists_every_command_that_trained_into_the_cache(tmp_path):
         return argparse.Namespace(model="fmnist", epochs=10, limit=0, work=str(tmp_path),
                                   command=command, render=render)
 
-    parity._remember_command(args("python -m bench.parity --recipes a"))
-    parity._remember_command(args("python -m bench.parity --recipes b"))
-    parity._remember_command(args("python -m bench.parity --recipes a"))  # once
-    parity._remember_command(args("python -m bench.parity --render", render=True))  # trains nothing
-    assert parity._commands(args("python -m bench.parity --render")) == [
+    parity_report.remember_command(args("python -m bench.parity --recipes a"))
+    parity_report.remember_command(args("python -m bench.parity --recipes b"))
+    parity_report.remember_command(args("python -m bench.parity --recipes a"))  # once
+    parity_report.remember_command(args("python -m bench.parity --render", render=True))  # trains nothing
+    assert parity_report._commands(args("python -m bench.parity --render")) == [
         "python -m bench.parity --recipes a", "python -m bench.parity --recipes b",
         "python -m bench.parity --render"]
 
@@ -207,7 +207,7 @@ def test_narrow_widths_from_scratch_get_their_own_table():
     results = {"seeds": {
         "0": {"sgd": {"accuracy": 0.92}, "widths:12-22-22": {"accuracy": 0.915}, "tickets": {}},
         "1": {"sgd": {"accuracy": 0.93}, "widths:12-22-22": {"accuracy": 0.925}, "tickets": {}}}}
-    text = parity.to_markdown(results, args)
+    text = parity_report.to_markdown(results, args)
     assert "| 12/22/22 | 56/112 | 2 | 92.00 ± 0.71 | -0.50 |" in text
     with pytest.raises(SystemExit):
         parity.main(["--scratch-widths", "12-22", "--render"])
@@ -223,7 +223,7 @@ def test_the_verdict_is_not_decided_by_float_noise():
     sgd, dessilbi = (0.9301, 0.9318, 0.9318), (0.9278, 0.9290, 0.9279)  # exactly −0.30 pt
     results = {"seeds": {str(i): {"sgd": {"accuracy": a}, "filter:r": _fake_run(b, layers),
                                   "tickets": {}} for i, (a, b) in enumerate(zip(sgd, dessilbi))}}
-    row = next(line for line in parity.to_markdown(results, args).splitlines()
+    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
                if line.startswith("| DessiLBI filter, r |"))
     assert "dense W ≥ SGD − 0.3: yes" in row
 
