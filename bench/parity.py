@@ -246,16 +246,22 @@ def support_widths(result) -> list:
     return widths if all(widths) else []
 
 
-def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, limit=0) -> dict:
+def _ticket_inputs(model_name, seed, epochs, work, support_file, limit):
+    """``(data, θ₀, the saved support)`` of a ticket run, in a fresh Keras session."""
     import keras
 
     from tf_dessilbi import masks as masks_lib
-    from tf_dessilbi.procedures import early_tickets
 
     keras.utils.clear_session()
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
     theta0 = [keras.ops.convert_to_numpy(w) for w in build(model_name, seed).weights]
-    mask = masks_lib.Mask.load(os.path.join(work, support_file))
+    return data, theta0, masks_lib.Mask.load(os.path.join(work, support_file))
+
+
+def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, limit=0) -> dict:
+    from tf_dessilbi.procedures import early_tickets
+
+    data, theta0, mask = _ticket_inputs(model_name, seed, epochs, work, support_file, limit)
     result = early_tickets.ticket_with_controls(
         lambda: build(model_name), theta0, mask, data.train, data.test, epochs,  # the controls seed it
         data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs),
@@ -271,16 +277,10 @@ def random_units_run(model_name, seed, epochs, work, support_file, limit=0) -> d
     (seeded like the elementwise random-mask control), retrained with SGD
     under the protocol by `early_tickets.retrain_ticket`.
     """
-    import keras
-
-    from tf_dessilbi import masks as masks_lib
     from tf_dessilbi.procedures import early_tickets, sanity
 
-    keras.utils.clear_session()
-    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
-    theta0 = [keras.ops.convert_to_numpy(w) for w in build(model_name, seed).weights]
-    mask = sanity.random_mask_like(masks_lib.Mask.load(os.path.join(work, support_file)),
-                                   seed=seed, units=True)
+    data, theta0, support = _ticket_inputs(model_name, seed, epochs, work, support_file, limit)
+    mask = sanity.random_mask_like(support, seed=seed, units=True)
     result = early_tickets.retrain_ticket(
         lambda: build(model_name), theta0, mask, data.train, data.test, epochs,
         data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs))
