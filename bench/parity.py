@@ -38,8 +38,10 @@ import os
 import sys
 import time
 
+import numpy as np
+
 import bench
-from bench import protocol
+from bench import parity_tickets, protocol
 
 bench.quiet_tf()
 
@@ -121,9 +123,9 @@ def build(model_name: str, seed=None):
 
 
 class _Supports:
-    """Keras callback: supp Γ as a `Mask` after given numbers of steps."""
+    """Keras callback: supp Γ as a `Mask` after given numbers of steps, and W after others."""
 
-    def __new__(cls, steps):
+    def __new__(cls, steps, weights_steps=()):
         import keras
 
         from tf_dessilbi.procedures import early_tickets
@@ -131,13 +133,16 @@ class _Supports:
         class Supports(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.step, self.masks = 0, {}
+                self.step, self.masks, self.weights = 0, {}, {}
 
             def on_train_batch_end(self, batch, logs=None):
                 self.step += 1
                 if self.step in steps:
                     self.masks[self.step] = early_tickets.support_masks(self.model,
                                                                         self.model.optimizer)
+                if self.step in weights_steps:
+                    self.weights[self.step] = [keras.ops.convert_to_numpy(w)
+                                               for w in self.model.weights]
 
         return Supports()
 
@@ -155,11 +160,12 @@ def _filters(report, model) -> tuple:
 
 
 def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=(),
-                 lambda_=None, recipe="paper") -> dict:
+                 lambda_=None, recipe="paper", rewind_steps=()) -> dict:
     """One DessiLBI run under the protocol: dense W, W*, supports (saved in ``work`` at ``ticket_steps``).
 
     ``recipe`` is a `parse_recipe` name; ``lambda_`` overrides λ
-    (`bench.sparse_compare` searches it).
+    (`bench.sparse_compare` searches it); the weights after each of
+    ``rewind_steps`` are saved too (the rewound tickets' start).
     """
     import keras
 
@@ -176,7 +182,7 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    supports = _Supports(set(ticket_steps))
+    supports = _Supports(set(ticket_steps), set(rewind_steps))
     callbacks = [supports]
     if settings["steady"]:
         callbacks.append(path_speed.SteadyPathSpeed())
@@ -205,6 +211,12 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         mask.save(path)
         k, t = mask.weights_kept, mask.weights_total
         result["supports"][str(step)] = {"file": os.path.basename(path), "weight_fraction": k / t}
+    result["rewind"] = {}
+    os.makedirs(work, exist_ok=True)
+    for step, weights in supports.weights.items():
+        name = parity_tickets.weights_name(model_name, structure, recipe, epochs, seed, step)
+        np.savez(os.path.join(work, name), *weights)
+        result["rewind"][str(step)] = name
     _log(f"{model_name} dessilbi {structure} {recipe} seed {seed}: W {result['w_accuracy']:.4f}, "
          f"W* {result['w_star_accuracy']:.4f}, filters {kept}/{total}")
     return result
@@ -246,53 +258,12 @@ def support_widths(result) -> list:
     return widths if all(widths) else []
 
 
-def _ticket_inputs(model_name, seed, epochs, work, support_file, limit):
-    """``(data, θ₀, the saved support)`` of a ticket run, in a fresh Keras session."""
-    import keras
-
-    from tf_dessilbi import masks as masks_lib
-
-    keras.utils.clear_session()
-    data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
-    theta0 = [keras.ops.convert_to_numpy(w) for w in build(model_name, seed).weights]
-    return data, theta0, masks_lib.Mask.load(os.path.join(work, support_file))
-
-
-def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, limit=0) -> dict:
-    from tf_dessilbi.procedures import early_tickets
-
-    data, theta0, mask = _ticket_inputs(model_name, seed, epochs, work, support_file, limit)
-    result = early_tickets.ticket_with_controls(
-        lambda: build(model_name), theta0, mask, data.train, data.test, epochs,  # the controls seed it
-        data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs),
-        dense_accuracy, seed=seed)
-    _log(f"{model_name} ticket {support_file}: {result['verdict']}")
-    return result
-
-
-def random_units_run(model_name, seed, epochs, work, support_file, limit=0) -> dict:
-    """The structured control of a filter ticket: as many random whole filters per layer, from θ₀.
-
-    `tf_dessilbi.procedures.sanity.random_mask_like` with ``units=True``
-    (seeded like the elementwise random-mask control), retrained with SGD
-    under the protocol by `early_tickets.retrain_ticket`.
-    """
-    from tf_dessilbi.procedures import early_tickets, sanity
-
-    data, theta0, support = _ticket_inputs(model_name, seed, epochs, work, support_file, limit)
-    mask = sanity.random_mask_like(support, seed=seed, units=True)
-    result = early_tickets.retrain_ticket(
-        lambda: build(model_name), theta0, mask, data.train, data.test, epochs,
-        data.steps_per_epoch, lambda: protocol.make_sgd(data.steps_per_epoch, epochs))
-    _log(f"{model_name} random filters like {support_file}: {result['accuracy']}")
-    return result
-
-
 def run(args) -> dict:
     work = args.work
     spe = (args.limit or protocol.NUM_TRAIN) // protocol.BATCH_SIZE
     total = args.epochs * spe
     steps = sorted({max(1, int(f * total)) for f in args.ticket_fractions})  # never past f
+    rewinds = {r: r * spe for r in args.rewind_epochs if r}  # epoch -> the step W is saved at
     tag = f"e{args.epochs}" + (f"_n{args.limit}" if args.limit else "")
     out = {"seeds": {}}
 
@@ -329,13 +300,15 @@ def run(args) -> dict:
                 path = os.path.join(work, f"{name}.json")
                 if tickets_here and os.path.exists(path) and not args.render:
                     with open(path) as f:
-                        saved = json.load(f).get("supports", {})
-                    if not all(str(st) in saved for st in steps):  # run without the supports: redo
+                        saved = json.load(f)
+                    if not (all(str(st) in saved.get("supports", {}) for st in steps)  # redo
+                            and all(str(st) in saved.get("rewind", {}) for st in rewinds.values())):
                         os.remove(path)
                 seed_out[f"{structure}:{recipe}"] = cached(
                     work, name,
                     lambda: dessilbi_run(args.model, structure, seed, args.epochs, work, args.limit,
-                                         steps if tickets_here else (), recipe=recipe))
+                                         steps if tickets_here else (), recipe=recipe,
+                                         rewind_steps=rewinds.values() if tickets_here else ()))
                 done = seed_out[f"{structure}:{recipe}"]
                 widths = support_widths(done) if done and args.scratch and args.model == "fmnist" else []
                 if widths and widths != [16, 32, 64]:
@@ -348,24 +321,36 @@ def run(args) -> dict:
             suffix = "" if args.ticket_recipe == "paper" else f"_{args.ticket_recipe}"
             if args.ticket_structure != "auto":
                 suffix += f"_{args.ticket_structure}"
-            for step in steps:
-                support = auto["supports"].get(str(step))
-                ticket = support and cached(
-                    work, f"ticket_{args.model}_{tag}_s{seed}_step{step}{suffix}",
-                    lambda: ticket_run(args.model, seed, args.epochs, work, support["file"],
-                                       auto["w_accuracy"], args.limit))
-                if ticket and ticket.get("sanity") and args.random_units:
-                    control = cached(
-                        work, f"ticket_units_{args.model}_{tag}_s{seed}_step{step}{suffix}",
-                        lambda: random_units_run(args.model, seed, args.epochs, work,
-                                                 support["file"], args.limit))
-                    if control:
-                        ticket = dict(ticket, random_units_accuracy=control["accuracy"])
-                if ticket:
-                    seed_out["tickets"][str(step)] = dict(ticket, fraction=step / total)
+            for rewind in args.rewind_epochs:
+                for step in steps:
+                    ticket = _ticket(args, work, tag, seed, step, rewind, rewinds.get(rewind), auto,
+                                     suffix, cached)
+                    if ticket:
+                        key = str(step) if not rewind else f"{step}_rw{rewind}"
+                        seed_out["tickets"][key] = dict(ticket, fraction=step / total, step=step,
+                                                        rewind_epoch=rewind)
         for key in [k for k, v in seed_out.items() if v is None]:
             del seed_out[key]
     return out
+
+
+def _ticket(args, work, tag, seed, step, rewind, rewind_step, auto, suffix, cached):
+    """The ticket at ``step`` from θ₀ (``rewind`` 0) or from W at the end of epoch ``rewind``
+    (saved at ``rewind_step``), with its controls; ``None`` when the run saved neither."""
+    support = auto["supports"].get(str(step))
+    rewind_file = auto.get("rewind", {}).get(str(rewind_step)) if rewind else None
+    if not support or (rewind and not rewind_file):
+        return None
+    name = f"{args.model}_{tag}_s{seed}_step{step}{suffix}" + (f"_rw{rewind}" if rewind else "")
+    ticket = cached(work, f"ticket_{name}", lambda: parity_tickets.ticket_run(
+        args.model, seed, args.epochs, work, support["file"], auto["w_accuracy"], args.limit,
+        rewind, rewind_file))
+    if ticket and ticket.get("sanity") and args.random_units:
+        control = cached(work, f"ticket_units_{name}", lambda: parity_tickets.random_units_run(
+            args.model, seed, args.epochs, work, support["file"], args.limit, rewind, rewind_file))
+        if control:
+            ticket = dict(ticket, random_units_accuracy=control["accuracy"])
+    return ticket
 
 
 def scratch_widths_runs(args, seed_out, seed, tag, cached) -> None:
@@ -393,6 +378,9 @@ def main(argv=None):
                         help="the structure whose run gives the tickets (default: the first)")
     parser.add_argument("--ticket-fractions", type=float, nargs="+", default=list(TICKET_FRACTIONS))
     parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rewind-epochs", type=int, nargs="+", default=[0], metavar="R",
+                        help="tickets start from θ₀ (0) or from W at the end of epoch R and train "
+                             "the remaining epochs (Frankle et al.'s rewinding); default 0")
     parser.add_argument("--scratch", action="store_true",
                         help="also train the support's conv widths from scratch with SGD (fmnist)")
     parser.add_argument("--random-units", action="store_true",
@@ -419,6 +407,9 @@ def main(argv=None):
     args.ticket_structure = args.ticket_structure or args.structures[0]
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1; received {args.epochs}")
+    bad = [r for r in args.rewind_epochs if not 0 <= r < args.epochs]
+    if bad:
+        parser.error(f"--rewind-epochs must lie in [0, --epochs={args.epochs}); received {bad}")
     for spec in args.scratch_widths:
         parts = spec.split("-")
         if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):

@@ -127,38 +127,41 @@ def to_markdown(results, args) -> str:
             lines.append(f"| {spec.replace('-', '/')} | {sum(int(w) for w in spec.split('-'))}/112 "
                          f"| {len(accs)} | {_mean_sd(accs)} | {delta:+.2f} |")
     lines += _recipes_tried(args)
-    tickets = [(seed, k, t) for seed, s in zip(args.seeds, seeds) for k, t in s["tickets"].items()]
+    tickets = [(seed, t) for seed, s in zip(args.seeds, seeds) for t in _tickets(s)]
     if tickets:
         lines += ["", f"## Early tickets (supp Γ of DessiLBI {args.ticket_structure}, {args.ticket_recipe}, retrained "
-                  "from θ₀ with SGD under the protocol)", "",
-                  "| seed | taken at | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
+                  "with SGD under the protocol)", "",
+                  "A ticket starts from θ₀ and trains the whole budget, or from the run's W at the end of "
+                  "epoch R (rewound) and trains the remaining epochs of the same schedule and batches; "
+                  "every control of a row starts from the same point (the re-init: a fresh draw) and "
+                  "trains as long.", "",
+                  "| seed | taken at | start | weights kept | ticket | dense DessiLBI W | same mask, re-init | "
                   "random mask | random filters | verdict (Ma et al.'s two controls) | "
-                  "ticket − random filters |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for seed, step, t in tickets:
+                  "ticket − random filters |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for seed, t in tickets:
             s = t.get("sanity") or {}
             acc = lambda key: f"{100 * s[key]:.2f}" if key in s else "—"  # noqa: E731
             units = t.get("random_units_accuracy")
             versus = (f"{100 * (s['ticket_accuracy'] - units):+.2f} pts"
                       if units is not None and "ticket_accuracy" in s else "—")
             lines.append(
-                f"| {seed} | step {step} ({100 * t['fraction']:.0f} % of the budget) | "
+                f"| {seed} | step {t['step']} ({100 * t['fraction']:.0f} % of the budget) | {_start(t)} | "
                 f"{100 * t['weights_kept'] / t['weights_total']:.2f} % | {acc('ticket_accuracy')} | "
                 f"{acc('dense_accuracy')} | {acc('reinit_accuracy')} | {acc('random_mask_accuracy')} "
                 f"| {'—' if units is None else f'{100 * units:.2f}'} | {t['verdict']} | {versus} |")
-    if tickets:
-        lines += ["", "Per budget fraction, seeds whose ticket wins (≥ dense DessiLBI W − 0.5 pt "
+        lines += ["", "Per budget fraction and start, seeds whose ticket wins (≥ dense DessiLBI W − 0.5 pt "
                   "and beats both controls by more than the margin):", ""]
-        for step in sorted({int(k) for _, k, _ in tickets}):
-            rows = [t for _, k, t in tickets if int(k) == step]
+        for step, rewind in sorted({(t["step"], t["rewind_epoch"]) for _, t in tickets}):
+            rows = [t for _, t in tickets if (t["step"], t["rewind_epoch"]) == (step, rewind)]
             won = sum(bool(t.get("winning")) for t in rows)
             empty = sum(bool(t.get("empty_layers")) for t in rows)
             structured = [t for t in rows if t.get("random_units_accuracy") is not None]
             beats = sum((t["sanity"]["ticket_accuracy"] > t["random_units_accuracy"]
                          and t["sanity"]["ticket_accuracy"] > t["sanity"]["reinit_accuracy"]
                          and t["sanity"]["matches_dense"]) for t in structured)
-            lines.append(f"- step {step} ({100 * rows[0]['fraction']:.0f} %): wins on {won}/"
-                         f"{len(rows)} seeds" + (f" ({empty} with an empty layer, not retrained)"
-                                                 if empty else "")
+            lines.append(f"- step {step} ({100 * rows[0]['fraction']:.0f} %), from {_start(rows[0])}: "
+                         f"wins on {won}/{len(rows)} seeds"
+                         + (f" ({empty} with an empty layer, not retrained)" if empty else "")
                          + (f"; with random filters in place of the elementwise random mask "
                             f"(matches dense, beats the re-init and the random filters): "
                             f"{beats}/{len(structured)}" if structured else ""))
@@ -167,6 +170,20 @@ def to_markdown(results, args) -> str:
         for name in ["sgd", *[f"{st}:{r}" for r in args.recipes for st in args.structures]]
         if name in s and "wall_s" in s[name]), ""]
     return "\n".join(lines)
+
+
+def _tickets(seed_results) -> list:
+    """A seed's tickets with their step and start (results cached before rewinding hold neither)."""
+    out = []
+    for key, t in seed_results.get("tickets", {}).items():
+        step, _, rewind = key.partition("_rw")
+        out.append(dict(t, step=int(t.get("step", step)), rewind_epoch=int(t.get("rewind_epoch", rewind or 0))))
+    return out
+
+
+def _start(ticket) -> str:
+    rewind = ticket["rewind_epoch"]
+    return "θ₀" if not rewind else f"W at the end of epoch {rewind} (rewound)"
 
 
 def _commands_file(args) -> str:

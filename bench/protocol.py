@@ -82,6 +82,14 @@ class Data:
         ds = ds.batch(BATCH_SIZE, drop_remainder=True).repeat()
         return ds.take(count) if count else ds
 
+    def train_from(self, epoch: int):
+        """``train`` from the start of (0-based) ``epoch`` on: the batches a run rewound there sees next."""
+        epoch = int(epoch)
+        if not 0 <= epoch < self.epochs:
+            raise ValueError(f"`epoch` must lie in [0, {self.epochs}) (the epochs the data holds); "
+                             f"received {epoch}.")
+        return self.train.skip(epoch * self.steps_per_epoch)
+
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The permutation of the training set for ``epoch`` under ``seed``."""
@@ -124,18 +132,42 @@ def load_data(seed: int, epochs: int = EPOCHS, train_limit: Optional[int] = None
     return Data(train, test, steps, epochs, x_train, y_train, x_test, y_test)
 
 
-def lr_schedule(steps_per_epoch: int, epochs: int, peak: float = PEAK_LR):
-    """Linear warm-up to ``peak`` over the first epoch, cosine decay to 0 at the end."""
+def lr_schedule(steps_per_epoch: int, epochs: int, peak: float = PEAK_LR, start_epoch: int = 0):
+    """Linear warm-up to ``peak`` over the first epoch, cosine decay to 0 at the end.
+
+    ``start_epoch`` > 0: the same schedule as seen by a run rewound to the end
+    of epoch ``start_epoch`` (its step s is the protocol's step
+    s + start_epoch · steps_per_epoch), so it trains the remaining
+    ``epochs − start_epoch`` epochs of the same curve.
+    """
     import keras
 
+    start_epoch = int(start_epoch)
+    if not 0 <= start_epoch < epochs:
+        raise ValueError(f"`start_epoch` must lie in [0, epochs={epochs}); received {start_epoch}.")
     total = steps_per_epoch * epochs
-    return keras.optimizers.schedules.CosineDecay(
+    schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
         decay_steps=max(1, total - steps_per_epoch),
         alpha=0.0,
         warmup_target=peak,
         warmup_steps=steps_per_epoch,
     )
+    return _from_step(schedule, start_epoch * steps_per_epoch) if start_epoch else schedule
+
+
+def _from_step(schedule, offset: int):
+    """``schedule`` shifted: step s gives ``schedule(s + offset)``."""
+    import keras
+
+    class FromStep(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return schedule(keras.ops.cast(step, "int64") + offset)
+
+        def get_config(self):
+            return {"schedule": keras.saving.serialize_keras_object(schedule), "offset": offset}
+
+    return FromStep()
 
 
 def lr_at(step: int, steps_per_epoch: int, epochs: int, peak: float = PEAK_LR) -> float:
@@ -147,12 +179,13 @@ def lr_at(step: int, steps_per_epoch: int, epochs: int, peak: float = PEAK_LR) -
     return peak * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def make_sgd(steps_per_epoch: int, epochs: int, peak: float = PEAK_LR):
-    """The protocol's optimizer: SGD, Nesterov momentum 0.9, `lr_schedule`."""
+def make_sgd(steps_per_epoch: int, epochs: int, peak: float = PEAK_LR, start_epoch: int = 0):
+    """The protocol's optimizer: SGD, Nesterov momentum 0.9, `lr_schedule` (from ``start_epoch``)."""
     import keras
 
     return keras.optimizers.SGD(
-        learning_rate=lr_schedule(steps_per_epoch, epochs, peak), momentum=MOMENTUM, nesterov=True
+        learning_rate=lr_schedule(steps_per_epoch, epochs, peak, start_epoch),
+        momentum=MOMENTUM, nesterov=True,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench import parity, parity_report  # noqa: E402
+from bench import parity, parity_report, parity_tickets  # noqa: E402
 
 
 def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
@@ -54,7 +54,7 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
     out = tmp_path / "PARITY.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.parity", "--epochs", "2", "--limit", "512", "--seeds", "0",
-         "--ticket-fractions", "0.5", "--recipes", "init+ft1+lam0.5", "paper",
+         "--ticket-fractions", "0.5", "--recipes", "init+ft1+lam0.5", "paper", "--rewind-epochs", "0", "1",
          "--work", str(tmp_path / "w" / "parity"), "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,8 +63,15 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
         for recipe in ("init+ft1+lam0.5", "paper"):
             assert f"| DessiLBI {structure}, {recipe} |" in text
             assert f"| {structure} | {recipe} |" in text  # the tuning record
-    assert "| 0 | step 4 (50 % of the budget) |" in text
-    assert (tmp_path / "w" / "parity" / "support_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()
+    assert "| 0 | step 4 (50 % of the budget) | θ₀ |" in text
+    assert "| 0 | step 4 (50 % of the budget) | W at the end of epoch 1 (rewound) |" in text
+    work = tmp_path / "w" / "parity"
+    assert (work / "support_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()
+    assert (work / "weights_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()  # W after epoch 1
+    import json
+
+    rewound = json.loads((work / "ticket_fmnist_e2_n512_s0_step4_init+ft1+lam0.5_rw1.json").read_text())
+    assert rewound["rewind_epoch"] == 1 and rewound["trained_steps"] == 4  # the remaining epoch
     # A rerun reads every run back (the cached ticket run with its supports is kept).
     again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -161,6 +168,12 @@ def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():
     assert "random filters): 1/2" in text
     del results["seeds"]["1"]["tickets"]["1404"]["random_units_accuracy"]
     assert "random filters): 1/1" in parity_report.to_markdown(results, args)
+    # A rewound ticket has a row and a verdict line of its own.
+    results["seeds"]["0"]["tickets"]["1404_rw1"] = dict(ticket(0.93, 0.92, 0.925, 0.921), winning=True)
+    text = parity_report.to_markdown(results, args)
+    assert "| 0 | step 1404 (30 % of the budget) | W at the end of epoch 1 (rewound) |" in text
+    assert "- step 1404 (30 %), from θ₀: wins on 0/2 seeds" in text
+    assert "- step 1404 (30 %), from W at the end of epoch 1 (rewound): wins on 1/1 seeds" in text
 
 
 def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
@@ -177,9 +190,43 @@ def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
         weights[f"{layer}/kernel"] = m
     mask = masks_lib.Mask(weights)
     mask.save(str(tmp_path / "support.npz"))
-    result = parity.random_units_run("fmnist", 0, 1, str(tmp_path), "support.npz", limit=256)
+    result = parity_tickets.random_units_run("fmnist", 0, 1, str(tmp_path), "support.npz", limit=256)
     assert result["accuracy"] is not None and not result["empty_layers"]
     assert result["weights_kept"] == mask.weights_kept  # whole filters, as many per layer
+    np.savez(str(tmp_path / "w.npz"), *[np.zeros(w.shape, "float32") for w in model.weights[:-1]])
+    with pytest.raises(ValueError, match="do not fit"):  # rewind weights of another model
+        parity_tickets.random_units_run("fmnist", 0, 2, str(tmp_path), "support.npz", 256, 1, "w.npz")
+    with pytest.raises(ValueError, match="rewind_epoch"):
+        parity_tickets.ticket_run("fmnist", 0, 2, str(tmp_path), "support.npz", 0.9, 256, 1, None)
+
+
+def test_a_rewound_run_continues_the_protocol_s_schedule_and_batches():
+    """From the end of epoch R: the learning rate of step s is the protocol's at s + R·steps,
+    and the batches are those of epochs R + 1 … E."""
+    import numpy as np
+
+    from bench import protocol
+
+    spe, epochs = protocol.STEPS_PER_EPOCH, 10
+    for rewind in (1, 3):
+        schedule = protocol.lr_schedule(spe, epochs, start_epoch=rewind)
+        for step in (0, 1, 250, (epochs - rewind) * spe - 1, (epochs - rewind) * spe):
+            assert float(schedule(step)) == pytest.approx(protocol.lr_at(step + rewind * spe, spe, epochs),
+                                                          rel=1e-5, abs=1e-7)
+    for bad in (-1, epochs):
+        with pytest.raises(ValueError, match="start_epoch"):
+            protocol.lr_schedule(spe, epochs, start_epoch=bad)
+    data = protocol.load_data(0, 3, train_limit=512, test_limit=64)
+    train, train_epochs, make_optimizer = parity_tickets._budget(data, 3, 2)
+    assert train_epochs == 1
+    first = next(iter(train))[1].numpy()
+    expected = data.y_train[protocol.epoch_order(0, 2, 512)[:protocol.BATCH_SIZE]]
+    np.testing.assert_array_equal(first, expected)  # epoch 3's first batch
+    assert float(make_optimizer().learning_rate) == pytest.approx(protocol.lr_at(2 * 4, 4, 3), rel=1e-5)
+    with pytest.raises(ValueError, match="rewind_epoch"):
+        parity_tickets._budget(data, 3, 3)
+    with pytest.raises(ValueError, match="epoch"):
+        data.train_from(3)
 
 
 def test_the_report_lists_every_command_that_trained_into_the_cache(tmp_path):
