@@ -279,8 +279,51 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     assert finetune.support_unit_fraction(opt) == pytest.approx(after.fractions[-1])
     config = callback.get_config()
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
-                      "units_fraction": rho, "check_every": every}
+                      "units_fraction": rho, "check_every": every, "weights_fraction": None}
     assert finetune.WStarFinetune(**config).get_config() == config
+
+
+class _WeightFraction(keras.callbacks.Callback):
+    """NumPy: |supp Γ| / |W| over the model's kernels after every step (all are coupled)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fractions = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        supports = [ops.convert_to_numpy(self.model.optimizer.support(layer.kernel))
+                    for layer in self.model.layers if hasattr(layer, "kernel")]
+        self.fractions.append(sum(float(m.sum()) for m in supports) / sum(m.size for m in supports))
+
+
+def test_w_star_finetune_starts_when_the_support_holds_the_weights_fraction():
+    """An elementwise run: the fine-tune starts at the first check where |supp Γ| / |W| ≥ ρ_w."""
+    x, y = _data()
+    reference = _WeightFraction()
+    model = _model()
+    _compile(model, 0.2, structure="elementwise")
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    fractions = np.array(reference.fractions)
+    rho = float(np.quantile(fractions[fractions > 0], 0.3))  # reached mid-run
+    want = next(step for step in range(1, len(fractions) + 1) if fractions[step - 1] >= rho)
+    assert 0 < want < len(fractions) - 2 and fractions[want - 2] < rho
+
+    model = _model()
+    opt = _compile(model, 0.2, structure="elementwise")
+    callback = finetune.WStarFinetune(weights_fraction=rho, check_every=1)
+    trace, after = _Trace(), _WeightFraction()
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+              callbacks=[callback, trace, after])
+    assert callback.started_at_step == want
+    assert set(trace.mu[:want]) == {5.0} and set(trace.mu[want:]) == {finetune.DECOUPLED_MU}
+    np.testing.assert_allclose(after.fractions[:want], fractions[:want])
+    assert set(after.fractions[want - 1:]) == {after.fractions[want - 1]}  # the support is fixed
+    _assert_is_w_star(model, opt)
+    assert finetune.support_weight_fraction(opt) == pytest.approx(after.fractions[-1])
+    assert callback.get_config()["weights_fraction"] == rho
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="weights_fraction"):
+            finetune.WStarFinetune(weights_fraction=bad)
 
 
 def test_w_star_finetune_start_epoch_comes_first_when_the_fraction_is_never_reached():
@@ -296,7 +339,7 @@ def test_w_star_finetune_start_epoch_comes_first_when_the_fraction_is_never_reac
 
 
 def test_w_star_finetune_units_fraction_arguments():
-    with pytest.raises(ValueError, match="start_epoch` or `units_fraction"):
+    with pytest.raises(ValueError, match="start_epoch`, `units_fraction` or `weights_fraction"):
         finetune.WStarFinetune()
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="units_fraction"):

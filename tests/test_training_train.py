@@ -429,7 +429,23 @@ def test_w_star_finetune_from_a_units_fraction_through_the_cli(tmp_path):
         assert json.load(f)["optimizer"]["finetune_units"] == 0.25
 
 
+def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
+    """Elementwise: the support is frozen once it holds ≥ 20 % of the coupled weights."""
+    config = tiny_config()
+    config.num_epochs = 3
+    config.optimizer.structure = "elementwise"
+    config.optimizer.finetune_weights = 0.2
+    config.optimizer.lambda_ = 0.1
+    summary = train.train_and_evaluate(config, str(tmp_path / "weights"))
+    config.optimizer.finetune_weights = 0.0
+    free = train.train_and_evaluate(config, str(tmp_path / "free"))
+    kept, total = summary["sparsity"]["weights_kept"], summary["sparsity"]["weights_total"]
+    assert 0.2 * total <= kept < free["sparsity"]["weights_kept"]  # stopped growing at the crossing
+    assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize("field,value,match", [
+    ("optimizer.finetune_weights", 1.5, r"config.optimizer.finetune_weights=1.5"),
     ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
     ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
     ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),

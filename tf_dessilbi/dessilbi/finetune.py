@@ -15,6 +15,11 @@ neurons),
 
     Σ_l |{u : Γ_l[..., u] ≠ 0}| / Σ_l n_l  ≥  ρ   (checked every ``check_every`` steps),
 
+or, with ``weights_fraction`` = ρ_w, as soon as it holds a fraction ρ_w of
+the coupled weights (any structure; an elementwise run's density),
+
+    Σ_l |supp Γ_l| / Σ_l |W_l|  ≥  ρ_w,
+
 whichever comes first: the path is walked until the structure has the
 wanted size, then that support is retrained. This ties the sparsity to ρ
 instead of to λ and the learning-rate schedule (at a fixed λ the number of
@@ -52,6 +57,16 @@ def is_decoupled(optimizer) -> bool:
     return float(ops.convert_to_numpy(unwrap_optimizer(optimizer).mu)) == DECOUPLED_MU
 
 
+def support_weight_fraction(optimizer) -> Optional[float]:
+    """Σ |supp Γ| / Σ |W| over every coupled kernel (any structure); None if none is coupled."""
+    optimizer = unwrap_optimizer(optimizer)
+    kept = total = 0
+    for variable, _ in optimizer.coupled_variables():
+        support = ops.convert_to_numpy(optimizer.support(variable))
+        kept, total = kept + int(support.sum()), total + int(support.size)
+    return kept / total if total else None
+
+
 def support_unit_fraction(optimizer) -> Optional[float]:
     """Σ units in supp Γ / Σ units over the group-coupled kernels (filters, neurons); None if none."""
     optimizer = unwrap_optimizer(optimizer)
@@ -85,28 +100,32 @@ class WStarFinetune(keras.callbacks.Callback):
             support (see `tf_dessilbi.apply_w_star`). Defaults to `True`.
         units_fraction: ρ ∈ (0, 1]: start as soon as the support holds this
             fraction of the group units (at the first check at or after the
-            step it is reached). ``None`` (default): ``start_epoch`` only.
-        check_every: steps between two checks of ``units_fraction``.
-            Defaults to `10`.
+            step it is reached). ``None`` (default): not checked.
+        weights_fraction: ρ_w ∈ (0, 1]: start as soon as the support holds
+            this fraction of the coupled weights (same checks). ``None``
+            (default): not checked.
+        check_every: steps between two checks of the fractions. Defaults
+            to `10`.
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
             before it starts).
 
     Raises:
-        ValueError, TypeError: a bad argument, neither ``start_epoch`` nor
-            ``units_fraction``; at train begin, an optimizer without a
+        ValueError, TypeError: a bad argument, none of ``start_epoch``,
+            ``units_fraction`` and ``weights_fraction``; at train begin, an optimizer without a
             support (not DessiLBI), or ``units_fraction`` with no group-coupled
             kernel.
     """
 
     def __init__(self, start_epoch: Optional[int] = None, decouple: bool = True,
                  prune_bias: bool = True, units_fraction: Optional[float] = None,
-                 check_every: int = 10):
+                 check_every: int = 10, weights_fraction: Optional[float] = None):
         super().__init__()
-        if start_epoch is None and units_fraction is None:
-            raise ValueError("WStarFinetune needs `start_epoch` or `units_fraction` (or both). "
-                             "Received: start_epoch=None, units_fraction=None")
+        if start_epoch is None and units_fraction is None and weights_fraction is None:
+            raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
+                             "`weights_fraction`. Received: start_epoch=None, "
+                             "units_fraction=None, weights_fraction=None")
         self.start_epoch = (None if start_epoch is None
                             else _validate.integer("start_epoch", start_epoch, minimum=0))
         self.decouple = _validate.boolean("decouple", decouple)
@@ -115,6 +134,10 @@ class WStarFinetune(keras.callbacks.Callback):
             units_fraction = _validate.real("units_fraction", units_fraction, minimum=0.0,
                                             maximum=1.0, min_open=True)
         self.units_fraction = units_fraction
+        if weights_fraction is not None:
+            weights_fraction = _validate.real("weights_fraction", weights_fraction, minimum=0.0,
+                                              maximum=1.0, min_open=True)
+        self.weights_fraction = weights_fraction
         self.check_every = _validate.positive_int("check_every", check_every)
         self.active = False
         self.started_at_step = None
@@ -149,11 +172,17 @@ class WStarFinetune(keras.callbacks.Callback):
             optimizer.mu.assign(DECOUPLED_MU)
             self._decoupled = True
 
-    def _units_reached(self) -> bool:
+    def _fraction_reached(self) -> bool:
         optimizer = unwrap_optimizer(self.model.optimizer)
-        if self.units_fraction is None or not getattr(optimizer, "built", False):
+        if (self.units_fraction is None and self.weights_fraction is None) \
+                or not getattr(optimizer, "built", False):
             return False
         _compat.sync_jax_state(self.model)
+        if self.weights_fraction is not None \
+                and (support_weight_fraction(optimizer) or 0.0) >= self.weights_fraction:
+            return True
+        if self.units_fraction is None:
+            return False
         fraction = support_unit_fraction(optimizer)
         if fraction is None:
             raise ValueError(_NO_GROUPS)
@@ -180,14 +209,14 @@ class WStarFinetune(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.active or (self.start_epoch is not None and epoch >= self.start_epoch) \
-                or self._units_reached():
+                or self._fraction_reached():
             self._start()
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
         if self.active:
             self._project()
-        elif self._batches % self.check_every == 0 and self._units_reached():
+        elif self._batches % self.check_every == 0 and self._fraction_reached():
             self._start()
 
     def on_train_end(self, logs=None):
@@ -199,4 +228,4 @@ class WStarFinetune(keras.callbacks.Callback):
     def get_config(self):
         return {"start_epoch": self.start_epoch, "decouple": self.decouple,
                 "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
-                "check_every": self.check_every}
+                "check_every": self.check_every, "weights_fraction": self.weights_fraction}

@@ -84,10 +84,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.lambda_scaling = "fan_in"
     # DessiLBI under a decaying lr: hold V's speed α/μ once α peaks (SteadyPathSpeed),
     # and train W* on its support in the last N epochs (WStarFinetune; 0: off), or
-    # from the step supp Γ holds this fraction of the filters/neurons (0: off).
+    # from the step supp Γ holds this fraction of the filters/neurons (0: off), or
+    # this fraction of the coupled weights (0: off; any structure, e.g. elementwise).
     c.optimizer.steady_path = False
     c.optimizer.finetune_epochs = 0
     c.optimizer.finetune_units = 0.0
+    c.optimizer.finetune_weights = 0.0
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -256,6 +258,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, "optimizer.mu", 0, low_open=True)
     _number(config, "optimizer.lambda_", 0)
     _number(config, "optimizer.finetune_units", 0, 1)
+    _number(config, "optimizer.finetune_weights", 0, 1)
     _number(config, "model.weight_decay", 0)
     _number(config, "schedule.decay_factor", 0, low_open=True)
     _number(config, "schedule.warmup_epochs", 0)
@@ -276,7 +279,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("schedule.warmup_epochs", config.schedule.warmup_epochs,
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
-        for field in ("steady_path", "finetune_epochs", "finetune_units"):
+        for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")

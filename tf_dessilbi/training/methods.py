@@ -99,9 +99,10 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
     if config.optimizer.steady_path:
         cbs.append(path_speed.SteadyPathSpeed())
     o = config.optimizer
-    if o.finetune_epochs or o.finetune_units:
+    if o.finetune_epochs or o.finetune_units or o.finetune_weights:
         start = config.num_epochs - o.finetune_epochs if o.finetune_epochs else None
         cbs.append(finetune.WStarFinetune(start, units_fraction=o.finetune_units or None,
+                                          weights_fraction=o.finetune_weights or None,
                                           check_every=1))
     return cbs
 
