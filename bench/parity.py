@@ -62,11 +62,12 @@ def parse_recipe(spec: str) -> dict:
     in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
     (the same with the coupling on), ``u<x>`` (the fine-tune starts once
     supp Γ holds a fraction x of the conv filters, checked every step, at
-    the latest with ``ftN``), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    the latest with ``ftN``), ``w<x>`` (the same once it holds a fraction x
+    of the coupled weights: an elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None}
+           "units_fraction": None, "weights_fraction": None}
     for token in spec.split("+"):
         if token == "paper":
             continue
@@ -82,12 +83,13 @@ def parse_recipe(spec: str) -> dict:
         if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
             out["finetune_epochs"], out["decouple"] = int(token[3:]), False
             continue
-        if token.startswith("u"):  # fine-tune once supp Γ holds this fraction of the filters
+        if token[:1] in ("u", "w"):  # fine-tune once supp Γ holds this fraction of the filters / weights
+            key = "units_fraction" if token[0] == "u" else "weights_fraction"
             try:
-                out["units_fraction"] = float(token[1:])
+                out[key] = float(token[1:])
             except ValueError:
-                raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after 'u'.")
-            if not 0.0 < out["units_fraction"] <= 1.0:
+                raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {token[0]!r}.")
+            if not 0.0 < out[key] <= 1.0:
                 raise ValueError(f"Recipe token {token!r} in {spec!r}: the fraction must lie in (0, 1].")
             continue
         for prefix, key in _RECIPE_KEYS.items():
@@ -99,7 +101,7 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, steady, "
-                             f"ft<N>, cft<N>, u<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
     return out
@@ -186,10 +188,11 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     callbacks = [supports]
     if settings["steady"]:
         callbacks.append(path_speed.SteadyPathSpeed())
-    if settings["finetune_epochs"] or settings["units_fraction"]:
+    if settings["finetune_epochs"] or settings["units_fraction"] or settings["weights_fraction"]:
         start = max(0, epochs - settings["finetune_epochs"]) if settings["finetune_epochs"] else None
         callbacks.append(finetune.WStarFinetune(start, decouple=settings["decouple"],
                                                 units_fraction=settings["units_fraction"],
+                                                weights_fraction=settings["weights_fraction"],
                                                 check_every=1))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
@@ -212,8 +215,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         k, t = mask.weights_kept, mask.weights_total
         result["supports"][str(step)] = {"file": os.path.basename(path), "weight_fraction": k / t}
     result["rewind"] = {}
-    os.makedirs(work, exist_ok=True)
     for step, weights in supports.weights.items():
+        os.makedirs(work, exist_ok=True)
         name = parity_tickets.weights_name(model_name, structure, recipe, epochs, seed, step)
         np.savez(os.path.join(work, name), *weights)
         result["rewind"][str(step)] = name

@@ -41,7 +41,8 @@ def _recipes_tried(args) -> list:
              "`steady` μ ∝ α once α peaks (`SteadyPathSpeed`); `ftN` the last N epochs train W* "
              "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
              "the coupling on; `uX` the fine-tune starts once supp Γ holds a fraction X of the "
-             "conv filters (checked every step); `lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
+             "conv filters (checked every step), `wX` once it holds a fraction X of the coupled weights; "
+             "`lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
              "kernel elementwise.", "",
