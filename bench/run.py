@@ -226,6 +226,8 @@ SEPARATE_REPORTS = (
     ("Physical removal (shrink)", "SHRINK.md"),
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
+    ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
+     "PARITY_E10_ELEMENTWISE.md"),
     ("DessiLBI vs SGD under the protocol at E = 3: parity, W*, early tickets", "PARITY.md"),
     ("DessiLBI vs SGD under the protocol: ResNet-20 (BN, residual)", "PARITY_RESNET20.md"),
     ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),

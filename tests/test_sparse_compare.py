@@ -154,6 +154,9 @@ def test_a_tiny_grid_runs_end_to_end_and_reports(tmp_path):
     with open(tmp_path / "w" / "sc" / "tfmot_0.9_e1_n256_s0.json") as f:
         tfmot = json.load(f)
     assert tfmot["tfmot"] and 0 < tfmot["density"] <= 1
+    with open(tmp_path / "w" / "sc" / f"dessilbi_ft_init_0.9_lam{sc.DESSILBI_FT_LAMBDA:g}_e1_n256_s0.json") as f:
+        ft = json.load(f)
+    assert ft["recipe"] == "init+w0.1" and ft["structure"] == "elementwise"  # fine-tune at 10 % density
     # Re-running reads every run back (no training): the report is identical.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and out.read_text() == text
