@@ -19,7 +19,7 @@ LABELS = {
     "rigl_uniform": "RigL (uniform)", "snip": "SNIP", "grasp": "GraSP",
     "imp": "IMP ticket (reset to θ₀)", "imp_reinit": "IMP control: same mask, re-initialized",
     "imp_random": "IMP control: random mask, same layer densities",
-    "cs": "Continuous Sparsification", "dessilbi": "DessiLBI elementwise (W*)",
+    "cs": "Continuous Sparsification", "dessilbi": "DessiLBI elementwise (W*, no fine-tune)",
     "dessilbi_ft": "DessiLBI elementwise, W* fine-tuned on supp Γ",
 }
 
