@@ -4,6 +4,9 @@
     python -m bench.parity --epochs 10 --seeds 0 1 2 --structures filter \
         --recipes init+lam0.5+u0.49 --ticket-fractions 0.3 --scratch --random-units
                                                           # PARITY_E10.md (≈ 1 h 15 min)
+    python -m bench.parity --epochs 10 --seeds 0 1 2 --structures elementwise \
+        --recipes init+lam1+w0.1 --ticket-fractions 0.3 --rewind-epochs 1 \
+        --out bench/PARITY_E10_ELEMENTWISE.md              # rewound elementwise tickets (≈ 1 h)
 
 Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
 order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
@@ -17,8 +20,9 @@ pruned with their filters in W*):
   (``configs/fmnist_dessilbi.py``), the protocol's learning-rate schedule as
   α; dense W and W* (W on supp Γ) evaluated;
 * early tickets of ``dessilbi_auto``: supp Γ taken after 10 / 20 / 30 % of
-  the steps, retrained from θ₀ with SGD under the protocol, with Ma et
-  al.'s two controls under the same budget
+  the steps, retrained with SGD under the protocol from θ₀ or (``--rewind-epochs
+  R``) from the run's W at the end of epoch R for the remaining epochs
+  (`bench.parity_tickets`), with Ma et al.'s two controls under the same budget
   (`tf_dessilbi.procedures.early_tickets.ticket_with_controls`); the ticket
   must reach the dense DessiLBI run's W − 0.5 pt and beat both controls
   (``--ticket-structure`` / ``--ticket-recipe`` choose the run; with
