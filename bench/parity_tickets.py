@@ -24,14 +24,8 @@ connectivity and the lottery ticket hypothesis"):
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 from bench import protocol
-
-
-def _log(message: str) -> None:
-    print(f"[parity {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def weights_name(model_name, structure, recipe, epochs, seed, step) -> str:
@@ -39,11 +33,11 @@ def weights_name(model_name, structure, recipe, epochs, seed, step) -> str:
     return f"weights_{model_name}_{structure}_{recipe}_e{epochs}_s{seed}_step{step}.npz"
 
 
-def _inputs(model_name, seed, epochs, work, support_file, limit, rewind_file=None):
+def _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch, rewind_file):
     """``(data, start weights, the saved support)`` in a fresh Keras session.
 
     The start weights are θ₀ (the model built after ``set_random_seed(seed)``)
-    or, with ``rewind_file``, the weights saved there.
+    or, with ``rewind_file``, the weights saved there at the end of ``rewind_epoch``.
     """
     import keras
 
@@ -51,6 +45,9 @@ def _inputs(model_name, seed, epochs, work, support_file, limit, rewind_file=Non
     from tf_dessilbi import masks as masks_lib
     from tf_dessilbi.procedures import early_tickets
 
+    if bool(rewind_epoch) != bool(rewind_file):
+        raise ValueError("`rewind_epoch` and `rewind_file` go together (both or neither); received "
+                         f"rewind_epoch={rewind_epoch!r}, rewind_file={rewind_file!r}.")
     keras.utils.clear_session()
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
     theta0 = [keras.ops.convert_to_numpy(w) for w in parity.build(model_name, seed).weights]
@@ -79,16 +76,14 @@ def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, lim
     from bench import parity
     from tf_dessilbi.procedures import early_tickets
 
-    if bool(rewind_epoch) != bool(rewind_file):
-        raise ValueError("`rewind_epoch` and `rewind_file` go together (both or neither); received "
-                         f"rewind_epoch={rewind_epoch!r}, rewind_file={rewind_file!r}.")
-    data, start, mask = _inputs(model_name, seed, epochs, work, support_file, limit, rewind_file)
+    data, start, mask = _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch,
+                                rewind_file)
     train, train_epochs, make_optimizer = _budget(data, epochs, rewind_epoch)
     result = early_tickets.ticket_with_controls(
         lambda: parity.build(model_name), start, mask, train, data.test, train_epochs,  # the controls seed it
         data.steps_per_epoch, make_optimizer, dense_accuracy, seed=seed)
     result.update(rewind_epoch=int(rewind_epoch), trained_steps=train_epochs * data.steps_per_epoch)
-    _log(f"{model_name} ticket {support_file} from {rewind_file or 'θ₀'}: {result['verdict']}")
+    parity._log(f"{model_name} ticket {support_file} from {rewind_file or 'θ₀'}: {result['verdict']}")
     return result
 
 
@@ -103,13 +98,14 @@ def random_units_run(model_name, seed, epochs, work, support_file, limit=0, rewi
     from bench import parity
     from tf_dessilbi.procedures import early_tickets, sanity
 
-    data, start, support = _inputs(model_name, seed, epochs, work, support_file, limit, rewind_file)
+    data, start, support = _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch,
+                                   rewind_file)
     train, train_epochs, make_optimizer = _budget(data, epochs, rewind_epoch)
     mask = sanity.random_mask_like(support, seed=seed, units=True)
     result = early_tickets.retrain_ticket(
         lambda: parity.build(model_name), start, mask, train, data.test, train_epochs,
         data.steps_per_epoch, make_optimizer)
     result.update(rewind_epoch=int(rewind_epoch))
-    _log(f"{model_name} random filters like {support_file} from {rewind_file or 'θ₀'}: "
+    parity._log(f"{model_name} random filters like {support_file} from {rewind_file or 'θ₀'}: "
          f"{result['accuracy']}")
     return result

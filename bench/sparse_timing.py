@@ -8,14 +8,9 @@ time ratio to dense SGD, with the quartiles.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 from bench import protocol
-
-
-def _log(message: str) -> None:
-    print(f"[sparse_compare {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def timing_run(rounds: int, block: int, limit: int = 0) -> dict:
@@ -24,7 +19,7 @@ def timing_run(rounds: int, block: int, limit: int = 0) -> dict:
 
     import tf_dessilbi as tfd
     from bench import mask_methods
-    from bench.sparse_compare import DESSILBI
+    from bench.sparse_compare import DESSILBI, _log
     from tf_dessilbi.sparse import snip
 
     keras.utils.clear_session()

@@ -201,6 +201,8 @@ def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
         parity_tickets.random_units_run("fmnist", 0, 2, str(tmp_path), "support.npz", 256, 1, "w.npz")
     with pytest.raises(ValueError, match="rewind_epoch"):
         parity_tickets.ticket_run("fmnist", 0, 2, str(tmp_path), "support.npz", 0.9, 256, 1, None)
+    with pytest.raises(ValueError, match="rewind_epoch"):  # the control checks it too
+        parity_tickets.random_units_run("fmnist", 0, 2, str(tmp_path), "support.npz", 256, 1, None)
 
 
 def test_a_rewound_run_continues_the_protocol_s_schedule_and_batches():
