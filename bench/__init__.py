@@ -189,9 +189,9 @@ def dessilbi_hparams() -> dict:
         ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
         "structure": config.optimizer.structure}``.
     """
-    from bench.accuracy.config import load_config
+    from bench.accuracy.config import CLI_CONFIG, load_config
 
-    config, source = load_config(quick=False)
+    config, source = load_config(quick=False, name=CLI_CONFIG)
     o = config.optimizer
     opt = {
         "learning_rate": float(o.learning_rate),

@@ -95,8 +95,9 @@ def reproduction(results: dict, quick: bool) -> str:
     div_note = ""
     if diverged:
         div_note = (f"SGD diverged (chance accuracy, {100 * min(sgd_seeds):.1f} %) in seed(s) "
-                    f"{diverged} of {len(sgd_seeds)} at this learning rate (constant "
-                    f"{acc['config']['optimizer']['learning_rate']}, momentum "
+                    f"{diverged} of {len(sgd_seeds)} at this learning rate (peak "
+                    f"{acc['config']['optimizer']['learning_rate']}, schedule "
+                    f"{acc['config']['schedule']['name']}, momentum "
                     f"{acc['config']['optimizer']['momentum']}); DessiLBI, same schedule, "
                     + (f"diverged in seed(s) {dlbi_div}." if dlbi_div else "trained in every seed.")
                     + f" SGD over all seeds: {_pct(sgd_all)} %. The comparisons below use the "

@@ -17,20 +17,28 @@ def log(message: str) -> None:
     print(f"[accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load_config(quick: bool):
-    """The DessiLBI config for Fashion-MNIST (and where it came from)."""
+CONFIG = "fmnist_dessilbi_protocol_e3.py"  # the protocol of bench/protocol.py at E = 3
+CLI_CONFIG = "fmnist_dessilbi.py"  # the CLI's default: the hyperparameters of the step-time parts
+
+
+def load_config(quick: bool, name: str = CONFIG):
+    """The DessiLBI config ``configs/<name>`` for Fashion-MNIST (and where it came from).
+
+    ``name`` defaults to `CONFIG`, the accuracy benchmark's protocol config;
+    `bench.dessilbi_hparams` reads `CLI_CONFIG`.
+    """
     from tf_dessilbi.training import config_lib
 
-    path = os.path.join(bench.REPO_ROOT, "configs", "fmnist_dessilbi.py")
+    path = os.path.join(bench.REPO_ROOT, "configs", name)
     config = None
     if os.path.exists(path):
         try:
             config = config_lib.load_config(path)
-            source = "`configs/fmnist_dessilbi.py`"
+            source = f"`configs/{name}`"
         except Exception as e:  # noqa: BLE001 - a config being edited
-            why = f"configs/fmnist_dessilbi.py failed to load: {type(e).__name__}: {e}"
+            why = f"configs/{name} failed to load: {type(e).__name__}: {e}"
     else:
-        why = "configs/fmnist_dessilbi.py not there yet"
+        why = f"configs/{name} not there yet"
     if config is None:
         config = config_lib.base_config()
         source = f"`tf_dessilbi.training.config_lib.base_config()` ({why})"
@@ -40,6 +48,7 @@ def load_config(quick: bool):
     config.batch_size = 128
     if quick:
         config.num_epochs = 2
+        config.optimizer.finetune_epochs = min(config.optimizer.finetune_epochs, 1)
         config.data.train_limit = 512
         config.data.eval_limit = 500
     return config, source

@@ -109,6 +109,7 @@ def fit(config, data, steps_per_epoch: int, dessilbi: bool, ticket_epochs=()):
     import keras
 
     from tf_dessilbi.training import components as train
+    from tf_dessilbi.training import methods
 
     keras.utils.set_random_seed(config.seed)
     model = train.build_model(config, data.input_shape, data.num_classes)
@@ -120,9 +121,11 @@ def fit(config, data, steps_per_epoch: int, dessilbi: bool, ticket_epochs=()):
     )
     rec = _Recorder(keras, model, data.eval, dessilbi, ticket_epochs,
                     steps_per_epoch // PATH_SAMPLES_PER_EPOCH)
+    # The config's DessiLBI phases (W* fine-tune, steady path), as the trainer adds them.
+    extra = methods.get(config).callbacks(config, model, steps_per_epoch) if dessilbi else []
     t0 = time.time()
     model.fit(data.train, epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
-              callbacks=[rec.cb], verbose=0)
+              callbacks=[*extra, rec.cb], verbose=0)
     rec.out["time_s"] = time.time() - t0
     return model, initial, rec
 

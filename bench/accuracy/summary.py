@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from bench.accuracy.config import load_config
+from bench.accuracy.config import CONFIG, load_config
 
 
 def mean_std(values):
@@ -74,16 +74,17 @@ def summarize(per_seed) -> dict:
 
 
 def config_drift(results: dict) -> str:
-    """A sentence when configs/fmnist_dessilbi.py changed since these results were made."""
+    """A sentence when the benchmark's config changed since these results were made."""
+    quick = bool(results["config"].get("train_limit"))  # --quick caps the data
     try:
-        now = load_config(quick=False)[0].optimizer.to_dict()
+        now = load_config(quick=quick)[0].optimizer.to_dict()
     except Exception:  # noqa: BLE001
         return ""
     used = results["config"]["optimizer"]
     changed = {k: (used.get(k), v) for k, v in now.items() if used.get(k) != v}
     if not changed:
         return ""
-    return ("`configs/fmnist_dessilbi.py` changed after this run started; these results use "
+    return (f"`configs/{CONFIG}` changed after this run started; these results use "
             + ", ".join(f"{k}={a!r}" for k, (a, b) in changed.items())
             + " where the config now says "
             + ", ".join(f"{k}={b!r}" for k, (a, b) in changed.items())
