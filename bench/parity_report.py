@@ -146,7 +146,7 @@ def to_markdown(results, args) -> str:
             versus = (f"{100 * (s['ticket_accuracy'] - units):+.2f} pts"
                       if units is not None and "ticket_accuracy" in s else "—")
             lines.append(
-                f"| {seed} | step {t['step']} ({100 * t['fraction']:.0f} % of the budget) | {_start(t)} | "
+                f"| {seed} | step {t['step']} ({100 * t['fraction']:.0f} % of the budget){_same(t)} | {_start(t)} | "
                 f"{100 * t['weights_kept'] / t['weights_total']:.2f} % | {acc('ticket_accuracy')} | "
                 f"{acc('dense_accuracy')} | {acc('reinit_accuracy')} | {acc('random_mask_accuracy')} "
                 f"| {'—' if units is None else f'{100 * units:.2f}'} | {t['verdict']} | {versus} |")
@@ -180,6 +180,12 @@ def _tickets(seed_results) -> list:
         step, _, rewind = key.partition("_rw")
         out.append(dict(t, step=int(t.get("step", step)), rewind_epoch=int(t.get("rewind_epoch", rewind or 0))))
     return out
+
+
+def _same(ticket) -> str:
+    """Where a ticket's support equals a later one's (supp Γ frozen by a W* fine-tune)."""
+    first = ticket.get("same_support_as")
+    return "" if first is None else f", the same support as step {first} (not retrained)"
 
 
 def _start(ticket) -> str:

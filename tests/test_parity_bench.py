@@ -279,3 +279,43 @@ def test_the_verdict_is_not_decided_by_float_noise():
                if line.startswith("| DessiLBI filter, r |"))
     assert "dense W ≥ SGD − 0.3: yes" in row
 
+
+
+def test_a_support_seen_again_is_not_retrained(tmp_path):
+    """supp Γ frozen by a W* fine-tune: the later step's ticket is reused, marked, never retrained."""
+    import argparse
+
+    import numpy as np
+
+    from tf_dessilbi import masks as masks_lib
+
+    kernel = np.zeros((3, 4), bool)
+    kernel[:, 1] = True
+    masks_lib.Mask({"conv1/kernel": kernel}).save(str(tmp_path / "a.npz"))
+    masks_lib.Mask({"conv1/kernel": kernel.copy()}).save(str(tmp_path / "b.npz"))  # equal, another file
+    other = kernel.copy()
+    other[0, 2] = True
+    masks_lib.Mask({"conv1/kernel": other}).save(str(tmp_path / "c.npz"))
+    digest = parity_tickets.support_digest
+    assert digest(tmp_path / "a.npz") == digest(tmp_path / "b.npz") != digest(tmp_path / "c.npz")
+    # The same entries under another layer name are another mask.
+    masks_lib.Mask({"conv2/kernel": kernel}).save(str(tmp_path / "d.npz"))
+    assert digest(tmp_path / "d.npz") != digest(tmp_path / "a.npz")
+
+    auto = {"supports": {"6": {"file": "a.npz"}, "4": {"file": "b.npz"}, "2": {"file": "c.npz"}},
+            "w_accuracy": 0.9}
+    args = argparse.Namespace(model="fmnist", epochs=2, limit=0, random_units=False)
+    trained_names = []
+
+    def cached(work, name, fn):
+        trained_names.append(name)
+        return {"sanity": None, "verdict": f"trained {name}"}
+
+    trained = {}
+    got = {step: parity._ticket(args, str(tmp_path), "e2", 0, step, 0, None, auto, "_r", cached, trained)
+           for step in (6, 4, 2)}
+    assert trained_names == ["ticket_fmnist_e2_s0_step6_r", "ticket_fmnist_e2_s0_step2_r"]
+    assert got[4] == dict(got[6], same_support_as=6)
+    assert "same_support_as" not in got[6] and "same_support_as" not in got[2]
+    row = parity_report._same(got[4])
+    assert row == ", the same support as step 6 (not retrained)" and parity_report._same(got[2]) == ""
