@@ -63,3 +63,19 @@ def test_quick_suite_runs_and_report_parses(tmp_path):
             assert name.startswith("early ticket"), name
         else:
             assert 0.0 <= r["acc"]["mean"] <= 1.0, name
+
+
+def test_a_claims_note_is_its_section_of_the_notes_file(tmp_path):
+    """bench/CLAIMS_NOTES.md's "## Claim N" sections survive a rerun of bench.run."""
+    import sys
+
+    sys.path.insert(0, REPO)
+    from bench import claims
+
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("# notes\n\n## Claim 2\n\nParity holds for W*.\n\nSecond line.\n\n"
+                     "## Claim 3\nTickets win.\n## Claim 30\nnot three\n")
+    assert claims.claim_note(2, str(notes)) == ["Parity holds for W*.", "", "Second line.", ""]
+    assert claims.claim_note(3, str(notes)) == ["Tickets win.", ""]
+    assert claims.claim_note(1, str(notes)) == []
+    assert claims.claim_note(2, str(tmp_path / "missing.md")) == []
