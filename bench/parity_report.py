@@ -128,7 +128,8 @@ def to_markdown(results, args) -> str:
             lines.append(f"| {spec.replace('-', '/')} | {sum(int(w) for w in spec.split('-'))}/112 "
                          f"| {len(accs)} | {_mean_sd(accs)} | {delta:+.2f} |")
     lines += _recipes_tried(args)
-    tickets = [(seed, t) for seed, s in zip(args.seeds, seeds) for t in _tickets(s)]
+    tickets = [(seed, t) for seed, s in zip(args.seeds, seeds)
+               for t in sorted(_tickets(s), key=lambda t: (t["rewind_epoch"], t["step"]))]
     if tickets:
         lines += ["", f"## Early tickets (supp Γ of DessiLBI {args.ticket_structure}, {args.ticket_recipe}, retrained "
                   "with SGD under the protocol)", "",
