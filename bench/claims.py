@@ -149,8 +149,7 @@ def reproduction(results: dict, quick: bool) -> str:
             ("DessiLBI W* (end)", _pct(wstar["acc"]), _pct(wstar["kept"])),
         ]),
         "",
-        div_note,
-        "",
+        *([div_note, ""] if div_note else []),
         f"DessiLBI dense W − SGD = {-gap:+.2f} points (W* − SGD: {-gap_star:+.2f} points, with "
         f"{100 * wstar['kept']['mean']:.2f} % of the weights). Verdict: {v2} "
         "(rule: dense W within 1 point of SGD = supported, within 3 = partly).",

@@ -31,7 +31,7 @@ choice does:
 * λ = 0.5 sets how fast the path moves: the support reaches 49 % of the
   filters just after the warm-up (step 476–480 of 4,680), leaving ~9 epochs to
   train W*. λ 2 reaches it at step 1931 and gives 92.61 % (seed 0; λ 0.5:
-  92.70 %);
+  92.70 %); λ 0.3 reaches it in the warm-up (step 354) and gives 92.51 %;
 * the budget: at E = 3 no recipe met parity with half the filters out
   (best W* 90.82 ± 0.31 % at 38/112 against SGD 92.05 ± 0.18 %), and
   56-filter architectures trained from scratch reach 91.22–91.26 % there.
