@@ -355,8 +355,9 @@ def _ticket(args, work, tag, seed, step, rewind, rewind_step, auto, suffix, cach
     rewind_file = auto.get("rewind", {}).get(str(rewind_step)) if rewind else None
     if not support or (rewind and not rewind_file):
         return None
-    digest = parity_tickets.support_digest(os.path.join(work, support["file"]))
-    if digest in trained:
+    path = os.path.join(work, support["file"])
+    digest = parity_tickets.support_digest(path) if os.path.exists(path) else None  # --render: maybe gone
+    if digest is not None and digest in trained:
         first, ticket = trained[digest]
         return dict(ticket, same_support_as=first)
     name = f"{args.model}_{tag}_s{seed}_step{step}{suffix}" + (f"_rw{rewind}" if rewind else "")
@@ -368,7 +369,7 @@ def _ticket(args, work, tag, seed, step, rewind, rewind_step, auto, suffix, cach
             args.model, seed, args.epochs, work, support["file"], args.limit, rewind, rewind_file))
         if control:
             ticket = dict(ticket, random_units_accuracy=control["accuracy"])
-    if ticket:
+    if ticket and digest is not None:
         trained[digest] = (step, ticket)
     return ticket
 
