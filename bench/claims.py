@@ -181,6 +181,8 @@ def reproduction(results: dict, quick: bool) -> str:
                     how = f"not retrained (empty: {', '.join(t.get('empty_layers', []))})"
                 else:
                     how = f"retrained {100 * t['accuracy']:.1f} % (loss {t['loss']:.3f})"
+                if "same_support_as" in t:
+                    how += f", the support of epoch {t['same_support_as']} (its result, not retrained)"
                 per_seed.append(f"seed {sd['seed']}: filters {convs}, {how}")
             details.append(f"- epoch {epoch}: " + "; ".join(per_seed))
         out += ["", "Conv filters (conv1/conv2/conv3) in each ticket, from the DessiLBI run's "

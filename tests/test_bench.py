@@ -56,6 +56,9 @@ def test_quick_suite_runs_and_report_parses(tmp_path):
     step = results["step_time"]
     assert {"sgd", "dessilbi_auto"} <= set(step["fmnist"])
     assert all(t["median_ms"] > 0 for t in step["fmnist"].values())
+    # --quick fine-tunes W* in its last epoch, so supp Γ at epoch 2 is epoch 1's: reused, not retrained.
+    for seed in results["accuracy"]["seeds"]:
+        assert seed["early_tickets"]["2"].get("same_support_as") == 1, seed["early_tickets"]
     acc = results["accuracy"]["summary"]["rows"]
     assert "SGD (dense)" in acc
     for name, r in acc.items():

@@ -139,3 +139,18 @@ def test_masks_key_by_layer_name_so_they_survive_strip():
     assert set(applied) == {"conv", "fc"}
     kernel = ops.convert_to_numpy(stripped.get_layer("conv").kernel)
     assert np.all(kernel[~applied["conv"]] == 0)
+
+
+def test_masks_compare_by_their_entries():
+    kernel = np.zeros((3, 4), bool)
+    kernel[:, 1] = True
+    a = masks.Mask({"conv/kernel": kernel}, {"conv": kernel.any(0)})
+    assert a == masks.Mask({"conv/kernel": kernel.copy()}, {"conv": kernel.any(0).copy()})
+    flipped = kernel.copy()
+    flipped[0, 2] = True
+    assert a != masks.Mask({"conv/kernel": flipped}, {"conv": kernel.any(0)})
+    assert a != masks.Mask({"conv/kernel": kernel}, {"conv": flipped.any(0)})  # units differ
+    assert a != masks.Mask({"conv/kernel": kernel})  # no units
+    assert a != masks.Mask({"other/kernel": kernel}, {"conv": kernel.any(0)})
+    assert a != masks.Mask({"conv/kernel": kernel.reshape(4, 3)}, {"conv": kernel.any(0)})
+    assert (a == "conv") is False

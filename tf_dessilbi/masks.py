@@ -86,6 +86,19 @@ class Mask:
         object.__setattr__(self, "units", units)
 
     # --------------------------------------------------------------- algebra
+    def __eq__(self, other) -> bool:
+        """The same keys with the same shapes and entries, weights and units alike.
+
+        (The dataclass default would compare the arrays with ``==`` and fail.)
+        """
+        if not isinstance(other, Mask):
+            return NotImplemented
+        return all(
+            mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+            for mine, theirs in ((self.weights, other.weights), (self.units, other.units)))
+
+    __hash__ = None  # arrays inside: not hashable
+
     def __and__(self, other: "Mask") -> "Mask":
         """The intersection: kept where both keep (a key in one only is taken as is)."""
         if not isinstance(other, Mask):

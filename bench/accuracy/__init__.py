@@ -77,6 +77,13 @@ def run_seed(config, seed: int) -> dict:
 
     out["early_tickets"] = {}
     for epoch in tickets:
+        # supp Γ frozen by a W* fine-tune repeats an earlier ticket: the seeded retrain would too.
+        same = next((e for e in tickets if e < epoch and masks[e] == masks[epoch]), None)
+        if same is not None:
+            out["early_tickets"][str(epoch)] = dict(out["early_tickets"][str(same)],
+                                                    same_support_as=same)
+            log(f"seed {seed}: early ticket {epoch}: the support of epoch {same}, not retrained")
+            continue
         out["early_tickets"][str(epoch)] = runs.retrain_early_ticket(
             config, data, steps_per_epoch, initial, masks[epoch], epoch)
         keras.utils.clear_session()
