@@ -192,8 +192,9 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
             "",
         ]
         for part in reused:
+            ran = results[part].get("command")  # the bench.run that made it (older files: unknown)
             how = results[part].get(
-                "provenance", f"`python -m bench.run --parts {part}"
+                "provenance", f"`{ran}`" if ran else f"`python -m bench.run --parts {part}"
                 + (" --quick`" if quick else "`"))
             when = results[part].get("finished", "")
             lines.append(f"- {part}: {how}" + (f", finished {when}" if when else ""))
@@ -271,6 +272,14 @@ def _separate_reports() -> list:
     return lines
 
 
+def _command(parts, quick: bool) -> str:
+    """The ``bench.run`` command line that runs ``parts``."""
+    command = "python -m bench.run" + (" --quick" if quick else "")
+    if set(parts) != set(PARTS):
+        command += f" --parts {','.join(parts)}"
+    return command
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (minutes)")
@@ -316,6 +325,7 @@ def main(argv=None):
             results[part] = run_part(part, args.quick)
             wall[part] = time.time() - t0
             results[part]["wall_s"] = wall[part]
+            results[part]["command"] = _command(parts, args.quick)
             results[part]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             with open(cache, "w") as f:
                 json.dump(results[part], f, indent=1, default=str)
@@ -325,9 +335,7 @@ def main(argv=None):
         accuracy_lib.plot(results["accuracy"],
                             os.path.join(figures, "accuracy_sparsity.png"),
                             os.path.join(figures, "dessilbi_support_path.png"))
-    command = "python -m bench.run" + (" --quick" if args.quick else "")
-    if set(parts) != set(PARTS):
-        command += f" --parts {','.join(parts)}"
+    command = _command(parts, args.quick)
     write_report(results, args.quick, args.output, command, wall)
     with open(os.path.join(bench.WORK_DIR, f"results{'_quick' if args.quick else ''}.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
