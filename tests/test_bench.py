@@ -82,3 +82,24 @@ def test_a_claims_note_is_its_section_of_the_notes_file(tmp_path):
     assert claims.claim_note(3, str(notes)) == ["Tickets win.", ""]
     assert claims.claim_note(1, str(notes)) == []
     assert claims.claim_note(2, str(tmp_path / "missing.md")) == []
+
+
+def test_a_reused_part_is_credited_to_the_command_that_ran_it(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, REPO)
+    import bench
+    from bench import run
+
+    monkeypatch.setattr(bench, "WORK_DIR", str(tmp_path))
+    for part in run.PARTS:  # parts that failed: the report still names where they came from
+        (tmp_path / f"{part}.json").write_text(json.dumps(
+            {"error": "not available: test", "command": "python -m bench.run",
+             "finished": "2026-12-02 00:00 UTC"} if part != "memory" else {"error": "x"}))
+    report = tmp_path / "R.md"
+    run.main(["--reuse", ",".join(run.PARTS), "--output", str(report), "--figures-dir", str(tmp_path)])
+    text = report.read_text()
+    assert "- step_time: `python -m bench.run`, finished 2026-12-02 00:00 UTC" in text
+    assert "- memory: `python -m bench.run --parts memory`" in text  # an older file: no command
+    assert run._command(["accuracy"], quick=True) == "python -m bench.run --quick --parts accuracy"
+    assert run._command(list(run.PARTS), quick=False) == "python -m bench.run"
