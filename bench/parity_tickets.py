@@ -33,25 +33,6 @@ def weights_name(model_name, structure, recipe, epochs, seed, step) -> str:
     return f"weights_{model_name}_{structure}_{recipe}_e{epochs}_s{seed}_step{step}.npz"
 
 
-def support_digest(path) -> str:
-    """A SHA-256 of the mask saved at ``path`` (layer names, shapes, dtypes and entries).
-
-    Two supports with the same digest are the same mask, whatever the
-    ``.npz`` file's own bytes (zip timestamps) say.
-    """
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha256()
-    with np.load(path) as saved:
-        for name in sorted(saved.files):
-            array = np.ascontiguousarray(saved[name])
-            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch, rewind_file):
     """``(data, start weights, the saved support)`` in a fresh Keras session.
 
