@@ -331,8 +331,9 @@ def run(args) -> dict:
             for rewind in args.rewind_epochs:
                 trained = []  # (support, step, ticket): a support seen again is not retrained
                 for step in sorted(steps, reverse=True):  # the latest first, the one most often cached
-                    ticket = _ticket(args, work, tag, seed, step, rewind, rewinds.get(rewind), auto,
-                                     suffix, cached, trained)
+                    ticket = parity_tickets.ticket_at(args, work, tag, seed, step, rewind,
+                                                      rewinds.get(rewind), auto, suffix, cached,
+                                                      trained)
                     if ticket:
                         key = str(step) if not rewind else f"{step}_rw{rewind}"
                         seed_out["tickets"][key] = dict(ticket, fraction=step / total, step=step,
@@ -340,41 +341,6 @@ def run(args) -> dict:
         for key in [k for k, v in seed_out.items() if v is None]:
             del seed_out[key]
     return out
-
-
-def _ticket(args, work, tag, seed, step, rewind, rewind_step, auto, suffix, cached, trained):
-    """The ticket at ``step`` from θ₀ (``rewind`` 0) or from W at the end of epoch ``rewind``
-    (saved at ``rewind_step``), with its controls; ``None`` when the run saved neither.
-
-    ``trained`` lists ``(support, step, ticket)`` for every support already
-    retrained from this start. A support equal to one of them
-    (`tf_dessilbi.masks.Mask` equality; supp Γ is frozen once a W* fine-tune
-    starts) gets that result, marked ``same_support_as``: every run is
-    seeded, so retraining it would repeat it.
-    """
-    support = auto["supports"].get(str(step))
-    rewind_file = auto.get("rewind", {}).get(str(rewind_step)) if rewind else None
-    if not support or (rewind and not rewind_file):
-        return None
-    from tf_dessilbi import masks as masks_lib
-
-    path = os.path.join(work, support["file"])
-    mask = masks_lib.Mask.load(path) if os.path.exists(path) else None  # --render: maybe gone
-    for seen, first, ticket in trained if mask is not None else ():
-        if seen == mask:
-            return dict(ticket, same_support_as=first)
-    name = f"{args.model}_{tag}_s{seed}_step{step}{suffix}" + (f"_rw{rewind}" if rewind else "")
-    ticket = cached(work, f"ticket_{name}", lambda: parity_tickets.ticket_run(
-        args.model, seed, args.epochs, work, support["file"], auto["w_accuracy"], args.limit,
-        rewind, rewind_file))
-    if ticket and ticket.get("sanity") and args.random_units:
-        control = cached(work, f"ticket_units_{name}", lambda: parity_tickets.random_units_run(
-            args.model, seed, args.epochs, work, support["file"], args.limit, rewind, rewind_file))
-        if control:
-            ticket = dict(ticket, random_units_accuracy=control["accuracy"])
-    if ticket and mask is not None:
-        trained.append((mask, step, ticket))
-    return ticket
 
 
 def scratch_widths_runs(args, seed_out, seed, tag, cached) -> None:

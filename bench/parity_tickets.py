@@ -7,6 +7,8 @@ with its mask fixed, beside the lottery-ticket controls of Ma et al. (2021)
 from a fresh initialization, a random mask with the same layer-wise
 densities) and, on request, as many random whole filters per layer
 (`random_units_run`, the like-for-like control of a filter ticket).
+`ticket_at` is one step's ticket for `bench.parity.run`, cached, and reused
+for a later step whose support is the same mask.
 
 ``rewind_epoch`` R chooses the start (Frankle et al., 2020, "Linear mode
 connectivity and the lottery ticket hypothesis"):
@@ -109,3 +111,38 @@ def random_units_run(model_name, seed, epochs, work, support_file, limit=0, rewi
     parity._log(f"{model_name} random filters like {support_file} from {rewind_file or 'θ₀'}: "
          f"{result['accuracy']}")
     return result
+
+
+def ticket_at(args, work, tag, seed, step, rewind, rewind_step, auto, suffix, cached, trained):
+    """The ticket at ``step`` from θ₀ (``rewind`` 0) or from W at the end of epoch ``rewind``
+    (saved at ``rewind_step``), with its controls; ``None`` when the run saved neither.
+
+    ``trained`` lists ``(support, step, ticket)`` for every support already
+    retrained from this start. A support equal to one of them
+    (`tf_dessilbi.masks.Mask` equality; supp Γ is frozen once a W* fine-tune
+    starts) gets that result, marked ``same_support_as``: every run is
+    seeded, so retraining it would repeat it.
+    """
+    support = auto["supports"].get(str(step))
+    rewind_file = auto.get("rewind", {}).get(str(rewind_step)) if rewind else None
+    if not support or (rewind and not rewind_file):
+        return None
+    from tf_dessilbi import masks as masks_lib
+
+    path = os.path.join(work, support["file"])
+    mask = masks_lib.Mask.load(path) if os.path.exists(path) else None  # --render: maybe gone
+    for seen, first, ticket in trained if mask is not None else ():
+        if seen == mask:
+            return dict(ticket, same_support_as=first)
+    name = f"{args.model}_{tag}_s{seed}_step{step}{suffix}" + (f"_rw{rewind}" if rewind else "")
+    ticket = cached(work, f"ticket_{name}", lambda: ticket_run(
+        args.model, seed, args.epochs, work, support["file"], auto["w_accuracy"], args.limit,
+        rewind, rewind_file))
+    if ticket and ticket.get("sanity") and args.random_units:
+        control = cached(work, f"ticket_units_{name}", lambda: random_units_run(
+            args.model, seed, args.epochs, work, support["file"], args.limit, rewind, rewind_file))
+        if control:
+            ticket = dict(ticket, random_units_accuracy=control["accuracy"])
+    if ticket and mask is not None:
+        trained.append((mask, step, ticket))
+    return ticket

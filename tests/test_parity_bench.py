@@ -312,7 +312,7 @@ def test_a_support_seen_again_is_not_retrained(tmp_path):
         return {"sanity": None, "verdict": f"trained {name}"}
 
     trained = []
-    got = {step: parity._ticket(args, str(tmp_path), "e2", 0, step, 0, None, auto, "_r", cached, trained)
+    got = {step: parity_tickets.ticket_at(args, str(tmp_path), "e2", 0, step, 0, None, auto, "_r", cached, trained)
            for step in (6, 4, 2)}
     assert trained_names == ["ticket_fmnist_e2_s0_step6_r", "ticket_fmnist_e2_s0_step2_r"]
     assert got[4] == dict(got[6], same_support_as=6)
