@@ -21,6 +21,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK_DIR = os.environ.get("TF_DESSILBI_BENCH_WORK") or os.path.join(REPO_ROOT, "bench", "_work")
 
 
+def logger(prefix: str) -> Callable[[str], None]:
+    """A progress printer for one benchmark: ``logger("parity")("msg")`` writes
+    ``[parity HH:MM:SS] msg`` to stderr, flushed (stdout stays for reports)."""
+
+    def log(message: str) -> None:
+        print(f"[{prefix} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
 def quiet_tf():
     """Silences TensorFlow's C++ start-up chatter (call before importing TF)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

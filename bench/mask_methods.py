@@ -41,8 +41,7 @@ END_FRACTION = 0.75
 GMP_BEGIN_FRACTION = 0.1
 
 
-def _log(message: str) -> None:
-    print(f"[mask_methods {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+_log = bench.logger("mask_methods")
 
 
 def make_contender(method: str, sparsity: float, seed: int, data, total_steps: int,

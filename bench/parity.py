@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -111,8 +110,7 @@ def parse_recipe(spec: str) -> dict:
     return out
 
 
-def _log(message: str) -> None:
-    print(f"[parity {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+_log = bench.logger("parity")
 
 
 def build(model_name: str, seed=None):

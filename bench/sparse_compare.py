@@ -74,8 +74,7 @@ SEARCH_TOLERANCE = 0.01  # accept a λ whose measured sparsity is within 1 pt of
 SEARCH_STEPS = 4
 
 
-def _log(message: str) -> None:
-    print(f"[sparse_compare {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+_log = bench.logger("sparse_compare")
 
 
 # ------------------------------------------------------------------ contenders

@@ -6,15 +6,11 @@ learning-rate table handed to tf_keras.
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 import bench
 
 
-def log(message: str) -> None:
-    """A progress line on stderr, time-stamped."""
-    print(f"[accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = bench.logger("accuracy")  # a progress line on stderr, time-stamped
 
 
 CONFIG = "fmnist_dessilbi_protocol_e3.py"  # the protocol of bench/protocol.py at E = 3
