@@ -279,7 +279,8 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     assert finetune.support_unit_fraction(opt) == pytest.approx(after.fractions[-1])
     config = callback.get_config()
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
-                      "units_fraction": rho, "check_every": every, "weights_fraction": None}
+                      "units_fraction": rho, "check_every": every, "weights_fraction": None,
+                      "allow_empty_layers": False}
     assert finetune.WStarFinetune(**config).get_config() == config
 
 
@@ -354,3 +355,72 @@ def test_w_star_finetune_units_fraction_arguments():
     with pytest.raises(ValueError, match="couples no kernel by groups"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                   callbacks=[finetune.WStarFinetune(units_fraction=0.5, check_every=1)])
+
+
+class _Emptiness(keras.callbacks.Callback):
+    """NumPy: after every step, |supp Γ| / |W| and the coupled kernels whose supp Γ is empty."""
+
+    def __init__(self):
+        super().__init__()
+        self.fractions, self.empty = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt, kept, total, empty = self.model.optimizer, 0, 0, []
+        for layer in self.model.layers:
+            if hasattr(layer, "kernel"):
+                support = ops.convert_to_numpy(opt.support(layer.kernel))
+                kept, total = kept + int(support.sum()), total + support.size
+                if not support.any():
+                    empty.append(f"{layer.name}/kernel")
+        self.fractions.append(kept / total)
+        self.empty.append(empty)
+
+
+def test_w_star_finetune_waits_for_every_coupled_layer_to_keep_a_unit():
+    """A fraction reached while a layer's supp Γ is empty does not fix that (dead) support."""
+    x, y = _data()
+    reference = _Emptiness()
+    model = _model()
+    _compile(model, 0.2, structure="auto")  # the conv filters enter after the dense weights
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    fractions, empty = np.array(reference.fractions), reference.empty
+    naive = next(i + 1 for i, (f, e) in enumerate(zip(fractions, empty)) if f > 0 and e)
+    rho = float(fractions[naive - 1])
+    want = next(i + 1 for i, (f, e) in enumerate(zip(fractions, empty)) if f >= rho and not e)
+    assert naive < want < len(fractions) - 2  # a crossing with an empty layer, filled later
+
+    model = _model()
+    opt = _compile(model, 0.2, structure="auto")
+    callback = finetune.WStarFinetune(weights_fraction=rho, check_every=1)
+    trace = _Trace()
+    with pytest.warns(UserWarning, match=r"empty in conv/kernel.*waits"):
+        model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+                  callbacks=[callback, trace])
+    assert callback.started_at_step == want
+    assert callback.deferred_for == empty[want - 2] and callback.empty_at_start == []
+    assert set(trace.mu[:want]) == {5.0} and set(trace.mu[want:]) == {finetune.DECOUPLED_MU}
+    _assert_is_w_star(model, opt)
+    assert finetune.empty_coupled_layers(opt) == []
+
+    # allow_empty_layers: the first crossing starts it, empty layer and all.
+    model = _model()
+    _compile(model, 0.2, structure="auto")
+    callback = finetune.WStarFinetune(weights_fraction=rho, check_every=1, allow_empty_layers=True)
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[callback])
+    assert callback.started_at_step == naive and callback.empty_at_start == empty[naive - 1]
+    assert callback.deferred_for == []
+    assert callback.get_config()["allow_empty_layers"] is True
+    with pytest.raises(TypeError, match="allow_empty_layers"):
+        finetune.WStarFinetune(start_epoch=1, allow_empty_layers="no")
+
+
+def test_w_star_finetune_started_by_epoch_on_an_empty_layer_says_so():
+    x, y = _data()
+    model = _model()
+    _compile(model, 0.2, structure="auto", lambda_=50.0)  # nothing enters in 3 epochs
+    callback = finetune.WStarFinetune(start_epoch=2)
+    with pytest.warns(UserWarning, match=r"starts at step 8 with supp Γ empty in "
+                                         r"conv/kernel, hidden/kernel, head/kernel"):
+        model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[callback])
+    assert callback.started_at_step == 8
+    assert callback.empty_at_start == ["conv/kernel", "hidden/kernel", "head/kernel"]

@@ -448,6 +448,7 @@ def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
     ("optimizer.finetune_weights", 1.5, r"config.optimizer.finetune_weights=1.5"),
     ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
     ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
+    ("optimizer.finetune_allow_empty", "no", r"config.optimizer.finetune_allow_empty=.no."),
     ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
     ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
 ])
@@ -476,4 +477,27 @@ def test_finetune_units_needs_groups_and_dessilbi():
     config = tiny_config("sgd")
     config.optimizer.finetune_units = 0.5
     with pytest.raises(ValueError, match=r"finetune_units=0.5 .*optimizer.name='dessilbi'"):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
+    import keras
+
+    from tf_dessilbi.dessilbi import finetune
+    from tf_dessilbi.training import methods
+
+    config = tiny_config()
+    config.optimizer.finetune_units = 0.4
+    config.optimizer.finetune_allow_empty = allow
+    config_lib.validate(config)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    (callback,) = [c for c in methods.get(config).callbacks(config, model, 10)
+                   if isinstance(c, finetune.WStarFinetune)]
+    assert callback.allow_empty_layers is allow and callback.units_fraction == 0.4
+    config.optimizer.name, config.optimizer.finetune_units = "sgd", 0.0
+    if allow:  # a DessiLBI-only switch left on for SGD
+        with pytest.raises(ValueError, match="finetune_allow_empty=True is invalid"):
+            config_lib.validate(config)
+    else:
         config_lib.validate(config)

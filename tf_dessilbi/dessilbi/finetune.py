@@ -21,7 +21,13 @@ the coupled weights (any structure; an elementwise run's density),
     Σ_l |supp Γ_l| / Σ_l |W_l|  ≥  ρ_w,
 
 whichever comes first: the path is walked until the structure has the
-wanted size, then that support is retrained. This ties the sparsity to ρ
+wanted size, then that support is retrained. A fraction does not start the
+fine-tune while supp Γ is empty in some coupled layer (unless
+``allow_empty_layers``): in a feed-forward stack W* would then output a
+constant, and fixing that support would spend the rest of the budget on a
+dead network (`tf_dessilbi.procedures.early_tickets` and IMP refuse such
+masks too). The path walks on until every coupled layer keeps a unit; a
+``start_epoch`` still starts it then, with a warning naming the layers. This ties the sparsity to ρ
 instead of to λ and the learning-rate schedule (at a fixed λ the number of
 filters at the end of a warm-up differs by 20 % between seeds). By default the
 coupling is switched off meanwhile (μ → `DECOUPLED_MU`): W takes plain SGD
@@ -35,6 +41,7 @@ removes what the support left out.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import keras
@@ -65,6 +72,14 @@ def support_weight_fraction(optimizer) -> Optional[float]:
         support = ops.convert_to_numpy(optimizer.support(variable))
         kept, total = kept + int(support.sum()), total + int(support.size)
     return kept / total if total else None
+
+
+def empty_coupled_layers(optimizer) -> list:
+    """The coupled kernels (by variable path) whose supp Γ is empty, in the optimizer's order."""
+    optimizer = unwrap_optimizer(optimizer)
+    return [getattr(variable, "path", variable.name)
+            for variable, _ in optimizer.coupled_variables()
+            if not ops.convert_to_numpy(optimizer.support(variable)).any()]
 
 
 def support_unit_fraction(optimizer) -> Optional[float]:
@@ -106,10 +121,19 @@ class WStarFinetune(keras.callbacks.Callback):
             (default): not checked.
         check_every: steps between two checks of the fractions. Defaults
             to `10`.
+        allow_empty_layers: let a fraction start the fine-tune while supp Γ
+            is empty in a coupled layer (e.g. a residual branch that may
+            go). Defaults to `False`: the start waits until every coupled
+            layer keeps a unit.
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
             before it starts).
+        deferred_for: the coupled kernels that were empty when a fraction
+            was reached and the start waited (the last such check); ``[]``
+            when it never waited.
+        empty_at_start: the coupled kernels whose support was empty when
+            the fine-tune started (``[]`` normally).
 
     Raises:
         ValueError, TypeError: a bad argument, none of ``start_epoch``,
@@ -120,7 +144,8 @@ class WStarFinetune(keras.callbacks.Callback):
 
     def __init__(self, start_epoch: Optional[int] = None, decouple: bool = True,
                  prune_bias: bool = True, units_fraction: Optional[float] = None,
-                 check_every: int = 10, weights_fraction: Optional[float] = None):
+                 check_every: int = 10, weights_fraction: Optional[float] = None,
+                 allow_empty_layers: bool = False):
         super().__init__()
         if start_epoch is None and units_fraction is None and weights_fraction is None:
             raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
@@ -139,8 +164,10 @@ class WStarFinetune(keras.callbacks.Callback):
                                               maximum=1.0, min_open=True)
         self.weights_fraction = weights_fraction
         self.check_every = _validate.positive_int("check_every", check_every)
+        self.allow_empty_layers = _validate.boolean("allow_empty_layers", allow_empty_layers)
         self.active = False
         self.started_at_step = None
+        self.deferred_for, self.empty_at_start = [], []
         self._batches = 0
         self._projection = None
         self._mu = None
@@ -157,6 +184,7 @@ class WStarFinetune(keras.callbacks.Callback):
         self._mu = float(ops.convert_to_numpy(optimizer.mu))  # μ₀, put back at the end
         self._decoupled = False
         self.active, self.started_at_step, self._batches = False, None, 0
+        self.deferred_for, self.empty_at_start = [], []
         if (self.units_fraction is not None and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
             raise ValueError(_NO_GROUPS)
@@ -167,6 +195,14 @@ class WStarFinetune(keras.callbacks.Callback):
         self.active = True
         if self.started_at_step is None:
             self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
+            self.empty_at_start = empty_coupled_layers(optimizer)
+            if self.empty_at_start and not self.allow_empty_layers:
+                warnings.warn(
+                    f"WStarFinetune starts at step {self.started_at_step} with supp Γ empty in "
+                    f"{', '.join(self.empty_at_start)}: W* keeps no unit there, so a "
+                    "feed-forward model outputs a constant from now on. Start later, "
+                    "lower λ, or pass allow_empty_layers=True for a layer that may go.",
+                    stacklevel=2)
         self._project()
         if self.decouple and not self._decoupled:
             optimizer.mu.assign(DECOUPLED_MU)
@@ -178,15 +214,25 @@ class WStarFinetune(keras.callbacks.Callback):
                 or not getattr(optimizer, "built", False):
             return False
         _compat.sync_jax_state(self.model)
-        if self.weights_fraction is not None \
-                and (support_weight_fraction(optimizer) or 0.0) >= self.weights_fraction:
-            return True
-        if self.units_fraction is None:
-            return False
-        fraction = support_unit_fraction(optimizer)
-        if fraction is None:
-            raise ValueError(_NO_GROUPS)
-        return fraction >= self.units_fraction
+        reached = (self.weights_fraction is not None
+                   and (support_weight_fraction(optimizer) or 0.0) >= self.weights_fraction)
+        if not reached and self.units_fraction is not None:
+            fraction = support_unit_fraction(optimizer)
+            if fraction is None:
+                raise ValueError(_NO_GROUPS)
+            reached = fraction >= self.units_fraction
+        if not reached or self.allow_empty_layers:
+            return reached
+        empty = empty_coupled_layers(optimizer)
+        if empty and not self.deferred_for:
+            warnings.warn(
+                f"WStarFinetune: supp Γ holds the fraction asked for at step "
+                f"{int(ops.convert_to_numpy(optimizer.iterations))} but is empty in "
+                f"{', '.join(empty)}; the fine-tune waits until every coupled layer keeps a unit.",
+                stacklevel=2)
+        if empty:
+            self.deferred_for = empty
+        return not empty
 
     def _project(self):
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -228,4 +274,5 @@ class WStarFinetune(keras.callbacks.Callback):
     def get_config(self):
         return {"start_epoch": self.start_epoch, "decouple": self.decouple,
                 "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
-                "check_every": self.check_every, "weights_fraction": self.weights_fraction}
+                "check_every": self.check_every, "weights_fraction": self.weights_fraction,
+                "allow_empty_layers": self.allow_empty_layers}

@@ -86,10 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
     # and train W* on its support in the last N epochs (WStarFinetune; 0: off), or
     # from the step supp Γ holds this fraction of the filters/neurons (0: off), or
     # this fraction of the coupled weights (0: off; any structure, e.g. elementwise).
+    # A fraction waits while supp Γ is empty in a coupled layer, unless finetune_allow_empty
+    # (a residual branch that may go).
     c.optimizer.steady_path = False
     c.optimizer.finetune_epochs = 0
     c.optimizer.finetune_units = 0.0
     c.optimizer.finetune_weights = 0.0
+    c.optimizer.finetune_allow_empty = False
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -232,6 +235,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "optimizer.structure", STRUCTURES)
     _choice(config, "optimizer.lambda_scaling", LAMBDA_SCALINGS)
     _choice(config, "optimizer.steady_path", (True, False))
+    _choice(config, "optimizer.finetune_allow_empty", (True, False))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -279,7 +283,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("schedule.warmup_epochs", config.schedule.warmup_epochs,
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
-        for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights"):
+        for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights",
+                      "finetune_allow_empty"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")

@@ -103,7 +103,8 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
         start = config.num_epochs - o.finetune_epochs if o.finetune_epochs else None
         cbs.append(finetune.WStarFinetune(start, units_fraction=o.finetune_units or None,
                                           weights_fraction=o.finetune_weights or None,
-                                          check_every=1))
+                                          check_every=1,
+                                          allow_empty_layers=bool(o.finetune_allow_empty)))
     return cbs
 
 
