@@ -200,6 +200,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     result["recipe"], result["hparams"] = recipe, hparams
     if isinstance(callbacks[-1], finetune.WStarFinetune):
         result["finetune_from_step"] = callbacks[-1].started_at_step
+        result["finetune_waited_for"] = callbacks[-1].deferred_for  # empty layers at the crossing
+        result["finetune_empty_at_start"] = callbacks[-1].empty_at_start
     result["w_accuracy"] = result.pop("accuracy")
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])

@@ -68,7 +68,13 @@ def _fixed_from(result) -> str:
         step = (epochs - n) * (steps // epochs) if n else None
     if step is None:
         return "— (no fine-tune)"
-    return f"step {step} ({100 * step / steps:.0f} %)" if steps else f"step {step}"
+    where = f"step {step} ({100 * step / steps:.0f} %)" if steps else f"step {step}"
+    layers = lambda names: ", ".join(n.split("/")[0] for n in names)  # noqa: E731
+    if result.get("finetune_waited_for"):
+        where += f", after waiting for {layers(result['finetune_waited_for'])} to keep a unit"
+    if result.get("finetune_empty_at_start"):
+        where += f"; empty then: {layers(result['finetune_empty_at_start'])}"
+    return where
 
 
 def to_markdown(results, args) -> str:

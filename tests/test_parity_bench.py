@@ -142,6 +142,11 @@ def test_the_tuning_record_says_where_the_support_was_fixed():
     assert parity_report._fixed_from({"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680,
                                "finetune_from_step": 502}) == "step 502 (11 %)"
     assert parity_report._fixed_from({"recipe": "paper", "epochs": 3, "steps": 1404}) == "— (no fine-tune)"
+    waited = {"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680, "finetune_from_step": 700,
+              "finetune_waited_for": ["fc1/kernel"], "finetune_empty_at_start": []}
+    assert parity_report._fixed_from(waited) == "step 700 (15 %), after waiting for fc1 to keep a unit"
+    forced = dict(waited, finetune_waited_for=[], finetune_empty_at_start=["fc1/kernel", "conv3/kernel"])
+    assert parity_report._fixed_from(forced) == "step 700 (15 %); empty then: fc1, conv3"
 
 
 def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():
