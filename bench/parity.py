@@ -65,17 +65,21 @@ def parse_recipe(spec: str) -> dict:
     in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
     (the same with the coupling on), ``u<x>`` (the fine-tune starts once
     supp Γ holds a fraction x of the conv filters, checked every step, at
-    the latest with ``ftN``), ``w<x>`` (the same once it holds a fraction x
+    the latest with ``ftN``; ``trim`` cuts that support back to exactly
+    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`), ``w<x>`` (the same once it holds a fraction x
     of the coupled weights: an elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None, "weights_fraction": None}
+           "units_fraction": None, "weights_fraction": None, "trim": False}
     for token in spec.split("+"):
         if token == "paper":
             continue
         if token == "steady":
             out["steady"] = True
+            continue
+        if token == "trim":
+            out["trim"] = True
             continue
         if token == "init":
             out["hparams"]["lambda_scaling"] = "init_norm"
@@ -104,7 +108,7 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, steady, "
-                             f"ft<N>, cft<N>, u<x>, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, trim, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
     return out
@@ -195,13 +199,14 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         callbacks.append(finetune.WStarFinetune(start, decouple=settings["decouple"],
                                                 units_fraction=settings["units_fraction"],
                                                 weights_fraction=settings["weights_fraction"],
-                                                check_every=1))
+                                                check_every=1, trim=settings["trim"]))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
     if isinstance(callbacks[-1], finetune.WStarFinetune):
         result["finetune_from_step"] = callbacks[-1].started_at_step
         result["finetune_waited_for"] = callbacks[-1].deferred_for  # empty layers at the crossing
         result["finetune_empty_at_start"] = callbacks[-1].empty_at_start
+        result["finetune_trimmed"] = callbacks[-1].trimmed
     result["w_accuracy"] = result.pop("accuracy")
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])

@@ -41,7 +41,8 @@ def _recipes_tried(args) -> list:
              "`steady` μ ∝ α once α peaks (`SteadyPathSpeed`); `ftN` the last N epochs train W* "
              "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
              "the coupling on; `uX` the fine-tune starts once supp Γ holds a fraction X of the "
-             "conv filters (checked every step), `wX` once it holds a fraction X of the coupled weights; "
+             "conv filters (checked every step), `trim` then cuts it back to exactly ⌈X·N⌉ filters "
+             "(the last to enter go), `wX` once it holds a fraction X of the coupled weights; "
              "`lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
@@ -72,6 +73,8 @@ def _fixed_from(result) -> str:
     layers = lambda names: ", ".join(n.split("/")[0] for n in names)  # noqa: E731
     if result.get("finetune_waited_for"):
         where += f", after waiting for {layers(result['finetune_waited_for'])} to keep a unit"
+    if result.get("finetune_trimmed"):
+        where += f", {sum(map(len, result['finetune_trimmed'].values()))} filters trimmed"
     if result.get("finetune_empty_at_start"):
         where += f"; empty then: {layers(result['finetune_empty_at_start'])}"
     return where

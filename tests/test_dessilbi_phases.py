@@ -280,7 +280,7 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     config = callback.get_config()
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
                       "units_fraction": rho, "check_every": every, "weights_fraction": None,
-                      "allow_empty_layers": False}
+                      "allow_empty_layers": False, "trim": False}
     assert finetune.WStarFinetune(**config).get_config() == config
 
 
@@ -424,3 +424,91 @@ def test_w_star_finetune_started_by_epoch_on_an_empty_layer_says_so():
         model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[callback])
     assert callback.started_at_step == 8
     assert callback.empty_at_start == ["conv/kernel", "hidden/kernel", "head/kernel"]
+
+
+def _units(opt, layer):
+    support = ops.convert_to_numpy(opt.support(layer.kernel))
+    return support.reshape(-1, support.shape[-1]).any(axis=0)
+
+
+def _margins(opt, layer):
+    """NumPy: ‖V_g‖₂ / λ_l per unit."""
+    v = ops.convert_to_numpy(opt.v(layer.kernel)).astype("float64")
+    return np.sqrt((v.reshape(-1, v.shape[-1]) ** 2).sum(0)) / float(ops.convert_to_numpy(
+        opt.threshold(layer.kernel)))
+
+
+def test_trim_units_drops_the_smallest_margins_but_never_a_layers_last_unit():
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
+    model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    conv, hidden = model.get_layer("conv"), model.get_layer("hidden")
+    units = {layer.name: _units(opt, layer) for layer in (conv, hidden)}
+    margins = {layer.name: _margins(opt, layer) for layer in (conv, hidden)}
+    for name in units:  # in the support ⇔ margin > 1
+        np.testing.assert_array_equal(units[name], margins[name] > 1)
+    assert units["conv"].sum() >= 3 and units["hidden"].sum() >= 3
+    total = int(units["conv"].sum() + units["hidden"].sum())
+    # NumPy reference: drop the 2 smallest margins over both layers.
+    ranked = sorted((margins[n][u], n, u) for n in units for u in np.flatnonzero(units[n]))
+    want = {}
+    for _, name, unit in ranked[:2]:
+        want.setdefault(f"{name}/kernel", []).append(int(unit))
+    assert finetune.trim_units(opt, total - 2) == {k: sorted(v) for k, v in want.items()}
+    for layer in (conv, hidden):
+        expect = units[layer.name].copy()
+        expect[want.get(f"{layer.name}/kernel", [])] = False
+        np.testing.assert_array_equal(_units(opt, layer), expect)
+    assert finetune.trim_units(opt, total) == {}  # already within the budget: nothing moves
+    # keep = 1 over two layers: each keeps its strongest unit.
+    finetune.trim_units(opt, 1)
+    for layer in (conv, hidden):
+        kept = np.flatnonzero(_units(opt, layer))
+        assert list(kept) == [int(np.argmax(np.where(units[layer.name], margins[layer.name], -1)))]
+    with pytest.raises(ValueError, match=r"coupled by groups.*'head/kernel' has structure None"):
+        opt.drop_units(model.get_layer("head").kernel, [0])
+    with pytest.raises(ValueError, match=r"`units` must lie in \[0, 8\)"):
+        opt.drop_units(conv.kernel, [8])
+
+
+def test_w_star_finetune_trim_fixes_the_width_exactly():
+    """Several filters cross λ in the step that reaches ρ: trim keeps ⌈ρ·N⌉, the last to enter go."""
+    x, y = _data()
+    reference = _UnitFraction()
+    model = _model()
+    _compile(model, 0.2, structure="auto")
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    fractions = np.array(reference.fractions)
+    jumps = [i for i in range(1, len(fractions)) if fractions[i] - fractions[i - 1] > 1.5 / 8]
+    assert jumps, fractions  # a step where ≥ 2 of the 8 filters enter at once
+    step = jumps[0] + 1
+    rho = (fractions[step - 2] * 8 + 1) / 8  # one filter more than before: crossed with extras
+    keep = int(np.ceil(rho * 8 - 1e-9))
+
+    class _AtStep(keras.callbacks.Callback):  # NumPy: the margins after the crossing step
+        def on_train_batch_end(self, batch, logs=None):
+            if int(ops.convert_to_numpy(self.model.optimizer.iterations)) == step:
+                conv = self.model.get_layer("conv")
+                self.units = _units(self.model.optimizer, conv)
+                self.margins = _margins(self.model.optimizer, conv)
+
+    at = _AtStep()
+    model = _model()
+    opt = _compile(model, 0.2, structure="auto")
+    callback = finetune.WStarFinetune(units_fraction=rho, check_every=1, trim=True)
+    after = _UnitFraction()
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+              callbacks=[at, callback, after])
+    assert callback.started_at_step == step and at.units.sum() > keep
+    order = sorted(np.flatnonzero(at.units), key=lambda u: at.margins[u])
+    dropped = sorted(int(u) for u in order[: int(at.units.sum()) - keep])
+    assert callback.trimmed == {"conv/kernel": dropped}
+    assert set(after.fractions[step - 1:]) == {keep / 8}  # exactly ⌈ρ·N⌉ from then on
+    expect = at.units.copy()
+    expect[dropped] = False
+    np.testing.assert_array_equal(_units(opt, model.get_layer("conv")), expect)
+    _assert_is_w_star(model, opt)
+    assert callback.get_config()["trim"] is True
+    with pytest.raises(ValueError, match="trim=True.*units_fraction=None"):
+        finetune.WStarFinetune(start_epoch=1, trim=True)

@@ -32,14 +32,15 @@ def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
 def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("paper") == {"hparams": {}, "steady": False, "finetune_epochs": 0,
                                             "decouple": True, "units_fraction": None,
-                                            "weights_fraction": None}
+                                            "weights_fraction": None, "trim": False}
     got = parity.parse_recipe("init+steady+ft2+lam0.5+mu40")
     assert got == {"hparams": {"lambda_scaling": "init_norm", "lambda_": 0.5, "mu": 40.0},
                    "steady": True, "finetune_epochs": 2, "decouple": True, "units_fraction": None,
-                   "weights_fraction": None}
+                   "weights_fraction": None, "trim": False}
     assert parity.parse_recipe("cft1")["decouple"] is False
     assert parity.parse_recipe("init+lam0.5+u0.49")["units_fraction"] == 0.49
     assert parity.parse_recipe("lam0.5+w0.1")["weights_fraction"] == 0.1
+    assert parity.parse_recipe("init+lam0.5+u0.5+trim")["trim"] is True
     for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2"):
         with pytest.raises(ValueError, match="(?i)recipe token"):
             parity.parse_recipe(bad)
@@ -147,6 +148,8 @@ def test_the_tuning_record_says_where_the_support_was_fixed():
     assert parity_report._fixed_from(waited) == "step 700 (15 %), after waiting for fc1 to keep a unit"
     forced = dict(waited, finetune_waited_for=[], finetune_empty_at_start=["fc1/kernel", "conv3/kernel"])
     assert parity_report._fixed_from(forced) == "step 700 (15 %); empty then: fc1, conv3"
+    trimmed = dict(waited, finetune_waited_for=[], finetune_trimmed={"conv2/kernel": [3], "conv3/kernel": [1, 9]})
+    assert parity_report._fixed_from(trimmed) == "step 700 (15 %), 3 filters trimmed"
 
 
 def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():

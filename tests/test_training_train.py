@@ -449,6 +449,7 @@ def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
     ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
     ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
     ("optimizer.finetune_allow_empty", "no", r"config.optimizer.finetune_allow_empty=.no."),
+    ("optimizer.finetune_trim", True, r"config.optimizer.finetune_trim=True .*finetune_units > 0"),
     ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
     ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
 ])
@@ -490,11 +491,14 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
     config = tiny_config()
     config.optimizer.finetune_units = 0.4
     config.optimizer.finetune_allow_empty = allow
+    config.optimizer.finetune_trim = allow
     config_lib.validate(config)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     (callback,) = [c for c in methods.get(config).callbacks(config, model, 10)
                    if isinstance(c, finetune.WStarFinetune)]
     assert callback.allow_empty_layers is allow and callback.units_fraction == 0.4
+    assert callback.trim is allow
+    config.optimizer.finetune_trim = False
     config.optimizer.name, config.optimizer.finetune_units = "sgd", 0.0
     if allow:  # a DessiLBI-only switch left on for SGD
         with pytest.raises(ValueError, match="finetune_allow_empty=True is invalid"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 from keras import ops
 
 from tf_dessilbi import _compat
@@ -204,6 +205,38 @@ class DessiLBIMixin:
         """Boolean mask ``Γ ≠ 0`` shaped like `variable`, or ``None`` if uncoupled."""
         gamma = self.gamma(variable)
         return None if gamma is None else ops.not_equal(gamma, 0)
+
+    def threshold(self, variable):
+        """The threshold λ·c_l of a model variable's prox (a scalar tensor), or ``None`` if uncoupled."""
+        index = self._slot_index(variable)
+        v = self._vs[index]
+        return None if v is None else self._threshold(index, v.dtype)
+
+    def drop_units(self, variable, units) -> None:
+        """Takes last-axis units (filters, neurons) of a group-coupled variable out of supp Γ.
+
+        Sets V[..., j] = 0 for each j in ``units``, so Γ[..., j] =
+        κ·prox_λ(V)[..., j] = 0; the unit re-enters only if the iteration
+        grows ‖V_j‖ past λ again.
+
+        Raises:
+            ValueError: ``variable`` is not coupled by groups, or a unit is
+                out of range.
+        """
+        index = self._slot_index(variable)
+        structure, slot = self._structures[index], self._vs[index]
+        if structure not in structures_lib.GROUP_STRUCTURES:
+            raise ValueError(f"drop_units needs a variable coupled by groups "
+                             f"{structures_lib.GROUP_STRUCTURES}; {self._variable_path(variable)!r} "
+                             f"has structure {structure!r}.")
+        n = slot.shape[-1]
+        units = [int(u) for u in units]
+        if any(not 0 <= u < n for u in units):
+            raise ValueError(f"`units` must lie in [0, {n}) for {self._variable_path(variable)!r}. "
+                             f"Received: units={units}")
+        keep = np.ones((n,), dtype=bool)
+        keep[units] = False
+        slot.assign(ops.convert_to_tensor(slot) * ops.cast(keep, slot.dtype))
 
     def _drop_stored_gammas(self, values: list) -> list:
         """Optimizer variable values of a file saved when Γ was a slot, without the Γs.

@@ -21,7 +21,12 @@ the coupled weights (any structure; an elementwise run's density),
     Σ_l |supp Γ_l| / Σ_l |W_l|  ≥  ρ_w,
 
 whichever comes first: the path is walked until the structure has the
-wanted size, then that support is retrained. A fraction does not start the
+wanted size, then that support is retrained. Several units can cross λ in
+the step that reaches ρ; with ``trim`` the support is then cut back to
+exactly ⌈ρ·N⌉ units (N = Σ_l n_l) by dropping the units that entered
+last, those with the smallest margin ‖V_g‖₂ / λ_l (λ_l = λ·c_l, the
+layer's threshold), never the last unit of a layer, so ρ fixes the width
+exactly. A fraction does not start the
 fine-tune while supp Γ is empty in some coupled layer (unless
 ``allow_empty_layers``): in a feed-forward stack W* would then output a
 constant, and fixing that support would spend the rest of the budget on a
@@ -41,10 +46,12 @@ removes what the support left out.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
 import keras
+import numpy as np
 from keras import ops
 
 from tf_dessilbi import _compat
@@ -80,6 +87,41 @@ def empty_coupled_layers(optimizer) -> list:
     return [getattr(variable, "path", variable.name)
             for variable, _ in optimizer.coupled_variables()
             if not ops.convert_to_numpy(optimizer.support(variable)).any()]
+
+
+def trim_units(optimizer, keep: int) -> dict:
+    """Cuts supp Γ over the group-coupled kernels back to ``keep`` units (filters, neurons).
+
+    The units in the support are ranked by their margin ‖V_g‖₂ / λ_l over
+    the prox threshold (the last to cross λ have the smallest), and the
+    smallest are dropped (`DessiLBI.drop_units`: V_g ← 0) until ``keep``
+    remain, skipping the last unit of any layer. Returns ``{variable path:
+    [dropped unit indices]}`` (empty when the support holds ≤ ``keep``).
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    candidates, left, kept = [], {}, 0  # candidates: (margin, layer order, unit, variable)
+    for order, (variable, structure) in enumerate(optimizer.coupled_variables()):
+        if structure not in GROUP_STRUCTURES:
+            continue
+        v = ops.convert_to_numpy(optimizer.v(variable)).astype("float64")
+        norms = np.sqrt(np.sum(np.square(v.reshape(-1, v.shape[-1])), axis=0))
+        units = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
+        margins = norms / float(ops.convert_to_numpy(optimizer.threshold(variable)))
+        left[order] = int(units.sum())
+        kept += left[order]
+        candidates += [(float(margins[u]), order, int(u), variable) for u in np.flatnonzero(units)]
+    dropped = {}
+    for _, order, unit, variable in sorted(candidates, key=lambda c: c[:3]):
+        if kept <= keep:
+            break
+        if left[order] <= 1:
+            continue  # never the last unit of a layer
+        dropped.setdefault(order, (variable, []))[1].append(unit)
+        left[order] -= 1
+        kept -= 1
+    for variable, units in dropped.values():
+        optimizer.drop_units(variable, units)
+    return {getattr(v, "path", v.name): sorted(units) for v, units in dropped.values()}
 
 
 def support_unit_fraction(optimizer) -> Optional[float]:
@@ -121,6 +163,9 @@ class WStarFinetune(keras.callbacks.Callback):
             (default): not checked.
         check_every: steps between two checks of the fractions. Defaults
             to `10`.
+        trim: with ``units_fraction``, cut the support back to exactly
+            ⌈ρ·N⌉ units when it starts (`trim_units`). Defaults to `False`
+            (the support keeps every unit that crossed λ in that step).
         allow_empty_layers: let a fraction start the fine-tune while supp Γ
             is empty in a coupled layer (e.g. a residual branch that may
             go). Defaults to `False`: the start waits until every coupled
@@ -134,6 +179,8 @@ class WStarFinetune(keras.callbacks.Callback):
             when it never waited.
         empty_at_start: the coupled kernels whose support was empty when
             the fine-tune started (``[]`` normally).
+        trimmed: ``{variable path: [units]}`` that ``trim`` took out of the
+            support at the start (``{}`` when none).
 
     Raises:
         ValueError, TypeError: a bad argument, none of ``start_epoch``,
@@ -145,7 +192,7 @@ class WStarFinetune(keras.callbacks.Callback):
     def __init__(self, start_epoch: Optional[int] = None, decouple: bool = True,
                  prune_bias: bool = True, units_fraction: Optional[float] = None,
                  check_every: int = 10, weights_fraction: Optional[float] = None,
-                 allow_empty_layers: bool = False):
+                 allow_empty_layers: bool = False, trim: bool = False):
         super().__init__()
         if start_epoch is None and units_fraction is None and weights_fraction is None:
             raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
@@ -165,9 +212,13 @@ class WStarFinetune(keras.callbacks.Callback):
         self.weights_fraction = weights_fraction
         self.check_every = _validate.positive_int("check_every", check_every)
         self.allow_empty_layers = _validate.boolean("allow_empty_layers", allow_empty_layers)
+        self.trim = _validate.boolean("trim", trim)
+        if self.trim and units_fraction is None:
+            raise ValueError("WStarFinetune(trim=True) cuts the support to a units_fraction; "
+                             "received units_fraction=None.")
         self.active = False
         self.started_at_step = None
-        self.deferred_for, self.empty_at_start = [], []
+        self.deferred_for, self.empty_at_start, self.trimmed = [], [], {}
         self._batches = 0
         self._projection = None
         self._mu = None
@@ -184,7 +235,7 @@ class WStarFinetune(keras.callbacks.Callback):
         self._mu = float(ops.convert_to_numpy(optimizer.mu))  # μ₀, put back at the end
         self._decoupled = False
         self.active, self.started_at_step, self._batches = False, None, 0
-        self.deferred_for, self.empty_at_start = [], []
+        self.deferred_for, self.empty_at_start, self.trimmed = [], [], {}
         if (self.units_fraction is not None and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
             raise ValueError(_NO_GROUPS)
@@ -195,6 +246,10 @@ class WStarFinetune(keras.callbacks.Callback):
         self.active = True
         if self.started_at_step is None:
             self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
+            if self.trim and getattr(optimizer, "built", False):
+                total = sum(int(v.shape[-1]) for v, s in optimizer.coupled_variables()
+                            if s in GROUP_STRUCTURES)
+                self.trimmed = trim_units(optimizer, math.ceil(self.units_fraction * total - 1e-9))
             self.empty_at_start = empty_coupled_layers(optimizer)
             if self.empty_at_start and not self.allow_empty_layers:
                 warnings.warn(
@@ -275,4 +330,4 @@ class WStarFinetune(keras.callbacks.Callback):
         return {"start_epoch": self.start_epoch, "decouple": self.decouple,
                 "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
                 "check_every": self.check_every, "weights_fraction": self.weights_fraction,
-                "allow_empty_layers": self.allow_empty_layers}
+                "allow_empty_layers": self.allow_empty_layers, "trim": self.trim}

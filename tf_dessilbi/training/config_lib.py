@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.finetune_units = 0.0
     c.optimizer.finetune_weights = 0.0
     c.optimizer.finetune_allow_empty = False
+    # With finetune_units: cut the support back to exactly ⌈ρ·N⌉ units at the start
+    # (several can cross λ in the step that reaches ρ; WStarFinetune(trim=True)).
+    c.optimizer.finetune_trim = False
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -236,6 +239,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "optimizer.lambda_scaling", LAMBDA_SCALINGS)
     _choice(config, "optimizer.steady_path", (True, False))
     _choice(config, "optimizer.finetune_allow_empty", (True, False))
+    _choice(config, "optimizer.finetune_trim", (True, False))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -284,13 +288,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
         for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights",
-                      "finetune_allow_empty"):
+                      "finetune_allow_empty", "finetune_trim"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
     if config.optimizer.finetune_units and config.optimizer.structure == "elementwise":
         _fail("optimizer.finetune_units", config.optimizer.finetune_units,
               "0 with optimizer.structure='elementwise' (it counts filters and neurons)")
+    if config.optimizer.finetune_trim and not config.optimizer.finetune_units:
+        _fail("optimizer.finetune_trim", config.optimizer.finetune_trim,
+              "False unless optimizer.finetune_units > 0 (it trims the support to that fraction)")
     if config.optimizer.finetune_epochs >= config.num_epochs:
         _fail("optimizer.finetune_epochs", config.optimizer.finetune_epochs,
               f"< num_epochs={config.num_epochs} (DessiLBI needs epochs to find the support)")

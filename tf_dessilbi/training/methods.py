@@ -104,7 +104,8 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
         cbs.append(finetune.WStarFinetune(start, units_fraction=o.finetune_units or None,
                                           weights_fraction=o.finetune_weights or None,
                                           check_every=1,
-                                          allow_empty_layers=bool(o.finetune_allow_empty)))
+                                          allow_empty_layers=bool(o.finetune_allow_empty),
+                                          trim=bool(o.finetune_trim)))
     return cbs
 
 
