@@ -21,27 +21,29 @@ the coupled weights (any structure; an elementwise run's density),
     Σ_l |supp Γ_l| / Σ_l |W_l|  ≥  ρ_w,
 
 whichever comes first: the path is walked until the structure has the
-wanted size, then that support is retrained. Several units can cross λ in
-the step that reaches ρ; with ``trim`` the support is then cut back to
-exactly ⌈ρ·N⌉ units (N = Σ_l n_l) by dropping the units that entered
-last, those with the smallest margin ‖V_g‖₂ / λ_l (λ_l = λ·c_l, the
-layer's threshold), never the last unit of a layer, so ρ fixes the width
-exactly. A fraction does not start the
-fine-tune while supp Γ is empty in some coupled layer (unless
-``allow_empty_layers``): in a feed-forward stack W* would then output a
-constant, and fixing that support would spend the rest of the budget on a
-dead network (`tf_dessilbi.procedures.early_tickets` and IMP refuse such
-masks too). The path walks on until every coupled layer keeps a unit; a
-``start_epoch`` still starts it then, with a warning naming the layers. This ties the sparsity to ρ
+wanted size, then that support is retrained. This ties the sparsity to ρ
 instead of to λ and the learning-rate schedule (at a fixed λ the number of
-filters at the end of a warm-up differs by 20 % between seeds). By default the
-coupling is switched off meanwhile (μ → `DECOUPLED_MU`): W takes plain SGD
-steps and V, so supp Γ, stays fixed — the paper's retraining of the sparse
-model, inside the budget. With the coupling kept, V still runs on the
-support; off it W is 0 = Γ before each step, so V (V ← V + (α/μ)(W − Γ))
-does not move there and no unit enters. At the end the dense W
-*is* W*: evaluating the model evaluates the sparse model, and `shrink`
-removes what the support left out.
+filters at the end of a warm-up differs by 20 % between seeds).
+
+Several units can cross λ in the step that reaches ρ. With ``trim`` the
+support is then cut back to exactly ⌈ρ·N⌉ units (N = Σ_l n_l): the units
+that entered last, those with the smallest margin ‖V_g‖₂ / λ_l (λ_l = λ·c_l,
+the layer's threshold), leave it (V_g ← 0), never the last unit of a layer.
+
+A fraction does not start the fine-tune while supp Γ is empty in some
+coupled layer (unless ``allow_empty_layers``): in a feed-forward stack W*
+would output a constant, and fixing that support would spend the rest of
+the budget on a dead network (`tf_dessilbi.procedures.early_tickets` and IMP
+refuse such masks too). The path walks on until every coupled layer keeps a
+unit; a ``start_epoch`` still starts it, with a warning naming the layers.
+
+By default the coupling is switched off meanwhile (μ → `DECOUPLED_MU`): W
+takes plain SGD steps and V, so supp Γ, stays fixed — the paper's retraining
+of the sparse model, inside the budget. With the coupling kept, V still runs
+on the support; off it W is 0 = Γ before each step, so V
+(V ← V + (α/μ)(W − Γ)) does not move there and no unit enters. At the end
+the dense W *is* W*: evaluating the model evaluates the sparse model, and
+`shrink` removes what the support left out.
 """
 
 from __future__ import annotations
