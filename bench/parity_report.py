@@ -12,6 +12,7 @@ import os
 import statistics
 
 import bench
+from bench import protocol
 from bench.parity import HPARAMS, parse_recipe
 
 
@@ -98,32 +99,17 @@ def to_markdown(results, args) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| SGD | {len(sgd)} | {_mean_sd(sgd)} | — | — | — | 100 % | all | — | — |",
     ]
-    for key in [f"{st}:{r}" for r in args.recipes for st in args.structures]:
-        pairs = [(s[key], s["sgd"]["accuracy"]) for s in seeds if key in s and "sgd" in s]
-        if not pairs:
+    keys = [f"{st}:{r}" for r in args.recipes for st in args.structures]
+    extra = set(args.seeds) - set(protocol.SEEDS)
+    for key in keys:
+        row = _parity_row(key, seeds)
+        if row is None:
             continue
-        runs = [r for r, _ in pairs]
-        base = statistics.mean(b for _, b in pairs)  # SGD on the same seeds
-        structure, recipe = key.split(":")
-        w = [r["w_accuracy"] for r in runs]
-        ws = [r["w_star_accuracy"] for r in runs]
-        dw = 100 * (statistics.mean(w) - base)
-        dws = 100 * (statistics.mean(ws) - base)
-        kept = statistics.mean(r["filters_kept"] for r in runs)
-        tot = runs[0]["filters_total"]
-        out_frac = 1 - kept / tot if tot else 0.0
-        # Compared at 1e-6 pt: test accuracies are multiples of 0.01 pt, float sums are not.
-        w_star_ok, dense_ok = round(dws, 6) >= -0.5 and out_frac >= 0.5, round(dw, 6) >= -0.3
-        verdict = ("holds" if w_star_ok and dense_ok else "does not hold") + (
-            f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "
-            f"dense W ≥ SGD − 0.3: {'yes' if dense_ok else 'no'})")
-        scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
-        lines.append(
-            f"| DessiLBI {structure}, {recipe} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | "
-            f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
-            f"{kept:.0f}/{tot} ({100 * out_frac:.0f} % out) | "
-            f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
-            f"{verdict} |")
+        lines.append(row)
+        if extra and set(protocol.SEEDS) <= set(args.seeds):  # the protocol's seeds alone too
+            lines.append(_parity_row(key, [results["seeds"][str(s)] for s in protocol.SEEDS],
+                                     f" (seeds {', '.join(map(str, protocol.SEEDS))}: the protocol's)"))
+    lines += _per_seed(args, seeds, keys)
     widths = [spec for spec in getattr(args, "scratch_widths", [])
               if any(f"widths:{spec}" in s for s in seeds)]
     if widths:
@@ -181,6 +167,53 @@ def to_markdown(results, args) -> str:
         for name in ["sgd", *[f"{st}:{r}" for r in args.recipes for st in args.structures]]
         if name in s and "wall_s" in s[name]), ""]
     return "\n".join(lines)
+
+
+def _parity_row(key, seeds, label=""):
+    """The main table's row of run ``key`` (``structure:recipe``) over ``seeds``; None if never run."""
+    pairs = [(s[key], s["sgd"]["accuracy"]) for s in seeds if key in s and "sgd" in s]
+    if not pairs:
+        return None
+    runs = [r for r, _ in pairs]
+    base = statistics.mean(b for _, b in pairs)  # SGD on the same seeds
+    structure, recipe = key.split(":")
+    w = [r["w_accuracy"] for r in runs]
+    ws = [r["w_star_accuracy"] for r in runs]
+    dw = 100 * (statistics.mean(w) - base)
+    dws = 100 * (statistics.mean(ws) - base)
+    kept = statistics.mean(r["filters_kept"] for r in runs)
+    tot = runs[0]["filters_total"]
+    out_frac = 1 - kept / tot if tot else 0.0
+    # Compared at 1e-6 pt: test accuracies are multiples of 0.01 pt, float sums are not.
+    w_star_ok, dense_ok = round(dws, 6) >= -0.5 and round(out_frac, 9) >= 0.5, round(dw, 6) >= -0.3
+    verdict = ("holds" if w_star_ok and dense_ok else "does not hold") + (
+        f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "
+        f"dense W ≥ SGD − 0.3: {'yes' if dense_ok else 'no'})")
+    scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
+    filters = (f"{kept:.0f}/{tot}" if kept == int(kept) else
+               f"{min(r['filters_kept'] for r in runs)}–{max(r['filters_kept'] for r in runs)}/{tot}")
+    return (
+        f"| DessiLBI {structure}, {recipe}{label} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | "
+        f"{dws:+.2f} | {100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
+        f"{filters} ({100 * out_frac:.0f} % out) | "
+        f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
+        f"{verdict} |")
+
+
+def _per_seed(args, seeds, keys) -> list:
+    """Per seed: SGD, and dense W / W* / filters of each run (the spread behind the means)."""
+    keys = [k for k in keys if any(k in s for s in seeds)]
+    if len(seeds) < 2 or not keys:
+        return []
+    lines = ["", "Per seed (test accuracy %; filters kept):", "",
+             "| seed | SGD | " + " | ".join(f"{k.replace(':', ', ')}: dense W / W* / filters" for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for seed, s in zip(args.seeds, seeds):
+        cells = [f"{100 * s[k]['w_accuracy']:.2f} / {100 * s[k]['w_star_accuracy']:.2f} / "
+                 f"{s[k]['filters_kept']}" if k in s else "—" for k in keys]
+        sgd = f"{100 * s['sgd']['accuracy']:.2f}" if "sgd" in s else "—"
+        lines.append(f"| {seed} | {sgd} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _tickets(seed_results) -> list:

@@ -63,13 +63,14 @@ def get_config():
     config.schedule.warmup_epochs = 1.0
     config.schedule.final_fraction = 0.0
     config.num_epochs = 10
-    # The recipe (bench/parity.py: filter, init+lam0.5+u0.49).
+    # The recipe (bench/parity.py: filter, init+lam0.5+u0.5+trim).
     config.optimizer.structure = "filter"
     config.optimizer.lambda_scaling = "init_norm"
     config.optimizer.lambda_ = 0.5
     config.optimizer.mu = 20.0
     config.optimizer.kappa = 1.0
-    config.optimizer.finetune_units = 0.49
+    config.optimizer.finetune_units = 0.5
+    config.optimizer.finetune_trim = True
     config.optimizer.finetune_epochs = 0
     config.optimizer.steady_path = False
     return config

@@ -41,5 +41,6 @@ def get_config():
     config.optimizer.structure = "auto"
     config.optimizer.lambda_ = 0.5
     config.optimizer.finetune_units = 0.0
+    config.optimizer.finetune_trim = False
     config.optimizer.finetune_epochs = 2
     return config

@@ -327,3 +327,32 @@ def test_a_support_seen_again_is_not_retrained(tmp_path):
     assert "same_support_as" not in got[6] and "same_support_as" not in got[2]
     row = parity_report._same(got[4])
     assert row == ", the same support as step 6 (not retrained)" and parity_report._same(got[2]) == ""
+
+
+def test_extra_seeds_get_a_row_of_their_own_beside_the_protocols_and_a_per_seed_table():
+    """Seeds beyond the protocol's 0, 1, 2: the verdict over all, and over the protocol's alone."""
+    import argparse
+
+    layers = {"conv1": [16, 16, 144, 144], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
+    wide = dict(layers, conv3=[25, 64, 0, 0])  # 57 filters: under 50 % out
+    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1, 2, 3], recipes=["r"],
+                              structures=["filter"], command="x", work="/nonexistent", limit=0,
+                              ticket_structure="filter", ticket_recipe="r")
+    accs = {0: (0.9300, 0.9280), 1: (0.9310, 0.9280), 2: (0.9320, 0.9280), 3: (0.9300, 0.9200)}
+    results = {"seeds": {str(s): {"sgd": {"accuracy": sgd}, "tickets": {},
+                                  "filter:r": _fake_run(acc, wide if s == 3 else layers)}
+                         for s, (sgd, acc) in accs.items()}}
+    text = parity_report.to_markdown(results, args)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")]
+            for line in text.splitlines() if line.startswith("| DessiLBI filter, r")}
+    everything, protocol_only = rows["DessiLBI filter, r"], rows["DessiLBI filter, r (seeds 0, 1, 2: the protocol's)"]
+    assert everything[2] == "4" and everything[4] == "-0.48"  # (92.8·3 + 92.0)/4 − 93.075
+    assert everything[8] == "56–57/112 (50 % out)" and everything[10].startswith("does not hold")
+    assert protocol_only[2] == "3" and protocol_only[4] == "-0.30"  # 92.80 − 93.10: at the line
+    assert protocol_only[8] == "56/112 (50 % out)"
+    assert protocol_only[10] == ("holds (W* ≥ SGD − 0.5 with ≥ 50 % out: yes; dense W ≥ SGD − 0.3: yes)")
+    assert "| 3 | 93.00 | 92.00 / 92.00 / 57 |" in text
+    assert "| 0 | 93.00 | 92.80 / 92.80 / 56 |" in text
+    args.seeds = [0, 1, 2]  # the protocol's seeds only: one row, as before
+    assert sum(line.startswith("| DessiLBI filter, r") for line in
+               parity_report.to_markdown(results, args).splitlines()) == 1
