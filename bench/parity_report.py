@@ -75,7 +75,8 @@ def _fixed_from(result) -> str:
     if result.get("finetune_waited_for"):
         where += f", after waiting for {layers(result['finetune_waited_for'])} to keep a unit"
     if result.get("finetune_trimmed"):
-        where += f", {sum(map(len, result['finetune_trimmed'].values()))} filters trimmed"
+        n = sum(map(len, result["finetune_trimmed"].values()))
+        where += f", {n} unit{'s' if n != 1 else ''} trimmed"
     if result.get("finetune_empty_at_start"):
         where += f"; empty then: {layers(result['finetune_empty_at_start'])}"
     return where
@@ -106,7 +107,8 @@ def to_markdown(results, args) -> str:
         if row is None:
             continue
         lines.append(row)
-        if extra and set(protocol.SEEDS) <= set(args.seeds):  # the protocol's seeds alone too
+        ran = {int(k) for k, v in results["seeds"].items() if key in v and int(k) in args.seeds}
+        if ran & extra and ran & set(protocol.SEEDS):  # the protocol's seeds alone too
             row = _parity_row(key, [results["seeds"][str(s)] for s in protocol.SEEDS],
                               f" (seeds {', '.join(map(str, protocol.SEEDS))}: the protocol's)")
             lines += [row] if row else []
@@ -193,12 +195,14 @@ def _parity_row(key, seeds, label=""):
         f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "
         f"dense W ≥ SGD − 0.3: {'yes' if dense_ok else 'no'})")
     scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
-    filters = (f"{kept:.0f}/{tot}" if kept == int(kept) else
-               f"{min(r['filters_kept'] for r in runs)}–{max(r['filters_kept'] for r in runs)}/{tot}")
+    lo, hi = min(r["filters_kept"] for r in runs), max(r["filters_kept"] for r in runs)
+    share = lambda n: f"{100 * (1 - n / tot):.0f}" if tot else "0"  # noqa: E731
+    filters = (f"{lo}/{tot} ({share(lo)} % out)" if lo == hi else
+               f"{lo}–{hi}/{tot} ({share(hi)}–{share(lo)} % out)")
     return (
         f"| DessiLBI {structure}, {recipe}{label} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | "
         f"{dws:+.2f} | {100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
-        f"{filters} ({100 * out_frac:.0f} % out) | "
+        f"{filters} | "
         f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
         f"{verdict} |")
 

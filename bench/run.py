@@ -226,6 +226,8 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
 SEPARATE_REPORTS = (
     ("Physical removal (shrink)", "SHRINK.md"),
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
+    ("DessiLBI vs SGD under the protocol at E = 10: the trimmed recipe, seeds 0–4",
+     "PARITY_E10_TRIM.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
     ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
      "PARITY_E10_ELEMENTWISE.md"),
