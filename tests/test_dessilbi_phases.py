@@ -41,6 +41,15 @@ def _compile(model, lr, **kwargs):
     return opt
 
 
+def _reference_path(recorder, **kwargs):
+    """The free path (no fine-tune) of the test model, seen by a NumPy ``recorder`` callback."""
+    x, y = _data()
+    model = _model()
+    _compile(model, 0.2, **kwargs)
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[recorder])
+    return recorder
+
+
 class _Trace(keras.callbacks.Callback):
     """μ and α as the step about to run sees them (runs after the callback under test)."""
 
@@ -253,10 +262,7 @@ class _UnitFraction(keras.callbacks.Callback):
 
 def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     x, y = _data()
-    reference = _UnitFraction()
-    model = _model()
-    _compile(model, 0.2, structure="auto")  # conv filters as groups, dense weights elementwise
-    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    reference = _reference_path(_UnitFraction(), structure="auto")  # conv filters as groups, dense weights elementwise
     fractions = np.array(reference.fractions)
     rho = next(f for f in fractions if 0.0 < f < fractions.max())  # reached mid-run
     every = 2
@@ -300,10 +306,7 @@ class _WeightFraction(keras.callbacks.Callback):
 def test_w_star_finetune_starts_when_the_support_holds_the_weights_fraction():
     """An elementwise run: the fine-tune starts at the first check where |supp Γ| / |W| ≥ ρ_w."""
     x, y = _data()
-    reference = _WeightFraction()
-    model = _model()
-    _compile(model, 0.2, structure="elementwise")
-    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    reference = _reference_path(_WeightFraction(), structure="elementwise")
     fractions = np.array(reference.fractions)
     rho = float(np.quantile(fractions[fractions > 0], 0.3))  # reached mid-run
     want = next(step for step in range(1, len(fractions) + 1) if fractions[step - 1] >= rho)
@@ -379,10 +382,7 @@ class _Emptiness(keras.callbacks.Callback):
 def test_w_star_finetune_waits_for_every_coupled_layer_to_keep_a_unit():
     """A fraction reached while a layer's supp Γ is empty does not fix that (dead) support."""
     x, y = _data()
-    reference = _Emptiness()
-    model = _model()
-    _compile(model, 0.2, structure="auto")  # the conv filters enter after the dense weights
-    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    reference = _reference_path(_Emptiness(), structure="auto")  # the conv filters enter after the dense weights
     fractions, empty = np.array(reference.fractions), reference.empty
     naive = next(i + 1 for i, (f, e) in enumerate(zip(fractions, empty)) if f > 0 and e)
     rho = float(fractions[naive - 1])
@@ -475,10 +475,7 @@ def test_trim_units_drops_the_smallest_margins_but_never_a_layers_last_unit():
 def test_w_star_finetune_trim_fixes_the_width_exactly():
     """Several filters cross λ in the step that reaches ρ: trim keeps ⌈ρ·N⌉, the last to enter go."""
     x, y = _data()
-    reference = _UnitFraction()
-    model = _model()
-    _compile(model, 0.2, structure="auto")
-    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[reference])
+    reference = _reference_path(_UnitFraction(), structure="auto")
     fractions = np.array(reference.fractions)
     jumps = [i for i in range(1, len(fractions)) if fractions[i] - fractions[i - 1] > 1.5 / 8]
     assert jumps, fractions  # a step where ≥ 2 of the 8 filters enter at once
