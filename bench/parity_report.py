@@ -197,8 +197,8 @@ def _parity_row(key, seeds, label=""):
     scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
     lo, hi = min(r["filters_kept"] for r in runs), max(r["filters_kept"] for r in runs)
     share = lambda n: f"{100 * (1 - n / tot):.0f}" if tot else "0"  # noqa: E731
-    filters = (f"{lo}/{tot} ({share(lo)} % out)" if lo == hi else
-               f"{lo}–{hi}/{tot} ({share(hi)}–{share(lo)} % out)")
+    out = share(lo) if share(lo) == share(hi) else f"{share(hi)}–{share(lo)}"
+    filters = f"{lo}/{tot} ({out} % out)" if lo == hi else f"{lo}–{hi}/{tot} ({out} % out)"
     return (
         f"| DessiLBI {structure}, {recipe}{label} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | "
         f"{dws:+.2f} | {100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "

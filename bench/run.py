@@ -233,6 +233,7 @@ SEPARATE_REPORTS = (
      "PARITY_E10_ELEMENTWISE.md"),
     ("DessiLBI vs SGD under the protocol at E = 3: parity, W*, early tickets", "PARITY.md"),
     ("DessiLBI vs SGD under the protocol: ResNet-20 (BN, residual)", "PARITY_RESNET20.md"),
+    ("ResNet-20, the same recipe on seeds 1 and 2", "PARITY_RESNET20_SEEDS12.md"),
     ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),
     ("Bilevel tuning: MRBO, VRBO, stocBiO", "BILEVEL.md"),
     ("Reliability: the fault matrix", "RELIABILITY.md"),
