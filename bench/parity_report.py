@@ -179,7 +179,7 @@ def _parity_row(key, seeds, label=""):
         return None
     runs = [r for r, _ in pairs]
     # Keras reports accuracies as float32 (0.9301 arrives as 0.93010002...): snapped to 1e-6, far
-    # below one test image, so an exact −0.30 pt stays −0.30 in the verdict.
+    # below one test image, and the differences compared at 1e-6 pt, so an exact −0.30 stays −0.30.
     base = statistics.mean(round(b, 6) for _, b in pairs)  # SGD on the same seeds
     structure, recipe = key.split(":")
     w = [round(r["w_accuracy"], 6) for r in runs]
@@ -189,7 +189,6 @@ def _parity_row(key, seeds, label=""):
     kept = statistics.mean(r["filters_kept"] for r in runs)
     tot = runs[0]["filters_total"]
     out_frac = 1 - kept / tot if tot else 0.0
-    # Compared at 1e-6 pt: test accuracies are multiples of 0.01 pt, float sums are not.
     w_star_ok, dense_ok = round(dws, 6) >= -0.5 and round(out_frac, 9) >= 0.5, round(dw, 6) >= -0.3
     verdict = ("holds" if w_star_ok and dense_ok else "does not hold") + (
         f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "

@@ -83,10 +83,17 @@ def support_weight_fraction(optimizer) -> Optional[float]:
     return kept / total if total else None
 
 
+def _group_units(optimizer) -> list:
+    """``[(variable, units in supp Γ)]`` over the group-coupled kernels (filters, neurons), in order."""
+    return [(variable, unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,)))
+            for variable, structure in optimizer.coupled_variables()
+            if structure in GROUP_STRUCTURES]
+
+
 def empty_coupled_layers(optimizer) -> list:
     """The coupled kernels (by variable path) whose supp Γ is empty, in the optimizer's order."""
     optimizer = unwrap_optimizer(optimizer)
-    return [getattr(variable, "path", variable.name)
+    return [optimizer._variable_path(variable)
             for variable, _ in optimizer.coupled_variables()
             if not ops.convert_to_numpy(optimizer.support(variable)).any()]
 
@@ -102,12 +109,9 @@ def trim_units(optimizer, keep: int) -> dict:
     """
     optimizer = unwrap_optimizer(optimizer)
     candidates, left, kept = [], {}, 0  # candidates: (margin, layer order, unit, variable)
-    for order, (variable, structure) in enumerate(optimizer.coupled_variables()):
-        if structure not in GROUP_STRUCTURES:
-            continue
+    for order, (variable, units) in enumerate(_group_units(optimizer)):
         v = ops.convert_to_numpy(optimizer.v(variable)).astype("float64")
         norms = np.sqrt(np.sum(np.square(v.reshape(-1, v.shape[-1])), axis=0))
-        units = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
         margins = norms / float(ops.convert_to_numpy(optimizer.threshold(variable)))
         left[order] = int(units.sum())
         kept += left[order]
@@ -123,19 +127,14 @@ def trim_units(optimizer, keep: int) -> dict:
         kept -= 1
     for variable, units in dropped.values():
         optimizer.drop_units(variable, units)
-    return {getattr(v, "path", v.name): sorted(units) for v, units in dropped.values()}
+    return {optimizer._variable_path(v): sorted(units) for v, units in dropped.values()}
 
 
 def support_unit_fraction(optimizer) -> Optional[float]:
     """Σ units in supp Γ / Σ units over the group-coupled kernels (filters, neurons); None if none."""
-    optimizer = unwrap_optimizer(optimizer)
-    kept = total = 0
-    for variable, structure in optimizer.coupled_variables():
-        if structure not in GROUP_STRUCTURES:
-            continue
-        units = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
-        kept, total = kept + int(units.sum()), total + int(units.size)
-    return kept / total if total else None
+    groups = _group_units(unwrap_optimizer(optimizer))
+    total = sum(int(units.size) for _, units in groups)
+    return sum(int(units.sum()) for _, units in groups) / total if total else None
 
 
 class WStarFinetune(keras.callbacks.Callback):
@@ -249,8 +248,7 @@ class WStarFinetune(keras.callbacks.Callback):
         if self.started_at_step is None:
             self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
             if self.trim and getattr(optimizer, "built", False):
-                total = sum(int(v.shape[-1]) for v, s in optimizer.coupled_variables()
-                            if s in GROUP_STRUCTURES)
+                total = sum(int(units.size) for _, units in _group_units(optimizer))
                 self.trimmed = trim_units(optimizer, math.ceil(self.units_fraction * total - 1e-9))
             self.empty_at_start = empty_coupled_layers(optimizer)
             if self.empty_at_start and not self.allow_empty_layers:
