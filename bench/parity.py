@@ -60,7 +60,7 @@ def parse_recipe(spec: str) -> dict:
     """A recipe name as settings: ``+``-joined tokens.
 
     ``paper`` (the paper's iteration with the protocol's α), ``init``
-    (``lambda_scaling="init_norm"``), ``steady``
+    (``lambda_scaling="init_norm"``), ``unitinit`` (``"unit_init_norm"``), ``steady``
     (`tf_dessilbi.dessilbi.path_speed.SteadyPathSpeed`), ``ft<N>`` (W* fine-tuned
     in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
     (the same with the coupling on), ``u<x>`` (the fine-tune starts once
@@ -83,6 +83,9 @@ def parse_recipe(spec: str) -> dict:
             continue
         if token == "init":
             out["hparams"]["lambda_scaling"] = "init_norm"
+            continue
+        if token == "unitinit":
+            out["hparams"]["lambda_scaling"] = "unit_init_norm"
             continue
         if token.startswith("ft") and token[2:].isdigit():
             out["finetune_epochs"] = int(token[2:])
@@ -107,7 +110,7 @@ def parse_recipe(spec: str) -> dict:
                     break
                 break
         else:
-            raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, steady, "
+            raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
                              f"ft<N>, cft<N>, u<x>, trim, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")

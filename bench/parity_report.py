@@ -39,6 +39,7 @@ def _recipes_tried(args) -> list:
     lines = ["", "## Every recipe measured (seed 0)", "",
              "Recipe tokens: `paper` the paper's iteration with the protocol's α; `init` "
              "λ in units of each layer's RMS initial unit norm (`lambda_scaling=\"init_norm\"`); "
+             "`unitinit` λ in units of each unit's own initial norm (`\"unit_init_norm\"`); "
              "`steady` μ ∝ α once α peaks (`SteadyPathSpeed`); `ftN` the last N epochs train W* "
              "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
              "the coupling on; `uX` the fine-tune starts once supp Γ holds a fraction X of the "

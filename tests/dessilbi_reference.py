@@ -21,16 +21,28 @@ def soft_threshold(v, lam):
 
 
 def group_soft_threshold(v, lam):
+    """λ a scalar, or one threshold per last-axis unit."""
     out = np.zeros_like(v)
     flat = v.reshape(-1, v.shape[-1])
+    lams = np.broadcast_to(np.asarray(lam, np.float64), (v.shape[-1],))
     for j in range(v.shape[-1]):
         norm = np.sqrt(np.sum(flat[:, j].astype(np.float64) ** 2))
-        if norm > lam:
-            out[..., j] = v[..., j] * (1.0 - lam / norm)
+        if norm > lams[j]:
+            out[..., j] = v[..., j] * (1.0 - lams[j] / norm)
     return out
 
 
 def threshold(lam, shape, structure, lambda_scaling, w0=None):
+    if lambda_scaling == "unit_init_norm":
+        # λ × each unit's own initial norm (elementwise: that norm / √fan_in), per last-axis unit.
+        w0 = np.asarray(w0, np.float64)
+        out = np.empty(w0.shape[-1])
+        for j in range(w0.shape[-1]):
+            norm = np.sqrt(np.sum(w0[..., j] ** 2))
+            if structure == "elementwise":
+                norm /= np.sqrt(np.prod(w0.shape[:-1]))
+            out[j] = lam * norm
+        return out
     if lambda_scaling == "init_norm":
         # λ × the RMS initial entry (elementwise) or RMS initial unit norm (groups).
         w0 = np.asarray(w0, np.float64)

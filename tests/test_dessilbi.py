@@ -119,7 +119,7 @@ def test_update_matches_numpy_reference(spec_name, momentum, nesterov):
     assert all(0 < n < size for n, size in zip(supports, sizes)), supports
 
 
-@pytest.mark.parametrize("lambda_scaling", ["none", "fan_in", "init_norm"])
+@pytest.mark.parametrize("lambda_scaling", ["none", "fan_in", "init_norm", "unit_init_norm"])
 def test_lambda_scaling_matches_reference(lambda_scaling):
     run_against_reference(
         STRUCTURE_CASES["mixed"], 0.9, False, lr=0.3, lambda_scaling=lambda_scaling,
@@ -283,7 +283,7 @@ def test_base_optimizer_features_still_apply():
         ({"structure": {3: "filter"}}, TypeError, r"`structure` keys must be regex strings"),
         ({"structure": {}}, ValueError, r"`structure` mapping is empty"),
         ({"structure": 5}, TypeError, r"`structure` must be 'auto' or a mapping"),
-        ({"lambda_scaling": "sqrt"}, ValueError, r"`lambda_scaling` must be one of \('fan_in', 'none', 'init_norm'\)\. Received: lambda_scaling='sqrt'"),
+        ({"lambda_scaling": "sqrt"}, ValueError, r"`lambda_scaling` must be one of \('fan_in', 'none', 'init_norm', 'unit_init_norm'\)\. Received: lambda_scaling='sqrt'"),
     ],
 )
 def test_bad_hyperparameters_raise_clear_errors(kwargs, error, match):

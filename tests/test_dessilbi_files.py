@@ -89,13 +89,13 @@ def test_a_store_of_another_length_is_not_reinterpreted(extra):
     assert opt._drop_stored_gammas(values) == values or extra == 2
 
 
-def _init_norm_model(tmp_path):
+def _init_norm_model(tmp_path, lambda_scaling="init_norm"):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 6, 1))
     x = keras.layers.Conv2D(6, 3, name="conv")(inputs)
     x = keras.layers.Flatten()(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(x))
-    opt = tf_dessilbi.DessiLBI(learning_rate=0.5, mu=1.0, lambda_=1.5, lambda_scaling="init_norm")
+    opt = tf_dessilbi.DessiLBI(learning_rate=0.5, mu=1.0, lambda_=1.5, lambda_scaling=lambda_scaling)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     initial = {v.path: ops.convert_to_numpy(v) for v in model.trainable_variables}
     x = np.random.RandomState(1).randn(16, 6, 6, 1).astype("float32")
@@ -104,14 +104,18 @@ def _init_norm_model(tmp_path):
     return model, opt, initial, x
 
 
-def test_init_norm_scales_are_the_initial_weights_and_survive_saving(tmp_path):
+@pytest.mark.parametrize("lambda_scaling", ["init_norm", "unit_init_norm"])
+def test_init_norm_scales_are_the_initial_weights_and_survive_saving(tmp_path, lambda_scaling):
     from tf_dessilbi.dessilbi import slbi
 
-    model, opt, initial, x = _init_norm_model(tmp_path)
-    want = {v.path: slbi.init_norm_scale(initial[v.path], s) for v, s in opt.coupled_variables()}
+    model, opt, initial, x = _init_norm_model(tmp_path, lambda_scaling)
+    scale = slbi.init_norm_scale if lambda_scaling == "init_norm" else slbi.unit_init_norm_scale
+    want = {v.path: scale(initial[v.path], s) for v, s in opt.coupled_variables()}
     for i, (v, s) in enumerate(zip(opt._trainable_variables, opt._structures)):
         if s is not None:
-            assert float(ops.convert_to_numpy(opt._threshold(i, "float32"))) == pytest.approx(1.5 * want[v.path], rel=1e-6)
+            got = ops.convert_to_numpy(opt._threshold(i, "float32"))
+            assert np.shape(got) == np.shape(want[v.path])  # one per unit with unit_init_norm
+            np.testing.assert_allclose(got, 1.5 * np.asarray(want[v.path]), rtol=1e-6)
     supports = {v.path: ops.convert_to_numpy(opt.support(v)) for v, _ in opt.coupled_variables()}
     assert all(0 < s.sum() < s.size for s in supports.values())  # λ·c is selective here
     path = str(tmp_path / "m.keras")
@@ -123,7 +127,7 @@ def test_init_norm_scales_are_the_initial_weights_and_survive_saving(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     ckpt = str(tmp_path / "ckpt")
     tf.train.Checkpoint(model=model, optimizer=opt).write(ckpt)
-    fresh, fresh_opt, _, _ = _init_norm_model(tmp_path)
+    fresh, fresh_opt, _, _ = _init_norm_model(tmp_path, lambda_scaling)
     for variable in fresh_opt.variables:
         variable.assign(ops.zeros_like(variable))
     tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(ckpt).assert_consumed()

@@ -472,6 +472,50 @@ def test_trim_units_drops_the_smallest_margins_but_never_a_layers_last_unit():
         opt.drop_units(conv.kernel, [8])
 
 
+def test_trim_units_ranks_by_each_units_own_threshold_with_unit_init_norm():
+    """λ_g = λ·‖W₀_g‖ per unit: supp Γ and the trim's margins come from each unit's own start."""
+    model = _model()
+    rng = np.random.default_rng(5)
+    # W₀ with chosen unit norms, V_g with chosen margins m_g = ‖V_g‖ / (λ·‖W₀_g‖).
+    init_norms = {"conv": np.array([1.0, 3.0, 0.5, 2.0, 1.0, 4.0, 0.7, 1.5]),
+                  "hidden": np.array([2.0, 1.0, 3.0, 0.5, 1.0, 0.6])}
+    margins = {"conv": np.array([1.3, 0.7, 1.1, 1.45, 0.9, 1.05, 1.2, 0.95]),
+               "hidden": np.array([1.25, 0.7, 1.02, 1.5, 0.8, 1.15])}
+
+    def unit_directions(shape):
+        d = rng.normal(size=shape)
+        return d / np.sqrt((d.reshape(-1, shape[-1]) ** 2).sum(0))
+
+    for name, norms in init_norms.items():
+        kernel = model.get_layer(name).kernel
+        kernel.assign((unit_directions(kernel.shape) * norms).astype("float32"))
+    opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"},
+                   lambda_=0.5, lambda_scaling="unit_init_norm")
+    opt.build(model.trainable_variables)  # measures λ_g on these W₀
+    v_norms = {}
+    for name, m in margins.items():
+        kernel = model.get_layer(name).kernel
+        v_norms[name] = m * 0.5 * init_norms[name]
+        opt._vs[opt._slot_index(kernel)].assign(
+            (unit_directions(kernel.shape) * v_norms[name]).astype("float32"))
+        np.testing.assert_allclose(ops.convert_to_numpy(opt.threshold(kernel)),
+                                   0.5 * init_norms[name], rtol=1e-6)
+        np.testing.assert_array_equal(_units(opt, model.get_layer(name)), m > 1)
+    total = int(sum((m > 1).sum() for m in margins.values()))
+
+    def smallest(score, k=3):  # NumPy: the k in-support units of smallest score
+        ranked = sorted((score[n][u], n, u) for n in margins for u in np.flatnonzero(margins[n] > 1))
+        out = {}
+        for _, name, unit in ranked[:k]:
+            out.setdefault(f"{name}/kernel", []).append(int(unit))
+        return {key: sorted(units) for key, units in out.items()}
+
+    want = smallest(margins)
+    assert want == {"conv/kernel": [2, 5], "hidden/kernel": [2]}
+    assert smallest(v_norms) != want  # ranking by ‖V_g‖ alone (one λ per layer) drops others
+    assert finetune.trim_units(opt, total - 3) == want
+
+
 def test_w_star_finetune_trim_fixes_the_width_exactly():
     """Several filters cross λ in the step that reaches ρ: trim keeps ⌈ρ·N⌉, the last to enter go."""
     x, y = _data()

@@ -41,6 +41,9 @@ def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("init+lam0.5+u0.49")["units_fraction"] == 0.49
     assert parity.parse_recipe("lam0.5+w0.1")["weights_fraction"] == 0.1
     assert parity.parse_recipe("init+lam0.5+u0.5+trim")["trim"] is True
+    got = parity.parse_recipe("unitinit+lam0.45+u0.5+trim")  # not read as a units fraction
+    assert got["hparams"] == {"lambda_scaling": "unit_init_norm", "lambda_": 0.45}
+    assert got["units_fraction"] == 0.5 and got["trim"] is True
     for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2"):
         with pytest.raises(ValueError, match="(?i)recipe token"):
             parity.parse_recipe(bad)

@@ -125,3 +125,27 @@ def test_init_norm_scale():
     assert slbi.init_norm_scale(np.zeros((8, 4)), "elementwise") == pytest.approx(1 / np.sqrt(8))
     with pytest.raises(ValueError, match="init_norm"):
         slbi.threshold_scale((8, 4), "elementwise", "init_norm")
+
+
+def test_unit_init_norm_scale_is_each_units_initial_norm():
+    rng = np.random.RandomState(4)
+    w0 = rng.randn(3, 3, 2, 5)
+    w0[..., 2] = 0.0  # a unit that starts at zero takes the layer's init_norm factor
+    norms = [np.sqrt(np.sum(w0[..., j] ** 2)) for j in range(5)]
+    want = np.array(norms)
+    want[2] = slbi.init_norm_scale(w0, "filter")
+    got = slbi.unit_init_norm_scale(w0, "filter")
+    assert got.shape == (5,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # Elementwise: the unit's RMS entry, ‖W₀_j‖ / √fan_in (fan_in = 18).
+    want = np.array(norms) / np.sqrt(18)
+    want[2] = slbi.init_norm_scale(w0, "elementwise")
+    np.testing.assert_allclose(slbi.unit_init_norm_scale(w0, "elementwise"), want, rtol=1e-6)
+    # Scales with W₀, and the per-layer factor is the RMS of the per-unit ones.
+    full = rng.randn(4, 6)
+    np.testing.assert_allclose(slbi.unit_init_norm_scale(3 * full, "neuron"),
+                               3 * slbi.unit_init_norm_scale(full, "neuron"), rtol=1e-6)
+    assert np.sqrt(np.mean(slbi.unit_init_norm_scale(full, "neuron").astype(float) ** 2)) == \
+        pytest.approx(slbi.init_norm_scale(full, "neuron"), rel=1e-6)
+    with pytest.raises(ValueError, match="unit_init_norm"):
+        slbi.threshold_scale((8, 4), "filter", "unit_init_norm")

@@ -310,7 +310,7 @@ def test_tf_keras_dessilbi_in_compile_and_config():
     [
         ({"kappa": -1.0}, ValueError, r"`kappa` must be > 0. Received: kappa=-1.0"),
         ({"momentum": 1.0}, ValueError, r"`momentum` must be in \[0, 1\). Received: momentum=1.0"),
-        ({"lambda_scaling": "fan_out"}, ValueError, r"`lambda_scaling` must be one of \('fan_in', 'none', 'init_norm'\). Received: lambda_scaling='fan_out'"),
+        ({"lambda_scaling": "fan_out"}, ValueError, r"`lambda_scaling` must be one of \('fan_in', 'none', 'init_norm', 'unit_init_norm'\). Received: lambda_scaling='fan_out'"),
         ({"structure": {"nope/kernel": "filter"}}, ValueError, r"`structure` patterns \['nope/kernel'\] match no trainable variable"),
     ],
 )

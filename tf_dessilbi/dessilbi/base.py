@@ -30,7 +30,7 @@ from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import slbi
 from tf_dessilbi.dessilbi import structures as structures_lib
 
-LAMBDA_SCALINGS = ("fan_in", "none", "init_norm")
+LAMBDA_SCALINGS = ("fan_in", "none", "init_norm", "unit_init_norm")
 
 
 def validate_hyperparameters(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure):
@@ -126,13 +126,15 @@ class DessiLBIMixin:
     def _build_dessilbi(self, variables, resolved) -> None:
         """Creates the momentum buffers, V and Γ (``resolved`` from `_resolve_structures`)."""
         self._structures = list(resolved)
-        if self.lambda_scaling == "init_norm":
+        if self.lambda_scaling in slbi.INITIAL_VALUE_SCALINGS:
             # Measured on the values the optimizer is built on (the initial
             # weights) and kept as variables, created before the slots so the
             # Vs stay the last variables: saved and restored with the state.
+            scale = (slbi.init_norm_scale if self.lambda_scaling == "init_norm"
+                     else slbi.unit_init_norm_scale)
             self._threshold_scales = [
                 None if s is None else self._new_hyper_variable(
-                    slbi.init_norm_scale(_compat.eager_numpy(v), s), f"lambda_scale_{i}")
+                    scale(_compat.eager_numpy(v), s), f"lambda_scale_{i}")
                 for i, (v, s) in enumerate(zip(variables, resolved))
             ]
         else:
@@ -172,7 +174,7 @@ class DessiLBIMixin:
             self._assign_slot(v, v_new)
 
     def _threshold(self, index, dtype):
-        """λ·c of variable ``index`` (c from `slbi.threshold_scale`)."""
+        """λ·c of variable ``index``: a scalar, or per last-axis unit with ``"unit_init_norm"``."""
         scale = self._threshold_scales[index]
         if not isinstance(scale, float):
             scale = ops.cast(scale, dtype)
@@ -207,7 +209,12 @@ class DessiLBIMixin:
         return None if gamma is None else ops.not_equal(gamma, 0)
 
     def threshold(self, variable):
-        """The threshold λ·c_l of a model variable's prox (a scalar tensor), or ``None`` if uncoupled."""
+        """The threshold λ·c of a model variable's prox, or ``None`` if uncoupled.
+
+        A scalar tensor (λ·c_l, one per layer), or with
+        ``lambda_scaling="unit_init_norm"`` one per last-axis unit (shape
+        ``(units,)``, λ·c_j), broadcasting against V's last axis.
+        """
         index = self._slot_index(variable)
         v = self._vs[index]
         return None if v is None else self._threshold(index, v.dtype)

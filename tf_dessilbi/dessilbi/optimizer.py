@@ -69,7 +69,12 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             norm (groups) or entry (elementwise), measured when the optimizer
             is built and saved with its state: λ is a multiple of the layer's
             own initial scale, whatever its initializer and width
-            (`slbi.init_norm_scale`). Defaults to `"fan_in"`.
+            (`slbi.init_norm_scale`); ``"unit_init_norm"`` thresholds each
+            unit (filter, neuron) at λ × its own initial norm (elementwise:
+            its RMS initial entry), so a unit enters once it grew from its
+            own start, whatever θ₀ drew (`slbi.unit_init_norm_scale`: with
+            BatchNormalization, ``"init_norm"`` ranks filters almost as θ₀'s
+            norms do). Defaults to `"fan_in"`.
         **kwargs: the base optimizer arguments (`weight_decay`, `clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,
             `ema_overwrite_frequency`, `loss_scale_factor`,

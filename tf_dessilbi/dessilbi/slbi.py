@@ -90,18 +90,23 @@ def step(gradient, w, buffer, v, *, lr, kappa, mu, threshold, momentum, nesterov
     return w_new, buffer_new, v_new
 
 
+INITIAL_VALUE_SCALINGS = ("init_norm", "unit_init_norm")  # measured on W₀ when the optimizer is built
+
+
 def threshold_scale(shape, structure: str, lambda_scaling: str) -> float:
     """Factor c with per-variable threshold ``λ·c``.
 
     ``"none"``: c = 1 everywhere (λ is the raw threshold on |V| or ‖V_g‖).
-    ``"init_norm"`` depends on the initial values: see `init_norm_scale`.
+    ``"init_norm"`` and ``"unit_init_norm"`` depend on the initial values:
+    see `init_norm_scale` and `unit_init_norm_scale`.
     ``"fan_in"``: c = 1 for groups and ``1/√fan_in`` for elementwise kernels,
     fan_in being the entries per output unit (all axes but the last). A group
     of n entries of size a has norm a·√n, so this makes λ mean the same for a
     single weight as for the unit that holds it, whatever the layer width.
     """
-    if lambda_scaling == "init_norm":
-        raise ValueError("lambda_scaling='init_norm' needs the initial values: use init_norm_scale().")
+    if lambda_scaling in INITIAL_VALUE_SCALINGS:
+        raise ValueError(f"lambda_scaling={lambda_scaling!r} needs the initial values: use "
+                         f"init_norm_scale() or unit_init_norm_scale().")
     if lambda_scaling == "none" or structure != ELEMENTWISE:
         return 1.0
     fan_in = 1
@@ -131,3 +136,34 @@ def init_norm_scale(initial, structure: str) -> float:
     if structure == ELEMENTWISE:
         return (total / w.size) ** 0.5
     return (total / max(units, 1)) ** 0.5
+
+
+def unit_init_norm_scale(initial, structure: str):
+    """Factors c_j of ``lambda_scaling="unit_init_norm"``: one per last-axis unit j.
+
+    Groups: c_j = ‖W₀[..., j]‖₂, each unit's own initial norm, so unit j
+    enters supp Γ once ‖V_j‖ > λ·‖W₀_j‖; elementwise: c_j = ‖W₀[..., j]‖₂ /
+    √fan_in, the unit's RMS initial entry (one λ means the same for a unit
+    and its entries, as with ``"fan_in"``). `init_norm_scale` divides by one
+    number per layer, so the spread of the initial unit norms inside a layer
+    still ranks the units: before a unit enters, V_j is the α/μ-weighted
+    integral of W_j, and behind a BatchNormalization (whose output does not
+    depend on ‖W_j‖; without weight decay ‖W_j‖ only grows by O(α²)) that
+    integral ranks the filters almost as θ₀ does. Per unit, the initial
+    scale cancels and what ranks the units is how much each grew and kept
+    its direction. A unit whose W₀ is all zero gets the layer's
+    `init_norm_scale`.
+
+    Returns:
+        float32 array of shape ``(units,)``, broadcasting against the last
+        axis of V.
+    """
+    import numpy as np
+
+    w = np.asarray(initial, dtype=np.float64)
+    units = w.reshape(-1, w.shape[-1]) if w.ndim else w.reshape(1, 1)
+    norms = np.sqrt((units ** 2).sum(axis=0))
+    if structure == ELEMENTWISE:
+        norms = norms / np.sqrt(max(units.shape[0], 1))
+    fallback = init_norm_scale(w, structure)
+    return np.where(norms > 0, norms, fallback).astype(np.float32)

@@ -44,8 +44,9 @@ def dessilbi_class():
             momentum: float in [0, 1). Defaults to `0.9`.
             nesterov: Nesterov momentum. Defaults to `False`.
             structure: ``"auto"`` or ``{regex: structure}``. Defaults to `"auto"`.
-            lambda_scaling: ``"fan_in"``, ``"none"`` or ``"init_norm"`` (see
-                `tf_dessilbi.DessiLBI`). Defaults to `"fan_in"`.
+            lambda_scaling: ``"fan_in"``, ``"none"``, ``"init_norm"`` or
+                ``"unit_init_norm"`` (see `tf_dessilbi.DessiLBI`). Defaults
+                to `"fan_in"`.
             **kwargs: tf_keras optimizer arguments (``clipnorm``,
                 ``jit_compile``, ``name``, ...).
 

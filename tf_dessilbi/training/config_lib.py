@@ -20,7 +20,7 @@ SCHEDULES = ("constant", "cosine", "piecewise", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRUCTURES = ("auto", "elementwise", "filter", "filter_neuron")
-LAMBDA_SCALINGS = ("fan_in", "none", "init_norm")
+LAMBDA_SCALINGS = ("fan_in", "none", "init_norm", "unit_init_norm")
 GRANULARITIES = ("weight", "filter", "neuron")
 REWINDS = ("init", "epoch")
 
