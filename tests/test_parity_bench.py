@@ -378,3 +378,30 @@ def test_extra_seeds_get_a_row_of_their_own_beside_the_protocols_and_a_per_seed_
     args.seeds = [0, 1, 2]  # the protocol's seeds only: one row, as before
     assert sum(line.startswith("| DessiLBI filter, r") for line in
                parity_report.to_markdown(results, args).splitlines()) == 1
+
+
+def test_support_vs_init_overlap_and_rank_correlations():
+    """bench/support_vs_init.py's per-layer statistics against a hand-made layer."""
+    import numpy as np
+
+    from bench import support_vs_init
+
+    def spearman(a, b):  # distinct values: 1 − 6 Σ d² / (n (n² − 1))
+        d = np.argsort(np.argsort(a)) - np.argsort(np.argsort(b))
+        return 1 - 6 * np.sum(d ** 2) / (len(a) * (len(a) ** 2 - 1))
+
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(3, 3, 2, 6))
+    directions /= np.sqrt((directions.reshape(-1, 6) ** 2).sum(0))
+    w0 = directions * np.array([1.0, 6.0, 2.0, 5.0, 3.0, 4.0])  # top-3 initial norms: units 1, 3, 5
+    v = directions * np.array([0.1, 0.9, 0.3, 0.2, 0.8, 0.7])
+    w = directions * np.array([2.0, 7.0, 1.0, 3.0, 6.0, 5.0])
+    support = np.zeros_like(w0, dtype=bool)
+    support[..., [1, 4, 5]] = True  # the 3 of largest ‖V_g‖: 2 of them among θ₀'s top 3
+    got = support_vs_init.layer_stats(w0, w, v, support)
+    assert got["kept"] == 3 and got["units"] == 6 and got["chance"] == 0.5
+    assert got["overlap_init_topk"] == pytest.approx(2 / 3)
+    v_norms, w0_norms, w_norms = [0.1, 0.9, 0.3, 0.2, 0.8, 0.7], [1, 6, 2, 5, 3, 4], [2, 7, 1, 3, 6, 5]
+    assert got["spearman_v_init"] == pytest.approx(spearman(v_norms, w0_norms))  # 0.6
+    assert got["spearman_v_now"] == pytest.approx(spearman(v_norms, w_norms))
+    np.testing.assert_allclose(support_vs_init.unit_norms(w0), w0_norms)
