@@ -114,6 +114,7 @@ def to_markdown(results, args) -> str:
                               f" (seeds {', '.join(map(str, protocol.SEEDS))}: the protocol's)")
             lines += [row] if row else []
     lines += _per_seed(args, seeds, keys)
+    lines += _per_layer(args, seeds, keys)
     widths = [spec for spec in getattr(args, "scratch_widths", [])
               if any(f"widths:{spec}" in s for s in seeds)]
     if widths:
@@ -220,6 +221,26 @@ def _per_seed(args, seeds, keys) -> list:
                  f"{s[k]['filters_kept']}" if k in s else "—" for k in keys]
         sgd = f"{100 * s['sgd']['accuracy']:.2f}" if "sgd" in s else "—"
         lines.append(f"| {seed} | {sgd} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _per_layer(args, seeds, keys) -> list:
+    """Filters kept per conv layer and seed, for models whose layers the recipe table does not list
+    (more than four convs: ResNet-20), in the model's order (the stem first)."""
+    lines = []
+    for key in keys:
+        runs = [(seed, s[key]) for seed, s in zip(args.seeds, seeds) if key in s]
+        names = [n for n in (runs[0][1].get("layers", {}) if runs else {})
+                 if n.endswith("conv") or n.startswith("conv")]
+        if len(names) <= 4:
+            continue
+        names.sort(key=lambda n: (not n.startswith("stem"), n))
+        lines += ["", f"Filters kept per layer ({key.replace(':', ', ')}; of the layer's filters):", "",
+                  "| layer | filters | " + " | ".join(f"seed {seed}" for seed, _ in runs) + " |",
+                  "|---|---|" + "---|" * len(runs)]
+        for name in names:
+            cells = [str(r["layers"][name][0]) if name in r["layers"] else "—" for _, r in runs]
+            lines.append(f"| {name} | {runs[0][1]['layers'][name][1]} | " + " | ".join(cells) + " |")
     return lines
 
 

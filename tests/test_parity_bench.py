@@ -380,6 +380,32 @@ def test_extra_seeds_get_a_row_of_their_own_beside_the_protocols_and_a_per_seed_
                parity_report.to_markdown(results, args).splitlines()) == 1
 
 
+def test_a_resnet_run_gets_its_filters_per_layer_and_seed():
+    """More than four convs: the recipe table has no room, so a table lists them, the stem first."""
+    import argparse
+
+    def resnet_layers(b_kept):
+        return {"s1b1_a_conv": [16, 16, 0, 0], "s1b1_b_conv": [b_kept, 16, 0, 0],
+                "s2b1_a_conv": [20, 32, 0, 0], "s2b1_proj_conv": [1, 32, 0, 0],
+                "s3b1_a_conv": [33, 64, 0, 0], "stem_conv": [7, 16, 0, 0]}
+
+    args = argparse.Namespace(model="resnet20", epochs=3, seeds=[0, 1], recipes=["r"],
+                              structures=["filter"], command="x", work="/nonexistent", limit=0,
+                              ticket_structure="filter", ticket_recipe="r")
+    results = {"seeds": {"0": {"sgd": {"accuracy": 0.92}, "tickets": {}, "filter:r": _fake_run(0.91, resnet_layers(9))},
+                         "1": {"sgd": {"accuracy": 0.92}, "tickets": {}, "filter:r": _fake_run(0.91, resnet_layers(12))}}}
+    lines = parity_report.to_markdown(results, args).splitlines()
+    start = lines.index("| layer | filters | seed 0 | seed 1 |")
+    rows = lines[start + 2:start + 8]
+    assert rows[0] == "| stem_conv | 16 | 7 | 7 |"
+    assert "| s1b1_b_conv | 16 | 9 | 12 |" in rows and "| s2b1_proj_conv | 32 | 1 | 1 |" in rows
+    args.model = "fmnist"  # three convs: listed in the recipe table, no table of their own
+    fmnist = {"conv1": [16, 16, 0, 0], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
+    for seed in ("0", "1"):
+        results["seeds"][seed]["filter:r"] = _fake_run(0.91, fmnist)
+    assert "| layer | filters |" not in parity_report.to_markdown(results, args)
+
+
 def test_support_vs_init_overlap_and_rank_correlations():
     """bench/support_vs_init.py's per-layer statistics against a hand-made layer."""
     import numpy as np

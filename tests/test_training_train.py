@@ -444,6 +444,34 @@ def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path):
+    """configs/fmnist_resnet20_dessilbi_protocol.py on tiny data: per-filter λ (unit_init_norm),
+    the support trimmed to exactly half of the filters, and a shrunk export (BN channels removed
+    with their filters) that computes W*."""
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_resnet20_dessilbi_protocol.py"))
+    config.data.name = "synthetic"
+    config.data.synthetic_train = 96
+    config.data.synthetic_eval = 32
+    config.data.synthetic_shape = (12, 12, 1)
+    config.data.synthetic_classes = 4
+    config.data.mean, config.data.std = (0.0,), (1.0,)
+    config.batch_size = 16
+    config.num_epochs = 3
+    config.steps_per_epoch = 3
+    config.verbose = 0
+    config.optimizer.lambda_ = 0.02  # half of the filters enter within the 9 steps
+    config.optimizer.mu = 1.0
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    sparsity = summary["sparsity"]
+    assert sparsity["units_total"] == 784  # every conv of ResNet-20, projections included
+    assert sparsity["units_kept"] == 392  # trimmed to ⌈0.5·784⌉, not what crossed λ
+    assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
+    assert summary["eval_w_star"]["accuracy"] == pytest.approx(_export_accuracy(summary, config), abs=1e-6)
+    with open(os.path.join(str(tmp_path), "config.json")) as f:
+        assert json.load(f)["optimizer"]["lambda_scaling"] == "unit_init_norm"
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("optimizer.finetune_weights", 1.5, r"config.optimizer.finetune_weights=1.5"),
     ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
