@@ -16,13 +16,15 @@ from tf_dessilbi.training import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(optimizer="dessilbi"):
-    config = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_dessilbi.py"))
+def tiny_config(optimizer="dessilbi", name="fmnist_dessilbi"):
+    """``configs/<name>.py`` on 96 synthetic 12×12×1 images, 2 epochs of 3 steps."""
+    config = config_lib.load_config(os.path.join(ROOT, "configs", name + ".py"))
     config.data.name = "synthetic"
     config.data.synthetic_train = 96
     config.data.synthetic_eval = 32
     config.data.synthetic_shape = (12, 12, 1)
     config.data.synthetic_classes = 4
+    config.data.mean, config.data.std = (), ()  # none (the protocol configs normalize)
     config.batch_size = 16
     config.num_epochs = 2
     config.steps_per_epoch = 3
@@ -449,17 +451,8 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path):
     """configs/fmnist_resnet20_dessilbi_protocol.py on tiny data: per-filter λ (unit_init_norm),
     the support trimmed to exactly half of the filters, and a shrunk export (BN channels removed
     with their filters) that computes W*."""
-    config = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_resnet20_dessilbi_protocol.py"))
-    config.data.name = "synthetic"
-    config.data.synthetic_train = 96
-    config.data.synthetic_eval = 32
-    config.data.synthetic_shape = (12, 12, 1)
-    config.data.synthetic_classes = 4
-    config.data.mean, config.data.std = (0.0,), (1.0,)
-    config.batch_size = 16
+    config = tiny_config(name="fmnist_resnet20_dessilbi_protocol")
     config.num_epochs = 3
-    config.steps_per_epoch = 3
-    config.verbose = 0
     config.optimizer.lambda_ = 0.02  # half of the filters enter within the 9 steps
     config.optimizer.mu = 1.0
     summary = train.train_and_evaluate(config, str(tmp_path))
