@@ -150,3 +150,33 @@ def test_sgd_model_records_nothing(tmp_path):
     _train(model, str(tmp_path), epochs=1)
     assert not os.path.exists(tmp_path / "path.npz")
     assert not os.path.exists(tmp_path / "path.png")
+
+
+def _many_layers(tmp_path, n):
+    npz = str(tmp_path / "many.npz")
+    layers = {f"s{i:02d}_conv": {"gamma": [np.zeros(4), np.r_[1.0, np.zeros(3)]],
+                                 "w": [np.ones(4), np.r_[2.0, np.ones(3)]]} for i in range(n)}
+    path_lib.save_path(npz, [0, 3], layers, steps_per_epoch=3)
+    return npz
+
+
+def test_a_resnet20_path_draws_every_coupled_layer(tmp_path):
+    """21 coupled layers (ResNet-20): 21 panels, 4 a row, so 6 rows of 3.4 in at 100 dpi."""
+    from PIL import Image
+
+    png = path_lib.plot_path(_many_layers(tmp_path, 21), str(tmp_path / "p.png"))
+    width, height = Image.open(png).size
+    assert (width, height) == (2000, 2040)
+
+
+def test_a_path_that_leaves_layers_out_says_so(tmp_path):
+    npz = _many_layers(tmp_path, 5)
+    with pytest.warns(UserWarning, match=r"the first 2 of 5 coupled layers"):
+        png = path_lib.plot_path(npz, str(tmp_path / "p.png"), max_layers=2)
+    from PIL import Image
+
+    assert Image.open(png).size == (1000, 340)  # two panels, one row
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"plot_path\(max_layers={bad!r}\): allowed an integer >= 1"):
+            path_lib.plot_path(npz, str(tmp_path / "q.png"), max_layers=bad)
+    assert not os.path.exists(tmp_path / "q.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -45,11 +46,16 @@ def _panel(ax, x, rec, name):
         ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
 
 
+def _columns(panels: int) -> int:
+    """Panels per row: 3 up to 12 panels (FMNIST-CNN-S, LeNet), 4 beyond (ResNets)."""
+    return min(3 if panels <= 12 else 4, max(panels, 1))
+
+
 def plot_path(
     npz_file: str,
     png_file: str,
     layers: Optional[Sequence[str]] = None,
-    max_layers: int = 12,
+    max_layers: int = 48,
 ) -> str:
     """Draws the regularization path in ``path.npz`` to a PNG.
 
@@ -65,7 +71,9 @@ def plot_path(
         npz_file: a file written by `RegularizationPath` / `save_path`.
         png_file: output image.
         layers: layer names to draw. Defaults to all, up to `max_layers`.
-        max_layers: most panels when `layers` is not given. Defaults to `12`.
+        max_layers: most panels when `layers` is not given (a ResNet-20 has 21
+            coupled layers, a ResNet-56 57). Defaults to `48`; a figure that
+            leaves layers out says so in its title and warns.
 
     Returns:
         `png_file`.
@@ -73,8 +81,10 @@ def plot_path(
     Raises:
         ImportError: matplotlib is not installed (``pip install
             tf_dessilbi[plot]``).
-        ValueError: an unknown layer name.
+        ValueError: an unknown layer name, or `max_layers` < 1.
     """
+    if isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1:
+        raise ValueError(f"plot_path(max_layers={max_layers!r}): allowed an integer >= 1.")
     try:
         import matplotlib
 
@@ -96,11 +106,16 @@ def plot_path(
         if unknown:
             raise ValueError(f"Unknown layers {unknown}; recorded: {names}")
         names = list(layers)
-    else:
+    left_out = "" if layers is not None or len(names) <= max_layers else (
+        f"the first {max_layers} of {len(names)} coupled layers (plot_path(layers=[...]) picks others)")
+    if left_out:
+        warnings.warn(f"plot_path: {left_out}.", stacklevel=2)
         names = names[:max_layers]
-    cols = min(3, max(len(names), 1))
+    cols = _columns(len(names))
     rows = -(-max(len(names), 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.4 * rows), squeeze=False)
+    if left_out:
+        fig.suptitle(left_out[0].upper() + left_out[1:], fontsize=10)
     x = np.asarray(epochs, dtype=np.float64)
     for ax, name in zip(axes.flat, names):
         _panel(ax, x, history[name], name)
@@ -119,7 +134,7 @@ def plot_path(
         ncol=4,
         fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.07 * 4 / max(rows, 4), 1, 0.97 if left_out else 1))
     tmp = png_file + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
