@@ -228,6 +228,8 @@ SEPARATE_REPORTS = (
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: the trimmed recipe, seeds 0–4",
      "PARITY_E10_TRIM.md"),
+    ("FMNIST-CNN-S at E = 10: per-layer (init_norm) against per-filter (unit_init_norm) λ, seeds 0–2",
+     "PARITY_E10_UNITINIT.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
     ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
      "PARITY_E10_ELEMENTWISE.md"),

@@ -17,7 +17,11 @@ the issue's budget of E = 10 epochs. Every run is in `bench/PARITY_E10_TRIM.md`
 * ``lambda_scaling="init_norm"`` — λ in units of each layer's RMS initial
   unit norm. With ``"fan_in"`` a conv1 filter had to grow ~3× its initial
   norm to enter and an fc1 weight ~0.7×; with ``init_norm`` one λ is as
-  selective in every layer;
+  selective in every layer. Per filter (``"unit_init_norm"``, λ_g = λ·‖W_g(0)‖,
+  the ResNet-20 recipe's) is no better here: 92.77 ± 0.12 % against 92.82 ±
+  0.16 % with the same 56 filters (seeds 0–2, `bench/PARITY_E10_UNITINIT.md`):
+  without BN, a filter's norm matters to the loss, so ‖V_g‖ does not simply
+  follow ‖W_g(0)‖;
 * ``structure="filter"`` — conv filters as groups, the dense layers
   uncoupled: coupling fc1 and the logits too ("auto") cost 0.5 pt at the
   same λ (E = 3: 90.56 % vs 91.05 %);
