@@ -53,13 +53,19 @@ def _recipes_tried(args) -> list:
              "| support fixed from |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["structure"], r.get("recipe", "paper"))):
-        convs = [v for k, v in r["layers"].items() if k.startswith("conv")]
-        per_layer = "/".join(str(v[0]) for v in convs) if len(convs) <= 4 else ""
+        convs = _conv_layers(r)
+        per_layer = "/".join(str(r["layers"][n][0]) for n in convs) if len(convs) <= 4 else ""
         lines.append(f"| {r['structure']} | {r.get('recipe', 'paper')} | {100 * r['w_accuracy']:.2f} "
                      f"| {100 * r['w_star_accuracy']:.2f} | {r['filters_kept']}/{r['filters_total']}"
                      f"{' (' + per_layer + ')' if per_layer else ''} | "
                      f"{100 * r['weight_fraction']:.1f} % | {_fixed_from(r)} |")
     return lines
+
+
+def _conv_layers(result) -> list:
+    """The conv layers of a run's ``layers`` (FMNIST-CNN-S ``conv1``…, ResNet-20 ``*_conv``), stem first."""
+    names = [n for n in result.get("layers", {}) if n.startswith("conv") or n.endswith("conv")]
+    return sorted(names, key=lambda n: (not n.startswith("stem"), n))
 
 
 def _fixed_from(result) -> str:
@@ -230,11 +236,9 @@ def _per_layer(args, seeds, keys) -> list:
     lines = []
     for key in keys:
         runs = [(seed, s[key]) for seed, s in zip(args.seeds, seeds) if key in s]
-        names = [n for n in (runs[0][1].get("layers", {}) if runs else {})
-                 if n.endswith("conv") or n.startswith("conv")]
+        names = _conv_layers(runs[0][1]) if runs else []
         if len(names) <= 4:
             continue
-        names.sort(key=lambda n: (not n.startswith("stem"), n))
         lines += ["", f"Filters kept per layer ({key.replace(':', ', ')}; of the layer's filters):", "",
                   "| layer | filters | " + " | ".join(f"seed {seed}" for seed, _ in runs) + " |",
                   "|---|---|" + "---|" * len(runs)]

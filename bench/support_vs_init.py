@@ -31,6 +31,7 @@ import json
 import numpy as np
 
 from bench import logger, protocol
+from tf_dessilbi.masks import unit_mask_of, unit_norms
 
 _log = logger("support_vs_init")
 
@@ -44,16 +45,10 @@ def _spearman(a, b) -> float:
     return float((ra * rb).sum() / denom) if denom else float("nan")
 
 
-def unit_norms(kernel) -> np.ndarray:
-    """‖W_g‖₂ of each last-axis unit (conv filter) of a kernel."""
-    kernel = np.asarray(kernel)
-    return np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
-
-
 def layer_stats(w0, w, v, support) -> dict:
     """The overlap and rank correlations of one layer (arrays: initial kernel, kernel, V, mask)."""
     n0, nw, nv = unit_norms(w0), unit_norms(w), unit_norms(v)
-    kept = np.asarray(support).reshape(-1, np.shape(support)[-1]).any(axis=0)
+    kept = unit_mask_of(support, (-1,))
     k, n = int(kept.sum()), kept.size
     top = np.argsort(-n0, kind="stable")[:k]
     overlap = float(np.isin(top, np.flatnonzero(kept)).sum() / k) if k else float("nan")
@@ -122,7 +117,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from bench import parity
 
-    recipe = args.recipe or ("init+lam0.45+u0.5+trim" if args.model == "resnet20"
+    recipe = args.recipe or ("unitinit+lam0.45+u0.5+trim" if args.model == "resnet20"
                              else "init+lam0.5+u0.5+trim")
     if not parity.parse_recipe(recipe)["units_fraction"]:
         parser.error(f"--recipe needs a units fraction (uX); received {recipe!r}")

@@ -176,7 +176,9 @@ def test_a_path_that_leaves_layers_out_says_so(tmp_path):
     from PIL import Image
 
     assert Image.open(png).size == (1000, 340)  # two panels, one row
-    for bad in (0, 2.5, True):
-        with pytest.raises(ValueError, match=rf"plot_path\(max_layers={bad!r}\): allowed an integer >= 1"):
+    with pytest.raises(ValueError, match=r"`max_layers` must be >= 1. Received: max_layers=0"):
+        path_lib.plot_path(npz, str(tmp_path / "q.png"), max_layers=0)
+    for bad in (2.5, True):
+        with pytest.raises(TypeError, match=rf"`max_layers` must be an integer. Received: max_layers={bad!r}"):
             path_lib.plot_path(npz, str(tmp_path / "q.png"), max_layers=bad)
     assert not os.path.exists(tmp_path / "q.png")

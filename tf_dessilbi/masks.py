@@ -42,6 +42,12 @@ def weight_key(layer, variable) -> str:
     return f"{layer.name}/{variable.name.split('/')[-1]}"
 
 
+def unit_norms(kernel) -> np.ndarray:
+    """‖W[..., j]‖₂ of each output unit j (last axis) of a kernel, in float64."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    return np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
+
+
 def unit_mask_of(weight_mask: np.ndarray, unit_axes) -> np.ndarray:
     """Output units with at least one kept weight (flattened over ``unit_axes``)."""
     weight_mask = np.asarray(weight_mask, bool)

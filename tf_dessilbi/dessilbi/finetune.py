@@ -28,7 +28,8 @@ filters at the end of a warm-up differs by 20 % between seeds).
 Several units can cross λ in the step that reaches ρ. With ``trim`` the
 support is then cut back to exactly ⌈ρ·N⌉ units (N = Σ_l n_l): the units
 that entered last, those with the smallest margin ‖V_g‖₂ / λ_g (λ_g = λ·c_l,
-the layer's threshold, or λ·c_g per unit with ``"unit_init_norm"``), leave it (V_g ← 0), never the last unit of a layer.
+the layer's threshold, or λ·c_g per unit with ``"unit_init_norm"``), leave
+it (V_g ← 0), never the last unit of a layer.
 
 A fraction does not start the fine-tune while supp Γ is empty in some
 coupled layer (unless ``allow_empty_layers``): in a feed-forward stack W*
@@ -60,7 +61,7 @@ from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
-from tf_dessilbi.masks import unit_mask_of, unwrap_optimizer
+from tf_dessilbi.masks import unit_mask_of, unit_norms, unwrap_optimizer
 
 
 _NO_GROUPS = ("WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
@@ -102,16 +103,15 @@ def trim_units(optimizer, keep: int) -> dict:
     """Cuts supp Γ over the group-coupled kernels back to ``keep`` units (filters, neurons).
 
     The units in the support are ranked by their margin ‖V_g‖₂ / λ_g over
-    the prox threshold (λ_g = λ·c_l, or λ·c_g with ``"unit_init_norm"``) (the last to cross λ have the smallest), and the
-    smallest are dropped (`DessiLBI.drop_units`: V_g ← 0) until ``keep``
+    the prox threshold (λ_g = λ·c_l, or λ·c_g with ``"unit_init_norm"``; the
+    last to cross λ have the smallest), and the smallest are dropped (`DessiLBI.drop_units`: V_g ← 0) until ``keep``
     remain, skipping the last unit of any layer. Returns ``{variable path:
     [dropped unit indices]}`` (empty when the support holds ≤ ``keep``).
     """
     optimizer = unwrap_optimizer(optimizer)
     candidates, left, kept = [], {}, 0  # candidates: (margin, layer order, unit, variable)
     for order, (variable, units) in enumerate(_group_units(optimizer)):
-        v = ops.convert_to_numpy(optimizer.v(variable)).astype("float64")
-        norms = np.sqrt(np.sum(np.square(v.reshape(-1, v.shape[-1])), axis=0))
+        norms = unit_norms(ops.convert_to_numpy(optimizer.v(variable)))
         margins = norms / np.asarray(ops.convert_to_numpy(optimizer.threshold(variable)), "float64")
         left[order] = int(units.sum())
         kept += left[order]

@@ -160,10 +160,11 @@ def unit_init_norm_scale(initial, structure: str):
     """
     import numpy as np
 
-    w = np.asarray(initial, dtype=np.float64)
-    units = w.reshape(-1, w.shape[-1]) if w.ndim else w.reshape(1, 1)
-    norms = np.sqrt((units ** 2).sum(axis=0))
+    from tf_dessilbi.masks import unit_norms
+
+    w = np.asarray(initial, dtype=np.float64).reshape(np.shape(initial) or (1,))
+    norms = unit_norms(w)
     if structure == ELEMENTWISE:
-        norms = norms / np.sqrt(max(units.shape[0], 1))
+        norms = norms / np.sqrt(max(w.size // max(w.shape[-1], 1), 1))
     fallback = init_norm_scale(w, structure)
     return np.where(norms > 0, norms, fallback).astype(np.float32)

@@ -26,12 +26,7 @@ import keras
 import numpy as np
 
 from tf_dessilbi import walk
-
-
-def unit_norms(kernel: np.ndarray) -> np.ndarray:
-    """L2 norm of each output unit (last axis) of a kernel."""
-    kernel = np.asarray(kernel, dtype=np.float64)
-    return np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
+from tf_dessilbi.masks import unit_norms  # noqa: F401  (path_lib.unit_norms, for summaries)
 
 
 def _unwrap(optimizer):

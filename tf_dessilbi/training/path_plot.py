@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tf_dessilbi import _validate
+
 MAX_LINES = 30  # units drawn as lines per panel; the rest as a band
 
 
@@ -82,9 +84,9 @@ def plot_path(
         ImportError: matplotlib is not installed (``pip install
             tf_dessilbi[plot]``).
         ValueError: an unknown layer name, or `max_layers` < 1.
+        TypeError: `max_layers` is not an integer.
     """
-    if isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1:
-        raise ValueError(f"plot_path(max_layers={max_layers!r}): allowed an integer >= 1.")
+    max_layers = _validate.positive_int("max_layers", max_layers)
     try:
         import matplotlib
 
