@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -125,9 +126,11 @@ def main(argv=None):
     for seed in args.seeds:
         results.append(run(args.model, seed, recipe, args.epochs))
         _log(summary(results[-1]))
-    if args.out:
-        with open(args.out, "w") as f:
+    if args.out:  # atomic: a killed run leaves the previous file or none
+        tmp = f"{args.out}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
             json.dump(results, f, indent=1)
+        os.replace(tmp, args.out)
     return results
 
 
