@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import registry
 
 
@@ -62,8 +63,7 @@ class ProducerHandler:
         return self._k(w).shape[-2]
 
     def column_norms(self, w) -> np.ndarray:
-        k = self._k(w)
-        return np.sqrt((k.reshape(-1, k.shape[-1]) ** 2).sum(axis=0))
+        return masks_lib.unit_norms(self._k(w))
 
     def zero_columns(self, w) -> np.ndarray:
         k = self._k(w)
