@@ -127,6 +127,26 @@ def test_ticket_with_controls_reports_an_empty_layer_without_training():
     assert result["verdict"] == "not retrained: layer(s) d keep no weight"
 
 
+def test_an_empty_support_is_called_empty_and_a_partly_empty_one_names_its_layers():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                              keras.layers.Dense(2, name="b")])
+    start = [ops.convert_to_numpy(w) for w in model.weights]
+    data = _data()
+
+    def check(mask_a):
+        return early_tickets.ticket_with_controls(
+            lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                                      keras.layers.Dense(2, name="b")]),
+            start, masks_lib.Mask({"a/kernel": mask_a, "b/kernel": np.zeros((3, 2), bool)}),
+            *data, epochs=1, steps_per_epoch=2,
+            make_optimizer=lambda: (_ for _ in ()).throw(AssertionError("trained")),
+            dense_accuracy=0.9)["verdict"]
+
+    assert check(np.zeros((4, 3), bool)) == (
+        "not retrained: the support is empty (all 2 masked layers keep no weight)")
+    assert check(np.eye(4, 3, dtype=bool)) == "not retrained: layer(s) b keep no weight"
+
+
 def test_ticket_with_controls_refuses_a_builder_that_seeds_itself():
     """Such a builder would make the 're-initialization' control the ticket itself."""
     def seeded_build():

@@ -104,6 +104,14 @@ def _start(build_model, start_weights, masks):
     return model, masks, counts
 
 
+def _empty_support_words(empty_layers, masks) -> str:
+    """Which layers a mask empties; an empty support says so instead of naming every layer."""
+    layers = {k.split("/")[0] for k in masks.weights}
+    if len(empty_layers) > 1 and set(empty_layers) == layers:
+        return f"the support is empty (all {len(layers)} masked layers keep no weight)"
+    return f"layer(s) {', '.join(empty_layers)} keep no weight"
+
+
 def retrain_ticket(
     build_model: Callable[[], keras.Model],
     start_weights: list,
@@ -219,7 +227,7 @@ def ticket_with_controls(
     model, masks, out = _start(build_model, start_weights, masks)
     if out["empty_layers"]:
         return {**out, "ticket": None, "sanity": None, "winning": False,
-                "verdict": f"not retrained: layer(s) {', '.join(out['empty_layers'])} keep no weight"}
+                "verdict": "not retrained: " + _empty_support_words(out["empty_layers"], masks)}
     keras.utils.set_random_seed(int(seed) + 1)  # what the re-initialization control will draw
     probe = [keras.ops.convert_to_numpy(v) for v in build_model().weights]
     if len(probe) == len(start_weights) and all(
