@@ -7,6 +7,9 @@
     python -m bench.parity --epochs 10 --seeds 0 1 2 --structures elementwise \
         --recipes init+lam1+w0.1 --ticket-fractions 0.3 --rewind-epochs 1 \
         --out bench/PARITY_E10_ELEMENTWISE.md              # rewound elementwise tickets (≈ 1 h)
+    python -m bench.parity --model resnet20 --epochs 3 --seeds 0 --structures elementwise \
+        --recipes unitinit+lam0.1+w0.1 --ticket-fractions 0.1 0.2 0.3 --rewind-epochs 1 0 \
+        --out bench/PARITY_RESNET20_TICKETS_ELEMENTWISE.md # ResNet-20 tickets (≈ 1 h 15 min)
 
 Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
 order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
