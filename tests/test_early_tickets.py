@@ -128,16 +128,16 @@ def test_ticket_with_controls_reports_an_empty_layer_without_training():
 
 
 def test_an_empty_support_is_called_empty_and_a_partly_empty_one_names_its_layers():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
-                              keras.layers.Dense(2, name="b")])
-    start = [ops.convert_to_numpy(w) for w in model.weights]
+    def build():
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                                 keras.layers.Dense(2, name="b")])
+
+    start = [ops.convert_to_numpy(w) for w in build().weights]
     data = _data()
 
     def check(mask_a):
         return early_tickets.ticket_with_controls(
-            lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
-                                      keras.layers.Dense(2, name="b")]),
-            start, masks_lib.Mask({"a/kernel": mask_a, "b/kernel": np.zeros((3, 2), bool)}),
+            build, start, masks_lib.Mask({"a/kernel": mask_a, "b/kernel": np.zeros((3, 2), bool)}),
             *data, epochs=1, steps_per_epoch=2,
             make_optimizer=lambda: (_ for _ in ()).throw(AssertionError("trained")),
             dense_accuracy=0.9)["verdict"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tf_dessilbi
+from tf_dessilbi import masks as masks_lib
 from tf_dessilbi.training import path as path_lib
 
 
@@ -35,7 +36,7 @@ def _train(model, workdir, epochs, callback=None):
 def test_unit_norms_match_numpy():
     kernel = np.random.default_rng(1).standard_normal((3, 3, 2, 5))
     expected = [np.linalg.norm(kernel[..., j]) for j in range(5)]
-    np.testing.assert_allclose(path_lib.unit_norms(kernel), expected)
+    np.testing.assert_allclose(masks_lib.unit_norms(kernel), expected)
 
 
 def test_records_every_n_steps_on_a_fractional_epoch_axis(tmp_path):
@@ -53,8 +54,8 @@ def test_records_every_n_steps_on_a_fractional_epoch_axis(tmp_path):
     optimizer = model.optimizer
     kernel = model.get_layer("conv").kernel
     gamma = keras.ops.convert_to_numpy(optimizer.gamma(kernel))
-    np.testing.assert_allclose(conv_w[-1], path_lib.unit_norms(kernel.numpy()), rtol=1e-5)
-    np.testing.assert_allclose(conv_g[-1], path_lib.unit_norms(gamma), rtol=1e-5)
+    np.testing.assert_allclose(conv_w[-1], masks_lib.unit_norms(kernel.numpy()), rtol=1e-5)
+    np.testing.assert_allclose(conv_g[-1], masks_lib.unit_norms(gamma), rtol=1e-5)
     assert history["conv"]["kept"][-1] == np.count_nonzero(gamma)
     assert history["conv"]["total"] == kernel.numpy().size
     assert os.path.getsize(tmp_path / "path.png") > 0

@@ -104,8 +104,9 @@ def trim_units(optimizer, keep: int) -> dict:
 
     The units in the support are ranked by their margin ‖V_g‖₂ / λ_g over
     the prox threshold (λ_g = λ·c_l, or λ·c_g with ``"unit_init_norm"``; the
-    last to cross λ have the smallest), and the smallest are dropped (`DessiLBI.drop_units`: V_g ← 0) until ``keep``
-    remain, skipping the last unit of any layer. Returns ``{variable path:
+    last to cross λ have the smallest), and the smallest are dropped
+    (`DessiLBI.drop_units`: V_g ← 0) until ``keep`` remain, skipping the
+    last unit of any layer. Returns ``{variable path:
     [dropped unit indices]}`` (empty when the support holds ≤ ``keep``).
     """
     optimizer = unwrap_optimizer(optimizer)

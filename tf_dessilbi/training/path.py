@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tf_dessilbi import walk
-from tf_dessilbi.masks import unit_norms  # noqa: F401  (path_lib.unit_norms, for summaries)
+from tf_dessilbi.masks import unit_norms
 
 
 def _unwrap(optimizer):

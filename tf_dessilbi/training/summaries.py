@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dessilbi.training import path as path_lib
-from tf_dessilbi.masks import unwrap_optimizer
+from tf_dessilbi.masks import unit_norms, unwrap_optimizer
 
 
 def _metadata(plugin: str):
@@ -252,12 +252,12 @@ class SparsitySummaries(keras.callbacks.Callback):
         kernels = path_lib.coupled_kernels(self.model, optimizer)
         if kernels:
             for name, w, gamma in kernels:
-                write_histogram(f"unit_norm_w/{name}", path_lib.unit_norms(w), step)
-                write_histogram(f"unit_norm_gamma/{name}", path_lib.unit_norms(gamma), step)
+                write_histogram(f"unit_norm_w/{name}", unit_norms(w), step)
+                write_histogram(f"unit_norm_gamma/{name}", unit_norms(gamma), step)
             return
         for name, w, masked in path_lib.gated_kernels(self.model):
-            write_histogram(f"unit_norm_w/{name}", path_lib.unit_norms(w), step)
-            write_histogram(f"unit_norm_masked_w/{name}", path_lib.unit_norms(masked), step)
+            write_histogram(f"unit_norm_w/{name}", unit_norms(w), step)
+            write_histogram(f"unit_norm_masked_w/{name}", unit_norms(masked), step)
 
     def on_train_end(self, logs=None):
         for writer in self._writers.values():
