@@ -69,20 +69,21 @@ def parse_recipe(spec: str) -> dict:
     (the same with the coupling on), ``u<x>`` (the fine-tune starts once
     supp Γ holds a fraction x of the conv filters, checked every step, at
     the latest with ``ftN``; ``trim`` cuts that support back to exactly
-    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`), ``w<x>`` (the same once it holds a fraction x
+    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole dependency
+    groups of physical removal, `WStarFinetune(dependency_groups=True)`), ``w<x>`` (the same once it holds a fraction x
     of the coupled weights: an elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None, "weights_fraction": None, "trim": False}
+           "units_fraction": None, "weights_fraction": None, "trim": False, "groups": False}
     for token in spec.split("+"):
         if token == "paper":
             continue
         if token == "steady":
             out["steady"] = True
             continue
-        if token == "trim":
-            out["trim"] = True
+        if token in ("trim", "groups"):
+            out[token] = True
             continue
         if token == "init":
             out["hparams"]["lambda_scaling"] = "init_norm"
@@ -114,7 +115,7 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
-                             f"ft<N>, cft<N>, u<x>, trim, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, trim, groups, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
     return out
@@ -205,7 +206,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         callbacks.append(finetune.WStarFinetune(start, decouple=settings["decouple"],
                                                 units_fraction=settings["units_fraction"],
                                                 weights_fraction=settings["weights_fraction"],
-                                                check_every=1, trim=settings["trim"]))
+                                                check_every=1, trim=settings["trim"],
+                                                dependency_groups=settings["groups"]))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
     if isinstance(callbacks[-1], finetune.WStarFinetune):
@@ -222,6 +224,11 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                   weight_fraction=report.weight_fraction, filters_kept=kept, filters_total=total,
                   layers={r.layer: [r.units_kept, r.units_total, r.weights_kept, r.weights_total]
                           for r in report.rows})
+    _, shrunk = tfd.shrink(model, optimizer=optimizer, return_report=True)
+    result["export"] = {"params": [shrunk.params_before, shrunk.params_after],
+                        "macs": [shrunk.macs_before, shrunk.macs_after],
+                        "conv_units": [sum(r.units_before for r in shrunk.rows if "Conv" in r.kind),
+                                       sum(r.units_after for r in shrunk.rows if "Conv" in r.kind)]}
     result["supports"] = {}
     for step, mask in supports.masks.items():
         path = os.path.join(work, f"support_{model_name}_{structure}_{recipe}_e{epochs}_s{seed}_step{step}.npz")

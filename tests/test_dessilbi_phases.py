@@ -286,7 +286,8 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     config = callback.get_config()
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
                       "units_fraction": rho, "check_every": every, "weights_fraction": None,
-                      "allow_empty_layers": False, "trim": False}
+                      "allow_empty_layers": False, "trim": False,
+                      "dependency_groups": False}
     assert finetune.WStarFinetune(**config).get_config() == config
 
 

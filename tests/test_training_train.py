@@ -471,6 +471,8 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path):
     ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
     ("optimizer.finetune_allow_empty", "no", r"config.optimizer.finetune_allow_empty=.no."),
     ("optimizer.finetune_trim", True, r"config.optimizer.finetune_trim=True .*finetune_units > 0"),
+    ("optimizer.finetune_groups", True, r"config.optimizer.finetune_groups=True .*fine-tune is on"),
+    ("optimizer.finetune_groups", "no", r"config.optimizer.finetune_groups=.no."),
     ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
     ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
 ])
@@ -496,6 +498,10 @@ def test_finetune_units_needs_groups_and_dessilbi():
     config.optimizer.finetune_units = 0.5
     with pytest.raises(ValueError, match=r"finetune_units=0.5 .*elementwise"):
         config_lib.validate(config)
+    config.optimizer.finetune_units, config.optimizer.finetune_weights = 0.0, 0.1
+    config.optimizer.finetune_groups = True
+    with pytest.raises(ValueError, match=r"finetune_groups=True .*elementwise"):
+        config_lib.validate(config)
     config = tiny_config("sgd")
     config.optimizer.finetune_units = 0.5
     with pytest.raises(ValueError, match=r"finetune_units=0.5 .*optimizer.name='dessilbi'"):
@@ -513,13 +519,14 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
     config.optimizer.finetune_units = 0.4
     config.optimizer.finetune_allow_empty = allow
     config.optimizer.finetune_trim = allow
+    config.optimizer.finetune_groups = allow
     config_lib.validate(config)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     (callback,) = [c for c in methods.get(config).callbacks(config, model, 10)
                    if isinstance(c, finetune.WStarFinetune)]
     assert callback.allow_empty_layers is allow and callback.units_fraction == 0.4
-    assert callback.trim is allow
-    config.optimizer.finetune_trim = False
+    assert callback.trim is allow and callback.dependency_groups is allow
+    config.optimizer.finetune_trim = config.optimizer.finetune_groups = False
     config.optimizer.name, config.optimizer.finetune_units = "sgd", 0.0
     if allow:  # a DessiLBI-only switch left on for SGD
         with pytest.raises(ValueError, match="finetune_allow_empty=True is invalid"):

@@ -219,6 +219,57 @@ class DessiLBIMixin:
         v = self._vs[index]
         return None if v is None else self._threshold(index, v.dtype)
 
+    def _group_slot(self, variable, units, what: str):
+        """``(V slot, units as ints)`` of a group-coupled variable, checked."""
+        index = self._slot_index(variable)
+        structure, slot = self._structures[index], self._vs[index]
+        if structure not in structures_lib.GROUP_STRUCTURES:
+            raise ValueError(f"{what} needs a variable coupled by groups "
+                             f"{structures_lib.GROUP_STRUCTURES}; {self._variable_path(variable)!r} "
+                             f"has structure {structure!r}.")
+        n = slot.shape[-1]
+        units = [int(u) for u in units]
+        if any(not 0 <= u < n for u in units):
+            raise ValueError(f"`units` must lie in [0, {n}) for {self._variable_path(variable)!r}. "
+                             f"Received: units={units}")
+        return slot, units
+
+    def add_units(self, variable, units) -> None:
+        """Puts last-axis units (filters, neurons) of a group-coupled variable into supp Γ.
+
+        For each j in ``units`` outside the support (‖V_j‖₂ ≤ λ_j), V_j is
+        rescaled to ‖V_j‖₂ = (1 + 2⁻⁸)·λ_j along its own direction (along W_j
+        when V_j = 0, along the all-ones filter when W_j = 0 too), so that
+        Γ_j = κ·(1 − λ_j/‖V_j‖₂)·V_j ≠ 0: the unit enters as if it had just
+        crossed the threshold. Units already in the support are left as
+        they are.
+
+        Raises:
+            ValueError: ``variable`` is not coupled by groups, or a unit is
+                out of range.
+        """
+        slot, units = self._group_slot(variable, units, "add_units")
+        if not units:
+            return
+        index = self._slot_index(variable)
+        v = np.array(ops.convert_to_numpy(slot), dtype=np.float64)
+        w = np.asarray(ops.convert_to_numpy(variable), dtype=np.float64)
+        threshold = np.broadcast_to(
+            np.asarray(ops.convert_to_numpy(self._threshold(index, slot.dtype)), np.float64),
+            v.shape[-1:])
+        flat_v, flat_w = v.reshape(-1, v.shape[-1]), w.reshape(-1, w.shape[-1])
+        for j in units:
+            norm = np.linalg.norm(flat_v[:, j])
+            if norm > threshold[j]:
+                continue
+            direction = flat_v[:, j] if norm > 0 else flat_w[:, j]
+            if not np.any(direction):
+                direction = np.ones_like(direction)
+            direction = direction / np.linalg.norm(direction)
+            target = threshold[j] * (1.0 + 2.0 ** -8)
+            flat_v[:, j] = direction * (target if target > 0 else 2.0 ** -8)
+        slot.assign(ops.cast(v.reshape(slot.shape), slot.dtype))
+
     def drop_units(self, variable, units) -> None:
         """Takes last-axis units (filters, neurons) of a group-coupled variable out of supp Γ.
 
@@ -230,18 +281,8 @@ class DessiLBIMixin:
             ValueError: ``variable`` is not coupled by groups, or a unit is
                 out of range.
         """
-        index = self._slot_index(variable)
-        structure, slot = self._structures[index], self._vs[index]
-        if structure not in structures_lib.GROUP_STRUCTURES:
-            raise ValueError(f"drop_units needs a variable coupled by groups "
-                             f"{structures_lib.GROUP_STRUCTURES}; {self._variable_path(variable)!r} "
-                             f"has structure {structure!r}.")
-        n = slot.shape[-1]
-        units = [int(u) for u in units]
-        if any(not 0 <= u < n for u in units):
-            raise ValueError(f"`units` must lie in [0, {n}) for {self._variable_path(variable)!r}. "
-                             f"Received: units={units}")
-        keep = np.ones((n,), dtype=bool)
+        slot, units = self._group_slot(variable, units, "drop_units")
+        keep = np.ones((slot.shape[-1],), dtype=bool)
         keep[units] = False
         slot.assign(ops.convert_to_tensor(slot) * ops.cast(keep, slot.dtype))
 

@@ -31,6 +31,13 @@ that entered last, those with the smallest margin ‖V_g‖₂ / λ_g (λ_g = λ
 the layer's threshold, or λ·c_g per unit with ``"unit_init_norm"``), leave
 it (V_g ← 0), never the last unit of a layer.
 
+With ``dependency_groups`` the support is set to whole dependency groups
+of physical removal when the fine-tune starts (`group_support.align_support`:
+the filters one residual Add sums stay or leave together, ranked by their
+joint margin ‖V_G‖₂ / λ_G; with ``trim``, groups enter by that margin until
+they hold ⌈ρ·N⌉ units), so the units W* zeroes are exactly those `shrink`
+removes, and the support's count is the exported network's.
+
 A fraction does not start the fine-tune while supp Γ is empty in some
 coupled layer (unless ``allow_empty_layers``): in a feed-forward stack W*
 would output a constant, and fixing that support would spend the rest of
@@ -59,13 +66,16 @@ from keras import ops
 
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
+from tf_dessilbi.dessilbi import group_support
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import unit_mask_of, unit_norms, unwrap_optimizer
+from tf_dessilbi.shrink import groups as groups_lib
 
 
-_NO_GROUPS = ("WStarFinetune(units_fraction=...) counts filters and neurons, but the optimizer "
-              "couples no kernel by groups: use a 'filter'/'neuron' structure or start_epoch.")
+_NO_GROUPS = ("WStarFinetune(units_fraction=...) and WStarFinetune(dependency_groups=True) count "
+              "filters and neurons, but the optimizer couples no kernel by groups: use a "
+              "'filter'/'neuron' structure, or start_epoch without dependency_groups.")
 DECOUPLED_MU = 2.0 ** 40  # α/μ·(W − Γ) then moves V by ~1e-14: below float32 resolution
 
 
@@ -172,6 +182,10 @@ class WStarFinetune(keras.callbacks.Callback):
             is empty in a coupled layer (e.g. a residual branch that may
             go). Defaults to `False`: the start waits until every coupled
             layer keeps a unit.
+        dependency_groups: when the fine-tune starts, set supp Γ to whole
+            dependency groups of physical removal (`group_support.align_support`;
+            with ``trim``, the groups with the largest joint margins holding
+            ⌈ρ·N⌉ units, else those with margin > 1). Defaults to `False`.
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
@@ -181,20 +195,24 @@ class WStarFinetune(keras.callbacks.Callback):
             when it never waited.
         empty_at_start: the coupled kernels whose support was empty when
             the fine-tune started (``[]`` normally).
-        trimmed: ``{variable path: [units]}`` that ``trim`` took out of the
-            support at the start (``{}`` when none).
+        trimmed: ``{variable path: [units]}`` that ``trim`` (or the
+            alignment) took out of the support at the start (``{}`` when none).
+        aligned: the `group_support.Alignment` of ``dependency_groups``
+            (``None`` without it, or before the start).
 
     Raises:
         ValueError, TypeError: a bad argument, none of ``start_epoch``,
             ``units_fraction`` and ``weights_fraction``; at train begin, an optimizer without a
-            support (not DessiLBI), or ``units_fraction`` with no group-coupled
-            kernel.
+            support (not DessiLBI), ``units_fraction`` or ``dependency_groups``
+            with no group-coupled kernel, or ``dependency_groups`` on a model
+            the dependency graph cannot reason about.
     """
 
     def __init__(self, start_epoch: Optional[int] = None, decouple: bool = True,
                  prune_bias: bool = True, units_fraction: Optional[float] = None,
                  check_every: int = 10, weights_fraction: Optional[float] = None,
-                 allow_empty_layers: bool = False, trim: bool = False):
+                 allow_empty_layers: bool = False, trim: bool = False,
+                 dependency_groups: bool = False):
         super().__init__()
         if start_epoch is None and units_fraction is None and weights_fraction is None:
             raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
@@ -215,13 +233,16 @@ class WStarFinetune(keras.callbacks.Callback):
         self.check_every = _validate.positive_int("check_every", check_every)
         self.allow_empty_layers = _validate.boolean("allow_empty_layers", allow_empty_layers)
         self.trim = _validate.boolean("trim", trim)
+        self.dependency_groups = _validate.boolean("dependency_groups", dependency_groups)
         if self.trim and units_fraction is None:
             raise ValueError("WStarFinetune(trim=True) cuts the support to a units_fraction; "
                              "received units_fraction=None.")
         self.active = False
         self.started_at_step = None
         self.deferred_for, self.empty_at_start, self.trimmed = [], [], {}
+        self.aligned = None
         self._batches = 0
+        self._groups = None
         self._projection = None
         self._mu = None
         self._decoupled = False
@@ -238,9 +259,13 @@ class WStarFinetune(keras.callbacks.Callback):
         self._decoupled = False
         self.active, self.started_at_step, self._batches = False, None, 0
         self.deferred_for, self.empty_at_start, self.trimmed = [], [], {}
-        if (self.units_fraction is not None and getattr(optimizer, "built", False)
+        self.aligned = None
+        if ((self.units_fraction is not None or self.dependency_groups)
+                and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
             raise ValueError(_NO_GROUPS)
+        self._groups = (groups_lib.unit_groups(self.model)
+                        if self.dependency_groups else None)
 
     def _start(self):
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -248,9 +273,16 @@ class WStarFinetune(keras.callbacks.Callback):
         self.active = True
         if self.started_at_step is None:
             self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
+            keep = None
             if self.trim and getattr(optimizer, "built", False):
                 total = sum(int(units.size) for _, units in _group_units(optimizer))
-                self.trimmed = trim_units(optimizer, math.ceil(self.units_fraction * total - 1e-9))
+                keep = math.ceil(self.units_fraction * total - 1e-9)
+            if self.dependency_groups and getattr(optimizer, "built", False):
+                self.aligned = group_support.align_support(optimizer, self.model, keep,
+                                                           self._groups)
+                self.trimmed = self.aligned.dropped
+            elif keep is not None:
+                self.trimmed = trim_units(optimizer, keep)
             self.empty_at_start = empty_coupled_layers(optimizer)
             if self.empty_at_start and not self.allow_empty_layers:
                 warnings.warn(
@@ -331,4 +363,5 @@ class WStarFinetune(keras.callbacks.Callback):
         return {"start_epoch": self.start_epoch, "decouple": self.decouple,
                 "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
                 "check_every": self.check_every, "weights_fraction": self.weights_fraction,
-                "allow_empty_layers": self.allow_empty_layers, "trim": self.trim}
+                "allow_empty_layers": self.allow_empty_layers, "trim": self.trim,
+                "dependency_groups": self.dependency_groups}

@@ -96,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
     # With finetune_units: cut the support back to exactly ⌈ρ·N⌉ units at the start
     # (several can cross λ in the step that reaches ρ; WStarFinetune(trim=True)).
     c.optimizer.finetune_trim = False
+    # When the fine-tune starts, set supp Γ to whole dependency groups of physical removal
+    # (the filters one residual Add sums go together), so the support's units are the
+    # exported model's (WStarFinetune(dependency_groups=True)).
+    c.optimizer.finetune_groups = False
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -240,6 +244,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "optimizer.steady_path", (True, False))
     _choice(config, "optimizer.finetune_allow_empty", (True, False))
     _choice(config, "optimizer.finetune_trim", (True, False))
+    _choice(config, "optimizer.finetune_groups", (True, False))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -288,7 +293,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
         for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights",
-                      "finetune_allow_empty", "finetune_trim"):
+                      "finetune_allow_empty", "finetune_trim", "finetune_groups"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
@@ -298,6 +303,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optimizer.finetune_trim and not config.optimizer.finetune_units:
         _fail("optimizer.finetune_trim", config.optimizer.finetune_trim,
               "False unless optimizer.finetune_units > 0 (it trims the support to that fraction)")
+    if config.optimizer.finetune_groups and config.optimizer.structure == "elementwise":
+        _fail("optimizer.finetune_groups", config.optimizer.finetune_groups,
+              "False with optimizer.structure='elementwise' (it groups filters and neurons)")
+    if config.optimizer.finetune_groups and not (config.optimizer.finetune_epochs
+                                                 or config.optimizer.finetune_units
+                                                 or config.optimizer.finetune_weights):
+        _fail("optimizer.finetune_groups", config.optimizer.finetune_groups,
+              "False unless a fine-tune is on (finetune_epochs, finetune_units or "
+              "finetune_weights: it acts when the fine-tune starts)")
     if config.optimizer.finetune_epochs >= config.num_epochs:
         _fail("optimizer.finetune_epochs", config.optimizer.finetune_epochs,
               f"< num_epochs={config.num_epochs} (DessiLBI needs epochs to find the support)")

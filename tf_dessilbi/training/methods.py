@@ -105,7 +105,8 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
                                           weights_fraction=o.finetune_weights or None,
                                           check_every=1,
                                           allow_empty_layers=bool(o.finetune_allow_empty),
-                                          trim=bool(o.finetune_trim)))
+                                          trim=bool(o.finetune_trim),
+                                          dependency_groups=bool(o.finetune_groups)))
     return cbs
 
 
