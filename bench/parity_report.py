@@ -44,7 +44,8 @@ def _recipes_tried(args) -> list:
              "on a fixed support with the coupling off (`WStarFinetune`), `cftN` the same with "
              "the coupling on; `uX` the fine-tune starts once supp Γ holds a fraction X of the "
              "conv filters (checked every step), `trim` then cuts it back to exactly ⌈X·N⌉ filters "
-             "(the last to enter go), `wX` once it holds a fraction X of the coupled weights; "
+             "(the last to enter go), `groups` sets it to whole dependency groups of physical removal "
+             "(the filters one residual Add sums stay or go together, by their joint margin), `wX` once it holds a fraction X of the coupled weights; "
              "`lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
@@ -121,6 +122,7 @@ def to_markdown(results, args) -> str:
             lines += [row] if row else []
     lines += _per_seed(args, seeds, keys)
     lines += _per_layer(args, seeds, keys)
+    lines += _exports(args, seeds, keys)
     widths = [spec for spec in getattr(args, "scratch_widths", [])
               if any(f"widths:{spec}" in s for s in seeds)]
     if widths:
@@ -227,6 +229,24 @@ def _per_seed(args, seeds, keys) -> list:
                  f"{s[k]['filters_kept']}" if k in s else "—" for k in keys]
         sgd = f"{100 * s['sgd']['accuracy']:.2f}" if "sgd" in s else "—"
         lines.append(f"| {seed} | {sgd} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _exports(args, seeds, keys) -> list:
+    """Per run and seed: the filters in supp Γ against those `tf_dessilbi.shrink` leaves in the
+    exported model, and its parameters and MACs (runs that recorded them)."""
+    rows = [(key, seed, s[key]) for key in keys for seed, s in zip(args.seeds, seeds)
+            if key in s and "export" in s[key]]
+    if not rows:
+        return []
+    lines = ["", "Exported model (`tf_dessilbi.shrink(model, optimizer=...)` of W*):", "",
+             "| run | seed | conv filters in supp Γ | conv filters exported | parameters | MACs |",
+             "|---|---|---|---|---|---|"]
+    for key, seed, r in rows:
+        e = r["export"]
+        lines.append(f"| {key.replace(':', ', ')} | {seed} | {r['filters_kept']}/{r['filters_total']} | "
+                     f"{e['conv_units'][1]}/{e['conv_units'][0]} | {e['params'][1] / e['params'][0]:.2f}× "
+                     f"({e['params'][1]:,}) | {e['macs'][1] / e['macs'][0]:.2f}× |")
     return lines
 
 

@@ -32,18 +32,19 @@ def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
 def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("paper") == {"hparams": {}, "steady": False, "finetune_epochs": 0,
                                             "decouple": True, "units_fraction": None,
-                                            "weights_fraction": None, "trim": False}
+                                            "weights_fraction": None, "trim": False, "groups": False}
     got = parity.parse_recipe("init+steady+ft2+lam0.5+mu40")
     assert got == {"hparams": {"lambda_scaling": "init_norm", "lambda_": 0.5, "mu": 40.0},
                    "steady": True, "finetune_epochs": 2, "decouple": True, "units_fraction": None,
-                   "weights_fraction": None, "trim": False}
+                   "weights_fraction": None, "trim": False, "groups": False}
     assert parity.parse_recipe("cft1")["decouple"] is False
     assert parity.parse_recipe("init+lam0.5+u0.49")["units_fraction"] == 0.49
     assert parity.parse_recipe("lam0.5+w0.1")["weights_fraction"] == 0.1
     assert parity.parse_recipe("init+lam0.5+u0.5+trim")["trim"] is True
     got = parity.parse_recipe("unitinit+lam0.45+u0.5+trim")  # not read as a units fraction
     assert got["hparams"] == {"lambda_scaling": "unit_init_norm", "lambda_": 0.45}
-    assert got["units_fraction"] == 0.5 and got["trim"] is True
+    assert got["units_fraction"] == 0.5 and got["trim"] is True and got["groups"] is False
+    assert parity.parse_recipe("unitinit+lam0.45+u0.5+trim+groups")["groups"] is True
     for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2"):
         with pytest.raises(ValueError, match="(?i)recipe token"):
             parity.parse_recipe(bad)
@@ -139,6 +140,12 @@ def test_support_widths_and_the_from_scratch_column():
     row = next(line for line in parity_report.to_markdown(results, args).splitlines()
                if line.startswith("| DessiLBI filter, r |"))
     assert "90.50 (1 of 2 seeds)" in row
+    assert "conv filters exported" not in parity_report.to_markdown(results, args)
+    results["seeds"]["1"]["filter:r"]["export"] = {
+        "params": [1000, 250], "macs": [4000, 2000], "conv_units": [112, 60]}
+    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
+               if line.startswith("| filter, r | 1 |"))
+    assert row == "| filter, r | 1 | 48/112 | 60/112 | 0.25× (250) | 0.50× |"
 
 
 def test_the_tuning_record_says_where_the_support_was_fixed():

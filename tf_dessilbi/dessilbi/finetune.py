@@ -34,8 +34,8 @@ it (V_g ← 0), never the last unit of a layer.
 With ``dependency_groups`` the support is set to whole dependency groups
 of physical removal when the fine-tune starts (`group_support.align_support`:
 the filters one residual Add sums stay or leave together, ranked by their
-joint margin ‖V_G‖₂ / λ_G; with ``trim``, groups enter by that margin until
-they hold ⌈ρ·N⌉ units), so the units W* zeroes are exactly those `shrink`
+joint margin ‖V_G‖₂ / λ_G; with ``trim``, groups enter by that margin while
+they hold at most ⌈ρ·N⌉ units), so the units W* zeroes are exactly those `shrink`
 removes, and the support's count is the exported network's.
 
 A fraction does not start the fine-tune while supp Γ is empty in some
@@ -184,8 +184,8 @@ class WStarFinetune(keras.callbacks.Callback):
             layer keeps a unit.
         dependency_groups: when the fine-tune starts, set supp Γ to whole
             dependency groups of physical removal (`group_support.align_support`;
-            with ``trim``, the groups with the largest joint margins holding
-            ⌈ρ·N⌉ units, else those with margin > 1). Defaults to `False`.
+            with ``trim``, the groups with the largest joint margins that fit
+            in ⌈ρ·N⌉ units, else those with margin > 1). Defaults to `False`.
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``

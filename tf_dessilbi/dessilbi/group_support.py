@@ -19,11 +19,14 @@ joined as the Euclidean norm is). For a group of one unit m_g = ‖V_g‖₂ / �
 the margin `trim_units` ranks by. Then
 
 * without ``keep_units``: G stays iff m_G > 1, i.e. prox_{λ_G}(V_G) ≠ 0;
-* with ``keep_units`` = K: groups enter by decreasing m_G until they hold at
-  least K units (the last one may overshoot K by less than its size);
+* with ``keep_units`` = K: groups enter by decreasing m_G as long as they
+  fit, i.e. while the units held stay ≤ K (a group that would overshoot K is
+  passed over and smaller ones after it fill the rest), so a ``trim`` to K
+  keeps exactly K units when the groups of one unit allow it, never more;
 
 every coupled layer keeps its best group (a feed-forward stack with an empty
-layer outputs a constant), and a group that cannot leave the model (a pinned
+layer outputs a constant; this alone may exceed K), and a group that cannot
+leave the model (a pinned
 channel, or a member the optimizer does not couple by groups, which W* never
 zeroes) stays. Members of the groups that stay enter supp Γ
 (`DessiLBI.add_units`: ‖V_g‖₂ just above λ_g) and the others leave it
@@ -70,8 +73,9 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
     Args:
         optimizer: a built `DessiLBI` that trains ``model``.
         model: the Sequential / Functional model it trains.
-        keep_units: K, the fewest group-coupled units the groups that stay
-            hold; ``None`` keeps the groups with m_G > 1.
+        keep_units: K, the most group-coupled units the groups that stay
+            hold (unless the groups that must stay hold more); ``None``
+            keeps the groups with m_G > 1.
         groups: `tf_dessilbi.shrink.unit_groups` of ``model`` (computed when
             ``None``; pass them to use ``keep=`` layers).
 
@@ -121,9 +125,7 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
     else:
         held = sum(len(scored[i][2]) for i in np.flatnonzero(stays))
         for i in order:
-            if held >= keep_units:
-                break
-            if not stays[i]:
+            if not stays[i] and held + len(scored[i][2]) <= keep_units:
                 stays[i] = True
                 held += len(scored[i][2])
     for name in coupled:  # every coupled layer keeps its best group
