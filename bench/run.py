@@ -236,6 +236,8 @@ SEPARATE_REPORTS = (
     ("DessiLBI vs SGD under the protocol at E = 3: parity, W*, early tickets", "PARITY.md"),
     ("ResNet-20 (BN, residual) with per-filter λ (unit_init_norm), E = 3, seeds 0–2",
      "PARITY_RESNET20_UNITINIT.md"),
+    ("ResNet-20 with supp Γ on dependency groups: the support is the exported network (E = 3, seeds 0–2)",
+     "PARITY_RESNET20_GROUPS.md"),
     ("ResNet-20 early tickets from filter supports (E = 3, seed 0, 10 / 20 / 30 % of the budget)",
      "PARITY_RESNET20_TICKETS.md"),
     ("ResNet-20 early tickets from elementwise supports, from θ₀ and rewound (E = 3, seed 0)",

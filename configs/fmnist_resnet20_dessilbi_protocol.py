@@ -35,6 +35,20 @@ trimmed 196 of the 588 filters in by then. The layer-wise ``init_norm``
 (fine-tune at 46 %, untrimmed) gave 91.24 % over the same seeds (−0.82,
 `bench/PARITY_RESNET20.md`, `bench/PARITY_RESNET20_SEEDS12.md`).
 
+* ``finetune_groups`` off — with it, the fine-tune's start puts supp Γ on
+  whole dependency groups of physical removal (`WStarFinetune(dependency_groups=True)`:
+  the stem or a stage's projection shortcut and the second conv of each of
+  its blocks, which one residual Add sums, stay or go together, ranked by
+  their joint margin ‖V_G‖₂/λ_G, filling up to the 392 filters), so the
+  support is the exported network. Measured the same way
+  (`bench/PARITY_RESNET20_GROUPS.md`, seeds 0, 1, 2): dense W = W* 91.48 ±
+  0.21 % with 392 of 784 filters in the support *and* in the export (0.24×
+  the parameters, 0.57–0.62× the MACs), −0.57 against SGD: the target is
+  missed by 0.07 for W*, and the per-filter support's −0.17 comes with 579
+  exported filters. The ranking keeps stage 1 whole and cuts stage 3's
+  residual stream to 7–9 of 64 channels, because there most filters of the
+  projection and of the later blocks were still outside supp Γ.
+
 With the command above (2026-12-06, 2 shared CPU cores, ~16 min beside
 another job; the CLI's own shuffles): dense W = W* 91.72 %, 392/784
 filters in the support. The export is shrunk to 0.42× the parameters
