@@ -35,8 +35,8 @@ With ``dependency_groups`` the support is set to whole dependency groups
 of physical removal when the fine-tune starts (`group_support.align_support`:
 the filters one residual Add sums stay or leave together, ranked by their
 joint margin ‖V_G‖₂ / λ_G; with ``trim``, groups enter by that margin while
-they hold at most ⌈ρ·N⌉ units), so the units W* zeroes are exactly those `shrink`
-removes, and the support's count is the exported network's.
+they hold at most ⌈ρ·N⌉ units), so the units W* zeroes are exactly those
+`shrink` removes, and the support's count is the exported network's.
 
 A fraction does not start the fine-tune while supp Γ is empty in some
 coupled layer (unless ``allow_empty_layers``): in a feed-forward stack W*

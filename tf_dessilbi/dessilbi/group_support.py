@@ -26,9 +26,8 @@ the margin `trim_units` ranks by. Then
 
 every coupled layer keeps its best group (a feed-forward stack with an empty
 layer outputs a constant; this alone may exceed K), and a group that cannot
-leave the model (a pinned
-channel, or a member the optimizer does not couple by groups, which W* never
-zeroes) stays. Members of the groups that stay enter supp Γ
+leave the model (a pinned channel, or a member the optimizer does not couple
+by groups, which W* never zeroes) stays. Members of the groups that stay enter supp Γ
 (`DessiLBI.add_units`: ‖V_g‖₂ just above λ_g) and the others leave it
 (`DessiLBI.drop_units`: V_g ← 0). W* = W ⊙ 1[Γ ≠ 0] then zeroes exactly the
 units `shrink` removes.
