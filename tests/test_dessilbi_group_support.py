@@ -78,17 +78,16 @@ def _reference(keep_units=None):
     margin = [np.sqrt(sum(v[n][j] ** 2 for n, j in g) / sum(lam[n][j] ** 2 for n, j in g))
               for g in groups]
     order = sorted(range(len(groups)), key=lambda i: (-margin[i], i))
+    # first every layer's best group, then the rule
+    stays = {next(i for i in order if any(n == name for n, _ in groups[i])) for name in INIT}
     if keep_units is None:
-        stays = {i for i in order if margin[i] > 1}
+        stays |= {i for i in order if margin[i] > 1}
     else:
-        stays, held = set(), 0
+        held = sum(len(groups[i]) for i in stays)
         for i in order:  # by decreasing margin, each group that still fits in K
-            if held + len(groups[i]) <= keep_units:
+            if i not in stays and held + len(groups[i]) <= keep_units:
                 stays.add(i)
                 held += len(groups[i])
-    for name in INIT:
-        if not any(n == name for i in stays for n, _ in groups[i]):
-            stays.add(next(i for i in order if any(n == name for n, _ in groups[i])))
     keep = {n: np.zeros(WIDTHS[n], bool) for n in INIT}
     for i in stays:
         for n, j in groups[i]:
@@ -131,10 +130,11 @@ def test_align_support_keeps_whole_groups_by_joint_margin(keep_units):
     assert alignment.added == {k: v for k, v in added.items() if v}
     assert alignment.units_kept == sum(int(w.sum()) for w in want.values())
     assert alignment.groups_total == 4 + 3 + 5
+    assert alignment.keep_units == keep_units
     if keep_units == 7:  # c4 c0 c2 (stem2, b2) c1 hold 6; (stem1, b1) does not fit, a1 fills in
         assert alignment.units_kept == 7 and want["a"][1] and not want["stem"][1]
-    elif keep_units == 3:  # c's best three hold K; stem/b and a still keep their best group
-        assert alignment.units_kept == 6
+    elif keep_units == 3:  # the best groups of c, (stem, b) and a must stay: 4 > K
+        assert alignment.units_kept == 4
     # support and export agree: the shrunk model keeps exactly the units in supp Γ
     _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)
     rows = {r.layer: r for r in report.rows}
@@ -212,7 +212,9 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support():
     keep = int(np.ceil(0.5 * sum(WIDTHS.values())))
     units = {n: _units(opt, model, n) for n in WIDTHS}
     np.testing.assert_array_equal(units["stem"], units["b"])
-    assert callback.aligned.units_kept == sum(int(u.sum()) for u in units.values()) <= keep
+    # K = ⌈ρ·N⌉ is asked and kept (every layer's best group fits in it here)
+    assert callback.aligned.keep_units == keep == callback.aligned.units_kept
+    assert callback.aligned.units_kept == sum(int(u.sum()) for u in units.values())
     _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)
     rows = {r.layer: r for r in report.rows}
     assert {n: rows[n].units_after for n in WIDTHS} == {n: int(units[n].sum()) for n in WIDTHS}

@@ -22,12 +22,13 @@ the margin `trim_units` ranks by. Then
 * with ``keep_units`` = K: groups enter by decreasing m_G as long as they
   fit, i.e. while the units held stay ≤ K (a group that would overshoot K is
   passed over and smaller ones after it fill the rest), so a ``trim`` to K
-  keeps exactly K units when the groups of one unit allow it, never more;
+  keeps exactly K units when the groups of one unit allow it;
 
-every coupled layer keeps its best group (a feed-forward stack with an empty
-layer outputs a constant; this alone may exceed K), and a group that cannot
-leave the model (a pinned channel, or a member the optimizer does not couple
-by groups, which W* never zeroes) stays. Members of the groups that stay enter supp Γ
+and before either, the groups that must stay are taken: the best group (the
+largest m_G) of every coupled layer, since a feed-forward stack with an empty
+layer outputs a constant, and every group that cannot leave the model (a
+pinned channel, or a member the optimizer does not couple by groups, which W*
+never zeroes). Only these can take the support past K. Members of the groups that stay enter supp Γ
 (`DessiLBI.add_units`: ‖V_g‖₂ just above λ_g) and the others leave it
 (`DessiLBI.drop_units`: V_g ← 0). W* = W ⊙ 1[Γ ≠ 0] then zeroes exactly the
 units `shrink` removes.
@@ -57,6 +58,8 @@ class Alignment:
         groups_kept / groups_total: dependency groups with a group-coupled
             member that stay / that there are.
         units_kept: group-coupled units in supp Γ afterwards.
+        keep_units: the K asked for (``None``: the m_G > 1 rule). More are
+            kept only when the groups that must stay hold more.
     """
 
     dropped: dict
@@ -64,6 +67,7 @@ class Alignment:
     groups_kept: int
     groups_total: int
     units_kept: int
+    keep_units: Optional[int] = None
 
 
 def align_support(optimizer, model, keep_units: Optional[int] = None, groups=None) -> Alignment:
@@ -119,6 +123,8 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
         scored.append((float(margin), fixed, mine))
     order = sorted(range(len(scored)), key=lambda i: (-scored[i][0], i))
     stays = np.array([fixed for _, fixed, _ in scored], bool)
+    for name in coupled:  # every coupled layer keeps its best group
+        stays[next(i for i in order if any(n == name for n, _ in scored[i][2]))] = True
     if keep_units is None:
         stays |= np.array([margin > 1.0 for margin, _, _ in scored], bool)
     else:
@@ -127,10 +133,6 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
             if not stays[i] and held + len(scored[i][2]) <= keep_units:
                 stays[i] = True
                 held += len(scored[i][2])
-    for name in coupled:  # every coupled layer keeps its best group
-        if not any(stays[i] and any(n == name for n, _ in scored[i][2]) for i in order):
-            best = next(i for i in order if any(n == name for n, _ in scored[i][2]))
-            stays[best] = True
 
     keep = {name: np.zeros(len(sq_norm[name]), bool) for name in coupled}
     for i in np.flatnonzero(stays):
@@ -148,4 +150,4 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
             optimizer.add_units(variable, into)
             added[path] = into
     return Alignment(dropped, added, int(stays.sum()), len(scored),
-                     int(sum(k.sum() for k in keep.values())))
+                     int(sum(k.sum() for k in keep.values())), keep_units)
