@@ -28,10 +28,10 @@ and before either, the groups that must stay are taken: the best group (the
 largest m_G) of every coupled layer, since a feed-forward stack with an empty
 layer outputs a constant, and every group that cannot leave the model (a
 pinned channel, or a member the optimizer does not couple by groups, which W*
-never zeroes). Only these can take the support past K. Members of the groups that stay enter supp Γ
-(`DessiLBI.add_units`: ‖V_g‖₂ just above λ_g) and the others leave it
-(`DessiLBI.drop_units`: V_g ← 0). W* = W ⊙ 1[Γ ≠ 0] then zeroes exactly the
-units `shrink` removes.
+never zeroes). Only these can take the support past K. Members of the groups
+that stay enter supp Γ (`DessiLBI.add_units`: ‖V_g‖₂ just above λ_g) and the
+others leave it (`DessiLBI.drop_units`: V_g ← 0). W* = W ⊙ 1[Γ ≠ 0] then
+zeroes exactly the units `shrink` removes.
 """
 
 from __future__ import annotations
