@@ -69,9 +69,10 @@ def parse_recipe(spec: str) -> dict:
     (the same with the coupling on), ``u<x>`` (the fine-tune starts once
     supp Γ holds a fraction x of the conv filters, checked every step, at
     the latest with ``ftN``; ``trim`` cuts that support back to exactly
-    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole dependency
-    groups of physical removal, `WStarFinetune(dependency_groups=True)`), ``w<x>`` (the same once it holds a fraction x
-    of the coupled weights: an elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole
+    dependency groups of physical removal, `WStarFinetune(dependency_groups=True)`),
+    ``w<x>`` (the same once it holds a fraction x of the coupled weights: an
+    elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,

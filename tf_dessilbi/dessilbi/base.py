@@ -237,7 +237,7 @@ class DessiLBIMixin:
     def add_units(self, variable, units) -> None:
         """Puts last-axis units (filters, neurons) of a group-coupled variable into supp Γ.
 
-        For each j in ``units`` outside the support (‖V_j‖₂ ≤ λ_j), V_j is
+        For each j in ``units`` outside the support (Γ_j = 0, i.e. ‖V_j‖₂ ≤ λ_j), V_j is
         rescaled to ‖V_j‖₂ = (1 + 2⁻⁸)·λ_j along its own direction (along W_j
         when V_j = 0, along the all-ones filter when W_j = 0 too), so that
         Γ_j = κ·(1 − λ_j/‖V_j‖₂)·V_j ≠ 0: the unit enters as if it had just
@@ -249,6 +249,9 @@ class DessiLBIMixin:
                 out of range.
         """
         slot, units = self._group_slot(variable, units, "add_units")
+        n = slot.shape[-1]
+        in_support = np.asarray(ops.convert_to_numpy(self.support(variable))).reshape(-1, n).any(0)
+        units = [j for j in units if not in_support[j]]  # Γ_j ≠ 0 as the prox computes it
         if not units:
             return
         index = self._slot_index(variable)
@@ -260,8 +263,6 @@ class DessiLBIMixin:
         flat_v, flat_w = v.reshape(-1, v.shape[-1]), w.reshape(-1, w.shape[-1])
         for j in units:
             norm = np.linalg.norm(flat_v[:, j])
-            if norm > threshold[j]:
-                continue
             direction = flat_v[:, j] if norm > 0 else flat_w[:, j]
             if not np.any(direction):
                 direction = np.ones_like(direction)

@@ -273,16 +273,17 @@ class WStarFinetune(keras.callbacks.Callback):
         self.active = True
         if self.started_at_step is None:
             self.started_at_step = int(ops.convert_to_numpy(optimizer.iterations))
-            keep = None
-            if self.trim and getattr(optimizer, "built", False):
-                total = sum(int(units.size) for _, units in _group_units(optimizer))
-                keep = math.ceil(self.units_fraction * total - 1e-9)
-            if self.dependency_groups and getattr(optimizer, "built", False):
-                self.aligned = group_support.align_support(optimizer, self.model, keep,
-                                                           self._groups)
-                self.trimmed = self.aligned.dropped
-            elif keep is not None:
-                self.trimmed = trim_units(optimizer, keep)
+            if getattr(optimizer, "built", False):
+                keep = None
+                if self.trim:
+                    total = sum(int(units.size) for _, units in _group_units(optimizer))
+                    keep = math.ceil(self.units_fraction * total - 1e-9)
+                if self.dependency_groups:
+                    self.aligned = group_support.align_support(optimizer, self.model, keep,
+                                                               self._groups)
+                    self.trimmed = self.aligned.dropped
+                elif keep is not None:
+                    self.trimmed = trim_units(optimizer, keep)
             self.empty_at_start = empty_coupled_layers(optimizer)
             if self.empty_at_start and not self.allow_empty_layers:
                 warnings.warn(

@@ -44,7 +44,7 @@ from keras import ops
 
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
-from tf_dessilbi.masks import OptimizerSupport, unit_norms, unwrap_optimizer
+from tf_dessilbi.masks import OptimizerSupport, unit_mask_of, unit_norms, unwrap_optimizer
 from tf_dessilbi.shrink import groups as groups_lib
 
 
@@ -108,7 +108,7 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
         threshold = np.broadcast_to(np.asarray(
             ops.convert_to_numpy(optimizer.threshold(variable)), np.float64), norms.shape)
         sq_norm[name], sq_threshold[name] = norms ** 2, threshold ** 2
-        in_support[name] = norms > threshold
+        in_support[name] = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
 
     # groups with a group-coupled member: (margin, fixed, coupled members)
     scored = []

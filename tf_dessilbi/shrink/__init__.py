@@ -4,8 +4,9 @@
 `tf_dessilbi.masks` source), finds what is coupled to them (`graph`: the
 channel dependency graph over the Keras graph, Torch-Pruning's DepGraph idea;
 `groups`: the producer units that leave together), decides what goes
-(`units`), folds constant outputs into biases (`fold`), cuts each layer (`handlers`, attached to the layer table) and rebuilds the
-model (`rebuild`), with a `ShrinkReport` of units, parameters and MACs.
+(`units`), folds constant outputs into biases (`fold`), cuts each layer
+(`handlers`, attached to the layer table) and rebuilds the model
+(`rebuild`), with a `ShrinkReport` of units, parameters and MACs.
 """
 
 from tf_dessilbi.shrink import handlers  # attaches the cut handlers to the layer table
