@@ -23,7 +23,7 @@ LR = 0.02
 
 def _settings(quick: bool) -> dict:
     if quick:
-        return {"epochs": 2, "rounds": 2, "rewind_epoch": 1, "train_limit": 6400, "test_limit": 2000}
+        return {"epochs": 2, "rounds": 2, "rewind_epoch": 1, "train_limit": 1280, "test_limit": 500}
     return {"epochs": 3, "rounds": 2, "rewind_epoch": 1, "train_limit": None, "test_limit": None}
 
 
@@ -113,7 +113,7 @@ def to_markdown(results: dict) -> str:
 
 
 def main(argv=None):
-    bench.part_main(__doc__, run, to_markdown, '6,400 training images, 2-epoch rounds', argv)
+    bench.part_main(__doc__, run, to_markdown, '1,280 training images, 2-epoch rounds', argv)
 
 
 if __name__ == "__main__":

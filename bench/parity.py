@@ -163,14 +163,19 @@ class _Supports:
         return Supports()
 
 
-def _filters(report, model) -> tuple:
-    """Conv filters with a weight in the support, and all conv filters (any structure)."""
+def _conv_names(model) -> set:
+    """The model's Conv2D layers: their units are the filters counted in supp Γ and the export."""
     import keras
 
     from tf_dessilbi import _compat
 
-    convs = {layer.name for layer in _compat.flatten_layers(model)
-             if isinstance(layer, keras.layers.Conv2D)}
+    return {layer.name for layer in _compat.flatten_layers(model)
+            if isinstance(layer, keras.layers.Conv2D)}
+
+
+def _filters(report, model) -> tuple:
+    """Conv filters with a weight in the support, and all conv filters (any structure)."""
+    convs = _conv_names(model)
     rows = [r for r in report.rows if r.layer in convs]
     return sum(r.units_kept for r in rows), sum(r.units_total for r in rows)
 
@@ -226,10 +231,11 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                   layers={r.layer: [r.units_kept, r.units_total, r.weights_kept, r.weights_total]
                           for r in report.rows})
     _, shrunk = tfd.shrink(model, optimizer=optimizer, return_report=True)
+    convs = [r for r in shrunk.rows if r.layer in _conv_names(model)]
     result["export"] = {"params": [shrunk.params_before, shrunk.params_after],
                         "macs": [shrunk.macs_before, shrunk.macs_after],
-                        "conv_units": [sum(r.units_before for r in shrunk.rows if "Conv" in r.kind),
-                                       sum(r.units_after for r in shrunk.rows if "Conv" in r.kind)]}
+                        "conv_units": [sum(r.units_before for r in convs),
+                                       sum(r.units_after for r in convs)]}
     result["supports"] = {}
     for step, mask in supports.masks.items():
         path = os.path.join(work, f"support_{model_name}_{structure}_{recipe}_e{epochs}_s{seed}_step{step}.npz")

@@ -60,12 +60,18 @@ def test_quick_suite_runs_and_report_parses(tmp_path):
     for seed in results["accuracy"]["seeds"]:
         assert seed["early_tickets"]["2"].get("same_support_as") == 1, seed["early_tickets"]
     acc = results["accuracy"]["summary"]["rows"]
-    assert "SGD (dense)" in acc
+    seeds = results["accuracy"]["seeds"]
     for name, r in acc.items():
         if r["acc"] is None:  # only an early ticket with an empty layer is not retrained
             assert name.startswith("early ticket"), name
         else:
-            assert 0.0 <= r["acc"]["mean"] <= 1.0, name
+            assert r["acc"]["n"] == len(seeds), name
+    # The summary is the per-seed runs' mean (final epoch), not a copy of one seed.
+    for row, run, key in (("SGD (dense)", "sgd", "acc"), ("DessiLBI dense W (end)", "dessilbi", "acc_w"),
+                          ("DessiLBI W* (end)", "dessilbi", "acc_w_star")):
+        finals = [seed[run][key][-1] for seed in seeds]
+        assert acc[row]["acc"]["mean"] == pytest.approx(sum(finals) / len(finals)), row
+    assert acc["SGD (dense)"]["kept"]["mean"] == 1.0
 
 
 def test_a_claims_note_is_its_section_of_the_notes_file(tmp_path):

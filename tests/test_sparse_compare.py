@@ -160,7 +160,6 @@ def test_a_tiny_grid_runs_end_to_end_and_reports(tmp_path):
     # Re-running reads every run back (no training): the report is identical.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and out.read_text() == text
-    assert math.isfinite(os.path.getsize(out))
 
 
 def test_refresh_separate_rewrites_only_the_included_reports(tmp_path, monkeypatch):
