@@ -242,6 +242,8 @@ SEPARATE_REPORTS = (
      "PARITY_RESNET20_TICKETS.md"),
     ("ResNet-20 early tickets from elementwise supports, from θ₀ and rewound (E = 3, seed 0)",
      "PARITY_RESNET20_TICKETS_ELEMENTWISE.md"),
+    ("ResNet-20 rewound early ticket from the elementwise support at E = 5 (seed 0, 30 % of the budget)",
+     "PARITY_RESNET20_TICKETS_E5.md"),
     ("DessiLBI vs SGD under the protocol: ResNet-20 (BN, residual), layer-wise λ", "PARITY_RESNET20.md"),
     ("ResNet-20, the same recipe on seeds 1 and 2", "PARITY_RESNET20_SEEDS12.md"),
     ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),

@@ -109,3 +109,18 @@ def test_a_reused_part_is_credited_to_the_command_that_ran_it(tmp_path, monkeypa
     assert "- memory: `python -m bench.run --parts memory`" in text  # an older file: no command
     assert run._command(["accuracy"], quick=True) == "python -m bench.run --quick --parts accuracy"
     assert run._command(list(run.PARTS), quick=False) == "python -m bench.run"
+
+
+def test_results_includes_every_separate_report_as_it_is_now():
+    """bench/RESULTS.md ends with each listed report, refreshed (`bench.run --refresh-separate`)."""
+    import sys
+
+    sys.path.insert(0, REPO)
+    from bench import run
+
+    with open(os.path.join(REPO, "bench", "RESULTS.md")) as f:
+        results = f.read()
+    for title, name in run.SEPARATE_REPORTS:
+        assert os.path.exists(os.path.join(REPO, "bench", name)), name
+        assert f"## {title} (from `bench/{name}`)" in results, name
+    assert results.rstrip("\n").endswith("\n".join(run._separate_reports()).rstrip("\n"))
