@@ -120,7 +120,8 @@ def test_results_includes_every_separate_report_as_it_is_now():
 
     with open(os.path.join(REPO, "bench", "RESULTS.md")) as f:
         results = f.read()
+    fix = "stale bench/RESULTS.md: run `python -m bench.run --refresh-separate`"
     for title, name in run.SEPARATE_REPORTS:
         assert os.path.exists(os.path.join(REPO, "bench", name)), name
-        assert f"## {title} (from `bench/{name}`)" in results, name
-    assert results.rstrip("\n").endswith("\n".join(run._separate_reports()).rstrip("\n"))
+        assert f"## {title} (from `bench/{name}`)" in results, f"{name}: {fix}"
+    assert results.rstrip("\n").endswith("\n".join(run._separate_reports()).rstrip("\n")), fix
