@@ -176,9 +176,8 @@ def _conv_names(model) -> set:
             if isinstance(layer, keras.layers.Conv2D)}
 
 
-def _filters(report, model) -> tuple:
+def _filters(report, convs: set) -> tuple:
     """Conv filters with a weight in the support, and all conv filters (any structure)."""
-    convs = _conv_names(model)
     rows = [r for r in report.rows if r.layer in convs]
     return sum(r.units_kept for r in rows), sum(r.units_total for r in rows)
 
@@ -228,13 +227,14 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])
     report = tfd.sparsity_report(model, optimizer)
-    kept, total = _filters(report, model)
+    conv_names = _conv_names(model)
+    kept, total = _filters(report, conv_names)
     result.update(model=model_name, structure=structure, seed=seed,
                   weight_fraction=report.weight_fraction, filters_kept=kept, filters_total=total,
                   layers={r.layer: [r.units_kept, r.units_total, r.weights_kept, r.weights_total]
                           for r in report.rows})
     _, shrunk = tfd.shrink(model, optimizer=optimizer, return_report=True)
-    convs = [r for r in shrunk.rows if r.layer in _conv_names(model)]
+    convs = [r for r in shrunk.rows if r.layer in conv_names]
     result["export"] = {"params": [shrunk.params_before, shrunk.params_after],
                         "macs": [shrunk.macs_before, shrunk.macs_after],
                         "conv_units": [sum(r.units_before for r in convs),

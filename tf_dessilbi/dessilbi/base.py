@@ -29,6 +29,7 @@ from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import slbi
 from tf_dessilbi.dessilbi import structures as structures_lib
+from tf_dessilbi.masks import unit_mask_of
 
 LAMBDA_SCALINGS = ("fan_in", "none", "init_norm", "unit_init_norm")
 
@@ -249,8 +250,7 @@ class DessiLBIMixin:
                 out of range.
         """
         slot, units = self._group_slot(variable, units, "add_units")
-        n = slot.shape[-1]
-        in_support = np.asarray(ops.convert_to_numpy(self.support(variable))).reshape(-1, n).any(0)
+        in_support = unit_mask_of(ops.convert_to_numpy(self.support(variable)), (-1,))
         units = [j for j in units if not in_support[j]]  # Γ_j ≠ 0 as the prox computes it
         if not units:
             return
