@@ -10,9 +10,6 @@
     python -m bench.parity --model resnet20 --epochs 3 --seeds 0 --structures elementwise \
         --recipes unitinit+lam0.1+w0.1 --ticket-fractions 0.1 0.2 0.3 --rewind-epochs 1 0 \
         --out bench/PARITY_RESNET20_TICKETS_ELEMENTWISE.md # ResNet-20 tickets (≈ 1 h 15 min)
-    python -m bench.parity --model resnet20 --epochs 5 --seeds 0 --structures elementwise \
-        --recipes unitinit+lam0.1+w0.1 --ticket-fractions 0.3 --rewind-epochs 1 \
-        --out bench/PARITY_RESNET20_TICKETS_E5.md          # the rewound ticket at E = 5 (≈ 1 h 30 min)
 
 Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
 order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
