@@ -91,3 +91,39 @@ class ReferenceDessiLBI:
                 self.gamma[i] = k * soft_threshold(self.v[i], lam)
             else:
                 self.gamma[i] = k * group_soft_threshold(self.v[i], lam)
+
+
+def joint_group_gammas(v, lams, kappa, groups):
+    """Γ of group-coupled V's under joint coupling (tf_dessilbi's ``unit_groups``).
+
+    ``v``/``lams``: {index: V, per-unit λ_g}; ``groups``: lists of (index,
+    unit) whose columns form one group G of Ω = Σ_G λ_G‖Γ_G‖₂ with
+    λ_G = √(Σ λ_g²): Γ_G = κ·max(0, 1 − λ_G/‖V_G‖₂)·V_G, written on the
+    concatenated group. Units in no group take the per-unit prox.
+    """
+    out = {i: kappa * group_soft_threshold(v[i], lams[i]) for i in v}
+    for group in groups:
+        columns = np.concatenate([v[i].reshape(-1, v[i].shape[-1])[:, u] for i, u in group])
+        lam_g = np.sqrt(sum(np.broadcast_to(lams[i], (v[i].shape[-1],))[u] ** 2 for i, u in group))
+        norm = np.sqrt(np.sum(columns ** 2))
+        scale = kappa * (1.0 - lam_g / norm) if norm > lam_g else 0.0
+        for i, u in group:
+            out[i][..., u] = v[i][..., u] * scale
+    return out
+
+
+class JointReferenceDessiLBI(ReferenceDessiLBI):
+    """`ReferenceDessiLBI` whose group-coupled Γ's are `joint_group_gammas` over ``groups``."""
+
+    def __init__(self, *args, groups=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.groups = [list(g) for g in groups]
+
+    def step(self, grads, lr):
+        super().step(grads, lr)  # W, V from W_k, Γ_k (Jacobi); the per-unit Γ is replaced below
+        idx = [i for i, s in enumerate(self.structures) if s in ("filter", "neuron")]
+        lams = {i: threshold(self.lam, self.w[i].shape, self.structures[i], self.lambda_scaling, self.w0[i])
+                for i in idx}
+        gammas = joint_group_gammas({i: self.v[i] for i in idx}, lams, self.kappa, self.groups)
+        for i in idx:
+            self.gamma[i] = gammas[i]

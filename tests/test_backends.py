@@ -22,6 +22,7 @@ BACKEND_AGNOSTIC_TESTS = [
     "tests/test_dessilbi.py",
     "tests/test_dessilbi_phases.py",
     "tests/test_dessilbi_group_support.py",
+    "tests/test_dessilbi_joint_groups.py",
     "tests/test_gates.py",
     "tests/test_sparse_gate.py",
     "tests/test_masks.py",

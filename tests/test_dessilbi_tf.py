@@ -130,6 +130,37 @@ def test_mirrored_strategy_matches_one_device_at_same_global_batch():
     assert_states_close(single, state(dmodel, dopt), rtol=1e-5, atol=1e-6)
 
 
+JOINT = {"structure": {"conv/kernel": "filter", "fc/kernel": "neuron"},
+         "unit_groups": [[["conv/kernel", j], ["fc/kernel", j]] for j in range(6)]}
+
+
+def test_joint_groups_under_mirrored_strategy_and_xla_match_one_device():
+    """The joint thresholds are read once per step from V_k, also inside a replica's update."""
+    strategy = two_cpu_strategy()
+    x, y = data()
+
+    def run(scope, jit_compile=False, **kw):
+        with scope:
+            model = small_cnn()
+            opt = optimizer(lambda_=0.9, **kw)
+            model.compile(opt, LOSS, jit_compile=jit_compile)
+        model.fit(x[:32], y[:32], batch_size=8, epochs=3, shuffle=False, verbose=0)
+        return model, opt
+
+    single_model, single = run(tf.init_scope(), **JOINT)
+    for scope, jit in ((strategy.scope(), False), (tf.init_scope(), True)):
+        other_model, other = run(scope, jit, **JOINT)
+        assert_states_close(state(single_model, single), state(other_model, other), rtol=1e-5, atol=1e-6)
+    conv = single_model.get_layer("conv").kernel
+    kept = np.any(single.gamma(conv).numpy().reshape(-1, 6) != 0, axis=0)
+    assert 0 < kept.sum() < 6, kept
+    fc_kept = np.any(single.gamma(single_model.get_layer("fc").kernel).numpy() != 0, axis=0)
+    np.testing.assert_array_equal(fc_kept[:6], kept)
+    per_unit_model, per_unit = run(tf.init_scope(), structure=JOINT["structure"])
+    assert not np.array_equal(per_unit.gamma(per_unit_model.get_layer("conv").kernel).numpy(),
+                              single.gamma(conv).numpy())
+
+
 def test_model_fit_under_mirrored_strategy():
     strategy = two_cpu_strategy()
     with strategy.scope():

@@ -15,6 +15,7 @@ from tf_dessilbi import sparse  # mask methods: GMP, SET, RigL, schedules, densi
 from tf_dessilbi.dessilbi import DessiLBI
 from tf_dessilbi.dessilbi import WStar
 from tf_dessilbi.dessilbi import apply_w_star
+from tf_dessilbi.dessilbi import joint_unit_groups
 from tf_dessilbi.dessilbi import structures_for
 from tf_dessilbi.dessilbi.proximal import group_soft_threshold
 from tf_dessilbi.dessilbi.proximal import soft_threshold
@@ -60,6 +61,7 @@ __all__ = [
     "WStar",
     "__version__",
     "apply_w_star",
+    "joint_unit_groups",
     "callbacks",
     "export_saved_model",
     "gate_masks",

@@ -4,13 +4,15 @@
 * `slbi` — one split-LBI step as pure tensor maths (shared by both optimizers);
 * `structures` — which weights are coupled to Γ, and how (filter/neuron/elementwise);
 * `optimizer` — `DessiLBI`, the Keras 3 optimizer;
+* `joint_groups` — units coupled jointly across layers (``unit_groups``);
 * `w_star` — W* = W on supp(Γ) (`apply_w_star`);
 * `train_step` — a custom TensorFlow train step (`make_train_step`).
 """
 
+from tf_dessilbi.dessilbi.joint_groups import joint_unit_groups
 from tf_dessilbi.dessilbi.optimizer import DessiLBI
 from tf_dessilbi.dessilbi.structures import structures_for
 from tf_dessilbi.dessilbi.w_star import WStar
 from tf_dessilbi.dessilbi.w_star import apply_w_star
 
-__all__ = ["DessiLBI", "WStar", "apply_w_star", "structures_for"]
+__all__ = ["DessiLBI", "WStar", "apply_w_star", "joint_unit_groups", "structures_for"]

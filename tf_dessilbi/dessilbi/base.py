@@ -27,6 +27,7 @@ from keras import ops
 
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
+from tf_dessilbi.dessilbi import joint_groups as joint_lib
 from tf_dessilbi.dessilbi import slbi
 from tf_dessilbi.dessilbi import structures as structures_lib
 from tf_dessilbi.masks import unit_mask_of
@@ -74,8 +75,12 @@ class DessiLBIMixin:
     """The framework-independent half of a DessiLBI optimizer (see the module docstring)."""
 
     # -- construction --------------------------------------------------------
-    def _init_dessilbi(self, kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure):
+    def _init_dessilbi(self, kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure,
+                       unit_groups=None):
         """Stores the validated hyperparameters; creates κ, μ, λ variables."""
+        self._unit_groups = unit_groups  # validated (`joint_groups.validate_unit_groups`)
+        self._joint = None  # resolved at build: a `joint_groups.JointGroups`, or None
+        self._joint_cache = None  # the joint thresholds of the step being applied
         self.momentum = momentum
         self.nesterov = nesterov
         self.lambda_scaling = lambda_scaling
@@ -119,10 +124,14 @@ class DessiLBIMixin:
 
     # -- state -----------------------------------------------------------------
     def _resolve_structures(self, variables) -> list:
-        """The structure of each variable (raises before anything is created)."""
-        return structures_lib.resolve_structures(
-            [_PathShape(self._variable_path(v), v.shape) for v in variables], self._structure
-        )
+        """The structure of each variable, and the joint groups (raises before anything is created)."""
+        shapes = [_PathShape(self._variable_path(v), v.shape) for v in variables]
+        resolved = structures_lib.resolve_structures(shapes, self._structure)
+        if self._unit_groups:
+            joint = joint_lib.JointGroups(self._unit_groups, [s.path for s in shapes],
+                                          [s.shape for s in shapes], resolved)
+            self._joint = joint if joint else None
+        return resolved
 
     def _build_dessilbi(self, variables, resolved) -> None:
         """Creates the momentum buffers, V and Γ (``resolved`` from `_resolve_structures`)."""
@@ -163,7 +172,7 @@ class DessiLBIMixin:
             lr=ops.cast(learning_rate, dtype),
             kappa=ops.cast(self._kappa, dtype),
             mu=ops.cast(self._mu, dtype),
-            threshold=None if structure is None else self._threshold(index, dtype),
+            threshold=None if structure is None else self._prox_threshold(index, dtype),
             momentum=ops.cast(self.momentum, dtype),
             nesterov=self.nesterov,
             structure=structure,
@@ -181,6 +190,38 @@ class DessiLBIMixin:
             scale = ops.cast(scale, dtype)
         return ops.cast(self._lambda, dtype) * scale
 
+    def _joint_thresholds(self) -> dict:
+        """``{index: t_g}`` of the jointly coupled variables from V now (`JointGroups.thresholds`)."""
+        joint = self._joint
+        return joint.thresholds([ops.convert_to_tensor(self._vs[i]) for i in joint.indices],
+                                [self._threshold(i, "float32") for i in joint.indices])
+
+    def _prox_threshold(self, index, dtype):
+        """The threshold of variable ``index``'s prox: λ_g, or t_g under joint coupling.
+
+        Inside a step the joint thresholds come from `_joint_cache`, computed
+        from V_k of every member before any variable is updated.
+        """
+        if self._joint is None or index not in self._joint.indices:
+            return self._threshold(index, dtype)
+        cache = self._joint_cache if self._joint_cache is not None else self._joint_thresholds()
+        return ops.cast(cache[index], dtype)
+
+    def _apply_with_joint_thresholds(self, update):
+        """Runs ``update()`` (the per-variable steps) with the joint thresholds of V_k cached."""
+        if self._joint is None:
+            return update()
+        self._joint_cache = self._joint_thresholds()
+        try:
+            return update()
+        finally:
+            self._joint_cache = None
+
+    @property
+    def unit_groups(self):
+        """The ``unit_groups`` argument (tuples of ``(variable path, unit)``), or ``None``."""
+        return self._unit_groups
+
     # -- public accessors --------------------------------------------------------
     def variable_structure(self, variable) -> Optional[str]:
         """The structure of a model variable, or ``None`` if uncoupled."""
@@ -189,14 +230,15 @@ class DessiLBIMixin:
 
     def gamma(self, variable):
         """Γ of a model variable (a tensor), or ``None`` if it is uncoupled."""
-        index = self._slot_index(variable)
+        return self._gamma_at(self._slot_index(variable))
+
+    def _gamma_at(self, index):
         v = self._vs[index]
         if v is None:
             return None
         v = ops.convert_to_tensor(v)
-        return slbi.gamma_of(
-            v, ops.cast(self._kappa, v.dtype), self._threshold(index, v.dtype), self._structures[index]
-        )
+        return slbi.gamma_of(v, ops.cast(self._kappa, v.dtype), self._prox_threshold(index, v.dtype),
+                             self._structures[index])
 
     def v(self, variable):
         """The auxiliary V of a model variable, or ``None`` if uncoupled."""
@@ -214,7 +256,9 @@ class DessiLBIMixin:
 
         A scalar tensor (λ·c_l, one per layer), or with
         ``lambda_scaling="unit_init_norm"`` one per last-axis unit (shape
-        ``(units,)``, λ·c_j), broadcasting against V's last axis.
+        ``(units,)``, λ·c_j), broadcasting against V's last axis. This is
+        each unit's own λ_g also under joint coupling (``unit_groups``),
+        where a group G's prox thresholds ‖V_G‖₂ at λ_G = √(Σ_{g∈G} λ_g²).
         """
         index = self._slot_index(variable)
         v = self._vs[index]
@@ -243,18 +287,32 @@ class DessiLBIMixin:
         when V_j = 0, along the all-ones filter when W_j = 0 too), so that
         Γ_j = κ·(1 − λ_j/‖V_j‖₂)·V_j ≠ 0: the unit enters as if it had just
         crossed the threshold. Units already in the support are left as
-        they are.
+        they are. Under joint coupling (``unit_groups``) a unit enters with
+        its group: every member g outside the support, in whichever variable,
+        is rescaled so, giving ‖V_G‖₂ ≥ (1 + 2⁻⁸)·λ_G.
 
         Raises:
             ValueError: ``variable`` is not coupled by groups, or a unit is
                 out of range.
         """
-        slot, units = self._group_slot(variable, units, "add_units")
-        in_support = unit_mask_of(ops.convert_to_numpy(self.support(variable)), (-1,))
-        units = [j for j in units if not in_support[j]]  # Γ_j ≠ 0 as the prox computes it
-        if not units:
-            return
+        _, units = self._group_slot(variable, units, "add_units")
         index = self._slot_index(variable)
+        targets = ({index: units} if self._joint is None
+                   else self._joint.members_of(index, units))
+        outside = {}
+        for i, members in targets.items():  # supports before anything moves
+            in_support = unit_mask_of(ops.convert_to_numpy(ops.not_equal(self._gamma_at(i), 0)), (-1,))
+            outside[i] = [j for j in members if not in_support[j]]
+        weights = {index: variable}
+        if self._joint is not None:
+            weights.update(self._joint_variables())
+        for i, members in outside.items():
+            if members:
+                self._raise_units(i, weights[i], members)
+
+    def _raise_units(self, index, variable, units) -> None:
+        """V_j ← (1 + 2⁻⁸)·λ_j·(direction of V_j, else W_j, else ones) for ``units`` (see `add_units`)."""
+        slot = self._vs[index]
         v = np.array(ops.convert_to_numpy(slot), dtype=np.float64)
         w = np.asarray(ops.convert_to_numpy(variable), dtype=np.float64)
         threshold = np.broadcast_to(
@@ -271,12 +329,18 @@ class DessiLBIMixin:
             flat_v[:, j] = direction * (target if target > 0 else 2.0 ** -8)
         slot.assign(ops.cast(v.reshape(slot.shape), slot.dtype))
 
+    def _joint_variables(self) -> dict:
+        """``{index: model variable}`` of the jointly coupled variables (a framework hook)."""
+        raise NotImplementedError
+
     def drop_units(self, variable, units) -> None:
         """Takes last-axis units (filters, neurons) of a group-coupled variable out of supp Γ.
 
         Sets V[..., j] = 0 for each j in ``units``, so Γ[..., j] =
         κ·prox_λ(V)[..., j] = 0; the unit re-enters only if the iteration
-        grows ‖V_j‖ past λ again.
+        grows ‖V_j‖ past λ again. Under joint coupling (``unit_groups``) this
+        takes the unit alone out; the rest of its group G stays while
+        ‖V_G‖₂ > λ_G (`align_support` drops whole groups).
 
         Raises:
             ValueError: ``variable`` is not coupled by groups, or a unit is

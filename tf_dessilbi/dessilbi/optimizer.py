@@ -9,6 +9,7 @@ from tf_dessilbi import _compat
 from tf_dessilbi.dessilbi.base import LAMBDA_SCALINGS  # noqa: F401  (re-exported)
 from tf_dessilbi.dessilbi.base import DessiLBIMixin
 from tf_dessilbi.dessilbi.base import validate_hyperparameters
+from tf_dessilbi.dessilbi.joint_groups import validate_unit_groups
 
 
 @keras.saving.register_keras_serializable(package="tf_dessilbi")
@@ -75,6 +76,16 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             own start, whatever θ₀ drew (`slbi.unit_init_norm_scale`: with
             BatchNormalization, ``"init_norm"`` ranks filters almost as θ₀'s
             norms do). Defaults to `"fan_in"`.
+        unit_groups: ``None``, or groups of units coupled jointly during the
+            whole path: each a list of ``[variable path, unit]`` pairs whose
+            units share one group G of the group lasso, Γ_G =
+            κ·max(0, 1 − λ_G/‖V_G‖₂)·V_G with λ_G² = Σ_{g∈G} λ_g², so they
+            enter and leave supp Γ together. `tf_dessilbi.joint_unit_groups`
+            (model) gives the dependency groups of physical removal (the
+            filters one residual Add sums), so supp Γ is always what
+            `tf_dessilbi.shrink` can remove. Members the structure does not
+            couple by groups are left out; paths and units are checked at
+            build. See `tf_dessilbi.dessilbi.joint_groups`. Defaults to `None`.
         **kwargs: the base optimizer arguments (`weight_decay`, `clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,
             `ema_overwrite_frequency`, `loss_scale_factor`,
@@ -107,6 +118,7 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         nesterov=False,
         structure="auto",
         lambda_scaling="fan_in",
+        unit_groups=None,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -124,6 +136,7 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         (kappa, mu, lambda_, momentum, nesterov, lambda_scaling,
          structure) = validate_hyperparameters(
             kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure)
+        unit_groups = validate_unit_groups(unit_groups)
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -139,7 +152,8 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             **kwargs,
         )
         with keras.name_scope(self.name, caller=self):
-            self._init_dessilbi(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure)
+            self._init_dessilbi(kappa, mu, lambda_, momentum, nesterov, lambda_scaling, structure,
+                                unit_groups)
 
     # -- framework hooks of DessiLBIMixin -----------------------------------
     def _new_hyper_variable(self, value, name):
@@ -174,6 +188,15 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         resolved = self._resolve_structures(variables)
         super().build(variables)
         self._build_dessilbi(variables, resolved)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Joint coupling reads V_k of every member: computed once, before the
+        # per-variable updates (`DessiLBIMixin._apply_with_joint_thresholds`).
+        self._apply_with_joint_thresholds(
+            lambda: super(DessiLBI, self)._backend_update_step(grads, trainable_variables, learning_rate))
+
+    def _joint_variables(self) -> dict:
+        return {i: self._trainable_variables[i] for i in self._joint.indices}
 
     def update_step(self, gradient, variable, learning_rate):
         """One DessiLBI step for `variable`; see the class docstring."""
@@ -211,4 +234,6 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
     def get_config(self):
         config = super().get_config()
         config.update(self._dessilbi_config())
+        config["unit_groups"] = (None if self._unit_groups is None
+                                 else [[[path, unit] for path, unit in group] for group in self._unit_groups])
         return config
