@@ -474,6 +474,7 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path):
     ("optimizer.finetune_groups", True, r"config.optimizer.finetune_groups=True .*fine-tune is on"),
     ("optimizer.finetune_groups", "no", r"config.optimizer.finetune_groups=.no."),
     ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
+    ("optimizer.joint_groups", "no", r"config.optimizer.joint_groups=.no."),
     ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
@@ -505,6 +506,33 @@ def test_finetune_units_needs_groups_and_dessilbi():
     config = tiny_config("sgd")
     config.optimizer.finetune_units = 0.5
     with pytest.raises(ValueError, match=r"finetune_units=0.5 .*optimizer.name='dessilbi'"):
+        config_lib.validate(config)
+
+
+def test_joint_groups_reach_the_optimizer_and_are_validated():
+    import keras
+
+    import tf_dessilbi
+    from tf_dessilbi import models
+    from tf_dessilbi.training import components
+
+    config = tiny_config()
+    config.optimizer.joint_groups = True
+    config_lib.validate(config)
+    keras.utils.set_random_seed(0)
+    model = models.resnet20(input_shape=(28, 28, 1), num_classes=10)
+    optimizer = components.build_optimizer(config, model, 10)
+    groups = tf_dessilbi.joint_unit_groups(model)
+    assert len(groups) == 16 + 32 + 64  # one per residual channel of the three stages
+    assert optimizer.unit_groups == tuple(tuple((p, u) for p, u in g) for g in groups)
+    config.optimizer.joint_groups = False
+    assert components.build_optimizer(config, model, 10).unit_groups is None
+    config.optimizer.joint_groups, config.optimizer.structure = True, "elementwise"
+    with pytest.raises(ValueError, match=r"joint_groups=True .*elementwise"):
+        config_lib.validate(config)
+    config = tiny_config("sgd")
+    config.optimizer.joint_groups = True
+    with pytest.raises(ValueError, match=r"joint_groups=True .*optimizer.name='dessilbi'"):
         config_lib.validate(config)
 
 

@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     # (the filters one residual Add sums go together), so the support's units are the
     # exported model's (WStarFinetune(dependency_groups=True)).
     c.optimizer.finetune_groups = False
+    # Couple the units of each dependency group jointly during the whole path (one
+    # group-lasso group per residual channel: DessiLBI(unit_groups=joint_unit_groups(model))).
+    c.optimizer.joint_groups = False
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -245,6 +248,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "optimizer.finetune_allow_empty", (True, False))
     _choice(config, "optimizer.finetune_trim", (True, False))
     _choice(config, "optimizer.finetune_groups", (True, False))
+    _choice(config, "optimizer.joint_groups", (True, False))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -293,7 +297,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
         for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights",
-                      "finetune_allow_empty", "finetune_trim", "finetune_groups"):
+                      "finetune_allow_empty", "finetune_trim", "finetune_groups", "joint_groups"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
@@ -306,6 +310,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optimizer.finetune_groups and config.optimizer.structure == "elementwise":
         _fail("optimizer.finetune_groups", config.optimizer.finetune_groups,
               "False with optimizer.structure='elementwise' (it groups filters and neurons)")
+    if config.optimizer.joint_groups and config.optimizer.structure == "elementwise":
+        _fail("optimizer.joint_groups", config.optimizer.joint_groups,
+              "False with optimizer.structure='elementwise' (it joins filters and neurons)")
     if config.optimizer.finetune_groups and not (config.optimizer.finetune_epochs
                                                  or config.optimizer.finetune_units
                                                  or config.optimizer.finetune_weights):
