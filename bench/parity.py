@@ -70,20 +70,22 @@ def parse_recipe(spec: str) -> dict:
     supp Γ holds a fraction x of the conv filters, checked every step, at
     the latest with ``ftN``; ``trim`` cuts that support back to exactly
     ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole
-    dependency groups of physical removal, `WStarFinetune(dependency_groups=True)`),
+    dependency groups of physical removal, `WStarFinetune(dependency_groups=True)`; ``joint`` couples those groups
+    during the whole path, ``DessiLBI(unit_groups=joint_unit_groups(model))``),
     ``w<x>`` (the same once it holds a fraction x of the coupled weights: an
     elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None, "weights_fraction": None, "trim": False, "groups": False}
+           "units_fraction": None, "weights_fraction": None, "trim": False, "groups": False,
+           "joint": False}
     for token in spec.split("+"):
         if token == "paper":
             continue
         if token == "steady":
             out["steady"] = True
             continue
-        if token in ("trim", "groups"):
+        if token in ("trim", "groups", "joint"):
             out[token] = True
             continue
         if token == "init":
@@ -116,7 +118,7 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
-                             f"ft<N>, cft<N>, u<x>, trim, groups, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, trim, groups, joint, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
     return out
@@ -198,7 +200,9 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
     model = build(model_name, seed)
     optimizer = tfd.DessiLBI(learning_rate=protocol.lr_schedule(data.steps_per_epoch, epochs),
-                             structure=structures.named_structure(structure, model), **hparams)
+                             structure=structures.named_structure(structure, model),
+                             unit_groups=tfd.joint_unit_groups(model) if settings["joint"] else None,
+                             **hparams)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

@@ -80,8 +80,12 @@ def _elementwise_structure(model):
     return {p: "elementwise" for p in __import__("tf_dessilbi").structures_for(model)}
 
 
-def _keras_contenders(model_fn, hp, notes, with_gates=True, structures=True):
-    """``{name: step}`` for SGD, DessiLBI variants and gated SGD."""
+def _keras_contenders(model_fn, hp, notes, with_gates=True, structures=True, joint=False):
+    """``{name: step}`` for SGD, DessiLBI variants and gated SGD.
+
+    ``joint``: also DessiLBI auto with the model's dependency groups coupled
+    jointly (``unit_groups=joint_unit_groups(model)``).
+    """
     import keras
 
     import tf_dessilbi
@@ -94,6 +98,9 @@ def _keras_contenders(model_fn, hp, notes, with_gates=True, structures=True):
 
     add("sgd", model_fn(), keras.optimizers.SGD(hp["learning_rate"], momentum=hp["momentum"]))
     add("dessilbi_auto", model_fn(), tf_dessilbi.DessiLBI(**hp))
+    if joint:
+        m = model_fn()
+        add("dessilbi_joint", m, tf_dessilbi.DessiLBI(**hp, unit_groups=tf_dessilbi.joint_unit_groups(m)))
     if structures:
         m = model_fn()
         add("dessilbi_filter", m, tf_dessilbi.DessiLBI(**{**hp, "structure": _group_structure(m)}))
@@ -157,7 +164,7 @@ def run(quick: bool = False) -> dict:
     try:
         rc = _keras_contenders(
             lambda: resnet_fn(input_shape=(32, 32, 3), num_classes=10),
-            opt_hp, rnotes, with_gates=not quick, structures=False,
+            opt_hp, rnotes, with_gates=not quick, structures=False, joint=True,
         )
         rt = bench.alternate_timings(
             rc, rb, 1 if quick else 3, s["resnet_steps_per_block"],
@@ -284,6 +291,7 @@ def to_markdown(results: dict) -> str:
         "dessilbi_filter": ("DessiLBI groups (conv filter, hidden dense neuron)", TARGET_DESSILBI),
         "dessilbi_elementwise": ("DessiLBI elementwise (every kernel)", TARGET_DESSILBI),
         "gated_sgd": ("CS-gated layers, SGD", TARGET_GATED),
+        "dessilbi_joint": ("DessiLBI auto, residual groups joint (`unit_groups`)", TARGET_DESSILBI),
     }
     rows = []
     for name, t in fm.items():
