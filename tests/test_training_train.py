@@ -527,6 +527,14 @@ def test_joint_groups_reach_the_optimizer_and_are_validated():
     assert optimizer.unit_groups == tuple(tuple((p, u) for p, u in g) for g in groups)
     config.optimizer.joint_groups = False
     assert components.build_optimizer(config, model, 10).unit_groups is None
+    config.optimizer.joint_groups, config.optimizer.finetune_units = True, 0.5
+    config.optimizer.finetune_trim = True
+    with pytest.raises(ValueError, match=r"finetune_trim=True .*finetune_groups=True"):
+        config_lib.validate(config)
+    config.optimizer.finetune_groups = True
+    config_lib.validate(config)
+    config.optimizer.finetune_units, config.optimizer.finetune_trim = 0.0, False
+    config.optimizer.finetune_groups = False
     config.optimizer.joint_groups, config.optimizer.structure = True, "elementwise"
     with pytest.raises(ValueError, match=r"joint_groups=True .*elementwise"):
         config_lib.validate(config)

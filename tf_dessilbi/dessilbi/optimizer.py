@@ -85,7 +85,10 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             filters one residual Add sums), so supp Γ is always what
             `tf_dessilbi.shrink` can remove. Members the structure does not
             couple by groups are left out; paths and units are checked at
-            build. See `tf_dessilbi.dessilbi.joint_groups`. Defaults to `None`.
+            build. Cut such a support to K units by whole groups
+            (`WStarFinetune(trim=True, dependency_groups=True)`,
+            `group_support.align_support`), not unit by unit. See
+            `tf_dessilbi.dessilbi.joint_groups`. Defaults to `None`.
         **kwargs: the base optimizer arguments (`weight_decay`, `clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,
             `ema_overwrite_frequency`, `loss_scale_factor`,

@@ -313,6 +313,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optimizer.joint_groups and config.optimizer.structure == "elementwise":
         _fail("optimizer.joint_groups", config.optimizer.joint_groups,
               "False with optimizer.structure='elementwise' (it joins filters and neurons)")
+    if (config.optimizer.joint_groups and config.optimizer.finetune_trim
+            and not config.optimizer.finetune_groups):
+        _fail("optimizer.finetune_trim", config.optimizer.finetune_trim,
+              "False with optimizer.joint_groups=True unless optimizer.finetune_groups=True "
+              "(jointly coupled units are trimmed by whole groups)")
     if config.optimizer.finetune_groups and not (config.optimizer.finetune_epochs
                                                  or config.optimizer.finetune_units
                                                  or config.optimizer.finetune_weights):
