@@ -16,26 +16,15 @@ import tf_dessilbi
 from tf_dessilbi import DessiLBI
 from tf_dessilbi.dessilbi import group_support
 from tests.dessilbi_reference import JointReferenceDessiLBI, joint_group_gammas, threshold
-
-WIDTHS = {"stem": 4, "a": 3, "b": 4, "c": 5}
-COUPLED = {f"{name}/kernel": "filter" for name in WIDTHS}
+from tests.test_dessilbi_group_support import COUPLED, WIDTHS
+from tests.test_dessilbi_group_support import _model as _residual_model
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _model(seed=0):
-    """stem → a → b, Add(stem, b) → c → head: stem_j and b_j are one dependency group.
-
-    Weights drawn by NumPy, so every backend starts from the same θ₀.
-    """
-    inputs = keras.Input((6, 6, 2))
-    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
-    x = keras.layers.ReLU()(stem)
-    x = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="a")(x)
-    x = keras.layers.Conv2D(4, 3, padding="same", name="b")(x)
-    x = keras.layers.ReLU()(keras.layers.Add()([stem, x]))
-    x = keras.layers.Conv2D(5, 3, activation="relu", name="c")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    """`test_dessilbi_group_support`'s residual model (stem_j and b_j one dependency group),
+    its weights redrawn by NumPy so every backend starts from the same θ₀."""
+    model = _residual_model()
     rng = np.random.default_rng(seed)
     for v in model.trainable_variables:
         fan_in = int(np.prod(v.shape[:-1])) if len(v.shape) > 1 else 1
