@@ -32,6 +32,11 @@ never zeroes). Only these can take the support past K. Members of the groups
 that stay enter supp Γ (`DessiLBI.add_units`: ‖V_g‖₂ just above λ_g) and the
 others leave it (`DessiLBI.drop_units`: V_g ← 0). W* = W ⊙ 1[Γ ≠ 0] then
 zeroes exactly the units `shrink` removes.
+
+This aligns the support once, when it is called. `DessiLBI(unit_groups=
+joint_unit_groups(model))` couples the groups during the whole path instead
+(`joint_groups`: the prox of the joint group lasso, whose support is m_G > 1
+at every step, so the rule above changes nothing there and only a K cuts).
 """
 
 from __future__ import annotations
