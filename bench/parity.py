@@ -71,21 +71,22 @@ def parse_recipe(spec: str) -> dict:
     the latest with ``ftN``; ``trim`` cuts that support back to exactly
     ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole
     dependency groups of physical removal, `WStarFinetune(dependency_groups=True)`; ``joint`` couples those groups
-    during the whole path, ``DessiLBI(unit_groups=joint_unit_groups(model))``),
+    during the whole path, ``DessiLBI(unit_groups=joint_unit_groups(model))``;
+    ``gmax`` ranks the groups by their strongest member, ``group_margin="max"``),
     ``w<x>`` (the same once it holds a fraction x of the coupled weights: an
     elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
            "units_fraction": None, "weights_fraction": None, "trim": False, "groups": False,
-           "joint": False}
+           "joint": False, "gmax": False}
     for token in spec.split("+"):
         if token == "paper":
             continue
         if token == "steady":
             out["steady"] = True
             continue
-        if token in ("trim", "groups", "joint"):
+        if token in ("trim", "groups", "joint", "gmax"):
             out[token] = True
             continue
         if token == "init":
@@ -118,7 +119,7 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
-                             f"ft<N>, cft<N>, u<x>, trim, groups, joint, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, trim, groups, joint, gmax, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
     return out
@@ -216,7 +217,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                                                 units_fraction=settings["units_fraction"],
                                                 weights_fraction=settings["weights_fraction"],
                                                 check_every=1, trim=settings["trim"],
-                                                dependency_groups=settings["groups"]))
+                                                dependency_groups=settings["groups"],
+                                                group_margin="max" if settings["gmax"] else "joint"))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
     if isinstance(callbacks[-1], finetune.WStarFinetune):

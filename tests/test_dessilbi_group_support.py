@@ -69,14 +69,20 @@ MARGINS = {"stem": np.array([1.2, 0.5, 0.9, 0.2]), "a": np.array([0.3, 0.6, 0.2]
            "b": np.array([0.4, 1.3, 1.05, 0.1]), "c": np.array([1.5, 0.8, 1.1, 0.2, 2.0])}
 
 
-def _reference(keep_units=None):
-    """NumPy: the units kept per layer (module docstring's rule), from INIT and MARGINS."""
+def _reference(keep_units=None, rule="joint"):
+    """NumPy: the units kept per layer (module docstring's rule), from INIT and MARGINS.
+
+    ``rule="max"``: a group's margin is its largest member's ‖V_g‖/λ_g.
+    """
     lam = {n: 0.5 * INIT[n] for n in INIT}
     v = {n: MARGINS[n] * lam[n] for n in INIT}
     groups = [[("stem", j), ("b", j)] for j in range(4)]
     groups += [[(n, j)] for n in ("a", "c") for j in range(WIDTHS[n])]
-    margin = [np.sqrt(sum(v[n][j] ** 2 for n, j in g) / sum(lam[n][j] ** 2 for n, j in g))
-              for g in groups]
+    if rule == "joint":
+        margin = [np.sqrt(sum(v[n][j] ** 2 for n, j in g) / sum(lam[n][j] ** 2 for n, j in g))
+                  for g in groups]
+    else:
+        margin = [max(v[n][j] / lam[n][j] for n, j in g) for g in groups]
     order = sorted(range(len(groups)), key=lambda i: (-margin[i], i))
     # first every layer's best group, then the rule
     stays = {next(i for i in order if any(n == name for n, _ in groups[i])) for name in INIT}
@@ -109,18 +115,21 @@ def test_unit_groups_join_the_channels_a_residual_add_sums():
 
 
 @pytest.mark.parametrize("keep_units", [None, 7, 3])
-def test_align_support_keeps_whole_groups_by_joint_margin(keep_units):
+@pytest.mark.parametrize("rule", ["joint", "max"])
+def test_align_support_keeps_whole_groups_by_their_margin(keep_units, rule):
     model = _model()
     opt = _optimizer(model, init_norms=INIT,
                      v_norms={n: MARGINS[n] * 0.5 * INIT[n] for n in INIT})
     before = {n: _units(opt, model, n) for n in INIT}
     for n in INIT:
         np.testing.assert_array_equal(before[n], MARGINS[n] > 1)
-    want = _reference(keep_units)
-    if keep_units is None:  # stem 0 / b 0: one member in, joint margin < 1 → goes; (stem 2, b 2) enters
+    want = _reference(keep_units, rule)
+    if keep_units is None and rule == "max":  # a group with one member over λ_g stays whole
+        np.testing.assert_array_equal(want["stem"], [True, True, True, False])
+    if keep_units is None and rule == "joint":  # stem 0 / b 0: one member in, joint margin < 1 → goes; (stem 2, b 2) enters
         assert not want["stem"][0] and want["stem"][2] and want["b"][2]
         assert want["a"].sum() == 1  # every unit of a is out; its best group is kept
-    alignment = group_support.align_support(opt, model, keep_units)
+    alignment = group_support.align_support(opt, model, keep_units, margin=rule)
     for n in INIT:
         np.testing.assert_array_equal(_units(opt, model, n), want[n], err_msg=n)
         np.testing.assert_array_equal(want["stem"], want["b"])
@@ -131,7 +140,7 @@ def test_align_support_keeps_whole_groups_by_joint_margin(keep_units):
     assert alignment.units_kept == sum(int(w.sum()) for w in want.values())
     assert alignment.groups_total == 4 + 3 + 5
     assert alignment.keep_units == keep_units
-    if keep_units == 7:  # c4 c0 c2 (stem2, b2) c1 hold 6; (stem1, b1) does not fit, a1 fills in
+    if keep_units == 7 and rule == "joint":  # c4 c0 c2 (stem2, b2) c1 hold 6; (stem1, b1) does not fit, a1 fills in
         assert alignment.units_kept == 7 and want["a"][1] and not want["stem"][1]
     elif keep_units == 3:  # the best groups of c, (stem, b) and a must stay: 4 > K
         assert alignment.units_kept == 4
@@ -183,6 +192,8 @@ def test_bad_calls_raise_and_change_nothing():
     vs = [ops.convert_to_numpy(v).copy() for v in opt._vs if v is not None]
     with pytest.raises(ValueError, match="keep_units"):
         group_support.align_support(opt, model, keep_units=0)
+    with pytest.raises(ValueError, match="margin"):
+        group_support.align_support(opt, model, margin="mean")
     with pytest.raises(ValueError, match=r"`units` must lie in \[0, 4\)"):
         opt.add_units(model.get_layer("stem").kernel, [4])
     elementwise = _model()
@@ -197,18 +208,24 @@ def test_bad_calls_raise_and_change_nothing():
         np.testing.assert_array_equal(ops.convert_to_numpy(v), before)
 
 
-def test_w_star_finetune_with_dependency_groups_exports_its_support():
+@pytest.mark.parametrize("rule", ["joint", "max"])
+def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 6, 6, 2)).astype("float32")
     y = (x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + (x[..., 1].mean(axis=(1, 2)) > 0)
     model = _model()
     opt = DessiLBI(0.2, kappa=1.0, mu=5.0, lambda_=0.3, structure=COUPLED)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    calls = []
+    align = group_support.align_support
+    monkeypatch.setattr(group_support, "align_support",
+                        lambda *a, **k: calls.append(a[4:] or k) or align(*a, **k))
     callback = finetune.WStarFinetune(units_fraction=0.5, check_every=1, trim=True,
-                                      dependency_groups=True)
+                                      dependency_groups=True, group_margin=rule)
     model.fit(x, y.astype("int32"), batch_size=16, epochs=6, shuffle=False, verbose=0,
               callbacks=[callback])
     assert callback.started_at_step is not None and callback.aligned is not None
+    assert calls == [(rule,)]  # the callback's rule reached the alignment
     keep = int(np.ceil(0.5 * sum(WIDTHS.values())))
     units = {n: _units(opt, model, n) for n in WIDTHS}
     np.testing.assert_array_equal(units["stem"], units["b"])
@@ -219,5 +236,8 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support():
     rows = {r.layer: r for r in report.rows}
     assert {n: rows[n].units_after for n in WIDTHS} == {n: int(units[n].sum()) for n in WIDTHS}
     assert callback.get_config()["dependency_groups"] is True
+    assert callback.get_config()["group_margin"] == rule
+    with pytest.raises(ValueError, match="group_margin"):
+        finetune.WStarFinetune(start_epoch=1, group_margin="mean")
     with pytest.raises(TypeError, match="dependency_groups"):
         finetune.WStarFinetune(start_epoch=1, dependency_groups="yes")

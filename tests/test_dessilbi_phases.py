@@ -287,7 +287,7 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
                       "units_fraction": rho, "check_every": every, "weights_fraction": None,
                       "allow_empty_layers": False, "trim": False,
-                      "dependency_groups": False}
+                      "dependency_groups": False, "group_margin": "joint"}
     assert finetune.WStarFinetune(**config).get_config() == config
 
 

@@ -186,6 +186,9 @@ class WStarFinetune(keras.callbacks.Callback):
             dependency groups of physical removal (`group_support.align_support`;
             with ``trim``, the groups with the largest joint margins that fit
             in ⌈ρ·N⌉ units, else those with margin > 1). Defaults to `False`.
+        group_margin: how ``dependency_groups`` ranks a group: ``"joint"``
+            (‖V_G‖₂/λ_G) or ``"max"`` (its strongest member's ‖V_g‖₂/λ_g);
+            see `group_support.align_support`. Defaults to `"joint"`.
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
@@ -212,7 +215,7 @@ class WStarFinetune(keras.callbacks.Callback):
                  prune_bias: bool = True, units_fraction: Optional[float] = None,
                  check_every: int = 10, weights_fraction: Optional[float] = None,
                  allow_empty_layers: bool = False, trim: bool = False,
-                 dependency_groups: bool = False):
+                 dependency_groups: bool = False, group_margin: str = "joint"):
         super().__init__()
         if start_epoch is None and units_fraction is None and weights_fraction is None:
             raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
@@ -234,6 +237,7 @@ class WStarFinetune(keras.callbacks.Callback):
         self.allow_empty_layers = _validate.boolean("allow_empty_layers", allow_empty_layers)
         self.trim = _validate.boolean("trim", trim)
         self.dependency_groups = _validate.boolean("dependency_groups", dependency_groups)
+        self.group_margin = _validate.one_of("group_margin", group_margin, group_support.MARGINS)
         if self.trim and units_fraction is None:
             raise ValueError("WStarFinetune(trim=True) cuts the support to a units_fraction; "
                              "received units_fraction=None.")
@@ -280,7 +284,7 @@ class WStarFinetune(keras.callbacks.Callback):
                     keep = math.ceil(self.units_fraction * total - 1e-9)
                 if self.dependency_groups:
                     self.aligned = group_support.align_support(optimizer, self.model, keep,
-                                                               self._groups)
+                                                               self._groups, self.group_margin)
                     self.trimmed = self.aligned.dropped
                 elif keep is not None:
                     self.trimmed = trim_units(optimizer, keep)
@@ -365,4 +369,4 @@ class WStarFinetune(keras.callbacks.Callback):
                 "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
                 "check_every": self.check_every, "weights_fraction": self.weights_fraction,
                 "allow_empty_layers": self.allow_empty_layers, "trim": self.trim,
-                "dependency_groups": self.dependency_groups}
+                "dependency_groups": self.dependency_groups, "group_margin": self.group_margin}

@@ -75,7 +75,11 @@ class Alignment:
     keep_units: Optional[int] = None
 
 
-def align_support(optimizer, model, keep_units: Optional[int] = None, groups=None) -> Alignment:
+MARGINS = ("joint", "max")
+
+
+def align_support(optimizer, model, keep_units: Optional[int] = None, groups=None,
+                  margin: str = "joint") -> Alignment:
     """Sets supp Γ to whole dependency groups (see the module docstring).
 
     Args:
@@ -83,21 +87,28 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
         model: the Sequential / Functional model it trains.
         keep_units: K, the most group-coupled units the groups that stay
             hold (unless the groups that must stay hold more); ``None``
-            keeps the groups with m_G > 1.
+            keeps the groups with a margin > 1.
         groups: `tf_dessilbi.shrink.unit_groups` of ``model`` (computed when
             ``None``; pass them to use ``keep=`` layers).
+        margin: how a group is ranked: ``"joint"``, m_G = ‖V_G‖₂/λ_G (the
+            joint group lasso's), or ``"max"``, max_{g∈G} ‖V_g‖₂/λ_g (a
+            group is as strong as its strongest member: the channel stays
+            when one conv that writes it needs it, as the export of a
+            per-unit support keeps it).
 
     Returns:
         An `Alignment`.
 
     Raises:
         ValueError: the optimizer is not built or couples no kernel by
-            groups, ``keep_units`` is not a positive int, or the model has a
+            groups, ``keep_units`` is not a positive int, ``margin`` is not
+            one of `MARGINS`, or the model has a
             layer the dependency graph cannot reason about. Nothing is changed.
     """
     optimizer = unwrap_optimizer(optimizer)
     if keep_units is not None:
         keep_units = _validate.positive_int("keep_units", keep_units)
+    _validate.one_of("margin", margin, MARGINS)
     coupled = {layer.name: variable
                for layer, variable, _, structure in OptimizerSupport(optimizer).coupled(model)
                if structure in GROUP_STRUCTURES}
@@ -122,16 +133,17 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
         if not mine:
             continue
         fixed = not group.removable or len(mine) < len(group.members)
-        v2 = sum(sq_norm[name][unit] for name, unit in mine)
-        t2 = sum(sq_threshold[name][unit] for name, unit in mine)
-        margin = np.inf if t2 == 0 and v2 > 0 else (np.sqrt(v2 / t2) if t2 > 0 else 0.0)
-        scored.append((float(margin), fixed, mine))
+        if margin == "joint":
+            score = _ratio(sum(sq_norm[n][u] for n, u in mine), sum(sq_threshold[n][u] for n, u in mine))
+        else:
+            score = max(_ratio(sq_norm[n][u], sq_threshold[n][u]) for n, u in mine)
+        scored.append((float(score), fixed, mine))
     order = sorted(range(len(scored)), key=lambda i: (-scored[i][0], i))
     stays = np.array([fixed for _, fixed, _ in scored], bool)
     for name in coupled:  # every coupled layer keeps its best group
         stays[next(i for i in order if any(n == name for n, _ in scored[i][2]))] = True
     if keep_units is None:
-        stays |= np.array([margin > 1.0 for margin, _, _ in scored], bool)
+        stays |= np.array([score > 1.0 for score, _, _ in scored], bool)
     else:
         held = sum(len(scored[i][2]) for i in np.flatnonzero(stays))
         for i in order:
@@ -156,3 +168,8 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
             added[path] = into
     return Alignment(dropped, added, int(stays.sum()), len(scored),
                      int(sum(k.sum() for k in keep.values())), keep_units)
+
+
+def _ratio(v2, t2) -> float:
+    """√(v2/t2): ‖V‖₂/λ from squares (∞ for λ = 0 < ‖V‖, 0 for V = 0)."""
+    return np.inf if t2 == 0 and v2 > 0 else (float(np.sqrt(v2 / t2)) if t2 > 0 else 0.0)
