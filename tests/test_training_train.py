@@ -475,6 +475,8 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path):
     ("optimizer.finetune_groups", "no", r"config.optimizer.finetune_groups=.no."),
     ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
     ("optimizer.joint_groups", "no", r"config.optimizer.joint_groups=.no."),
+    ("optimizer.finetune_group_margin", "mean", r"config.optimizer.finetune_group_margin=.mean."),
+    ("optimizer.finetune_group_margin", "max", r"finetune_group_margin=.max. .*finetune_groups=True"),
     ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
@@ -556,12 +558,15 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
     config.optimizer.finetune_allow_empty = allow
     config.optimizer.finetune_trim = allow
     config.optimizer.finetune_groups = allow
+    config.optimizer.finetune_group_margin = "max" if allow else "joint"
     config_lib.validate(config)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     (callback,) = [c for c in methods.get(config).callbacks(config, model, 10)
                    if isinstance(c, finetune.WStarFinetune)]
     assert callback.allow_empty_layers is allow and callback.units_fraction == 0.4
     assert callback.trim is allow and callback.dependency_groups is allow
+    assert callback.group_margin == ("max" if allow else "joint")
+    config.optimizer.finetune_group_margin = "joint"
     config.optimizer.finetune_trim = config.optimizer.finetune_groups = False
     config.optimizer.name, config.optimizer.finetune_units = "sgd", 0.0
     if allow:  # a DessiLBI-only switch left on for SGD

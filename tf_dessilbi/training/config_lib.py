@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     # (the filters one residual Add sums go together), so the support's units are the
     # exported model's (WStarFinetune(dependency_groups=True)).
     c.optimizer.finetune_groups = False
+    # How finetune_groups ranks a group: "joint" (‖V_G‖/λ_G) or "max" (its strongest
+    # member's ‖V_g‖/λ_g; WStarFinetune(group_margin=...)).
+    c.optimizer.finetune_group_margin = "joint"
     # Couple the units of each dependency group jointly during the whole path (one
     # group-lasso group per residual channel: DessiLBI(unit_groups=joint_unit_groups(model))).
     c.optimizer.joint_groups = False
@@ -249,6 +252,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "optimizer.finetune_trim", (True, False))
     _choice(config, "optimizer.finetune_groups", (True, False))
     _choice(config, "optimizer.joint_groups", (True, False))
+    _choice(config, "optimizer.finetune_group_margin", ("joint", "max"))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -313,6 +317,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optimizer.joint_groups and config.optimizer.structure == "elementwise":
         _fail("optimizer.joint_groups", config.optimizer.joint_groups,
               "False with optimizer.structure='elementwise' (it joins filters and neurons)")
+    if config.optimizer.finetune_group_margin != "joint" and not config.optimizer.finetune_groups:
+        _fail("optimizer.finetune_group_margin", config.optimizer.finetune_group_margin,
+              "'joint' unless optimizer.finetune_groups=True (it ranks the dependency groups)")
     if (config.optimizer.joint_groups and config.optimizer.finetune_trim
             and not config.optimizer.finetune_groups):
         _fail("optimizer.finetune_trim", config.optimizer.finetune_trim,

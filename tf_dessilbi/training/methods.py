@@ -106,7 +106,8 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
                                           check_every=1,
                                           allow_empty_layers=bool(o.finetune_allow_empty),
                                           trim=bool(o.finetune_trim),
-                                          dependency_groups=bool(o.finetune_groups)))
+                                          dependency_groups=bool(o.finetune_groups),
+                                          group_margin=o.get("finetune_group_margin", "joint")))
     return cbs
 
 
