@@ -53,6 +53,26 @@ trimmed 196 of the 588 filters in by then. The layer-wise ``init_norm``
   MACs) it reaches 92.22 ± 0.06 %, +0.17 against SGD: per exported filter
   the grouped support is the better network, but it removes a quarter of
   the filters, not half, so it is not this config's default.
+* ``finetune_group_margin="joint"`` — with ``finetune_groups``, ``"max"``
+  ranks a group by its strongest member's ‖V_g‖₂/λ_g instead of the joint
+  margin, so a residual channel stays when one conv writing it needs it.
+  Measured the same way (recipe token ``gmax``): W* = 91.55 ± 0.16 % with
+  392 filters in the support and the export, −0.50 against SGD (per seed
+  −0.65 / −0.44 / −0.40; the W* line held by one test image in 30,000),
+  0.19–0.20× the parameters and 0.51× the MACs: stage 3's residual stream
+  keeps 23 of 64 channels and its first convs 2–3, where the joint margin
+  kept 8 and 19–23. The best physically halved network measured here, but
+  on the line, not inside it.
+* ``joint_groups`` off — ``DessiLBI(unit_groups=joint_unit_groups(model))``
+  couples each dependency group along the whole path (joint group lasso,
+  Γ_G = κ·max(0, 1 − λ_G/‖V_G‖₂)·V_G). With this recipe it changes nothing
+  that matters: supp Γ is empty until the end of the warm-up and holds half
+  of the filters 3 steps later (fine-tune at step 471 instead of 472), so
+  V, which before entering grows by the same (α/μ)·W with or without the
+  joint prox, ranks the groups the same way: the same per-layer widths and
+  parameter counts on every seed, W* = 91.37 ± 0.16 % (−0.68;
+  `bench/PARITY_RESNET20_GROUPS.md`). It can matter only on a path that
+  runs long with a partial support.
 
 With the command above (2026-12-06, 2 shared CPU cores, ~16 min beside
 another job; the CLI's own shuffles): dense W = W* 91.72 %, 392/784
