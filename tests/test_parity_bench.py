@@ -32,11 +32,13 @@ def test_filter_neuron_groups_conv_filters_and_hidden_neurons_not_the_logits():
 def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("paper") == {"hparams": {}, "steady": False, "finetune_epochs": 0,
                                             "decouple": True, "units_fraction": None,
-                                            "weights_fraction": None, "trim": False, "groups": False}
+                                            "weights_fraction": None, "trim": False, "groups": False,
+                                            "joint": False, "gmax": False}
     got = parity.parse_recipe("init+steady+ft2+lam0.5+mu40")
     assert got == {"hparams": {"lambda_scaling": "init_norm", "lambda_": 0.5, "mu": 40.0},
                    "steady": True, "finetune_epochs": 2, "decouple": True, "units_fraction": None,
-                   "weights_fraction": None, "trim": False, "groups": False}
+                   "weights_fraction": None, "trim": False, "groups": False, "joint": False,
+                   "gmax": False}
     assert parity.parse_recipe("cft1")["decouple"] is False
     assert parity.parse_recipe("init+lam0.5+u0.49")["units_fraction"] == 0.49
     assert parity.parse_recipe("lam0.5+w0.1")["weights_fraction"] == 0.1
@@ -45,6 +47,8 @@ def test_recipes_parse_into_the_settings_of_a_run():
     assert got["hparams"] == {"lambda_scaling": "unit_init_norm", "lambda_": 0.45}
     assert got["units_fraction"] == 0.5 and got["trim"] is True and got["groups"] is False
     assert parity.parse_recipe("unitinit+lam0.45+u0.5+trim+groups")["groups"] is True
+    got = parity.parse_recipe("unitinit+lam0.45+u0.5+trim+groups+joint+gmax")
+    assert got["joint"] is True and got["gmax"] is True
     for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2"):
         with pytest.raises(ValueError, match="(?i)recipe token"):
             parity.parse_recipe(bad)
