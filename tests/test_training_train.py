@@ -447,18 +447,26 @@ def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path):
+@pytest.mark.parametrize("grouped", [False, True], ids=["per_filter", "joint_groups_max"])
+def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     """configs/fmnist_resnet20_dessilbi_protocol.py on tiny data: per-filter λ (unit_init_norm),
     the support trimmed to exactly half of the filters, and a shrunk export (BN channels removed
-    with their filters) that computes W*."""
+    with their filters) that computes W*. Grouped (joint coupling along the path, whole groups
+    ranked by their strongest member): the export keeps exactly the filters in supp Γ."""
     config = tiny_config(name="fmnist_resnet20_dessilbi_protocol")
     config.num_epochs = 3
     config.optimizer.lambda_ = 0.02  # half of the filters enter within the 9 steps
     config.optimizer.mu = 1.0
+    if grouped:
+        config.optimizer.joint_groups = config.optimizer.finetune_groups = True
+        config.optimizer.finetune_group_margin = "max"
     summary = train.train_and_evaluate(config, str(tmp_path))
     sparsity = summary["sparsity"]
     assert sparsity["units_total"] == 784  # every conv of ResNet-20, projections included
     assert sparsity["units_kept"] == 392  # trimmed to ⌈0.5·784⌉, not what crossed λ
+    convs = [r for r in summary["shrink"]["layers"] if r["layer"].endswith("_conv")]
+    exported = sum(r["units_after"] for r in convs)
+    assert (exported == 392) if grouped else (exported > 392)  # residual channels leave only together
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
     assert summary["eval_w_star"]["accuracy"] == pytest.approx(_export_accuracy(summary, config), abs=1e-6)
     with open(os.path.join(str(tmp_path), "config.json")) as f:
