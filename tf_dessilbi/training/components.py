@@ -108,7 +108,7 @@ def build_optimizer(config, model, steps_per_epoch: int):
         lambda_=o.lambda_,
         structure=_structure(config, model),
         lambda_scaling=o.lambda_scaling,
-        unit_groups=tfd.joint_unit_groups(model) if o.get("joint_groups", False) else None,
+        unit_groups=tfd.joint_unit_groups(model) if o.joint_groups else None,
         **common,
     )
 

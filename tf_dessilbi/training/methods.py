@@ -107,7 +107,7 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
                                           allow_empty_layers=bool(o.finetune_allow_empty),
                                           trim=bool(o.finetune_trim),
                                           dependency_groups=bool(o.finetune_groups),
-                                          group_margin=o.get("finetune_group_margin", "joint")))
+                                          group_margin=o.finetune_group_margin))
     return cbs
 
 
