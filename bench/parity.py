@@ -48,6 +48,7 @@ import numpy as np
 
 import bench
 from bench import parity_tickets, protocol
+from bench.parity_recipe import parse_recipe  # also bench.parity.parse_recipe
 
 bench.quiet_tf()
 
@@ -56,73 +57,6 @@ HPARAMS = {"kappa": 1.0, "mu": 20.0, "lambda_": 1.5, "momentum": 0.9, "nesterov"
            "lambda_scaling": "fan_in"}
 TICKET_FRACTIONS = (0.1, 0.2, 0.3)
 RECIPE = "paper"  # the recipe of the parity table and the tickets unless --recipes says otherwise
-_RECIPE_KEYS = {"lam": "lambda_", "mu": "mu", "kappa": "kappa"}
-
-
-def parse_recipe(spec: str) -> dict:
-    """A recipe name as settings: ``+``-joined tokens.
-
-    ``paper`` (the paper's iteration with the protocol's α), ``init``
-    (``lambda_scaling="init_norm"``), ``unitinit`` (``"unit_init_norm"``), ``steady``
-    (`tf_dessilbi.dessilbi.path_speed.SteadyPathSpeed`), ``ft<N>`` (W* fine-tuned
-    in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
-    (the same with the coupling on), ``u<x>`` (the fine-tune starts once
-    supp Γ holds a fraction x of the conv filters, checked every step, at
-    the latest with ``ftN``; ``trim`` cuts that support back to exactly
-    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole
-    dependency groups of physical removal, `WStarFinetune(dependency_groups=True)`; ``joint`` couples those groups
-    during the whole path, ``DessiLBI(unit_groups=joint_unit_groups(model))``;
-    ``gmax`` ranks the groups by their strongest member, ``group_margin="max"``),
-    ``w<x>`` (the same once it holds a fraction x of the coupled weights: an
-    elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
-    (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
-    """
-    out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None, "weights_fraction": None, "trim": False, "groups": False,
-           "joint": False, "gmax": False}
-    for token in spec.split("+"):
-        if token == "paper":
-            continue
-        if token == "steady":
-            out["steady"] = True
-            continue
-        if token in ("trim", "groups", "joint", "gmax"):
-            out[token] = True
-            continue
-        if token == "init":
-            out["hparams"]["lambda_scaling"] = "init_norm"
-            continue
-        if token == "unitinit":
-            out["hparams"]["lambda_scaling"] = "unit_init_norm"
-            continue
-        if token.startswith("ft") and token[2:].isdigit():
-            out["finetune_epochs"] = int(token[2:])
-            continue
-        if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
-            out["finetune_epochs"], out["decouple"] = int(token[3:]), False
-            continue
-        if token[:1] in ("u", "w"):  # fine-tune once supp Γ holds this fraction of the filters / weights
-            key = "units_fraction" if token[0] == "u" else "weights_fraction"
-            try:
-                out[key] = float(token[1:])
-            except ValueError:
-                raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {token[0]!r}.")
-            if not 0.0 < out[key] <= 1.0:
-                raise ValueError(f"Recipe token {token!r} in {spec!r}: the fraction must lie in (0, 1].")
-            continue
-        for prefix, key in _RECIPE_KEYS.items():
-            if token.startswith(prefix):
-                try:
-                    out["hparams"][key] = float(token[len(prefix):])
-                except ValueError:
-                    break
-                break
-        else:
-            raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
-                             f"ft<N>, cft<N>, u<x>, trim, groups, joint, gmax, w<x>, lam<x>, mu<x>, kappa<x> joined by '+'.")
-        if key not in out["hparams"]:
-            raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
-    return out
 
 
 _log = bench.logger("parity")

@@ -13,7 +13,8 @@ import statistics
 
 import bench
 from bench import protocol
-from bench.parity import HPARAMS, parse_recipe
+from bench.parity import HPARAMS
+from bench.parity_recipe import parse_recipe
 
 
 def _mean_sd(values) -> str:

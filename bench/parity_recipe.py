@@ -1,0 +1,73 @@
+"""Recipe names of `bench.parity`: ``+``-joined tokens, parsed into the settings of a DessiLBI run."""
+
+from __future__ import annotations
+
+_RECIPE_KEYS = {"lam": "lambda_", "mu": "mu", "kappa": "kappa"}
+_RECIPE_FLAGS = ("trim", "groups", "joint", "gmax")  # tokens that switch a setting on
+
+
+def parse_recipe(spec: str) -> dict:
+    """A recipe name as settings: ``+``-joined tokens.
+
+    ``paper`` (the paper's iteration with the protocol's α), ``init``
+    (``lambda_scaling="init_norm"``), ``unitinit`` (``"unit_init_norm"``), ``steady``
+    (`tf_dessilbi.dessilbi.path_speed.SteadyPathSpeed`), ``ft<N>`` (W* fine-tuned
+    in the last N epochs with the coupling off, `WStarFinetune`), ``cft<N>``
+    (the same with the coupling on), ``u<x>`` (the fine-tune starts once
+    supp Γ holds a fraction x of the conv filters, checked every step, at
+    the latest with ``ftN``; ``trim`` cuts that support back to exactly
+    ⌈x·N⌉ filters, `WStarFinetune(trim=True)`; ``groups`` sets it to whole
+    dependency groups of physical removal, `WStarFinetune(dependency_groups=True)`;
+    ``joint`` couples those groups during the whole path, ``DessiLBI(unit_groups=
+    joint_unit_groups(model))``; ``gmax`` ranks the groups by their strongest
+    member, ``group_margin="max"``),
+    ``w<x>`` (the same once it holds a fraction x of the coupled weights: an
+    elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
+    """
+    out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
+           "units_fraction": None, "weights_fraction": None, **dict.fromkeys(_RECIPE_FLAGS, False)}
+    for token in spec.split("+"):
+        if token == "paper":
+            continue
+        if token == "steady":
+            out["steady"] = True
+            continue
+        if token in _RECIPE_FLAGS:
+            out[token] = True
+            continue
+        if token == "init":
+            out["hparams"]["lambda_scaling"] = "init_norm"
+            continue
+        if token == "unitinit":
+            out["hparams"]["lambda_scaling"] = "unit_init_norm"
+            continue
+        if token.startswith("ft") and token[2:].isdigit():
+            out["finetune_epochs"] = int(token[2:])
+            continue
+        if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
+            out["finetune_epochs"], out["decouple"] = int(token[3:]), False
+            continue
+        if token[:1] in ("u", "w"):  # fine-tune once supp Γ holds this fraction of the filters / weights
+            key = "units_fraction" if token[0] == "u" else "weights_fraction"
+            try:
+                out[key] = float(token[1:])
+            except ValueError:
+                raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {token[0]!r}.")
+            if not 0.0 < out[key] <= 1.0:
+                raise ValueError(f"Recipe token {token!r} in {spec!r}: the fraction must lie in (0, 1].")
+            continue
+        for prefix, key in _RECIPE_KEYS.items():
+            if token.startswith(prefix):
+                try:
+                    out["hparams"][key] = float(token[len(prefix):])
+                except ValueError:
+                    break
+                break
+        else:
+            raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
+                             f"ft<N>, cft<N>, u<x>, {', '.join(_RECIPE_FLAGS)}, w<x>, lam<x>, mu<x>, kappa<x> "
+                             "joined by '+'.")
+        if key not in out["hparams"]:
+            raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
+    return out
