@@ -172,6 +172,36 @@ def test_a_workdir_remembers_its_config(tmp_path):
         assert json.load(f)["optimizer"]["learning_rate"] == 0.02
 
 
+def test_a_workdir_from_before_a_new_config_field_resumes_at_its_default(tmp_path):
+    """A run started before a field existed resumes while the field holds its default."""
+    from tf_dessilbi.training import workdir as workdir_lib
+
+    config = tiny_config()
+    config.outputs.export = False
+    config.num_epochs = 1
+    first = train.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    # What a version without these fields wrote (both are at their defaults here).
+    del saved["optimizer"]["joint_groups"], saved["optimizer"]["finetune_group_margin"], saved["jit_compile"]
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["eval"] == first["eval"] and len(again["history"]["loss"]) == 1
+    # Away from its default, a field the workdir lacks is a difference like any other.
+    config.jit_compile = True
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(workdir_lib.WorkdirError, match=r"config\.jit_compile: '<unset>' in the workdir, True now"):
+        train.train_and_evaluate(config, str(tmp_path))
+    # A field the workdir has but this version lacks is never taken for equal.
+    assert workdir_lib.config_differences({"old_field": 1, "seed": 0}, {"seed": 0}, defaults={"seed": 0}) == [
+        "config.old_field: 1 in the workdir, '<unset>' now"]
+    assert workdir_lib.config_differences({"seed": 0}, {"seed": 0, "new": 2}, defaults={"seed": 0, "new": 1}) == [
+        "config.new: '<unset>' in the workdir, 2 now"]
+    assert workdir_lib.config_differences({"seed": 0}, {"seed": 0, "new": 1}, defaults={"seed": 0, "new": 1}) == []
+
+
 def test_early_tickets_retrain_the_support(tmp_path):
     config = tiny_config()
     config.outputs.export = False

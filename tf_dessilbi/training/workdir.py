@@ -5,6 +5,12 @@ workdir resumes it only with the same config (up to the fields in
 `IGNORED`, which change nothing in the result); a different config is an
 error naming the differing fields, unless ``config.resume=False`` asks for a
 fresh start (the previous run's outputs are then deleted).
+
+A field the saved config lacks was added to `config_lib.base_config` after
+that run started; its default keeps the behaviour of the version that wrote
+the workdir, so it counts as equal while it holds that default (a run
+started before ``optimizer.joint_groups`` existed resumes with
+``joint_groups=False``, and is refused with ``True``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import shutil
 
 from absl import logging
 
+from tf_dessilbi.training import config_lib
 from tf_dessilbi.training.backup import write_json
 
 # Fields that do not change the trained model: free to differ on a resume.
@@ -64,11 +71,23 @@ def _comparable(config_dict: dict) -> dict:
     }
 
 
-def config_differences(saved: dict, config_dict: dict) -> list:
-    """``["optimizer.learning_rate: 0.1 in the workdir, 0.05 now", ...]``."""
-    a, b = _comparable(saved), _comparable(config_dict)
+def config_differences(saved: dict, config_dict: dict, defaults: dict | None = None) -> list:
+    """``["optimizer.learning_rate: 0.1 in the workdir, 0.05 now", ...]``.
+
+    Args:
+        saved: the workdir's ``config.json``.
+        config_dict: the config of the run asked for, as a dict.
+        defaults: the base config as a dict (`config_lib.base_config`; None
+            reads it): a field missing from ``saved`` is equal when
+            ``config_dict`` holds its default there.
+    """
+    if defaults is None:
+        defaults = config_lib.base_config().to_dict()
+    a, b, base = _comparable(saved), _comparable(config_dict), _comparable(defaults)
     out = []
     for key in sorted(set(a) | set(b)):
+        if key not in a and key in base and b.get(key) == base[key]:
+            continue  # a field added since the workdir's run, at its default
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             out.append(f"config.{key}: {a.get(key, '<unset>')!r} in the workdir, "
                        f"{b.get(key, '<unset>')!r} now")
