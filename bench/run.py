@@ -232,6 +232,8 @@ SEPARATE_REPORTS = (
      "PARITY_E10_UNITINIT.md"),
     ("FMNIST-CNN-S at E = 10: the protocol recipe on each structure (filter, auto, filter_neuron), seeds 0–2",
      "PARITY_E10_STRUCTURES.md"),
+    ("FMNIST-CNN-S at E = 10: the coupling strength ν at a fixed path speed νλ, on a second CPU, seeds 0–2",
+     "PARITY_E10_MU.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
     ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
      "PARITY_E10_ELEMENTWISE.md"),

@@ -41,6 +41,13 @@ the issue's budget of E = 10 epochs. Every run is in `bench/PARITY_E10_TRIM.md`
   filters just after the warm-up (step 476–480 of 4,680), leaving ~9 epochs to
   train W*. λ 2 reaches it at step 1931 and gives 92.61 % (seed 0; λ 0.5:
   92.70 %); λ 0.3 reaches it in the warm-up (step 354) and gives 92.51 %;
+* μ = 20 (ν in the paper), the coupling strength: during the path the
+  coupling decays W toward Γ by κα/ν a step (2.5·10⁻³ at the peak lr), a
+  strong extra weight decay on the filters outside the support. A weaker
+  coupling at the same path speed (V moves by (α/ν)(W − Γ), so ν·λ fixes
+  when a filter enters) selects the same widths but does not raise W*:
+  μ 40 λ 0.25 −0.32 and μ 100 λ 0.1 −0.41 against −0.31 for μ 20 λ 0.5
+  (seeds 0–2, all on one machine, `bench/PARITY_E10_MU.md`);
 * the budget: at E = 3 no recipe met parity with half the filters out
   (best W* 90.82 ± 0.31 % at 38/112 against SGD 92.05 ± 0.18 %), and
   56-filter architectures trained from scratch reach 91.22–91.26 % there.
@@ -56,7 +63,10 @@ recipe (`bench/PARITY_E10_TRIM.md`, the benchmark's data order): dense W =
 W* 92.82 ± 0.16 % on the protocol's seeds 0, 1, 2 against SGD 93.12 ±
 0.10 % (−0.30: 27,847 against 27,937 correct test images), and 92.71 ±
 0.21 % against 93.09 ± 0.10 % over seeds 0–4 (−0.38); 56/112 filters on
-every seed.
+every seed. On another CPU (AMD EPYC without AVX-512, 2026-12-06: oneDNN's
+kernels differ, so every run does) the same seeds give 92.78 ± 0.17 %
+against SGD 93.09 ± 0.23 % (−0.31, `bench/PARITY_E10_MU.md`): the dense-W
+line is met on one CPU and missed by four test images on the other.
 """
 
 import os
