@@ -234,6 +234,8 @@ SEPARATE_REPORTS = (
      "PARITY_E10_STRUCTURES.md"),
     ("FMNIST-CNN-S at E = 10: the coupling strength ν at a fixed path speed νλ, on a second CPU, seeds 0–2",
      "PARITY_E10_MU.md"),
+    ("FMNIST-CNN-S at E = 10: when the support is fixed (λ 0.5 at 10 % of the budget, λ 1 at 18 %) "
+     "and the same widths from scratch, seeds 0–2", "PARITY_E10_LATE.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
     ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
      "PARITY_E10_ELEMENTWISE.md"),

@@ -41,6 +41,9 @@ the issue's budget of E = 10 epochs. Every run is in `bench/PARITY_E10_TRIM.md`
   filters just after the warm-up (step 476–480 of 4,680), leaving ~9 epochs to
   train W*. λ 2 reaches it at step 1931 and gives 92.61 % (seed 0; λ 0.5:
   92.70 %); λ 0.3 reaches it in the warm-up (step 354) and gives 92.51 %;
+  λ 1 reaches it at step 841 (18 %) and gives 92.78 ± 0.07 % on seeds 0–2
+  against this recipe's 92.82 ± 0.16 % (`bench/PARITY_E10_LATE.md`): a
+  later support does not raise W*;
 * μ = 20 (ν in the paper), the coupling strength: during the path the
   coupling decays W toward Γ by κα/ν a step (2.5·10⁻³ at the peak lr), a
   strong extra weight decay on the filters outside the support. A weaker
