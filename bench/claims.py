@@ -8,7 +8,8 @@ it, and a comparison with PAPERS.md's reference points.
 The accuracy benchmark runs at a short budget; the longer runs of
 `bench.parity` (E = 10, their own reports) are summarized under a claim by
 the hand-written note ``## Claim N`` of ``bench/CLAIMS_NOTES.md``, so that a
-rerun of ``python -m bench.run`` keeps it.
+rerun of ``python -m bench.run`` keeps it; ``python -m bench.run
+--refresh-separate`` puts an edited note into RESULTS.md without a rerun.
 """
 
 from __future__ import annotations
@@ -55,6 +56,46 @@ def claim_note(number: int, path: str = NOTES) -> list:
     return body + [""] if body else []
 
 
+def _note_markers(number: int) -> tuple:
+    return (f"<!-- claim {number} note: bench/CLAIMS_NOTES.md -->",
+            f"<!-- end of the claim {number} note -->")
+
+
+def note_block(number: int, path: str = NOTES) -> list:
+    """`claim_note` between two HTML comments, so `refresh_notes` can find and replace it."""
+    body = claim_note(number, path)
+    if not body:
+        return []
+    begin, end = _note_markers(number)
+    return [begin, *body[:-1], end, ""]
+
+
+def refresh_notes(text: str, path: str = NOTES, claims=(1, 2, 3, 4)) -> str:
+    """``text`` (a RESULTS.md) with every claim's note block as the notes file has it now.
+
+    A marked block is replaced (or dropped when the note is gone); a note with
+    no block yet goes right under its ``### N.`` heading. Nothing else changes.
+    """
+    lines = text.split("\n")
+    for number in claims:
+        begin, end = _note_markers(number)
+        block = note_block(number, path)
+        if begin in lines:
+            i = lines.index(begin)
+            try:
+                j = lines.index(end, i)
+            except ValueError:
+                raise ValueError(f"{begin!r} has no {end!r} after it: fix the report by hand.")
+            j += 1 + (j + 1 < len(lines) and not lines[j + 1].strip())  # the blank line after it
+            lines[i:j] = block
+        elif block:
+            heading = next((k for k, line in enumerate(lines) if line.startswith(f"### {number}. ")), None)
+            if heading is not None:
+                at = heading + 1 + (heading + 1 < len(lines) and not lines[heading + 1].strip())
+                lines[at:at] = block
+    return "\n".join(lines)
+
+
 def _row(acc, prefix):
     """``(name, row)``: the first summary row named `prefix`..., or ``(None, None)``."""
     rows = acc["summary"]["rows"]
@@ -97,7 +138,7 @@ def reproduction(results: dict, quick: bool) -> str:
     out += [
         "### 1. DessiLBI's path goes from simple to complex",
         "",
-        *([] if quick else claim_note(1)),
+        *([] if quick else note_block(1)),
         "Evidence: `bench/dessilbi_support_path.png` and the table (mean ± std over seeds; "
         "one row per sample along training).",
         "",
@@ -142,7 +183,7 @@ def reproduction(results: dict, quick: bool) -> str:
     out += [
         "### 2. DessiLBI reaches accuracy comparable to SGD with the same schedule",
         "",
-        *([] if quick else claim_note(2)),
+        *([] if quick else note_block(2)),
         bench.md_table(("model", "test accuracy %", "weights kept %"), [
             (sgd_label, _pct(sgd), "100"),
             ("DessiLBI dense W (end)", _pct(dense["acc"]), "100"),
@@ -159,7 +200,7 @@ def reproduction(results: dict, quick: bool) -> str:
     # Claim 3: early support, retrained, is a winning ticket.
     tickets = [(k, r) for k, r in rows.items() if k.startswith("early ticket")]
     out += ["### 3. Γ's support at an early epoch, retrained, is a winning ticket", "",
-            *([] if quick else claim_note(3))]
+            *([] if quick else note_block(3))]
     if not tickets:
         out += ["Not measured: no early-ticket rows.", ""]
     else:
@@ -215,7 +256,7 @@ def reproduction(results: dict, quick: bool) -> str:
 
     # Claim 4: CS sparser than magnitude pruning at equal accuracy.
     out += ["### 4. Continuous Sparsification finds sparser tickets than magnitude pruning "
-            "at equal accuracy", "", *([] if quick else claim_note(4))]
+            "at equal accuracy", "", *([] if quick else note_block(4))]
     cs_key, cs = _row(acc, "CS ticket")
     mag_key, mag = _row(acc, "TF-MOT magnitude @ CS ticket")
     if cs is None:

@@ -269,12 +269,13 @@ def _demote_headings(lines: list) -> list:
 
 
 def refresh_separate(output: str) -> None:
-    """Rewrites the included separate reports at the end of ``output`` (atomic)."""
+    """Rewrites the included separate reports at the end of ``output`` and the claims' notes (atomic)."""
     with open(output) as f:
         lines = f.read().rstrip("\n").split("\n")
     start = next((i for i, line in enumerate(lines)
                   if line.startswith("## ") and " (from `bench/" in line), len(lines))
-    text = "\n".join(lines[:start] + _separate_reports()).rstrip() + "\n"
+    head = claims.refresh_notes("\n".join(lines[:start])).split("\n")
+    text = "\n".join(head + _separate_reports()).rstrip() + "\n"
     tmp = f"{output}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -315,7 +316,8 @@ def main(argv=None):
                              "instead of running them")
     parser.add_argument("--refresh-separate", action="store_true",
                         help="only rewrite the parts of --output included from the separate "
-                             "reports (SHRINK.md, SPARSE_COMPARE.md, ...), keeping the rest")
+                             "reports (SHRINK.md, SPARSE_COMPARE.md, ...) and the claims' notes "
+                             "(CLAIMS_NOTES.md), keeping the rest")
     args = parser.parse_args(argv)
     if args.refresh_separate:
         refresh_separate(args.output)

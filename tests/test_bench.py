@@ -111,6 +111,47 @@ def test_a_reused_part_is_credited_to_the_command_that_ran_it(tmp_path, monkeypa
     assert run._command(list(run.PARTS), quick=False) == "python -m bench.run"
 
 
+def test_refresh_notes_replaces_inserts_and_drops_note_blocks(tmp_path):
+    """An edited note reaches RESULTS.md without a rerun, and nothing else in it changes."""
+    import sys
+
+    sys.path.insert(0, REPO)
+    from bench import claims
+
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("## Claim 2\n\nOld verdict.\n")
+    report = ("# R\n\n### 1. Path\n\nEvidence 1.\n\n### 2. Parity\n\n"
+              + "\n".join(claims.note_block(2, str(notes))) + "\n| table |\n\n### 3. Tickets\n\nEvidence 3.\n")
+    notes.write_text("## Claim 2\n\nNew verdict,\ntwo lines.\n\n## Claim 3\n\nTickets win.\n")
+    new = claims.refresh_notes(report, str(notes))
+    assert "Old verdict." not in new
+    assert ("### 2. Parity\n\n<!-- claim 2 note: bench/CLAIMS_NOTES.md -->\nNew verdict,\ntwo lines.\n"
+            "<!-- end of the claim 2 note -->\n\n| table |") in new
+    assert ("### 3. Tickets\n\n<!-- claim 3 note: bench/CLAIMS_NOTES.md -->\nTickets win.\n"
+            "<!-- end of the claim 3 note -->\n\nEvidence 3.") in new
+    assert new.startswith("# R\n\n### 1. Path\n\nEvidence 1.\n\n### 2. Parity")
+    assert claims.refresh_notes(new, str(notes)) == new  # idempotent
+    notes.write_text("## Claim 3\n\nTickets win.\n")  # claim 2's note removed
+    dropped = claims.refresh_notes(new, str(notes))
+    assert "claim 2 note" not in dropped and "### 2. Parity\n\n| table |" in dropped
+    broken = new.replace("<!-- end of the claim 2 note -->", "")
+    with pytest.raises(ValueError, match="end of the claim 2 note"):
+        claims.refresh_notes(broken, str(notes))
+
+
+def test_results_holds_every_claims_note_as_it_is_now():
+    """bench/RESULTS.md has each claim's note as bench/CLAIMS_NOTES.md has it now."""
+    import sys
+
+    sys.path.insert(0, REPO)
+    from bench import claims
+
+    with open(os.path.join(REPO, "bench", "RESULTS.md")) as f:
+        results = f.read()
+    assert claims.refresh_notes(results) == results, (
+        "stale claims notes in bench/RESULTS.md: run `python -m bench.run --refresh-separate`")
+
+
 def test_results_includes_every_separate_report_as_it_is_now():
     """bench/RESULTS.md ends with each listed report, refreshed (`bench.run --refresh-separate`)."""
     import sys
