@@ -70,6 +70,11 @@ def note_block(number: int, path: str = NOTES) -> list:
     return [begin, *body[:-1], end, ""]
 
 
+def _after_blank(lines: list, k: int) -> int:
+    """The index after line ``k`` and the blank line that follows it, if one does."""
+    return k + 1 + (k + 1 < len(lines) and not lines[k + 1].strip())
+
+
 def refresh_notes(text: str, path: str = NOTES, claims=(1, 2, 3, 4)) -> str:
     """``text`` (a RESULTS.md) with every claim's note block as the notes file has it now.
 
@@ -86,12 +91,11 @@ def refresh_notes(text: str, path: str = NOTES, claims=(1, 2, 3, 4)) -> str:
                 j = lines.index(end, i)
             except ValueError:
                 raise ValueError(f"{begin!r} has no {end!r} after it: fix the report by hand.")
-            j += 1 + (j + 1 < len(lines) and not lines[j + 1].strip())  # the blank line after it
-            lines[i:j] = block
+            lines[i:_after_blank(lines, j)] = block
         elif block:
             heading = next((k for k, line in enumerate(lines) if line.startswith(f"### {number}. ")), None)
             if heading is not None:
-                at = heading + 1 + (heading + 1 < len(lines) and not lines[heading + 1].strip())
+                at = _after_blank(lines, heading)
                 lines[at:at] = block
     return "\n".join(lines)
 
