@@ -116,6 +116,15 @@ def _filters(report, convs: set) -> tuple:
     return sum(r.units_kept for r in rows), sum(r.units_total for r in rows)
 
 
+def _layer_units(model_name, widths):
+    """A ``widths<a>-<b>-<c>`` token as `WStarFinetune(layer_units=...)` (FMNIST-CNN-S's convs)."""
+    if not widths:
+        return None
+    if model_name != "fmnist":
+        raise ValueError(f"Recipe token widths<a>-<b>-<c> names FMNIST-CNN-S's conv1-3; model {model_name!r}.")
+    return {f"^conv{i}/": int(w) for i, w in enumerate(widths, start=1)}
+
+
 def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=(),
                  lambda_=None, recipe="paper", rewind_steps=()) -> dict:
     """One DessiLBI run under the protocol: dense W, W*, supports (saved in ``work`` at ``ticket_steps``).
@@ -152,7 +161,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                                                 weights_fraction=settings["weights_fraction"],
                                                 check_every=1, trim=settings["trim"],
                                                 dependency_groups=settings["groups"],
-                                                group_margin="max" if settings["gmax"] else "joint"))
+                                                group_margin="max" if settings["gmax"] else "joint",
+                                                layer_units=_layer_units(model_name, settings["widths"])))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
     if isinstance(callbacks[-1], finetune.WStarFinetune):
@@ -160,6 +170,7 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         result["finetune_waited_for"] = callbacks[-1].deferred_for  # empty layers at the crossing
         result["finetune_empty_at_start"] = callbacks[-1].empty_at_start
         result["finetune_trimmed"] = callbacks[-1].trimmed
+        result["finetune_added"] = callbacks[-1].added
     result["w_accuracy"] = result.pop("accuracy")
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])

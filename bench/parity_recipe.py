@@ -22,11 +22,15 @@ def parse_recipe(spec: str) -> dict:
     joint_unit_groups(model))``; ``gmax`` ranks the groups by their strongest
     member, ``group_margin="max"``),
     ``w<x>`` (the same once it holds a fraction x of the coupled weights: an
-    elementwise run's density), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    elementwise run's density), ``widths<a>-<b>-<c>`` (when the fine-tune
+    starts, FMNIST-CNN-S's conv1/conv2/conv3 keep exactly a/b/c filters,
+    those of largest margin ‖V_g‖/λ_g: `WStarFinetune(layer_units=...)`, not
+    with ``trim``), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None, "weights_fraction": None, **dict.fromkeys(_RECIPE_FLAGS, False)}
+           "units_fraction": None, "weights_fraction": None, "widths": None,
+           **dict.fromkeys(_RECIPE_FLAGS, False)}
     for token in spec.split("+"):
         if token == "paper":
             continue
@@ -48,6 +52,13 @@ def parse_recipe(spec: str) -> dict:
         if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
             out["finetune_epochs"], out["decouple"] = int(token[3:]), False
             continue
+        if token.startswith("widths"):
+            parts = token[len("widths"):].split("-")
+            if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise ValueError(f"Recipe token {token!r} in {spec!r} needs three positive widths: "
+                                 "widths<conv1>-<conv2>-<conv3>, e.g. widths12-16-28.")
+            out["widths"] = [int(p) for p in parts]
+            continue
         if token[:1] in ("u", "w"):  # fine-tune once supp Γ holds this fraction of the filters / weights
             key = "units_fraction" if token[0] == "u" else "weights_fraction"
             try:
@@ -66,8 +77,11 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
-                             f"ft<N>, cft<N>, u<x>, {', '.join(_RECIPE_FLAGS)}, w<x>, lam<x>, mu<x>, kappa<x> "
+                             f"ft<N>, cft<N>, u<x>, {', '.join(_RECIPE_FLAGS)}, w<x>, widths<a>-<b>-<c>, lam<x>, mu<x>, kappa<x> "
                              "joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
+    if out["widths"] and (out["trim"] or out["groups"]):
+        raise ValueError(f"Recipe {spec!r}: widths<a>-<b>-<c> sets each layer's width itself; "
+                         "drop trim/groups.")
     return out

@@ -49,7 +49,9 @@ def _recipes_tried(args) -> list:
              "(the filters one residual Add sums stay or go together, by their joint margin ‖V_G‖/λ_G; "
              "with `gmax` by their strongest member's ‖V_g‖/λ_g), `joint` couples those groups "
              "during the whole path (`DessiLBI(unit_groups=joint_unit_groups(model))`), "
-             "`wX` once it holds a fraction X of the coupled weights; "
+             "`wX` once it holds a fraction X of the coupled weights; `widthsA-B-C` the fine-tune "
+             "starts with conv1/conv2/conv3 at exactly A/B/C filters, those of largest margin "
+             "‖V_g‖/λ_g (`WStarFinetune(layer_units=...)`: filters below λ enter if needed); "
              "`lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "
@@ -89,6 +91,9 @@ def _fixed_from(result) -> str:
     if result.get("finetune_trimmed"):
         n = sum(map(len, result["finetune_trimmed"].values()))
         where += f", {n} unit{'s' if n != 1 else ''} trimmed"
+    if result.get("finetune_added"):
+        n = sum(map(len, result["finetune_added"].values()))
+        where += f", {n} unit{'s' if n != 1 else ''} added"
     if result.get("finetune_empty_at_start"):
         where += f"; empty then: {layers(result['finetune_empty_at_start'])}"
     return where

@@ -287,7 +287,7 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
                       "units_fraction": rho, "check_every": every, "weights_fraction": None,
                       "allow_empty_layers": False, "trim": False,
-                      "dependency_groups": False, "group_margin": "joint"}
+                      "dependency_groups": False, "group_margin": "joint", "layer_units": None}
     assert finetune.WStarFinetune(**config).get_config() == config
 
 
@@ -554,3 +554,102 @@ def test_w_star_finetune_trim_fixes_the_width_exactly():
     assert callback.get_config()["trim"] is True
     with pytest.raises(ValueError, match="trim=True.*units_fraction=None"):
         finetune.WStarFinetune(start_epoch=1, trim=True)
+
+
+def test_set_layer_units_keeps_each_kernels_largest_margins():
+    """k_l units per matched kernel, by ‖V_g‖₂/λ_g: units below λ enter, the rest of the support leaves."""
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    conv, hidden = model.get_layer("conv"), model.get_layer("hidden")
+    units = {layer.name: _units(opt, layer) for layer in (conv, hidden)}
+    margins = {layer.name: _margins(opt, layer) for layer in (conv, hidden)}
+    n_conv, n_hidden = int(units["conv"].sum()), int(units["hidden"].sum())
+    assert 1 <= n_conv < 8 and n_hidden >= 2  # room to admit one filter and to drop one neuron
+    before = {layer.name: ops.convert_to_numpy(opt.v(layer.kernel)).copy() for layer in (conv, hidden)}
+    # Nothing moves on a bad argument.
+    with pytest.raises(ValueError, match=r"asks 9 units of 'conv/kernel'.*which has 8"):
+        finetune.set_layer_units(opt, {"hidden": 1, "conv": 9})
+    with pytest.raises(ValueError, match=r"patterns \['head'\] match none.*'conv/kernel', 'hidden/kernel'"):
+        finetune.set_layer_units(opt, {"conv": 2, "head": 1})
+    for layer in (conv, hidden):
+        np.testing.assert_array_equal(ops.convert_to_numpy(opt.v(layer.kernel)), before[layer.name])
+    # NumPy reference: the k largest margins of each layer (ties: the lower index).
+    want = {"conv": n_conv + 1, "hidden": n_hidden - 1}
+    expect, changes = {}, {}
+    for name, k in want.items():
+        order = sorted(range(units[name].size), key=lambda u: (-margins[name][u], u))
+        expect[name] = np.isin(np.arange(units[name].size), order[:k])
+        changes[f"{name}/kernel"] = {
+            "added": [int(u) for u in np.flatnonzero(expect[name] & ~units[name])],
+            "dropped": [int(u) for u in np.flatnonzero(~expect[name] & units[name])]}
+    assert [len(c["added"]) for c in changes.values()] == [1, 0]
+    assert [len(c["dropped"]) for c in changes.values()] == [0, 1]
+    assert finetune.set_layer_units(opt, {"^conv/": want["conv"], "hidden": want["hidden"]}) == changes
+    for layer in (conv, hidden):
+        np.testing.assert_array_equal(_units(opt, layer), expect[layer.name])
+    entered = changes["conv/kernel"]["added"][0]
+    assert 1.0 < _margins(opt, conv)[entered] < 1.01  # as if it had just crossed λ
+    kept = expect["conv"] & units["conv"]  # the other filters' V did not move
+    np.testing.assert_array_equal(ops.convert_to_numpy(opt.v(conv.kernel))[..., kept],
+                                  before["conv"][..., kept])
+    assert finetune.set_layer_units(opt, {"conv": want["conv"]}) == {
+        "conv/kernel": {"added": [], "dropped": []}}  # already so: nothing moves
+
+
+def test_w_star_finetune_layer_units_trains_the_chosen_widths():
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
+    callback = finetune.WStarFinetune(start_epoch=2, layer_units={"conv": 3, "hidden": 5})
+    after = _UnitFraction()
+    model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[callback, after])
+    assert callback.started_at_step == 8
+    assert int(_units(opt, model.get_layer("conv")).sum()) == 3
+    assert int(_units(opt, model.get_layer("hidden")).sum()) == 5
+    assert set(after.fractions[8:]) == {3 / 8}  # fixed from the start on
+    assert callback.trimmed or callback.added
+    for name in ("conv", "hidden"):  # W is W*: zero off the support, bias of a removed unit too
+        layer = model.get_layer(name)
+        kept = _units(opt, layer)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel)[..., ~kept], 0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias)[~kept], 0)
+    config = callback.get_config()
+    assert config["layer_units"] == {"conv": 3, "hidden": 5}
+    assert finetune.WStarFinetune(**config).get_config() == config
+
+
+@pytest.mark.parametrize("layer_units, error, match", [
+    ([("conv", 2)], TypeError, r"`layer_units` must be None or a non-empty dict"),
+    ({}, TypeError, r"non-empty dict"),
+    ({3: 2}, TypeError, r"keys must be regex strings. Received: 3"),
+    ({"conv(": 2}, ValueError, r"key 'conv\(' is not a valid regex"),
+    ({"conv": 0}, ValueError, r"`layer_units\['conv'\]` must be >= 1. Received: layer_units\['conv'\]=0"),
+    ({"conv": 2.0}, TypeError, r"`layer_units\['conv'\]` must be an integer"),
+])
+def test_w_star_finetune_layer_units_arguments(layer_units, error, match):
+    with pytest.raises(error, match=match):
+        finetune.WStarFinetune(start_epoch=1, layer_units=layer_units)
+
+
+def test_w_star_finetune_layer_units_are_checked_before_the_first_step():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"without trim and dependency_groups. Received: trim=True"):
+        finetune.WStarFinetune(units_fraction=0.5, trim=True, layer_units={"conv": 2})
+    for layer_units, match in [({"head": 2}, r"patterns \['head'\] match none.*'conv/kernel'"),
+                               ({"conv": 9}, r"asks 9 units of 'conv/kernel'")]:
+        model = _model()
+        _compile(model, 0.2, structure="auto")  # head and hidden are elementwise: no units
+        start = [ops.convert_to_numpy(w).copy() for w in model.weights]
+        with pytest.raises(ValueError, match=match):
+            model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                      callbacks=[finetune.WStarFinetune(start_epoch=1, layer_units=layer_units)])
+        for w, w0 in zip(model.weights, start):  # raised before any step
+            np.testing.assert_array_equal(ops.convert_to_numpy(w), w0)
+    model = _model()
+    _compile(model, 0.2, structure={"conv/kernel": "filter"},
+             unit_groups=[[["conv/kernel", 0], ["conv/kernel", 1]]])
+    with pytest.raises(ValueError, match=r"couples units jointly \(unit_groups\)"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                  callbacks=[finetune.WStarFinetune(start_epoch=1, layer_units={"conv": 2})])

@@ -33,12 +33,12 @@ def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("paper") == {"hparams": {}, "steady": False, "finetune_epochs": 0,
                                             "decouple": True, "units_fraction": None,
                                             "weights_fraction": None, "trim": False, "groups": False,
-                                            "joint": False, "gmax": False}
+                                            "joint": False, "gmax": False, "widths": None}
     got = parity.parse_recipe("init+steady+ft2+lam0.5+mu40")
     assert got == {"hparams": {"lambda_scaling": "init_norm", "lambda_": 0.5, "mu": 40.0},
                    "steady": True, "finetune_epochs": 2, "decouple": True, "units_fraction": None,
                    "weights_fraction": None, "trim": False, "groups": False, "joint": False,
-                   "gmax": False}
+                   "gmax": False, "widths": None}
     assert parity.parse_recipe("cft1")["decouple"] is False
     assert parity.parse_recipe("init+lam0.5+u0.49")["units_fraction"] == 0.49
     assert parity.parse_recipe("lam0.5+w0.1")["weights_fraction"] == 0.1
@@ -49,7 +49,16 @@ def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("unitinit+lam0.45+u0.5+trim+groups")["groups"] is True
     got = parity.parse_recipe("unitinit+lam0.45+u0.5+trim+groups+joint+gmax")
     assert got["joint"] is True and got["gmax"] is True
-    for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2"):
+    got = parity.parse_recipe("init+lam0.5+u0.5+widths12-16-28")  # not read as a weights fraction
+    assert got["widths"] == [12, 16, 28] and got["units_fraction"] == 0.5 and got["weights_fraction"] is None
+    assert parity._layer_units("fmnist", got["widths"]) == {"^conv1/": 12, "^conv2/": 16, "^conv3/": 28}
+    assert parity._layer_units("fmnist", None) is None
+    with pytest.raises(ValueError, match="names FMNIST-CNN-S's conv1-3; model 'resnet20'"):
+        parity._layer_units("resnet20", [1, 2, 3])
+    with pytest.raises(ValueError, match="widths<a>-<b>-<c> sets each layer's width itself"):
+        parity.parse_recipe("u0.5+trim+widths12-16-28")
+    for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2",
+                "widths12-16", "widths12-0-28", "widths1-2-x"):
         with pytest.raises(ValueError, match="(?i)recipe token"):
             parity.parse_recipe(bad)
 

@@ -31,6 +31,11 @@ that entered last, those with the smallest margin ‖V_g‖₂ / λ_g (λ_g = λ
 the layer's threshold, or λ·c_g per unit with ``"unit_init_norm"``), leave
 it (V_g ← 0), never the last unit of a layer.
 
+With ``layer_units`` = {pattern: k_l} the widths are yours and the ranking
+DessiLBI's: each matched kernel keeps exactly its k_l units of largest
+margin ‖V_g‖₂ / λ_g, units still below λ_g entering if needed
+(`set_layer_units`), e.g. to export a chosen architecture.
+
 With ``dependency_groups`` the support is set to whole dependency groups
 of physical removal when the fine-tune starts (`group_support.align_support`:
 the filters one residual Add sums stay or leave together, ranked by their
@@ -57,6 +62,7 @@ the dense W *is* W*: evaluating the model evaluates the sparse model, and
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from typing import Optional
 
@@ -68,6 +74,7 @@ from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import group_support
 from tf_dessilbi.dessilbi import w_star as w_star_lib
+from tf_dessilbi.dessilbi import structures as structures_lib
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import unit_mask_of, unit_norms, unwrap_optimizer
 from tf_dessilbi.shrink import groups as groups_lib
@@ -141,6 +148,102 @@ def trim_units(optimizer, keep: int) -> dict:
     return {optimizer._variable_path(v): sorted(units) for v, units in dropped.values()}
 
 
+def _layer_units_arg(layer_units):
+    """``layer_units`` checked: ``None`` or a non-empty {regex: int ≥ 1} (an insertion-ordered dict)."""
+    if layer_units is None:
+        return None
+    if not isinstance(layer_units, dict) or not layer_units:
+        raise TypeError("`layer_units` must be None or a non-empty dict {path pattern: units}. "
+                        f"Received: layer_units={layer_units!r}")
+    out = {}
+    for pattern, k in layer_units.items():
+        if not isinstance(pattern, str):
+            raise TypeError(f"`layer_units` keys must be regex strings. Received: {pattern!r} "
+                            f"in layer_units={layer_units!r}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"`layer_units` key {pattern!r} is not a valid regex ({err}).") from None
+        out[pattern] = _validate.integer(f"layer_units[{pattern!r}]", k, minimum=1)
+    return out
+
+
+def _layer_unit_counts(layer_units, kernels) -> dict:
+    """``{index into kernels: k}`` for ``layer_units`` ({regex: k}, first match wins), checked.
+
+    ``kernels`` is a list of ``(path, units)``. Raises `ValueError` for a
+    pattern that matches none of them or a count above a kernel's units.
+    """
+    counts, used = {}, set()
+    for i, (path, units) in enumerate(kernels):
+        for pattern, k in layer_units.items():
+            if re.search(pattern, path):
+                if k > units:
+                    raise ValueError(f"`layer_units` asks {k} units of {path!r} (pattern {pattern!r}), "
+                                     f"which has {units}. Received: layer_units={layer_units!r}")
+                counts[i] = k
+                used.add(pattern)
+                break
+    unused = [p for p in layer_units if p not in used]
+    if unused:
+        raise ValueError(f"`layer_units` patterns {unused!r} match none of the kernels coupled by groups "
+                         f"({', '.join(repr(p) for p, _ in kernels) or 'none'}). "
+                         f"Received: layer_units={layer_units!r}")
+    return counts
+
+
+def _refuse_joint(optimizer) -> None:
+    if getattr(optimizer, "unit_groups", None) or getattr(optimizer, "_joint", None) is not None:
+        raise ValueError("`layer_units` sets each kernel's units on its own, but this DessiLBI couples "
+                         "units jointly (unit_groups): a unit enters with its whole group. Use "
+                         "WStarFinetune(trim=True, dependency_groups=True) instead.")
+
+
+def set_layer_units(optimizer, layer_units: dict) -> dict:
+    """Sets supp Γ of the group-coupled kernels ``layer_units`` names to exactly k_l units each.
+
+    ``layer_units`` maps `re.search` patterns over variable paths to counts
+    k_l (the first matching pattern wins, as in DessiLBI's ``structure``).
+    In each matched kernel the k_l units of largest margin ‖V_g‖₂ / λ_g
+    (ties: the lower index) form the support: those outside it enter
+    (`DessiLBI.add_units`, as if they had just crossed λ_g), every other
+    unit of the support leaves it (`DessiLBI.drop_units`: V_g ← 0).
+    Unmatched kernels keep their support. Everything is checked before
+    anything moves.
+
+    Returns:
+        ``{variable path: {"added": [units], "dropped": [units]}}`` for
+        the matched kernels.
+
+    Raises:
+        ValueError: a pattern matching no group-coupled kernel, a count
+            above a kernel's units, or an optimizer with ``unit_groups``
+            (a unit enters with its whole group, so per-kernel counts do not
+            hold: use `WStarFinetune(trim=True, dependency_groups=True)`).
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    _refuse_joint(optimizer)
+    groups = _group_units(optimizer)
+    counts = _layer_unit_counts(
+        layer_units, [(optimizer._variable_path(v), int(units.size)) for v, units in groups])
+    out = {}
+    for i, k in counts.items():
+        variable, units = groups[i]
+        norms = unit_norms(ops.convert_to_numpy(optimizer.v(variable)))
+        margins = norms / np.asarray(ops.convert_to_numpy(optimizer.threshold(variable)), "float64")
+        order = np.argsort(-margins, kind="stable")
+        keep = np.zeros(units.size, bool)
+        keep[order[:k]] = True
+        added = [int(u) for u in np.flatnonzero(keep & ~units)]
+        dropped = [int(u) for u in np.flatnonzero(~keep & units)]
+        if added:
+            optimizer.add_units(variable, added)
+        if dropped:
+            optimizer.drop_units(variable, dropped)
+        out[optimizer._variable_path(variable)] = {"added": added, "dropped": dropped}
+    return out
+
+
 def support_unit_fraction(optimizer) -> Optional[float]:
     """Σ units in supp Γ / Σ units over the group-coupled kernels (filters, neurons); None if none."""
     groups = _group_units(unwrap_optimizer(optimizer))
@@ -189,6 +292,13 @@ class WStarFinetune(keras.callbacks.Callback):
         group_margin: how ``dependency_groups`` ranks a group: ``"joint"``
             (‖V_G‖₂/λ_G) or ``"max"`` (its strongest member's ‖V_g‖₂/λ_g);
             see `group_support.align_support`. Defaults to `"joint"`.
+        layer_units: ``None``, or ``{pattern: k}``: when the fine-tune
+            starts, the group-coupled kernels whose path a pattern matches
+            (`re.search`, the first match wins) keep exactly k units, those
+            of largest margin ‖V_g‖₂/λ_g, units below λ_g entering if needed
+            (`set_layer_units`): DessiLBI's ranking, a width per layer you
+            choose (e.g. ``{"conv1/": 12, "conv2/": 16}``). Not with ``trim``
+            or ``dependency_groups``. Defaults to `None`.
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
@@ -199,7 +309,10 @@ class WStarFinetune(keras.callbacks.Callback):
         empty_at_start: the coupled kernels whose support was empty when
             the fine-tune started (``[]`` normally).
         trimmed: ``{variable path: [units]}`` that ``trim`` (or the
-            alignment) took out of the support at the start (``{}`` when none).
+            alignment, or ``layer_units``) took out of the support at the
+            start (``{}`` when none).
+        added: ``{variable path: [units]}`` that ``layer_units`` put into
+            the support at the start (``{}`` when none).
         aligned: the `group_support.Alignment` of ``dependency_groups``
             (``None`` without it, or before the start).
 
@@ -215,7 +328,8 @@ class WStarFinetune(keras.callbacks.Callback):
                  prune_bias: bool = True, units_fraction: Optional[float] = None,
                  check_every: int = 10, weights_fraction: Optional[float] = None,
                  allow_empty_layers: bool = False, trim: bool = False,
-                 dependency_groups: bool = False, group_margin: str = "joint"):
+                 dependency_groups: bool = False, group_margin: str = "joint",
+                 layer_units: Optional[dict] = None):
         super().__init__()
         if start_epoch is None and units_fraction is None and weights_fraction is None:
             raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
@@ -241,6 +355,12 @@ class WStarFinetune(keras.callbacks.Callback):
         if self.trim and units_fraction is None:
             raise ValueError("WStarFinetune(trim=True) cuts the support to a units_fraction; "
                              "received units_fraction=None.")
+        self.layer_units = _layer_units_arg(layer_units)
+        if self.layer_units is not None and (self.trim or self.dependency_groups):
+            raise ValueError("WStarFinetune(layer_units=...) sets each kernel's width itself: pass it "
+                             f"without trim and dependency_groups. Received: trim={self.trim}, "
+                             f"dependency_groups={self.dependency_groups}")
+        self.added = {}
         self.active = False
         self.started_at_step = None
         self.deferred_for, self.empty_at_start, self.trimmed = [], [], {}
@@ -263,7 +383,9 @@ class WStarFinetune(keras.callbacks.Callback):
         self._decoupled = False
         self.active, self.started_at_step, self._batches = False, None, 0
         self.deferred_for, self.empty_at_start, self.trimmed = [], [], {}
-        self.aligned = None
+        self.aligned, self.added = None, {}
+        if self.layer_units is not None:
+            self._check_layer_units(optimizer)
         if ((self.units_fraction is not None or self.dependency_groups)
                 and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
@@ -288,6 +410,10 @@ class WStarFinetune(keras.callbacks.Callback):
                     self.trimmed = self.aligned.dropped
                 elif keep is not None:
                     self.trimmed = trim_units(optimizer, keep)
+                elif self.layer_units is not None:
+                    changed = set_layer_units(optimizer, self.layer_units)
+                    self.trimmed = {p: c["dropped"] for p, c in changed.items() if c["dropped"]}
+                    self.added = {p: c["added"] for p, c in changed.items() if c["added"]}
             self.empty_at_start = empty_coupled_layers(optimizer)
             if self.empty_at_start and not self.allow_empty_layers:
                 warnings.warn(
@@ -300,6 +426,20 @@ class WStarFinetune(keras.callbacks.Callback):
         if self.decouple and not self._decoupled:
             optimizer.mu.assign(DECOUPLED_MU)
             self._decoupled = True
+
+    def _check_layer_units(self, optimizer):
+        """``layer_units`` against the model before training (the optimizer's coupling if built)."""
+        _refuse_joint(optimizer)
+        if getattr(optimizer, "built", False):
+            kernels = [(optimizer._variable_path(v), int(units.size))
+                       for v, units in _group_units(optimizer)]
+        else:  # not built yet: the structures it will resolve for the model's variables
+            variables = self.model.trainable_variables
+            kernels = [(optimizer._variable_path(v), int(v.shape[-1]))
+                       for v, structure in zip(variables, structures_lib.resolve_structures(
+                           variables, optimizer.structure))
+                       if structure in GROUP_STRUCTURES]
+        _layer_unit_counts(self.layer_units, kernels)
 
     def _fraction_reached(self) -> bool:
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -369,4 +509,5 @@ class WStarFinetune(keras.callbacks.Callback):
                 "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
                 "check_every": self.check_every, "weights_fraction": self.weights_fraction,
                 "allow_empty_layers": self.allow_empty_layers, "trim": self.trim,
-                "dependency_groups": self.dependency_groups, "group_margin": self.group_margin}
+                "dependency_groups": self.dependency_groups, "group_margin": self.group_margin,
+                "layer_units": None if self.layer_units is None else dict(self.layer_units)}
