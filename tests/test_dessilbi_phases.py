@@ -439,14 +439,24 @@ def _margins(opt, layer):
         opt.threshold(layer.kernel)))
 
 
-def test_trim_units_drops_the_smallest_margins_but_never_a_layers_last_unit():
+def _trained_filters_and_neurons(epochs):
+    """The test model after ``epochs`` with conv filters and hidden neurons coupled by groups (λ 0.1).
+
+    Returns the model, the optimizer, the two layers, and per layer the
+    units in supp Γ and their margins ‖V_g‖₂ / λ_l (NumPy).
+    """
     x, y = _data()
     model = _model()
     opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
-    model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
     conv, hidden = model.get_layer("conv"), model.get_layer("hidden")
     units = {layer.name: _units(opt, layer) for layer in (conv, hidden)}
     margins = {layer.name: _margins(opt, layer) for layer in (conv, hidden)}
+    return model, opt, conv, hidden, units, margins
+
+
+def test_trim_units_drops_the_smallest_margins_but_never_a_layers_last_unit():
+    model, opt, conv, hidden, units, margins = _trained_filters_and_neurons(epochs=3)
     for name in units:  # in the support ⇔ margin > 1
         np.testing.assert_array_equal(units[name], margins[name] > 1)
     assert units["conv"].sum() >= 3 and units["hidden"].sum() >= 3
@@ -558,13 +568,7 @@ def test_w_star_finetune_trim_fixes_the_width_exactly():
 
 def test_set_layer_units_keeps_each_kernels_largest_margins():
     """k_l units per matched kernel, by ‖V_g‖₂/λ_g: units below λ enter, the rest of the support leaves."""
-    x, y = _data()
-    model = _model()
-    opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
-    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    conv, hidden = model.get_layer("conv"), model.get_layer("hidden")
-    units = {layer.name: _units(opt, layer) for layer in (conv, hidden)}
-    margins = {layer.name: _margins(opt, layer) for layer in (conv, hidden)}
+    model, opt, conv, hidden, units, margins = _trained_filters_and_neurons(epochs=1)
     n_conv, n_hidden = int(units["conv"].sum()), int(units["hidden"].sum())
     assert 1 <= n_conv < 8 and n_hidden >= 2  # room to admit one filter and to drop one neuron
     before = {layer.name: ops.convert_to_numpy(opt.v(layer.kernel)).copy() for layer in (conv, hidden)}
@@ -631,6 +635,19 @@ def test_w_star_finetune_layer_units_trains_the_chosen_widths():
 def test_w_star_finetune_layer_units_arguments(layer_units, error, match):
     with pytest.raises(error, match=match):
         finetune.WStarFinetune(start_epoch=1, layer_units=layer_units)
+
+
+def test_parse_layer_units_reads_a_configs_text():
+    assert finetune.parse_layer_units("conv1/=12, conv2/=16") == {"conv1/": 12, "conv2/": 16}
+    assert finetune.parse_layer_units("^conv3/kernel$=1") == {"^conv3/kernel$": 1}
+    for bad, match in [("conv1/", r"'pattern=k'.*Received: 'conv1/'"), ("=3", r"Received: '=3'"),
+                       ("a=x", r"Received: 'a=x'"), ("a=-1", r"Received: 'a=-1'"),
+                       ("a=1,a=2", r"pattern 'a' twice"), ("a=0", r"must be >= 1"),
+                       ("a(=1", r"not a valid regex")]:
+        with pytest.raises(ValueError, match=match):
+            finetune.parse_layer_units(bad)
+    with pytest.raises(TypeError, match="must be a string"):
+        finetune.parse_layer_units({"a": 1})
 
 
 def test_w_star_finetune_layer_units_are_checked_before_the_first_step():

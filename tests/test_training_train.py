@@ -516,6 +516,11 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     ("optimizer.finetune_group_margin", "mean", r"config.optimizer.finetune_group_margin=.mean."),
     ("optimizer.finetune_group_margin", "max", r"finetune_group_margin=.max. .*finetune_groups=True"),
     ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
+    ("optimizer.finetune_layer_units", "conv1/=0", r"finetune_layer_units='conv1/=0' .*pattern=k"),
+    ("optimizer.finetune_layer_units", "conv1/", r"finetune_layer_units='conv1/' .*Received: 'conv1/'"),
+    ("optimizer.finetune_layer_units", "a=1,a=2", r"gives pattern 'a' twice"),
+    ("optimizer.finetune_layer_units", "conv(=2", r"key 'conv\(' is not a valid regex"),
+    ("optimizer.finetune_layer_units", "conv1/=2", r"finetune_layer_units='conv1/=2' .*fine-tune is on"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
     config = tiny_config()
@@ -612,3 +617,29 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
             config_lib.validate(config)
     else:
         config_lib.validate(config)
+
+
+def test_finetune_layer_units_through_the_cli(tmp_path):
+    """``finetune_layer_units`` sets conv1 and conv3 to the asked widths when the fine-tune starts."""
+    config = tiny_config()
+    config.num_epochs = 3
+    config.optimizer.structure = "filter"
+    config.optimizer.finetune_epochs = 1
+    config.optimizer.finetune_layer_units = "^conv1/=3,^conv3/=5"
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    units = {row["layer"]: row["units_kept"] for row in summary["sparsity"]["layers"]}
+    assert units["conv1"] == 3 and units["conv3"] == 5
+    assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
+    with open(os.path.join(str(tmp_path), "config.json")) as f:
+        assert json.load(f)["optimizer"]["finetune_layer_units"] == "^conv1/=3,^conv3/=5"
+    for field in ("finetune_trim", "finetune_groups", "joint_groups"):
+        bad = tiny_config()
+        bad.optimizer.finetune_units, bad.optimizer.finetune_layer_units = 0.5, "conv1/=2"
+        bad.optimizer[field] = True
+        with pytest.raises(ValueError, match=r"finetune_layer_units=.* with optimizer.finetune_trim, "
+                                             r"finetune_groups or joint_groups"):
+            config_lib.validate(bad)
+    sgd = tiny_config("sgd")
+    sgd.optimizer.finetune_layer_units = "conv1/=2"
+    with pytest.raises(ValueError, match=r"finetune_layer_units='conv1/=2' .*optimizer.name='dessilbi'"):
+        config_lib.validate(sgd)

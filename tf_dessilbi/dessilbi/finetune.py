@@ -168,6 +168,32 @@ def _layer_units_arg(layer_units):
     return out
 
 
+def parse_layer_units(spec: str) -> dict:
+    """``"pattern=k,pattern=k"`` (a config's text) as `WStarFinetune`'s ``layer_units`` dict.
+
+    Patterns are `re.search` regexes over variable paths (without ``,`` or
+    ``=``); counts are integers ≥ 1. E.g. ``"conv1/=12,conv2/=16"`` →
+    ``{"conv1/": 12, "conv2/": 16}``.
+
+    Raises:
+        ValueError: an item that is not ``pattern=k``, a pattern given twice,
+            a bad regex, or a count that is not an integer ≥ 1.
+        TypeError: ``spec`` is not a string.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"`layer_units` text must be a string 'pattern=k,...'. Received: {spec!r}")
+    out = {}
+    for item in spec.split(","):
+        pattern, sep, count = item.strip().partition("=")
+        if not sep or not pattern or not count.strip().isdigit():
+            raise ValueError(f"`layer_units` items must be 'pattern=k' with k an integer >= 1, "
+                             f"comma-separated. Received: {item.strip()!r} in {spec!r}")
+        if pattern in out:
+            raise ValueError(f"`layer_units` gives pattern {pattern!r} twice. Received: {spec!r}")
+        out[pattern] = int(count)
+    return _layer_units_arg(out)
+
+
 def _layer_unit_counts(layer_units, kernels) -> dict:
     """``{index into kernels: k}`` for ``layer_units`` ({regex: k}, first match wins), checked.
 

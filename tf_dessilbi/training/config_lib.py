@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
     # How finetune_groups ranks a group: "joint" (‖V_G‖/λ_G) or "max" (its strongest
     # member's ‖V_g‖/λ_g; WStarFinetune(group_margin=...)).
     c.optimizer.finetune_group_margin = "joint"
+    # When the fine-tune starts, set each matched kernel's width: "pattern=k,..." (re.search
+    # over variable paths, e.g. "conv1/=12,conv2/=16"; the k units of largest ‖V_g‖/λ_g, units
+    # below λ entering; WStarFinetune(layer_units=...)). "" (default): off.
+    c.optimizer.finetune_layer_units = ""
     # Couple the units of each dependency group jointly during the whole path (one
     # group-lasso group per residual channel: DessiLBI(unit_groups=joint_unit_groups(model))).
     c.optimizer.joint_groups = False
@@ -180,6 +184,26 @@ class ConfigError(ValueError):
 
 def _fail(field, value, allowed):
     raise ConfigError(f"config.{field}={value!r} is invalid: allowed {allowed}.")
+
+
+def _check_layer_units(config):
+    """``optimizer.finetune_layer_units``: parsable, with a fine-tune, without trim/groups/joint."""
+    from tf_dessilbi.dessilbi import finetune
+
+    o = config.optimizer
+    try:
+        finetune.parse_layer_units(o.finetune_layer_units)
+    except (TypeError, ValueError) as err:
+        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
+              f"'pattern=k,...' with k an integer >= 1 ({err})")
+    if not (o.finetune_epochs or o.finetune_units or o.finetune_weights):
+        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
+              "'' unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
+              "it sets the widths when the fine-tune starts)")
+    if o.finetune_trim or o.finetune_groups or o.joint_groups:
+        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
+              "'' with optimizer.finetune_trim, finetune_groups or joint_groups (they set the "
+              "support's units themselves)")
 
 
 def _check_keys(config, schema, prefix=""):
@@ -301,7 +325,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               f"< num_epochs={config.num_epochs}")
     if config.optimizer.name != "dessilbi":
         for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights",
-                      "finetune_allow_empty", "finetune_trim", "finetune_groups", "joint_groups"):
+                      "finetune_allow_empty", "finetune_trim", "finetune_groups", "joint_groups",
+                      "finetune_layer_units"):
             if config.optimizer[field]:
                 _fail(f"optimizer.{field}", config.optimizer[field],
                       "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
@@ -317,6 +342,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optimizer.joint_groups and config.optimizer.structure == "elementwise":
         _fail("optimizer.joint_groups", config.optimizer.joint_groups,
               "False with optimizer.structure='elementwise' (it joins filters and neurons)")
+    if config.optimizer.finetune_layer_units:
+        _check_layer_units(config)
     if config.optimizer.finetune_group_margin != "joint" and not config.optimizer.finetune_groups:
         _fail("optimizer.finetune_group_margin", config.optimizer.finetune_group_margin,
               "'joint' unless optimizer.finetune_groups=True (it ranks the dependency groups)")

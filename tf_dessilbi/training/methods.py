@@ -107,7 +107,9 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
                                           allow_empty_layers=bool(o.finetune_allow_empty),
                                           trim=bool(o.finetune_trim),
                                           dependency_groups=bool(o.finetune_groups),
-                                          group_margin=o.finetune_group_margin))
+                                          group_margin=o.finetune_group_margin,
+                                          layer_units=(finetune.parse_layer_units(o.finetune_layer_units)
+                                                       if o.finetune_layer_units else None)))
     return cbs
 
 
