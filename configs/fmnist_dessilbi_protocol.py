@@ -51,9 +51,21 @@ the issue's budget of E = 10 epochs. Every run is in `bench/PARITY_E10_TRIM.md`
   when a filter enters) selects the same widths but does not raise W*:
   μ 40 λ 0.25 −0.32 and μ 100 λ 0.1 −0.41 against −0.31 for μ 20 λ 0.5
   (seeds 0–2, all on one machine, `bench/PARITY_E10_MU.md`);
+* where the 56 filters sit: the path puts them 16/17/23 (conv1/2/3). Of
+  eight 56-filter allocations trained from scratch, 12/16/28 is the best
+  (92.69 ± 0.08 % against 92.40 ± 0.08 % for 16/17/23), but the support
+  set to 12/16/28 when the fine-tune starts (the filters of largest
+  ‖V_g‖/λ_g, ``WStarFinetune(layer_units=...)``) gives 92.79 ± 0.03 %
+  against this recipe's 92.82 ± 0.16 % (seeds 0–2,
+  `bench/PARITY_E10_WIDTHS.md`): the 56-filter networks end at ~92.8 %
+  whatever the allocation;
 * the budget: at E = 3 no recipe met parity with half the filters out
   (best W* 90.82 ± 0.31 % at 38/112 against SGD 92.05 ± 0.18 %), and
   56-filter architectures trained from scratch reach 91.22–91.26 % there.
+  A longer one widens the gap instead of closing it: at E = 15 this
+  recipe gives 92.50 ± 0.03 % against SGD 93.08 ± 0.04 % (−0.58, seeds
+  0–2, `bench/PARITY_E15.md`): SGD gains nothing over E = 10 on this data
+  (no augmentation) and the 56-filter network loses 0.3.
 
 Measured with the command above (2026-12-06, 2 shared CPU cores, ~7 min;
 the CLI's per-pass seeded shuffles, not the benchmark's order): test
