@@ -639,7 +639,46 @@ def test_finetune_layer_units_through_the_cli(tmp_path):
         with pytest.raises(ValueError, match=r"finetune_layer_units=.* with optimizer.finetune_trim, "
                                              r"finetune_groups or joint_groups"):
             config_lib.validate(bad)
+    bad = tiny_config()
+    bad.optimizer.finetune_epochs, bad.optimizer.finetune_layer_units = 1, "conv1/=2"
+    bad.optimizer.structure = "elementwise"
+    with pytest.raises(ValueError, match=r"finetune_layer_units='conv1/=2' .*structure='elementwise'"):
+        config_lib.validate(bad)
     sgd = tiny_config("sgd")
     sgd.optimizer.finetune_layer_units = "conv1/=2"
     with pytest.raises(ValueError, match=r"finetune_layer_units='conv1/=2' .*optimizer.name='dessilbi'"):
         config_lib.validate(sgd)
+
+
+def test_a_run_that_fails_before_any_output_leaves_no_config_behind(tmp_path, monkeypatch):
+    """A bad argument found when training starts: the corrected config reruns in the same workdir.
+
+    A run that fails after its first backup keeps its config.json (it is resumable and still
+    refuses another config).
+    """
+    from tf_dessilbi.dessilbi import finetune
+    from tf_dessilbi.training import workdir as workdir_lib
+
+    config = tiny_config()
+    config.num_epochs = 3
+    config.optimizer.structure = "filter"
+    config.optimizer.finetune_epochs = 1
+    config.optimizer.finetune_layer_units = "^conv9/=3"  # no such kernel: refused at train begin
+    with pytest.raises(ValueError, match=r"patterns \['\^conv9/'\] match none"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "config.json").exists() and (tmp_path / "train.log").exists()
+    config.optimizer.finetune_layer_units = "^conv1/=3"
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert {r["layer"]: r["units_kept"] for r in summary["sparsity"]["layers"]}["conv1"] == 3
+
+    def fail(*args, **kwargs):  # the fine-tune's start (epoch 3) fails, after two backups
+        raise ValueError("injected failure")
+
+    monkeypatch.setattr(finetune, "set_layer_units", fail)
+    later = tmp_path / "later"
+    with pytest.raises(ValueError, match="injected failure"):
+        train.train_and_evaluate(config, str(later))
+    assert (later / "config.json").exists() and (later / "backup").is_dir()
+    config.optimizer.finetune_layer_units = "^conv1/=2"
+    with pytest.raises(workdir_lib.WorkdirError, match=r"finetune_layer_units: '\^conv1/=3' in the workdir"):
+        train.train_and_evaluate(config, str(later))

@@ -200,6 +200,9 @@ def _check_layer_units(config):
         _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
               "'' unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
               "it sets the widths when the fine-tune starts)")
+    if o.structure == "elementwise":
+        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
+              "'' with optimizer.structure='elementwise' (it sets filters and neurons)")
     if o.finetune_trim or o.finetune_groups or o.joint_groups:
         _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
               "'' with optimizer.finetune_trim, finetune_groups or joint_groups (they set the "

@@ -111,6 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.time()
     strategy = STRATEGIES[config.strategy](config)
     chief = is_chief(strategy)
+    fresh = not os.path.exists(os.path.join(workdir, "config.json"))
     workdir_lib.prepare(workdir, config, chief)
     handler = workdir_lib.log_to_file(workdir) if chief else None
     keras.utils.set_random_seed(config.seed)
@@ -137,6 +138,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if chief:
             workdir_lib.write_summary(workdir, summary)
         return summary
+    except BaseException:
+        if fresh and chief:
+            workdir_lib.forget_unstarted_run(workdir)
+        raise
     finally:
         keras.config.set_dtype_policy("float32")
         if handler is not None:

@@ -4,7 +4,10 @@
 workdir resumes it only with the same config (up to the fields in
 `IGNORED`, which change nothing in the result); a different config is an
 error naming the differing fields, unless ``config.resume=False`` asks for a
-fresh start (the previous run's outputs are then deleted).
+fresh start (the previous run's outputs are then deleted). A run that fails
+before writing any output (no backup, path or summary yet) takes its
+``config.json`` back (`forget_unstarted_run`), so the corrected config can
+use the same workdir.
 
 A field the saved config lacks was added to `config_lib.base_config` after
 that run started; its default keeps the behaviour of the version that wrote
@@ -125,6 +128,26 @@ def prepare(workdir: str, config, chief: bool = True) -> None:
         reset(workdir)
     if chief:
         write_json(path, config_dict)
+
+
+def forget_unstarted_run(workdir: str) -> bool:
+    """Deletes ``config.json`` of a run that failed before writing any output; True if it did.
+
+    A run that fails before its first backup, path or summary (a bad
+    argument found when training starts, data that cannot load) leaves
+    nothing to resume, but its ``config.json`` would refuse the corrected
+    config in the same workdir. Only the log and TensorBoard events (what
+    the failure was) stay. A workdir holding any other run output keeps its
+    config, so what is there still resumes or is refused as before.
+    """
+    keep = ("config.json", "tensorboard")
+    if any(os.path.exists(os.path.join(workdir, name)) for name in RUN_OUTPUTS if name not in keep):
+        return False
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        os.remove(path)
+        logging.info("The run failed before writing any output: removed %s.", path)
+    return True
 
 
 def reset(workdir: str) -> None:
