@@ -619,13 +619,19 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
         config_lib.validate(config)
 
 
-def test_finetune_layer_units_through_the_cli(tmp_path):
-    """``finetune_layer_units`` sets conv1 and conv3 to the asked widths when the fine-tune starts."""
+def _layer_units_config(spec):
+    """3 epochs, conv filters coupled, the last epoch a fine-tune starting at ``spec``'s widths."""
     config = tiny_config()
     config.num_epochs = 3
     config.optimizer.structure = "filter"
     config.optimizer.finetune_epochs = 1
-    config.optimizer.finetune_layer_units = "^conv1/=3,^conv3/=5"
+    config.optimizer.finetune_layer_units = spec
+    return config
+
+
+def test_finetune_layer_units_through_the_cli(tmp_path):
+    """``finetune_layer_units`` sets conv1 and conv3 to the asked widths when the fine-tune starts."""
+    config = _layer_units_config("^conv1/=3,^conv3/=5")
     summary = train.train_and_evaluate(config, str(tmp_path))
     units = {row["layer"]: row["units_kept"] for row in summary["sparsity"]["layers"]}
     assert units["conv1"] == 3 and units["conv3"] == 5
@@ -659,11 +665,7 @@ def test_a_run_that_fails_before_any_output_leaves_no_config_behind(tmp_path, mo
     from tf_dessilbi.dessilbi import finetune
     from tf_dessilbi.training import workdir as workdir_lib
 
-    config = tiny_config()
-    config.num_epochs = 3
-    config.optimizer.structure = "filter"
-    config.optimizer.finetune_epochs = 1
-    config.optimizer.finetune_layer_units = "^conv9/=3"  # no such kernel: refused at train begin
+    config = _layer_units_config("^conv9/=3")  # no such kernel: refused at train begin
     with pytest.raises(ValueError, match=r"patterns \['\^conv9/'\] match none"):
         train.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "config.json").exists() and (tmp_path / "train.log").exists()
