@@ -240,6 +240,8 @@ SEPARATE_REPORTS = (
      "and the same widths from scratch, seeds 0–2", "PARITY_E10_LATE.md"),
     ("FMNIST-CNN-S at E = 10: where the 56 filters sit (eight allocations from scratch, the support set "
      "to the best one), seeds 0–2", "PARITY_E10_WIDTHS.md"),
+    ("FMNIST-CNN-S at E = 10: W* at 45, 56 and 68 filters on the same path, seeds 0–2",
+     "PARITY_E10_FRACTIONS.md"),
     ("FMNIST-CNN-S at E = 15: the protocol recipe and SGD with a longer budget, seeds 0–2", "PARITY_E15.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
     ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",

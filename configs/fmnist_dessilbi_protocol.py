@@ -58,7 +58,9 @@ the issue's budget of E = 10 epochs. Every run is in `bench/PARITY_E10_TRIM.md`
   ‖V_g‖/λ_g, ``WStarFinetune(layer_units=...)``) gives 92.79 ± 0.03 %
   against this recipe's 92.82 ± 0.16 % (seeds 0–2,
   `bench/PARITY_E10_WIDTHS.md`): the 56-filter networks end at ~92.8 %
-  whatever the allocation;
+  whatever the allocation, and the fraction does not move it either
+  (``u0.4`` 45 filters 92.65 ± 0.24 %, ``u0.6`` 68 filters 92.74 ± 0.09 %,
+  `bench/PARITY_E10_FRACTIONS.md`);
 * the budget: at E = 3 no recipe met parity with half the filters out
   (best W* 90.82 ± 0.31 % at 38/112 against SGD 92.05 ± 0.18 %), and
   56-filter architectures trained from scratch reach 91.22–91.26 % there.
