@@ -627,8 +627,9 @@ def test_w_star_finetune_layer_units_trains_the_chosen_widths():
 @pytest.mark.parametrize("layer_units, error, match", [
     ([("conv", 2)], TypeError, r"`layer_units` must be None or a non-empty dict"),
     ({}, TypeError, r"non-empty dict"),
-    ({3: 2}, TypeError, r"keys must be regex strings. Received: 3"),
-    ({"conv(": 2}, ValueError, r"key 'conv\(' is not a valid regex"),
+    ({3: 2}, TypeError, r"`layer_units` keys must be regex strings matched against variable paths. "
+                        r"Received key 3"),
+    ({"conv(": 2}, ValueError, r"`layer_units` key 'conv\(' is not a valid regular expression"),
     ({"conv": 0}, ValueError, r"`layer_units\['conv'\]` must be >= 1. Received: layer_units\['conv'\]=0"),
     ({"conv": 2.0}, TypeError, r"`layer_units\['conv'\]` must be an integer"),
 ])
@@ -643,7 +644,7 @@ def test_parse_layer_units_reads_a_configs_text():
     for bad, match in [("conv1/", r"'pattern=k'.*Received: 'conv1/'"), ("=3", r"Received: '=3'"),
                        ("a=x", r"Received: 'a=x'"), ("a=-1", r"Received: 'a=-1'"),
                        ("a=1,a=2", r"pattern 'a' twice"), ("a=0", r"must be >= 1"),
-                       ("a(=1", r"not a valid regex")]:
+                       ("a(=1", r"`layer_units` key 'a\(' is not a valid regular expression")]:
         with pytest.raises(ValueError, match=match):
             finetune.parse_layer_units(bad)
     with pytest.raises(TypeError, match="must be a string"):

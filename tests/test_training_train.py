@@ -519,7 +519,7 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     ("optimizer.finetune_layer_units", "conv1/=0", r"finetune_layer_units='conv1/=0' .*pattern=k"),
     ("optimizer.finetune_layer_units", "conv1/", r"finetune_layer_units='conv1/' .*Received: 'conv1/'"),
     ("optimizer.finetune_layer_units", "a=1,a=2", r"gives pattern 'a' twice"),
-    ("optimizer.finetune_layer_units", "conv(=2", r"key 'conv\(' is not a valid regex"),
+    ("optimizer.finetune_layer_units", "conv(=2", r"key 'conv\(' is not a valid regular expression"),
     ("optimizer.finetune_layer_units", "conv1/=2", r"finetune_layer_units='conv1/=2' .*fine-tune is on"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
@@ -676,7 +676,7 @@ def test_a_run_that_fails_before_any_output_leaves_no_config_behind(tmp_path, mo
     def fail(*args, **kwargs):  # the fine-tune's start (epoch 3) fails, after two backups
         raise ValueError("injected failure")
 
-    monkeypatch.setattr(finetune, "set_layer_units", fail)
+    monkeypatch.setattr(finetune, "set_layer_units", fail)  # the name WStarFinetune calls
     later = tmp_path / "later"
     with pytest.raises(ValueError, match="injected failure"):
         train.train_and_evaluate(config, str(later))

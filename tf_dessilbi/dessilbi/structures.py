@@ -53,6 +53,34 @@ def auto_structure(path: str, shape) -> Optional[str]:
     return None
 
 
+def check_pattern(argument: str, pattern) -> str:
+    """A key of ``argument``, a {regex: value} mapping over variable paths: a valid regex string.
+
+    Raises:
+        TypeError: ``pattern`` is not a string.
+        ValueError: it is not a valid regular expression.
+    """
+    if not isinstance(pattern, str):
+        raise TypeError(
+            f"`{argument}` keys must be regex strings matched against "
+            f"variable paths. Received key {pattern!r} of type "
+            f"{type(pattern).__name__}"
+        )
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(
+            f"`{argument}` key {pattern!r} is not a valid regular "
+            f"expression: {e}"
+        ) from None
+    return pattern
+
+
+def first_match(path: str, patterns) -> Optional[str]:
+    """The first of ``patterns`` (in order) that `re.search` finds in ``path``; None if none does."""
+    return next((pattern for pattern in patterns if re.search(pattern, path)), None)
+
+
 def validate_structure(structure):
     """Checks a ``structure=`` argument; returns it in canonical form.
 
@@ -92,19 +120,7 @@ def validate_structure(structure):
         )
     checked = []
     for pattern, value in items:
-        if not isinstance(pattern, str):
-            raise TypeError(
-                f"`structure` keys must be regex strings matched against "
-                f"variable paths. Received key {pattern!r} of type "
-                f"{type(pattern).__name__}"
-            )
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(
-                f"`structure` key {pattern!r} is not a valid regular "
-                f"expression: {e}"
-            ) from None
+        check_pattern("structure", pattern)
         if value is not None and value not in STRUCTURES:
             raise ValueError(
                 f"`structure[{pattern!r}]` must be one of "
@@ -137,13 +153,14 @@ def resolve_structures(variables, structure) -> list:
                 for p, v in zip(paths, variables)]
     used = set()
     result = []
+    values = {}
+    for pattern, value in structure:  # the first value of a pattern given twice, as before
+        values.setdefault(pattern, value)
     for path, variable in zip(paths, variables):
-        chosen = None
-        for pattern, value in structure:
-            if re.search(pattern, path):
-                used.add(pattern)
-                chosen = value
-                break
+        pattern = first_match(path, values)
+        chosen = None if pattern is None else values[pattern]
+        if pattern is not None:
+            used.add(pattern)
         if chosen in GROUP_STRUCTURES and len(variable.shape) < 2:
             raise ValueError(
                 f"Structure {chosen!r} groups a kernel by its last axis and "
