@@ -287,7 +287,8 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
                       "units_fraction": rho, "check_every": every, "weights_fraction": None,
                       "allow_empty_layers": False, "trim": False,
-                      "dependency_groups": False, "group_margin": "joint", "layer_units": None}
+                      "dependency_groups": False, "group_margin": "joint", "layer_units": None,
+                      "round_to": 1}
     assert finetune.WStarFinetune(**config).get_config() == config
 
 
@@ -671,3 +672,100 @@ def test_w_star_finetune_layer_units_are_checked_before_the_first_step():
     with pytest.raises(ValueError, match=r"couples units jointly \(unit_groups\)"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                   callbacks=[finetune.WStarFinetune(start_epoch=1, layer_units={"conv": 2})])
+
+
+def test_round_units_raises_each_kernel_to_a_multiple_by_margin():
+    """min(N_l, ⌈k_l/r⌉·r) units per kernel: the largest margins outside supp Γ enter, none leaves."""
+    model, opt, conv, hidden, units, margins = _trained_filters_and_neurons(epochs=1)
+    r = 4
+    counts = {name: int(u.sum()) for name, u in units.items()}
+    assert counts["conv"] % r and counts["conv"] < 8  # conv widens; hidden (6 of 6) is capped at N
+    assert counts["hidden"] == 6
+    before = ops.convert_to_numpy(opt.v(conv.kernel)).copy()
+    # NumPy reference: the support plus the best outsiders, up to the rounded width.
+    target = min(8, -(-counts["conv"] // r) * r)
+    outside = sorted(np.flatnonzero(~units["conv"]), key=lambda u: (-margins["conv"][u], u))
+    entering = sorted(int(u) for u in outside[:target - counts["conv"]])
+    assert finetune.round_units(opt, r) == {"conv/kernel": {"added": entering, "dropped": []}}
+    expect = units["conv"].copy()
+    expect[entering] = True
+    np.testing.assert_array_equal(_units(opt, conv), expect)
+    np.testing.assert_array_equal(_units(opt, hidden), units["hidden"])
+    assert np.all((_margins(opt, conv)[entering] > 1.0) & (_margins(opt, conv)[entering] < 1.01))
+    np.testing.assert_array_equal(ops.convert_to_numpy(opt.v(conv.kernel))[..., units["conv"]],
+                                  before[..., units["conv"]])  # the support's V did not move
+    assert finetune.round_units(opt, r) == {}  # already multiples (or full): nothing moves
+    assert finetune.round_units(opt, 1) == {}
+    opt.drop_units(conv.kernel, list(range(8)))  # an empty kernel stays empty
+    assert finetune.round_units(opt, 3) == {} and not _units(opt, conv).any()
+    with pytest.raises(ValueError, match=r"`round_to` must be >= 1. Received: round_to=0"):
+        finetune.round_units(opt, 0)
+    with pytest.raises(TypeError, match=r"`round_to` must be an integer"):
+        finetune.round_units(opt, 2.0)
+
+
+class _SupportAtEpoch(keras.callbacks.Callback):
+    """NumPy: supp Γ's units and margins of ``layer`` when ``epoch`` begins (before later callbacks)."""
+
+    def __init__(self, layer, epoch):
+        super().__init__()
+        self.layer, self.epoch = layer, epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            opt = self.model.optimizer
+            self.units = _units(opt, self.model.get_layer(self.layer))
+            self.margins = _margins(opt, self.model.get_layer(self.layer))
+
+
+def test_w_star_finetune_round_to_trains_multiples_of_r():
+    x, y = _data()
+    model = _model()
+    opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
+    at = _SupportAtEpoch("conv", 1)
+    callback = finetune.WStarFinetune(start_epoch=1, round_to=4)
+    after = _UnitFraction()
+    model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[at, callback, after])
+    k = int(at.units.sum())
+    assert callback.started_at_step == 4 and k % 4
+    outside = sorted(np.flatnonzero(~at.units), key=lambda u: (-at.margins[u], u))
+    entering = sorted(int(u) for u in outside[:-(-k // 4) * 4 - k])
+    assert callback.added == {"conv/kernel": entering} and callback.trimmed == {}
+    expect = at.units.copy()
+    expect[entering] = True
+    np.testing.assert_array_equal(_units(opt, model.get_layer("conv")), expect)
+    assert set(after.fractions[4:]) == {expect.sum() / 8}  # fixed from the start on
+    for name in ("conv", "hidden"):  # W is W*: zero off the support, bias of a removed unit too
+        layer = model.get_layer(name)
+        kept = _units(opt, layer)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel)[..., ~kept], 0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias)[~kept], 0)
+    config = callback.get_config()
+    assert config["round_to"] == 4 and finetune.WStarFinetune(**config).get_config() == config
+
+
+def test_w_star_finetune_round_to_is_checked_before_the_first_step():
+    for kwargs, error, match in [
+        ({"round_to": 0}, ValueError, r"`round_to` must be >= 1. Received: round_to=0"),
+        ({"round_to": "8"}, TypeError, r"`round_to` must be an integer"),
+        ({"round_to": 2, "layer_units": {"conv": 4}}, ValueError,
+         r"with layer_units choose multiples yourself.*Received: round_to=2, layer_units=\{'conv': 4\}"),
+        ({"round_to": 2, "dependency_groups": True}, ValueError,
+         r"dependency_groups keeps whole groups.*dependency_groups=True"),
+    ]:
+        with pytest.raises(error, match=match):
+            finetune.WStarFinetune(start_epoch=1, **kwargs)
+    finetune.WStarFinetune(start_epoch=1, round_to=1, layer_units={"conv": 4})  # 1 is off
+    x, y = _data()
+    for kwargs, match in [({"structure": "elementwise"}, r"round_to>1\) count filters.*couples no kernel"),
+                          ({"structure": {"conv/kernel": "filter"},
+                            "unit_groups": [[["conv/kernel", 0], ["conv/kernel", 1]]]},
+                           r"`round_to` sets each kernel's units on its own.*\(unit_groups\)")]:
+        model = _model()
+        _compile(model, 0.2, **kwargs)
+        start = [ops.convert_to_numpy(w).copy() for w in model.weights]
+        with pytest.raises(ValueError, match=match):
+            model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                      callbacks=[finetune.WStarFinetune(start_epoch=1, round_to=2)])
+        for w, w0 in zip(model.weights, start):  # raised before any step
+            np.testing.assert_array_equal(ops.convert_to_numpy(w), w0)

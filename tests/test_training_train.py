@@ -521,6 +521,8 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     ("optimizer.finetune_layer_units", "a=1,a=2", r"gives pattern 'a' twice"),
     ("optimizer.finetune_layer_units", "conv(=2", r"key 'conv\(' is not a valid regular expression"),
     ("optimizer.finetune_layer_units", "conv1/=2", r"finetune_layer_units='conv1/=2' .*fine-tune is on"),
+    ("optimizer.finetune_round_to", 0, r"config.optimizer.finetune_round_to=0 .*>= 1"),
+    ("optimizer.finetune_round_to", 4, r"finetune_round_to=4 .*fine-tune is on"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
     config = tiny_config()
@@ -653,6 +655,41 @@ def test_finetune_layer_units_through_the_cli(tmp_path):
     sgd = tiny_config("sgd")
     sgd.optimizer.finetune_layer_units = "conv1/=2"
     with pytest.raises(ValueError, match=r"finetune_layer_units='conv1/=2' .*optimizer.name='dessilbi'"):
+        config_lib.validate(sgd)
+
+
+def test_finetune_round_to_through_the_cli(tmp_path):
+    """``finetune_round_to`` widens the support the path chose to multiples of r when the fine-tune starts.
+
+    The path until then is the same run for run, so each conv keeps min(N, ⌈k/r⌉·r) of the k
+    filters the run without rounding keeps.
+    """
+    config = _layer_units_config("")
+    config.optimizer.lambda_ = 0.1  # conv1 keeps 2 of 16 filters when the fine-tune starts
+    plain = train.train_and_evaluate(config, str(tmp_path / "plain"))
+    config.optimizer.finetune_round_to = 4
+    rounded = train.train_and_evaluate(config, str(tmp_path / "rounded"))
+    widths = [{row["layer"]: (row["units_kept"], row["units_total"]) for row in s["sparsity"]["layers"]
+               if row["layer"].startswith("conv")} for s in (plain, rounded)]
+    assert sorted(widths[0]) == ["conv1", "conv2", "conv3"]
+    assert any(k % 4 for k, _ in widths[0].values())  # something to round
+    for layer, (k, total) in widths[0].items():
+        assert widths[1][layer] == (min(total, -(-k // 4) * 4), total)
+    assert rounded["eval"]["loss"] == pytest.approx(rounded["eval_w_star"]["loss"], rel=1e-6)
+    for field, value in (("finetune_layer_units", "conv1/=2"), ("finetune_groups", True),
+                         ("joint_groups", True)):
+        bad = _layer_units_config("")
+        bad.optimizer.finetune_round_to, bad.optimizer[field] = 8, value
+        with pytest.raises(ValueError, match=r"finetune_round_to=8 .* with optimizer.finetune_layer_units, "
+                                             r"finetune_groups or joint_groups"):
+            config_lib.validate(bad)
+    bad = _layer_units_config("")
+    bad.optimizer.finetune_round_to, bad.optimizer.structure = 8, "elementwise"
+    with pytest.raises(ValueError, match=r"finetune_round_to=8 .*structure='elementwise'"):
+        config_lib.validate(bad)
+    sgd = tiny_config("sgd")
+    sgd.optimizer.finetune_round_to = 8
+    with pytest.raises(ValueError, match=r"finetune_round_to=8 .*optimizer.name='dessilbi'"):
         config_lib.validate(sgd)
 
 

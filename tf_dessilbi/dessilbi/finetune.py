@@ -73,15 +73,17 @@ from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import group_support
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.dessilbi.support_units import (  # noqa: F401  (re-exported: finetune.trim_units, ...)
-    check_layer_units, empty_coupled_layers, group_units, parse_layer_units, set_layer_units,
-    support_unit_fraction, support_weight_fraction, trim_units, validate_layer_units)
+    check_layer_units, empty_coupled_layers, group_kernels, group_units, parse_layer_units,
+    refuse_joint, round_units, set_layer_units, support_unit_fraction, support_weight_fraction,
+    trim_units, validate_layer_units)
 from tf_dessilbi.masks import unwrap_optimizer
 from tf_dessilbi.shrink import groups as groups_lib
 
 
-_NO_GROUPS = ("WStarFinetune(units_fraction=...) and WStarFinetune(dependency_groups=True) count "
-              "filters and neurons, but the optimizer couples no kernel by groups: use a "
-              "'filter'/'neuron' structure, or start_epoch without dependency_groups.")
+_NO_GROUPS = ("WStarFinetune(units_fraction=...), WStarFinetune(dependency_groups=True) and "
+              "WStarFinetune(round_to>1) count filters and neurons, but the optimizer couples no "
+              "kernel by groups: use a 'filter'/'neuron' structure, or start_epoch without "
+              "dependency_groups and round_to.")
 DECOUPLED_MU = 2.0 ** 40  # α/μ·(W − Γ) then moves V by ~1e-14: below float32 resolution
 
 
@@ -138,6 +140,14 @@ class WStarFinetune(keras.callbacks.Callback):
             (`set_layer_units`): DessiLBI's ranking, a width per layer you
             choose (e.g. ``{"conv1/": 12, "conv2/": 16}``). Not with ``trim``
             or ``dependency_groups``. Defaults to `None`.
+        round_to: r ≥ 1: when the fine-tune starts (after ``trim``), each
+            group-coupled kernel's support is raised to a multiple of r
+            units, min(N_l, ⌈k_l/r⌉·r), the units of largest margin outside
+            it entering (`round_units`; Torch-Pruning's ``round_to``, widths
+            that suit accelerators' tiles, trained rather than padded with
+            zeros at export). The total can exceed ⌈ρ·N⌉ by up to r − 1 per
+            kernel. Not with ``layer_units`` (choose multiples there) or
+            ``dependency_groups``. Defaults to `1` (off).
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
@@ -151,7 +161,8 @@ class WStarFinetune(keras.callbacks.Callback):
             alignment, or ``layer_units``) took out of the support at the
             start (``{}`` when none).
         added: ``{variable path: [units]}`` that ``layer_units`` put into
-            the support at the start (``{}`` when none).
+            the support at the start (``{}`` when none), ``round_to``'s
+            included.
         aligned: the `group_support.Alignment` of ``dependency_groups``
             (``None`` without it, or before the start).
 
@@ -168,7 +179,7 @@ class WStarFinetune(keras.callbacks.Callback):
                  check_every: int = 10, weights_fraction: Optional[float] = None,
                  allow_empty_layers: bool = False, trim: bool = False,
                  dependency_groups: bool = False, group_margin: str = "joint",
-                 layer_units: Optional[dict] = None):
+                 layer_units: Optional[dict] = None, round_to: int = 1):
         super().__init__()
         if start_epoch is None and units_fraction is None and weights_fraction is None:
             raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
@@ -199,6 +210,12 @@ class WStarFinetune(keras.callbacks.Callback):
             raise ValueError("WStarFinetune(layer_units=...) sets each kernel's width itself: pass it "
                              f"without trim and dependency_groups. Received: trim={self.trim}, "
                              f"dependency_groups={self.dependency_groups}")
+        self.round_to = _validate.integer("round_to", round_to, minimum=1)
+        if self.round_to > 1 and (self.layer_units is not None or self.dependency_groups):
+            raise ValueError("WStarFinetune(round_to=...) rounds the widths the path chose; with "
+                             "layer_units choose multiples yourself, and dependency_groups keeps "
+                             f"whole groups. Received: round_to={self.round_to}, layer_units="
+                             f"{self.layer_units!r}, dependency_groups={self.dependency_groups}")
         self.added = {}
         self.active = False
         self.started_at_step = None
@@ -225,7 +242,11 @@ class WStarFinetune(keras.callbacks.Callback):
         self.aligned, self.added = None, {}
         if self.layer_units is not None:
             check_layer_units(optimizer, self.model, self.layer_units)
-        if ((self.units_fraction is not None or self.dependency_groups)
+        if self.round_to > 1:
+            refuse_joint(optimizer, "round_to")
+            if not group_kernels(optimizer, self.model):
+                raise ValueError(_NO_GROUPS)
+        if ((self.units_fraction is not None or self.dependency_groups or self.round_to > 1)
                 and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
             raise ValueError(_NO_GROUPS)
@@ -253,6 +274,9 @@ class WStarFinetune(keras.callbacks.Callback):
                     changed = set_layer_units(optimizer, self.layer_units)
                     self.trimmed = {p: c["dropped"] for p, c in changed.items() if c["dropped"]}
                     self.added = {p: c["added"] for p, c in changed.items() if c["added"]}
+                if self.round_to > 1:
+                    self.added = {p: c["added"] for p, c in
+                                  round_units(optimizer, self.round_to).items() if c["added"]}
             self.empty_at_start = empty_coupled_layers(optimizer)
             if self.empty_at_start and not self.allow_empty_layers:
                 warnings.warn(
@@ -335,4 +359,5 @@ class WStarFinetune(keras.callbacks.Callback):
                 "check_every": self.check_every, "weights_fraction": self.weights_fraction,
                 "allow_empty_layers": self.allow_empty_layers, "trim": self.trim,
                 "dependency_groups": self.dependency_groups, "group_margin": self.group_margin,
-                "layer_units": None if self.layer_units is None else dict(self.layer_units)}
+                "layer_units": None if self.layer_units is None else dict(self.layer_units),
+                "round_to": self.round_to}

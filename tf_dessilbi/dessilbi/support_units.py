@@ -7,7 +7,7 @@ units to decide when to start (`support_unit_fraction`,
 `support_weight_fraction`) and, when it starts, cuts the support to ⌈ρ·N⌉
 units by margin (`trim_units`) or sets each kernel's width (`set_layer_units`,
 ``layer_units`` = {pattern: k_l}, checked before training by
-`check_layer_units`).
+`check_layer_units`), and rounds the widths up to multiples of r (`round_units`).
 """
 
 from __future__ import annotations
@@ -152,9 +152,10 @@ def _layer_unit_counts(layer_units, kernels) -> dict:
     return counts
 
 
-def refuse_joint(optimizer) -> None:
+def refuse_joint(optimizer, argument: str = "layer_units") -> None:
+    """Refuses per-kernel unit counts (``argument``) for a DessiLBI that couples units jointly."""
     if getattr(optimizer, "unit_groups", None) or getattr(optimizer, "_joint", None) is not None:
-        raise ValueError("`layer_units` sets each kernel's units on its own, but this DessiLBI couples "
+        raise ValueError(f"`{argument}` sets each kernel's units on its own, but this DessiLBI couples "
                          "units jointly (unit_groups): a unit enters with its whole group. Use "
                          "WStarFinetune(trim=True, dependency_groups=True) instead.")
 
@@ -186,6 +187,44 @@ def set_layer_units(optimizer, layer_units: dict) -> dict:
     groups = group_units(optimizer)
     counts = _layer_unit_counts(
         layer_units, [(optimizer._variable_path(v), int(units.size)) for v, units in groups])
+    return _set_widths(optimizer, groups, counts)
+
+
+def round_units(optimizer, round_to: int) -> dict:
+    """Raises each group-coupled kernel's supp Γ to a multiple of ``round_to`` units.
+
+    A kernel with k_l units in the support (0 < k_l, k_l mod r ≠ 0) keeps
+    min(N_l, ⌈k_l / r⌉·r): the units of largest margin ‖V_g‖₂ / λ_g outside
+    the support enter (`DessiLBI.add_units`, as if they had just crossed
+    λ_g), so no unit leaves (those inside have margins > 1, those outside ≤ 1).
+    Torch-Pruning's ``round_to`` for the fine-tune: widths that suit
+    accelerators' tiles, trained rather than topped up with zeros at export
+    (`tf_dessilbi.shrink`'s ``round_to``). An empty kernel stays empty.
+
+    Returns:
+        ``{variable path: {"added": [units], "dropped": []}}`` for the
+        kernels it widened.
+
+    Raises:
+        ValueError: ``round_to`` < 1, or an optimizer with ``unit_groups``
+            (a unit enters with its whole group).
+        TypeError: ``round_to`` is not an integer.
+    """
+    round_to = _validate.integer("round_to", round_to, minimum=1)
+    optimizer = unwrap_optimizer(optimizer)
+    refuse_joint(optimizer, "round_to")
+    groups = group_units(optimizer)
+    counts = {}
+    for i, (_, units) in enumerate(groups):
+        k = int(units.sum())
+        target = min(int(units.size), -(-k // round_to) * round_to)
+        if k and target > k:
+            counts[i] = target
+    return _set_widths(optimizer, groups, counts)
+
+
+def _set_widths(optimizer, groups, counts) -> dict:
+    """Sets supp Γ of ``groups[i]`` to its ``counts[i]`` units of largest margin (ties: lower index)."""
     out = {}
     for i, k in counts.items():
         variable, units = groups[i]
@@ -216,12 +255,20 @@ def check_layer_units(optimizer, model, layer_units: dict) -> None:
     Raises the errors of `set_layer_units` without moving anything.
     """
     refuse_joint(optimizer)
+    _layer_unit_counts(layer_units, group_kernels(optimizer, model))
+
+
+def group_kernels(optimizer, model) -> list:
+    """``[(variable path, units)]`` of the kernels coupled by groups, before or after the build.
+
+    Built: the optimizer's coupling; not yet: the structures it will
+    resolve for ``model``'s trainable variables.
+    """
+    optimizer = unwrap_optimizer(optimizer)
     if getattr(optimizer, "built", False):
-        kernels = [(optimizer._variable_path(v), int(units.size)) for v, units in group_units(optimizer)]
-    else:  # not built yet: the structures it will resolve for the model's variables
-        variables = model.trainable_variables
-        kernels = [(optimizer._variable_path(v), int(v.shape[-1]))
-                   for v, structure in zip(variables, structures_lib.resolve_structures(
-                       variables, optimizer.structure))
-                   if structure in GROUP_STRUCTURES]
-    _layer_unit_counts(layer_units, kernels)
+        return [(optimizer._variable_path(v), int(units.size)) for v, units in group_units(optimizer)]
+    variables = model.trainable_variables
+    return [(optimizer._variable_path(v), int(v.shape[-1]))
+            for v, structure in zip(variables, structures_lib.resolve_structures(
+                variables, optimizer.structure))
+            if structure in GROUP_STRUCTURES]

@@ -107,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
     # over variable paths, e.g. "conv1/=12,conv2/=16"; the k units of largest ‖V_g‖/λ_g, units
     # below λ entering; WStarFinetune(layer_units=...)). "" (default): off.
     c.optimizer.finetune_layer_units = ""
+    # When the fine-tune starts (after finetune_trim), raise each filter/neuron kernel's support
+    # to a multiple of this many units, those of largest ‖V_g‖/λ_g entering (Torch-Pruning's
+    # round_to: widths that suit accelerators; WStarFinetune(round_to=...)). 1 (default): off.
+    c.optimizer.finetune_round_to = 1
     # Couple the units of each dependency group jointly during the whole path (one
     # group-lasso group per residual channel: DessiLBI(unit_groups=joint_unit_groups(model))).
     c.optimizer.joint_groups = False
@@ -209,6 +213,24 @@ def _check_layer_units(config):
               "support's units themselves)")
 
 
+def _check_round_to(config):
+    """``optimizer.finetune_round_to`` > 1: DessiLBI, a fine-tune, filters/neurons, no set widths."""
+    o = config.optimizer
+    allowed = None
+    if o.name != "dessilbi":
+        allowed = "1 unless optimizer.name='dessilbi' (it rounds the widths of supp Γ)"
+    elif not (o.finetune_epochs or o.finetune_units or o.finetune_weights):
+        allowed = ("1 unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
+                   "it rounds the widths when the fine-tune starts)")
+    elif o.structure == "elementwise":
+        allowed = "1 with optimizer.structure='elementwise' (it rounds filters and neurons)"
+    elif o.finetune_layer_units or o.finetune_groups or o.joint_groups:
+        allowed = ("1 with optimizer.finetune_layer_units, finetune_groups or joint_groups (they set "
+                   "the support's units themselves: choose multiples there)")
+    if allowed:
+        _fail("optimizer.finetune_round_to", o.finetune_round_to, allowed)
+
+
 def _check_keys(config, schema, prefix=""):
     for key in config.keys():
         field = f"{prefix}{key}"
@@ -298,6 +320,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("outputs.summary_every_steps", "outputs.path_points"):
         _number(config, field, 0, integer=True)
     _number(config, "gates.rounds", 1, integer=True)
+    _number(config, "optimizer.finetune_round_to", 1, integer=True)
     _number(config, "optimizer.learning_rate", 0, low_open=True)
     _number(config, "optimizer.momentum", 0, 1)
     _number(config, "optimizer.weight_decay", 0)
@@ -347,6 +370,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "False with optimizer.structure='elementwise' (it joins filters and neurons)")
     if config.optimizer.finetune_layer_units:
         _check_layer_units(config)
+    if config.optimizer.finetune_round_to != 1:
+        _check_round_to(config)
     if config.optimizer.finetune_group_margin != "joint" and not config.optimizer.finetune_groups:
         _fail("optimizer.finetune_group_margin", config.optimizer.finetune_group_margin,
               "'joint' unless optimizer.finetune_groups=True (it ranks the dependency groups)")

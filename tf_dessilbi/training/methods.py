@@ -109,7 +109,8 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
                                           dependency_groups=bool(o.finetune_groups),
                                           group_margin=o.finetune_group_margin,
                                           layer_units=(finetune.parse_layer_units(o.finetune_layer_units)
-                                                       if o.finetune_layer_units else None)))
+                                                       if o.finetune_layer_units else None),
+                                          round_to=o.finetune_round_to))
     return cbs
 
 
