@@ -162,7 +162,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                                                 check_every=1, trim=settings["trim"],
                                                 dependency_groups=settings["groups"],
                                                 group_margin="max" if settings["gmax"] else "joint",
-                                                layer_units=_layer_units(model_name, settings["widths"])))
+                                                layer_units=_layer_units(model_name, settings["widths"]),
+                                                round_to=settings["round_to"]))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"] = recipe, hparams
     if isinstance(callbacks[-1], finetune.WStarFinetune):

@@ -25,11 +25,13 @@ def parse_recipe(spec: str) -> dict:
     elementwise run's density), ``widths<a>-<b>-<c>`` (when the fine-tune
     starts, FMNIST-CNN-S's conv1/conv2/conv3 keep exactly a/b/c filters,
     those of largest margin ‖V_g‖/λ_g: `WStarFinetune(layer_units=...)`, not
-    with ``trim``), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    with ``trim``), ``round<r>`` (then each conv's support is raised to a
+    multiple of r filters, the largest margins entering: `WStarFinetune(
+    round_to=r)`), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
-           "units_fraction": None, "weights_fraction": None, "widths": None,
+           "units_fraction": None, "weights_fraction": None, "widths": None, "round_to": 1,
            **dict.fromkeys(_RECIPE_FLAGS, False)}
     for token in spec.split("+"):
         if token == "paper":
@@ -51,6 +53,12 @@ def parse_recipe(spec: str) -> dict:
             continue
         if token.startswith("cft") and token[3:].isdigit():  # the coupling kept on
             out["finetune_epochs"], out["decouple"] = int(token[3:]), False
+            continue
+        if token.startswith("round"):
+            if not token[len("round"):].isdigit() or int(token[len("round"):]) < 2:
+                raise ValueError(f"Recipe token {token!r} in {spec!r} needs an integer r >= 2 after "
+                                 "'round', e.g. round16.")
+            out["round_to"] = int(token[len("round"):])
             continue
         if token.startswith("widths"):
             parts = token[len("widths"):].split("-")
@@ -77,10 +85,13 @@ def parse_recipe(spec: str) -> dict:
                 break
         else:
             raise ValueError(f"Unknown recipe token {token!r} in {spec!r}: use paper, init, unitinit, steady, "
-                             f"ft<N>, cft<N>, u<x>, {', '.join(_RECIPE_FLAGS)}, w<x>, widths<a>-<b>-<c>, lam<x>, mu<x>, kappa<x> "
-                             "joined by '+'.")
+                             f"ft<N>, cft<N>, u<x>, {', '.join(_RECIPE_FLAGS)}, w<x>, widths<a>-<b>-<c>, "
+                             "round<r>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
+    if out["round_to"] > 1 and (out["widths"] or out["groups"]):
+        raise ValueError(f"Recipe {spec!r}: round<r> rounds the widths the path chose; "
+                         "drop widths/groups.")
     if out["widths"] and (out["trim"] or out["groups"]):
         raise ValueError(f"Recipe {spec!r}: widths<a>-<b>-<c> sets each layer's width itself; "
                          "drop trim/groups.")

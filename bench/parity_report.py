@@ -52,6 +52,8 @@ def _recipes_tried(args) -> list:
              "`wX` once it holds a fraction X of the coupled weights; `widthsA-B-C` the fine-tune "
              "starts with conv1/conv2/conv3 at exactly A/B/C filters, those of largest margin "
              "‖V_g‖/λ_g (`WStarFinetune(layer_units=...)`: filters below λ enter if needed); "
+             "`roundR` then raises each conv's support to a multiple of R filters "
+             "(`WStarFinetune(round_to=R)`); "
              "`lamX`/`muX` override λ/μ. Structures: `auto` conv filters as "
              "groups + dense kernels elementwise, `filter` conv filters only (dense layers "
              "uncoupled), `filter_neuron` hidden neurons as groups too, `elementwise` every "

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 
 import bench
+from bench import serving
 
 bench.quiet_tf()
 
@@ -49,86 +49,6 @@ def _settings(quick: bool) -> dict:
                 "finetune_limit": 1024, "blocks": 2, "per_block": 5}
     return {"epochs": 3, "cs_epochs": 2, "train_limit": None, "test_limit": None,
             "finetune_limit": None, "blocks": 6, "per_block": 10}
-
-
-# -- timing ---------------------------------------------------------------------
-def _alternate(contenders: dict, blocks: int, per_block: int) -> dict:
-    """Alternates ``{name: fn()}`` in blocks; median and IQR (ms) of every call."""
-    for fn in contenders.values():
-        for _ in range(3):
-            fn()
-    times = {name: [] for name in contenders}
-    block_medians = {name: [] for name in contenders}
-    names = list(contenders)
-    for block in range(blocks):
-        for name in (names if block % 2 == 0 else names[::-1]):
-            ts = []
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                contenders[name]()
-                ts.append(time.perf_counter() - t0)
-            times[name] += ts
-            block_medians[name].append(statistics.median(ts))
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4, method="inclusive")
-        out[name] = {"median_ms": 1e3 * statistics.median(ts), "p25_ms": 1e3 * q[0],
-                     "p75_ms": 1e3 * q[2], "calls": len(ts),
-                     "block_median_ms": [1e3 * t for t in block_medians[name]]}
-    return out
-
-
-def _ratio(timing, a="shrunk", b="dense") -> dict:
-    ratios = [x / y for x, y in zip(timing[a]["block_median_ms"], timing[b]["block_median_ms"])]
-    q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return {"ratio": timing[a]["median_ms"] / timing[b]["median_ms"],
-            "block_ratio_p25": q[0], "block_ratio_p75": q[2]}
-
-
-# -- artefacts ------------------------------------------------------------------
-def _saved_model(model, work, name, tf_keras_model=False):
-    import tensorflow as tf
-
-    import tf_dessilbi
-
-    from bench.export_size import gzip_bytes
-
-    path = os.path.join(work, name)
-    if tf_keras_model:
-        path = os.path.join(path, "1")
-        tf.saved_model.save(model, path)
-    else:
-        path = tf_dessilbi.export_saved_model(model, path)
-    sig = tf.saved_model.load(path).signatures["serving_default"]
-    key = list(sig.structured_input_signature[1])[0]
-    return (lambda x: list(sig(**{key: x}).values())[0]), gzip_bytes(path)
-
-
-def _tflite(model, work, name, tf_keras_model=False) -> bytes:
-    import tensorflow as tf
-
-    if tf_keras_model:
-        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    path = os.path.join(work, name + "_tfl")
-    model.export(path, verbose=False)
-    return tf.lite.TFLiteConverter.from_saved_model(path).convert()
-
-
-def _interpreter(flatbuffer, batch_shape):
-    import tensorflow as tf
-
-    it = tf.lite.Interpreter(model_content=flatbuffer, num_threads=2)
-    idx = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(idx, list(batch_shape))
-    it.allocate_tensors()
-    out = it.get_output_details()[0]["index"]
-
-    def call(x):
-        it.set_tensor(idx, x)
-        it.invoke()
-        return it.get_tensor(out)
-
-    return call
 
 
 def _accuracy(model, test) -> float:
@@ -146,21 +66,21 @@ def _compare(dense, shrunk, s, work, tag, x128, tf_keras_dense=False) -> dict:
     """Sizes and latencies of ``shrunk`` vs ``dense`` (both Keras 3, or both tf_keras)."""
     import numpy as np
 
-    serve_d, gz_d = _saved_model(dense, work, tag + "_dense", tf_keras_dense)
-    serve_s, gz_s = _saved_model(shrunk, work, tag + "_shrunk", tf_keras_dense)
-    tfl_d = _tflite(dense, work, tag + "_dense", tf_keras_dense)
-    tfl_s = _tflite(shrunk, work, tag + "_shrunk", tf_keras_dense)
+    serve_d, gz_d = serving.saved_model(dense, work, tag + "_dense", tf_keras_dense)
+    serve_s, gz_s = serving.saved_model(shrunk, work, tag + "_shrunk", tf_keras_dense)
+    tfl_d = serving.tflite(dense, work, tag + "_dense", tf_keras_dense)
+    tfl_s = serving.tflite(shrunk, work, tag + "_shrunk", tf_keras_dense)
     result = {"gzip_savedmodel_bytes": {"dense": gz_d, "shrunk": gz_s},
               "tflite_bytes": {"dense": len(tfl_d), "shrunk": len(tfl_s)}, "latency": {}}
     for batch in (1, 128):
         x = np.ascontiguousarray(x128[:batch])
-        sm = _alternate({"shrunk": lambda: serve_s(x).numpy(), "dense": lambda: serve_d(x).numpy()},
+        sm = serving.alternate_calls({"shrunk": lambda: serve_s(x).numpy(), "dense": lambda: serve_d(x).numpy()},
                         s["blocks"], s["per_block"])
-        it_s, it_d = _interpreter(tfl_s, x.shape), _interpreter(tfl_d, x.shape)
-        tl = _alternate({"shrunk": lambda: it_s(x), "dense": lambda: it_d(x)},
+        it_s, it_d = serving.interpreter(tfl_s, x.shape), serving.interpreter(tfl_d, x.shape)
+        tl = serving.alternate_calls({"shrunk": lambda: it_s(x), "dense": lambda: it_d(x)},
                         s["blocks"], s["per_block"])
-        result["latency"][f"savedmodel_b{batch}"] = {**sm, **_ratio(sm)}
-        result["latency"][f"tflite_b{batch}"] = {**tl, **_ratio(tl)}
+        result["latency"][f"savedmodel_b{batch}"] = {**sm, **serving.ratio(sm)}
+        result["latency"][f"tflite_b{batch}"] = {**tl, **serving.ratio(tl)}
     return result
 
 

@@ -50,7 +50,12 @@ the issue's budget of E = 10 epochs. Every run is in `bench/PARITY_E10_TRIM.md`
   coupling at the same path speed (V moves by (α/ν)(W − Γ), so ν·λ fixes
   when a filter enters) selects the same widths but does not raise W*:
   μ 40 λ 0.25 −0.32 and μ 100 λ 0.1 −0.41 against −0.31 for μ 20 λ 0.5
-  (seeds 0–2, all on one machine, `bench/PARITY_E10_MU.md`);
+  (seeds 0–2, all on one machine, `bench/PARITY_E10_MU.md`). Keeping the
+  coupling on during the fine-tune (``cft``: W* still pulled toward Γ, V
+  still moving) lets filters leave: 43/112 at the end and 92.35 % against
+  this recipe's 92.99 % (seed 0, 2026-12-07: ``python -m bench.parity
+  --epochs 10 --seeds 0 --no-tickets --structures filter --recipes
+  init+lam0.5+u0.5+trim+cft9``);
 * where the 56 filters sit: the path puts them 16/17/23 (conv1/2/3). Of
   eight 56-filter allocations trained from scratch, 12/16/28 is the best
   (92.69 ± 0.08 % against 92.40 ± 0.08 % for 16/17/23), but the support

@@ -185,3 +185,34 @@ def test_results_includes_every_separate_report_as_it_is_now():
         assert os.path.exists(os.path.join(REPO, "bench", name)), name
         assert f"## {title} (from `bench/{name}`)" in results, f"{name}: {fix}"
     assert results.rstrip("\n").endswith("\n".join(run._separate_reports()).rstrip("\n")), fix
+
+
+def test_round_to_bench_rounds_as_round_units_and_renders(tmp_path):
+    """`bench.round_to`: the contenders' widths are min(N_l, ⌈k_l/r⌉·r); --quick writes a report."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, REPO)
+    from bench import round_to
+
+    base, full = np.array(round_to.BASE), np.array(round_to.FULL)
+    for r in (1, 3, 8, 16, 64):
+        assert round_to.rounded_widths(round_to.BASE, r) == tuple(
+            np.minimum(full, np.ceil(base / r) * r).astype(int))
+    assert round_to.rounded_widths((0, 5, 63), 8) == (0, 8, 64)
+    widths = round_to.contenders()
+    assert widths["round_to 8"] == (16, 24, 24) and widths["round_to 16"] == (16, 32, 32)
+    out = tmp_path / "ROUND_TO.md"
+    round_to.main(["--quick", "--out", str(out), "--json", str(tmp_path / "r.json")])
+    text = out.read_text()
+    assert "`python -m bench.round_to --quick`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "contender" not in line]
+    assert [row.split(" | ")[1] for row in rows] == ["16/17/23", "16/24/24", "16/32/32", "16/16/16",
+                                                     "16/32/64"]
+    assert rows[0].count("1.00×") >= 6  # the base against itself: params, MACs, four latencies
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["shapes"]["dense 16/32/64"]["params"] == 426_122  # FMNIST-CNN-S
+    for timings in results["latency"].values():
+        assert set(timings) == set(widths)
+        assert all(t["calls"] == 6 and t["median_ms"] > 0 for t in timings.values())

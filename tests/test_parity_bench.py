@@ -33,12 +33,13 @@ def test_recipes_parse_into_the_settings_of_a_run():
     assert parity.parse_recipe("paper") == {"hparams": {}, "steady": False, "finetune_epochs": 0,
                                             "decouple": True, "units_fraction": None,
                                             "weights_fraction": None, "trim": False, "groups": False,
-                                            "joint": False, "gmax": False, "widths": None}
+                                            "joint": False, "gmax": False, "widths": None,
+                                            "round_to": 1}
     got = parity.parse_recipe("init+steady+ft2+lam0.5+mu40")
     assert got == {"hparams": {"lambda_scaling": "init_norm", "lambda_": 0.5, "mu": 40.0},
                    "steady": True, "finetune_epochs": 2, "decouple": True, "units_fraction": None,
                    "weights_fraction": None, "trim": False, "groups": False, "joint": False,
-                   "gmax": False, "widths": None}
+                   "gmax": False, "widths": None, "round_to": 1}
     assert parity.parse_recipe("cft1")["decouple"] is False
     assert parity.parse_recipe("init+lam0.5+u0.49")["units_fraction"] == 0.49
     assert parity.parse_recipe("lam0.5+w0.1")["weights_fraction"] == 0.1
@@ -57,6 +58,14 @@ def test_recipes_parse_into_the_settings_of_a_run():
         parity._layer_units("resnet20", [1, 2, 3])
     with pytest.raises(ValueError, match="widths<a>-<b>-<c> sets each layer's width itself"):
         parity.parse_recipe("u0.5+trim+widths12-16-28")
+    got = parity.parse_recipe("init+lam0.5+u0.5+trim+round16")
+    assert got["round_to"] == 16 and got["trim"] is True and got["units_fraction"] == 0.5
+    for bad, match in (("u0.5+round8+widths12-16-28", "round<r> rounds the widths the path chose"),
+                       ("u0.5+trim+round8+groups", "round<r> rounds the widths the path chose"),
+                       ("u0.5+round1", r"needs an integer r >= 2 after 'round'"),
+                       ("u0.5+roundx", r"needs an integer r >= 2 after 'round'")):
+        with pytest.raises(ValueError, match=match):
+            parity.parse_recipe(bad)
     for bad in ("fast", "lam", "lamx", "ft", "paper+", "u", "ux", "u0", "u1.5", "w", "w0", "w2",
                 "widths12-16", "widths12-0-28", "widths1-2-x"):
         with pytest.raises(ValueError, match="(?i)recipe token"):

@@ -1,0 +1,175 @@
+"""Rounded widths: does a conv width that is a multiple of r serve faster on this machine?
+
+`WStarFinetune(round_to=r)` (config ``optimizer.finetune_round_to``) raises
+each kernel's supp Γ to min(N_l, ⌈k_l/r⌉·r) units when the fine-tune starts,
+and `tf_dessilbi.shrink(round_to=r)` pads an export the same way; the
+rationale (Torch-Pruning's ``round_to``) is that kernels run on tiles of 8
+or 16 channels, so a width just over a multiple costs like the next one.
+This measures it for the served model here: FMNIST-CNN-S at the protocol
+recipe's widths (conv1/2/3 = 16/17/23, `configs/fmnist_dessilbi_protocol.py`,
+`bench/PARITY_E10_TRIM.md`) against the same network rounded up to r = 8
+(16/24/24) and r = 16 (16/32/32), the widths rounded down to 16/16/16
+(fewer MACs, for the trend), and the dense 16/32/64.
+
+Each contender is exported (`tf_dessilbi.export_saved_model`, and TFLite);
+its ``serving_default`` and the TFLite interpreter (2 threads) are timed
+at batch 1 and 128, all contenders alternated in blocks in one process
+(`bench.serving.alternate_calls`): ratio of medians to the unrounded
+widths, with the quartiles of the per-block ratios. Latency depends on the
+shapes only, so the weights are a fresh initialization (seed 0).
+
+    python -m bench.round_to [--quick] [--json out.json]   # writes bench/ROUND_TO.md
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import bench
+from bench import serving
+
+bench.quiet_tf()
+
+RESULTS = os.path.join(bench.REPO_ROOT, "bench", "ROUND_TO.md")
+BASE = (16, 17, 23)  # the protocol recipe's support (bench/PARITY_E10_TRIM.md, seed 0)
+FULL = (16, 32, 64)
+
+
+def rounded_widths(widths, round_to: int, full=FULL) -> tuple:
+    """Each width raised to min(N_l, ⌈k_l/r⌉·r), as `round_units` does (0 stays 0)."""
+    return tuple(min(n, -(-k // round_to) * round_to) for k, n in zip(widths, full))
+
+
+def contenders() -> dict:
+    """``{name: conv widths}``: the recipe's, rounded up to 8 and 16, rounded down to 16, dense."""
+    return {"16/17/23 (recipe)": BASE,
+            "round_to 8": rounded_widths(BASE, 8),
+            "round_to 16": rounded_widths(BASE, 16),
+            "down to 16/16/16": (16, 16, 16),
+            "dense 16/32/64": FULL}
+
+
+def _settings(quick: bool) -> dict:
+    return {"blocks": 2, "per_block": 3} if quick else {"blocks": 30, "per_block": 40}
+
+
+def _macs(model) -> tuple:
+    import tf_dessilbi
+
+    _, report = tf_dessilbi.shrink(model, return_report=True)
+    return report.params_before, report.macs_before
+
+
+def run(quick: bool = False) -> dict:
+    import keras
+    import numpy as np
+
+    from tf_dessilbi import models
+
+    s = _settings(quick)
+    work = tempfile.mkdtemp(prefix="round_to_")
+    started = time.time()
+    try:
+        x128 = np.random.default_rng(0).normal(size=(128, 28, 28, 1)).astype("float32")
+        served, interpreters, shapes = {}, {}, {}
+        for i, (name, widths) in enumerate(contenders().items()):
+            keras.utils.set_random_seed(0)
+            model = models.fmnist_cnn_s(filters=tuple(widths))
+            params, macs = _macs(model)
+            shapes[name] = {"widths": list(widths), "params": params, "macs": macs}
+            served[name], _ = serving.saved_model(model, work, f"c{i}")
+            interpreters[name] = serving.tflite(model, work, f"c{i}")
+        base = next(iter(shapes))
+        latency = {}
+        for batch in (1, 128):
+            x = np.ascontiguousarray(x128[:batch])
+            sm = serving.alternate_calls({n: (lambda f=f: f(x).numpy()) for n, f in served.items()},
+                                         s["blocks"], s["per_block"])
+            calls = {n: serving.interpreter(fb, x.shape) for n, fb in interpreters.items()}
+            tl = serving.alternate_calls({n: (lambda c=c: c(x)) for n, c in calls.items()},
+                                         s["blocks"], s["per_block"])
+            for kind, timing in (("savedmodel", sm), ("tflite", tl)):
+                latency[f"{kind}_b{batch}"] = {
+                    n: {**timing[n], **serving.ratio(timing, n, base)} for n in timing}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"settings": s, "quick": quick, "base": base, "shapes": shapes, "latency": latency,
+            "machine": _machine(),
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            "wall_s": time.time() - started}
+
+
+def _machine() -> str:
+    from bench.run import machine_info
+
+    m = machine_info()
+    avx512 = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = " with AVX-512" if "avx512f" in f.read() else " without AVX-512"
+    except OSError:
+        pass
+    return (f"{m['cpu']}{avx512}, {m['usable_cores']} usable cores, TensorFlow {m['tensorflow']}, "
+            f"Keras {m['keras']}")
+
+
+def _cell(row) -> str:
+    return (f"{row['ratio']:.2f}× ({row['median_ms']:.3f} ms; IQR {row['p25_ms']:.3f}–{row['p75_ms']:.3f}; "
+            f"block ratios {row['block_ratio_p25']:.2f}–{row['block_ratio_p75']:.2f})")
+
+
+def to_markdown(results: dict) -> str:
+    s = results["settings"]
+    base = results["base"]
+    keys = ("savedmodel_b1", "savedmodel_b128", "tflite_b1", "tflite_b128")
+    rows = []
+    for name, shape in results["shapes"].items():
+        b = results["shapes"][base]
+        rows.append([name, "/".join(map(str, shape["widths"])),
+                     f"{shape['params']:,} ({shape['params'] / b['params']:.2f}×)",
+                     f"{shape['macs']:,} ({shape['macs'] / b['macs']:.2f}×)"]
+                    + [_cell(results["latency"][k][name]) for k in keys])
+    header = ["contender", "conv widths", "params", "MACs", "SavedModel b1", "SavedModel b128",
+              "TFLite b1", "TFLite b128"]
+    return "\n".join([
+        "# Rounded widths: serving latency of FMNIST-CNN-S at 16/17/23 and rounded (bench/round_to.py)",
+        "",
+        f"Generated by `python -m bench.round_to{' --quick' if results['quick'] else ''}` (started "
+        f"{results['started']}, {results['wall_s'] / 60:.1f} min wall) on {results['machine']}; "
+        "TensorFlow backend, float32, fresh weights (seed 0).",
+        "",
+        f"Latency cells: ratio of medians to {base} (median ms of every call; IQR; quartiles of the "
+        f"per-block ratios), {s['blocks']} alternating blocks × {s['per_block']} calls per contender "
+        "(odd blocks reversed), all five contenders in one process. Params and MACs from shapes "
+        "(`ShrinkReport`).",
+        "",
+        bench.md_table(header, rows),
+    ]) + "\n"
+
+
+def main(argv=None):
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 blocks × 3 calls (a smoke run)")
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--out", default=RESULTS, help="the report (default bench/ROUND_TO.md)")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    text = to_markdown(results)
+    tmp = f"{args.out}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
