@@ -266,7 +266,7 @@ def _tfmot_case(model, optimizer, s, data, work, x128):
 def run(quick: bool = False) -> dict:
     import numpy as np
 
-    from tf_dessilbi.data import fashion_mnist_datasets
+    from tf_dessilbi.training.data import fashion_mnist_datasets
 
     s = _settings(quick)
     train, test = fashion_mnist_datasets(128, train_limit=s["train_limit"], test_limit=s["test_limit"])
