@@ -227,6 +227,7 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
 # writes its markdown file, included here verbatim.
 SEPARATE_REPORTS = (
     ("Physical removal (shrink)", "SHRINK.md"),
+    ("Rounded widths (round_to): serving latency of FMNIST-CNN-S at 16/17/23 and rounded", "ROUND_TO.md"),
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: the trimmed recipe, seeds 0–4",
      "PARITY_E10_TRIM.md"),
@@ -242,6 +243,8 @@ SEPARATE_REPORTS = (
      "to the best one), seeds 0–2", "PARITY_E10_WIDTHS.md"),
     ("FMNIST-CNN-S at E = 10: W* at 45, 56 and 68 filters on the same path, seeds 0–2",
      "PARITY_E10_FRACTIONS.md"),
+    ("FMNIST-CNN-S at E = 10: the protocol recipe with each conv rounded up to a multiple of 16 filters "
+     "(round_to), seeds 0–2", "PARITY_E10_ROUND.md"),
     ("FMNIST-CNN-S at E = 15: the protocol recipe and SGD with a longer budget, seeds 0–2", "PARITY_E15.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
     ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
