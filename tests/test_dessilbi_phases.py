@@ -440,6 +440,15 @@ def _margins(opt, layer):
         opt.threshold(layer.kernel)))
 
 
+def _assert_group_kernels_are_w_star(model, opt, names=("conv", "hidden")):
+    """W is W* on the group-coupled kernels: zero off the support, a removed unit's bias too."""
+    for name in names:
+        layer = model.get_layer(name)
+        kept = _units(opt, layer)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel)[..., ~kept], 0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias)[~kept], 0)
+
+
 def _trained_filters_and_neurons(epochs):
     """The test model after ``epochs`` with conv filters and hidden neurons coupled by groups (λ 0.1).
 
@@ -615,11 +624,7 @@ def test_w_star_finetune_layer_units_trains_the_chosen_widths():
     assert int(_units(opt, model.get_layer("hidden")).sum()) == 5
     assert set(after.fractions[8:]) == {3 / 8}  # fixed from the start on
     assert callback.trimmed or callback.added
-    for name in ("conv", "hidden"):  # W is W*: zero off the support, bias of a removed unit too
-        layer = model.get_layer(name)
-        kept = _units(opt, layer)
-        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel)[..., ~kept], 0)
-        np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias)[~kept], 0)
+    _assert_group_kernels_are_w_star(model, opt)
     config = callback.get_config()
     assert config["layer_units"] == {"conv": 3, "hidden": 5}
     assert finetune.WStarFinetune(**config).get_config() == config
@@ -735,11 +740,7 @@ def test_w_star_finetune_round_to_trains_multiples_of_r():
     expect[entering] = True
     np.testing.assert_array_equal(_units(opt, model.get_layer("conv")), expect)
     assert set(after.fractions[4:]) == {expect.sum() / 8}  # fixed from the start on
-    for name in ("conv", "hidden"):  # W is W*: zero off the support, bias of a removed unit too
-        layer = model.get_layer(name)
-        kept = _units(opt, layer)
-        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel)[..., ~kept], 0)
-        np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias)[~kept], 0)
+    _assert_group_kernels_are_w_star(model, opt)
     config = callback.get_config()
     assert config["round_to"] == 4 and finetune.WStarFinetune(**config).get_config() == config
 
