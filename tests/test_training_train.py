@@ -664,11 +664,25 @@ def test_finetune_round_to_through_the_cli(tmp_path):
     The path until then is the same run for run, so each conv keeps min(N, ⌈k/r⌉·r) of the k
     filters the run without rounding keeps.
     """
+    from absl import logging
+
     config = _layer_units_config("")
     config.optimizer.lambda_ = 0.1  # conv1 keeps 2 of 16 filters when the fine-tune starts
     plain = train.train_and_evaluate(config, str(tmp_path / "plain"))
     config.optimizer.finetune_round_to = 4
-    rounded = train.train_and_evaluate(config, str(tmp_path / "rounded"))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.INFO)  # what the CLI sets
+    try:
+        rounded = train.train_and_evaluate(config, str(tmp_path / "rounded"))
+    finally:
+        logging.set_verbosity(verbosity)
+    # train.log says when the support was fixed, each kernel's width, and what round_to added.
+    with open(tmp_path / "rounded" / "train.log") as f:
+        (line,) = [l for l in f if "W* fine-tune: supp Γ fixed from step" in l]
+    kept = {row["layer"]: row["units_kept"] for row in rounded["sparsity"]["layers"]}
+    assert "from step 6 (epoch 2.00) on, the coupling off" in line  # finetune_epochs=1 of 3, 3 steps each
+    assert f"conv1/kernel {kept['conv1']}/16, conv2/kernel {kept['conv2']}/32" in line
+    assert "added conv1/kernel [" in line and "trimmed" not in line
     widths = [{row["layer"]: (row["units_kept"], row["units_total"]) for row in s["sparsity"]["layers"]
                if row["layer"].startswith("conv")} for s in (plain, rounded)]
     assert sorted(widths[0]) == ["conv1", "conv2", "conv3"]

@@ -1,4 +1,4 @@
-"""The CLI's own Keras callbacks: the epoch log line and the stop on a non-finite loss."""
+"""The CLI's own Keras callbacks: the epoch log line, the fine-tune's start, the stop on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -45,6 +45,47 @@ class EpochLog(keras.callbacks.Callback):
             "epoch %d/%d: %s | %s", epoch + 1, self.num_epochs, metrics,
             sparsity_line(self.model),
         )
+
+
+class FinetuneLog(keras.callbacks.Callback):
+    """Logs once when a `WStarFinetune` fixes supp Γ: the step, the units kept, what moved.
+
+    Placed after the fine-tune callback, it sees the start in the same hook.
+    After a resume the fine-tune is re-applied at the resumed run's first
+    check, with nothing to trim or add; the line then says so by its step.
+    """
+
+    def __init__(self, finetune, steps_per_epoch: int):
+        super().__init__()
+        self.finetune = finetune
+        self.steps_per_epoch = steps_per_epoch
+        self.logged = False
+
+    def _check(self):
+        ft = self.finetune
+        if self.logged or ft.started_at_step is None:
+            return
+        self.logged = True
+        from tf_dessilbi.dessilbi import support_units
+        from tf_dessilbi.masks import unwrap_optimizer
+
+        optimizer = unwrap_optimizer(self.model.optimizer)
+        per_kernel = ", ".join(f"{optimizer._variable_path(v)} {int(u.sum())}/{u.size}"
+                               for v, u in support_units.group_units(optimizer))
+        moved = "; ".join(f"{what} {path} {units}"
+                          for what, changes in (("trimmed", ft.trimmed), ("added", ft.added))
+                          for path, units in changes.items())
+        logging.info(
+            "W* fine-tune: supp Γ fixed from step %d (epoch %.2f) on, the coupling %s; units kept: "
+            "%s%s", ft.started_at_step, ft.started_at_step / self.steps_per_epoch,
+            "off" if ft.decouple else "on", per_kernel or "no group-coupled kernel",
+            f"; {moved}" if moved else "")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
 
 
 def all_finite(model) -> bool:

@@ -94,6 +94,7 @@ def _dessilbi_finish(config, model, evaluate) -> dict:
 
 def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
     from tf_dessilbi.dessilbi import finetune, path_speed
+    from tf_dessilbi.training.callbacks import FinetuneLog
 
     cbs = []
     if config.optimizer.steady_path:
@@ -111,6 +112,7 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
                                           layer_units=(finetune.parse_layer_units(o.finetune_layer_units)
                                                        if o.finetune_layer_units else None),
                                           round_to=o.finetune_round_to))
+        cbs.append(FinetuneLog(cbs[-1], steps_per_epoch))
     return cbs
 
 
