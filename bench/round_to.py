@@ -40,7 +40,9 @@ FULL = (16, 32, 64)
 
 def rounded_widths(widths, round_to: int, full=FULL) -> tuple:
     """Each width raised to min(N_l, ⌈k_l/r⌉·r), as `round_units` does (0 stays 0)."""
-    return tuple(min(n, -(-k // round_to) * round_to) for k, n in zip(widths, full))
+    from tf_dessilbi.shrink.units import round_up_units
+
+    return tuple(round_up_units(k, n, round_to) for k, n in zip(widths, full))
 
 
 def contenders() -> dict:

@@ -246,7 +246,7 @@ class WStarFinetune(keras.callbacks.Callback):
             refuse_joint(optimizer, "round_to")
             if not group_kernels(optimizer, self.model):
                 raise ValueError(_NO_GROUPS)
-        if ((self.units_fraction is not None or self.dependency_groups or self.round_to > 1)
+        if ((self.units_fraction is not None or self.dependency_groups)
                 and getattr(optimizer, "built", False)
                 and support_unit_fraction(optimizer) is None):
             raise ValueError(_NO_GROUPS)

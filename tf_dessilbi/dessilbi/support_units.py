@@ -21,6 +21,7 @@ from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import structures as structures_lib
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import unit_mask_of, unit_norms, unwrap_optimizer
+from tf_dessilbi.shrink.units import round_up_units
 
 
 def support_weight_fraction(optimizer) -> Optional[float]:
@@ -217,8 +218,8 @@ def round_units(optimizer, round_to: int) -> dict:
     counts = {}
     for i, (_, units) in enumerate(groups):
         k = int(units.sum())
-        target = min(int(units.size), -(-k // round_to) * round_to)
-        if k and target > k:
+        target = round_up_units(k, int(units.size), round_to)
+        if target > k:
             counts[i] = target
     return _set_widths(optimizer, groups, counts)
 

@@ -124,6 +124,15 @@ def _is_root(roots) -> np.ndarray:
     return roots == np.arange(len(roots))
 
 
+def round_up_units(kept: int, total: int, round_to: int) -> int:
+    """``kept`` raised to the next multiple of ``round_to``, at most ``total``: min(N, ⌈k/r⌉·r).
+
+    The one rounding rule of ``round_to``, here at export and in
+    `WStarFinetune(round_to=...)` when the fine-tune starts (0 stays 0).
+    """
+    return min(total, -(-kept // round_to) * round_to)
+
+
 def _top_up(info, weights, roots, removed, min_units, round_to, notes, raw) -> np.ndarray:
     members = roots[info.out_elems]
     kept = ~removed[members]
@@ -134,7 +143,7 @@ def _top_up(info, weights, roots, removed, min_units, round_to, notes, raw) -> n
         target = min(min_units, total)
         reasons.append(f"emptied; kept its {target} strongest unit(s) (min_units)")
     if round_to > 1 and target % round_to:
-        rounded = min(total, -(-target // round_to) * round_to)
+        rounded = round_up_units(target, total, round_to)
         if rounded != target:
             reasons.append(f"{target}→{rounded} units (round_to={round_to})")
             target = rounded

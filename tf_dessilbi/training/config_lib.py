@@ -190,6 +190,24 @@ def _fail(field, value, allowed):
     raise ConfigError(f"config.{field}={value!r} is invalid: allowed {allowed}.")
 
 
+def _check_start_widths(config, field, off, verb, conflicts, note=""):
+    """A setting that acts on supp Γ's widths when the fine-tune starts (``finetune_layer_units``,
+    ``finetune_round_to``): it needs a fine-tune and filters/neurons, and none of ``conflicts``."""
+    o = config.optimizer
+    value = o[field]
+    if not (o.finetune_epochs or o.finetune_units or o.finetune_weights):
+        _fail(f"optimizer.{field}", value,
+              f"{off} unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
+              f"it {verb} the widths when the fine-tune starts)")
+    if o.structure == "elementwise":
+        _fail(f"optimizer.{field}", value,
+              f"{off} with optimizer.structure='elementwise' (it {verb} filters and neurons)")
+    if any(o[c] for c in conflicts):
+        _fail(f"optimizer.{field}", value,
+              f"{off} with optimizer.{', '.join(conflicts[:-1])} or {conflicts[-1]} (they set the "
+              f"support's units themselves{note})")
+
+
 def _check_layer_units(config):
     """``optimizer.finetune_layer_units``: parsable, with a fine-tune, without trim/groups/joint."""
     from tf_dessilbi.dessilbi import finetune
@@ -200,35 +218,18 @@ def _check_layer_units(config):
     except (TypeError, ValueError) as err:
         _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
               f"'pattern=k,...' with k an integer >= 1 ({err})")
-    if not (o.finetune_epochs or o.finetune_units or o.finetune_weights):
-        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
-              "'' unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
-              "it sets the widths when the fine-tune starts)")
-    if o.structure == "elementwise":
-        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
-              "'' with optimizer.structure='elementwise' (it sets filters and neurons)")
-    if o.finetune_trim or o.finetune_groups or o.joint_groups:
-        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
-              "'' with optimizer.finetune_trim, finetune_groups or joint_groups (they set the "
-              "support's units themselves)")
+    _check_start_widths(config, "finetune_layer_units", "''", "sets",
+                        ("finetune_trim", "finetune_groups", "joint_groups"))
 
 
 def _check_round_to(config):
     """``optimizer.finetune_round_to`` > 1: DessiLBI, a fine-tune, filters/neurons, no set widths."""
-    o = config.optimizer
-    allowed = None
-    if o.name != "dessilbi":
-        allowed = "1 unless optimizer.name='dessilbi' (it rounds the widths of supp Γ)"
-    elif not (o.finetune_epochs or o.finetune_units or o.finetune_weights):
-        allowed = ("1 unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
-                   "it rounds the widths when the fine-tune starts)")
-    elif o.structure == "elementwise":
-        allowed = "1 with optimizer.structure='elementwise' (it rounds filters and neurons)"
-    elif o.finetune_layer_units or o.finetune_groups or o.joint_groups:
-        allowed = ("1 with optimizer.finetune_layer_units, finetune_groups or joint_groups (they set "
-                   "the support's units themselves: choose multiples there)")
-    if allowed:
-        _fail("optimizer.finetune_round_to", o.finetune_round_to, allowed)
+    if config.optimizer.name != "dessilbi":
+        _fail("optimizer.finetune_round_to", config.optimizer.finetune_round_to,
+              "1 unless optimizer.name='dessilbi' (it rounds the widths of supp Γ)")
+    _check_start_widths(config, "finetune_round_to", "1", "rounds",
+                        ("finetune_layer_units", "finetune_groups", "joint_groups"),
+                        ": choose multiples there")
 
 
 def _check_keys(config, schema, prefix=""):
