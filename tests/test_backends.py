@@ -21,6 +21,7 @@ BACKEND_AGNOSTIC_TESTS = [
     "tests/test_slbi.py",
     "tests/test_dessilbi.py",
     "tests/test_dessilbi_phases.py",
+    "tests/test_support_units.py",
     "tests/test_dessilbi_group_support.py",
     "tests/test_dessilbi_joint_groups.py",
     "tests/test_gates.py",
