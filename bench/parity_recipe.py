@@ -27,7 +27,8 @@ def parse_recipe(spec: str) -> dict:
     those of largest margin ‖V_g‖/λ_g: `WStarFinetune(layer_units=...)`, not
     with ``trim``), ``round<r>`` (then each conv's support is raised to a
     multiple of r filters, the largest margins entering: `WStarFinetune(
-    round_to=r)`), ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
+    round_to=r)`; with ``groups``, each channel space's whole groups),
+    ``lam<x>`` / ``mu<x>`` / ``kappa<x>``
     (override `HPARAMS`). E.g. ``steady+ft1+lam2``, ``init+lam0.5+u0.49``.
     """
     out = {"hparams": {}, "steady": False, "finetune_epochs": 0, "decouple": True,
@@ -89,9 +90,9 @@ def parse_recipe(spec: str) -> dict:
                              "round<r>, lam<x>, mu<x>, kappa<x> joined by '+'.")
         if key not in out["hparams"]:
             raise ValueError(f"Recipe token {token!r} in {spec!r} needs a number after {prefix!r}.")
-    if out["round_to"] > 1 and (out["widths"] or out["groups"]):
+    if out["round_to"] > 1 and out["widths"]:
         raise ValueError(f"Recipe {spec!r}: round<r> rounds the widths the path chose; "
-                         "drop widths/groups.")
+                         "drop widths.")
     if out["widths"] and (out["trim"] or out["groups"]):
         raise ValueError(f"Recipe {spec!r}: widths<a>-<b>-<c> sets each layer's width itself; "
                          "drop trim/groups.")

@@ -241,3 +241,96 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkey
         finetune.WStarFinetune(start_epoch=1, group_margin="mean")
     with pytest.raises(TypeError, match="dependency_groups"):
         finetune.WStarFinetune(start_epoch=1, dependency_groups="yes")
+
+
+def _round_reference(round_to, rule):
+    """NumPy: the units in supp Γ after `round_groups` (each channel space's groups the export
+    keeps raised to min(N, ⌈k/r⌉·r), the best outside by margin entering whole)."""
+    lam = {n: 0.5 * INIT[n] for n in INIT}
+    v = {n: MARGINS[n] * lam[n] for n in INIT}
+    groups = [[("stem", j), ("b", j)] for j in range(4)]
+    groups += [[(n, j)] for n in ("a", "c") for j in range(WIDTHS[n])]
+    if rule == "joint":
+        margin = [np.sqrt(sum(v[n][j] ** 2 for n, j in g) / sum(lam[n][j] ** 2 for n, j in g))
+                  for g in groups]
+    else:
+        margin = [max(v[n][j] / lam[n][j] for n, j in g) for g in groups]
+    support = {n: MARGINS[n] > 1 for n in INIT}
+    keep = {n: support[n].copy() for n in INIT}
+    for layers in ({"stem", "b"}, {"a"}, {"c"}):
+        space = [i for i, g in enumerate(groups) if {n for n, _ in g} == layers]
+        held = [any(support[n][j] for n, j in groups[i]) for i in space]
+        k = sum(held)
+        target = min(len(space), int(np.ceil(k / round_to)) * round_to)
+        outside = sorted((i for i, h in zip(space, held) if not h), key=lambda i: (-margin[i], i))
+        for i in outside[:target - k]:
+            for n, j in groups[i]:
+                keep[n][j] = True
+    return keep
+
+
+@pytest.mark.parametrize("round_to", [2, 3, 4])
+@pytest.mark.parametrize("rule", ["joint", "max"])
+def test_round_groups_rounds_each_channel_space_by_margin(round_to, rule):
+    model = _model()
+    opt = _optimizer(model, init_norms=INIT, v_norms={n: MARGINS[n] * 0.5 * INIT[n] for n in INIT})
+    before = {n: _units(opt, model, n) for n in INIT}
+    want = _round_reference(round_to, rule)
+    if round_to == 2:  # stem/b: 3 of 4 channels kept → 4; a: empty, stays empty; c: 3 of 5 → 4
+        assert (want["stem"] | want["b"]).all() and want["stem"][3] and want["b"][3]
+        assert not want["a"].any() and want["c"].sum() == 4
+    added = group_support.round_groups(opt, model, round_to, margin=rule)
+    for n in INIT:
+        np.testing.assert_array_equal(_units(opt, model, n), want[n], err_msg=n)
+    expected = {f"{n}/kernel": np.flatnonzero(want[n] & ~before[n]).tolist() for n in INIT}
+    assert added == {k: u for k, u in expected.items() if u}
+    # every exported width is now a multiple of r or the layer's width
+    _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)
+    rows = {r.layer: r for r in report.rows}
+    for n in ("stem", "b", "c"):
+        assert rows[n].units_after % round_to == 0 or rows[n].units_after == WIDTHS[n], n
+
+
+def test_round_groups_bad_calls_change_nothing():
+    model = _model()
+    opt = _optimizer(model, init_norms=INIT, v_norms={n: MARGINS[n] * 0.5 * INIT[n] for n in INIT})
+    vs = [ops.convert_to_numpy(v).copy() for v in opt._vs if v is not None]
+    with pytest.raises(ValueError, match=r"`round_to` must be >= 1. Received: round_to=0"):
+        group_support.round_groups(opt, model, 0)
+    with pytest.raises(TypeError, match=r"`round_to` must be an integer"):
+        group_support.round_groups(opt, model, 2.0)
+    with pytest.raises(ValueError, match="margin"):
+        group_support.round_groups(opt, model, 2, margin="mean")
+    elementwise = _model()
+    with pytest.raises(ValueError, match="round_groups needs a kernel coupled by groups"):
+        group_support.round_groups(_optimizer(elementwise, structure="elementwise"), elementwise, 2)
+    for before, v in zip(vs, [v for v in opt._vs if v is not None]):
+        np.testing.assert_array_equal(ops.convert_to_numpy(v), before)
+
+
+def test_w_star_finetune_rounds_the_aligned_groups():
+    """The same path with and without ``round_to``: each exported width k → min(N, ⌈k/r⌉·r)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6, 6, 2)).astype("float32")
+    y = ((x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + (x[..., 1].mean(axis=(1, 2)) > 0))
+    widths, callbacks = [], []
+    for round_to in (1, 2):
+        model = _model()
+        opt = DessiLBI(0.2, kappa=1.0, mu=5.0, lambda_=0.3, structure=COUPLED)
+        model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        callback = finetune.WStarFinetune(units_fraction=0.3, check_every=1, trim=True,
+                                          dependency_groups=True, round_to=round_to)
+        model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[callback])
+        units = {n: _units(opt, model, n) for n in WIDTHS}
+        _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)
+        rows = {r.layer: r.units_after for r in report.rows}
+        assert {n: rows[n] for n in WIDTHS} == {n: int(units[n].sum()) for n in WIDTHS}
+        np.testing.assert_array_equal(units["stem"], units["b"])
+        widths.append({n: rows[n] for n in WIDTHS})
+        callbacks.append(callback)
+    assert callbacks[0].started_at_step == callbacks[1].started_at_step is not None
+    assert any(k % 2 for k in widths[0].values())  # something to round
+    assert widths[1] == {n: min(WIDTHS[n], -(-k // 2) * 2) for n, k in widths[0].items()}
+    added = sum(len(u) for u in callbacks[1].added.values())
+    assert added == sum(widths[1][n] - widths[0][n] for n in WIDTHS)
+    assert callbacks[1].get_config()["round_to"] == 2

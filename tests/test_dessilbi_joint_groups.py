@@ -207,3 +207,26 @@ def test_bad_unit_groups_raise_at_build_before_anything_is_created(unit_groups, 
         opt.build(model.trainable_variables)
     assert not opt.built
     assert not any("dessilbi_v" in v.path for v in opt.variables)
+
+
+def test_round_groups_adds_whole_joint_groups():
+    """`group_support.round_groups` on a jointly coupled DessiLBI: a group enters whole, by m_G."""
+    model = _model()
+    opt = DessiLBI(0.1, mu=5.0, lambda_=1.0, structure=COUPLED, lambda_scaling="none",
+                   unit_groups=tf_dessilbi.joint_unit_groups(model))
+    opt.build(model.trainable_variables)
+    stem, b = model.get_layer("stem").kernel, model.get_layer("b").kernel
+    rng = np.random.default_rng(3)
+    for k in (stem, b):  # below the joint threshold, channel 1 the strongest outside
+        v = rng.normal(size=k.shape) * np.array([0.01, 0.05, 0.02, 0.03])
+        opt._vs[opt._slot_index(k)].assign(v.astype("float32"))
+    for name in ("stem", "a", "c"):
+        opt.add_units(model.get_layer(name).kernel, [0])
+    added = group_support.round_groups(opt, model, 2)
+    # a and c: V = 0 outside, ties go to the lower unit
+    assert added == {"stem/kernel": [1], "b/kernel": [1], "a/kernel": [1], "c/kernel": [1]}
+    np.testing.assert_array_equal(_unit_in(opt.gamma(stem)), [True, True, False, False])
+    np.testing.assert_array_equal(_unit_in(opt.gamma(b)), [True, True, False, False])
+    small = tf_dessilbi.shrink(model, optimizer=opt)
+    for name in WIDTHS:
+        assert small.get_layer(name).kernel.shape[-1] == 2, name

@@ -60,8 +60,9 @@ def test_recipes_parse_into_the_settings_of_a_run():
         parity.parse_recipe("u0.5+trim+widths12-16-28")
     got = parity.parse_recipe("init+lam0.5+u0.5+trim+round16")
     assert got["round_to"] == 16 and got["trim"] is True and got["units_fraction"] == 0.5
+    got = parity.parse_recipe("unitinit+lam0.45+u0.5+trim+groups+round8")  # whole groups rounded
+    assert got["round_to"] == 8 and got["groups"] is True
     for bad, match in (("u0.5+round8+widths12-16-28", "round<r> rounds the widths the path chose"),
-                       ("u0.5+trim+round8+groups", "round<r> rounds the widths the path chose"),
                        ("u0.5+round1", r"needs an integer r >= 2 after 'round'"),
                        ("u0.5+roundx", r"needs an integer r >= 2 after 'round'")):
         with pytest.raises(ValueError, match=match):

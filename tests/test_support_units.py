@@ -338,12 +338,11 @@ def test_w_star_finetune_round_to_is_checked_before_the_first_step():
         ({"round_to": "8"}, TypeError, r"`round_to` must be an integer"),
         ({"round_to": 2, "layer_units": {"conv": 4}}, ValueError,
          r"with layer_units choose multiples yourself.*Received: round_to=2, layer_units=\{'conv': 4\}"),
-        ({"round_to": 2, "dependency_groups": True}, ValueError,
-         r"dependency_groups keeps whole groups.*dependency_groups=True"),
     ]:
         with pytest.raises(error, match=match):
             finetune.WStarFinetune(start_epoch=1, **kwargs)
     finetune.WStarFinetune(start_epoch=1, round_to=1, layer_units={"conv": 4})  # 1 is off
+    finetune.WStarFinetune(start_epoch=1, round_to=2, dependency_groups=True)  # rounds whole groups
     x, y = _data()
     for kwargs, match in [({"structure": "elementwise"}, r"round_to>1\) count filters.*couples no kernel"),
                           ({"structure": {"conv/kernel": "filter"},

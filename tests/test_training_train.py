@@ -690,13 +690,18 @@ def test_finetune_round_to_through_the_cli(tmp_path):
     for layer, (k, total) in widths[0].items():
         assert widths[1][layer] == (min(total, -(-k // 4) * 4), total)
     assert rounded["eval"]["loss"] == pytest.approx(rounded["eval_w_star"]["loss"], rel=1e-6)
-    for field, value in (("finetune_layer_units", "conv1/=2"), ("finetune_groups", True),
-                         ("joint_groups", True)):
-        bad = _layer_units_config("")
-        bad.optimizer.finetune_round_to, bad.optimizer[field] = 8, value
-        with pytest.raises(ValueError, match=r"finetune_round_to=8 .* with optimizer.finetune_layer_units, "
-                                             r"finetune_groups or joint_groups"):
-            config_lib.validate(bad)
+    bad = _layer_units_config("")
+    bad.optimizer.finetune_round_to, bad.optimizer.finetune_layer_units = 8, "conv1/=2"
+    with pytest.raises(ValueError, match=r"finetune_round_to=8 .* with optimizer.finetune_layer_units "
+                                         r"\(they set the support's units themselves: choose multiples"):
+        config_lib.validate(bad)
+    bad = _layer_units_config("")
+    bad.optimizer.finetune_round_to, bad.optimizer.joint_groups = 8, True
+    with pytest.raises(ValueError, match=r"finetune_round_to=8 .*joint_groups=True unless "
+                                         r"optimizer.finetune_groups=True"):
+        config_lib.validate(bad)
+    bad.optimizer.finetune_groups = True  # rounded by whole groups: allowed
+    config_lib.validate(bad)
     bad = _layer_units_config("")
     bad.optimizer.finetune_round_to, bad.optimizer.structure = 8, "elementwise"
     with pytest.raises(ValueError, match=r"finetune_round_to=8 .*structure='elementwise'"):

@@ -145,9 +145,13 @@ class WStarFinetune(keras.callbacks.Callback):
             units, min(N_l, ⌈k_l/r⌉·r), the units of largest margin outside
             it entering (`round_units`; Torch-Pruning's ``round_to``, widths
             that suit accelerators' tiles, trained rather than padded with
-            zeros at export). The total can exceed ⌈ρ·N⌉ by up to r − 1 per
-            kernel. Not with ``layer_units`` (choose multiples there) or
-            ``dependency_groups``. Defaults to `1` (off).
+            zeros at export). With ``dependency_groups`` the whole groups
+            of each channel space are rounded after the alignment
+            (`group_support.round_groups`), so each exported width is a
+            multiple of r (or all the layer's units). The total can exceed
+            ⌈ρ·N⌉ by up to r − 1 units per kernel (per channel space). Not
+            with ``layer_units`` (choose multiples there). Defaults to `1`
+            (off).
 
     Attributes:
         started_at_step: the optimizer step the fine-tune started at (``None``
@@ -211,11 +215,10 @@ class WStarFinetune(keras.callbacks.Callback):
                              f"without trim and dependency_groups. Received: trim={self.trim}, "
                              f"dependency_groups={self.dependency_groups}")
         self.round_to = _validate.integer("round_to", round_to, minimum=1)
-        if self.round_to > 1 and (self.layer_units is not None or self.dependency_groups):
+        if self.round_to > 1 and self.layer_units is not None:
             raise ValueError("WStarFinetune(round_to=...) rounds the widths the path chose; with "
-                             "layer_units choose multiples yourself, and dependency_groups keeps "
-                             f"whole groups. Received: round_to={self.round_to}, layer_units="
-                             f"{self.layer_units!r}, dependency_groups={self.dependency_groups}")
+                             "layer_units choose multiples yourself. Received: "
+                             f"round_to={self.round_to}, layer_units={self.layer_units!r}")
         self.added = {}
         self.active = False
         self.started_at_step = None
@@ -243,7 +246,8 @@ class WStarFinetune(keras.callbacks.Callback):
         if self.layer_units is not None:
             check_layer_units(optimizer, self.model, self.layer_units)
         if self.round_to > 1:
-            refuse_joint(optimizer, "round_to")
+            if not self.dependency_groups:
+                refuse_joint(optimizer, "round_to")
             if not group_kernels(optimizer, self.model):
                 raise ValueError(_NO_GROUPS)
         if ((self.units_fraction is not None or self.dependency_groups)
@@ -274,7 +278,10 @@ class WStarFinetune(keras.callbacks.Callback):
                     changed = set_layer_units(optimizer, self.layer_units)
                     self.trimmed = {p: c["dropped"] for p, c in changed.items() if c["dropped"]}
                     self.added = {p: c["added"] for p, c in changed.items() if c["added"]}
-                if self.round_to > 1:
+                if self.round_to > 1 and self.dependency_groups:
+                    self.added = group_support.round_groups(optimizer, self.model, self.round_to,
+                                                            self._groups, self.group_margin)
+                elif self.round_to > 1:
                     self.added = {p: c["added"] for p, c in
                                   round_units(optimizer, self.round_to).items() if c["added"]}
             self.empty_at_start = empty_coupled_layers(optimizer)

@@ -51,6 +51,7 @@ from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import OptimizerSupport, unit_mask_of, unit_norms, unwrap_optimizer
 from tf_dessilbi.shrink import groups as groups_lib
+from tf_dessilbi.shrink.units import round_up_units
 
 
 @dataclasses.dataclass
@@ -109,41 +110,13 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
     if keep_units is not None:
         keep_units = _validate.positive_int("keep_units", keep_units)
     _validate.one_of("margin", margin, MARGINS)
-    coupled = {layer.name: variable
-               for layer, variable, _, structure in OptimizerSupport(optimizer).coupled(model)
-               if structure in GROUP_STRUCTURES}
-    if not coupled:
-        raise ValueError("align_support needs a kernel coupled by groups ('filter'/'neuron' "
-                         "structures); the optimizer couples none of the model's kernels so.")
-    if groups is None:
-        groups = groups_lib.unit_groups(model)
-    sq_norm, sq_threshold, in_support = {}, {}, {}
-    for name, variable in coupled.items():
-        v = ops.convert_to_numpy(optimizer.v(variable))
-        norms = unit_norms(v)
-        threshold = np.broadcast_to(np.asarray(
-            ops.convert_to_numpy(optimizer.threshold(variable)), np.float64), norms.shape)
-        sq_norm[name], sq_threshold[name] = norms ** 2, threshold ** 2
-        in_support[name] = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
-
-    # groups with a group-coupled member: (margin, fixed, coupled members)
-    scored = []
-    for group in groups:
-        mine = [(name, unit) for name, unit in group.members if name in coupled]
-        if not mine:
-            continue
-        fixed = not group.removable or len(mine) < len(group.members)
-        if margin == "joint":
-            score = _ratio(sum(sq_norm[n][u] for n, u in mine), sum(sq_threshold[n][u] for n, u in mine))
-        else:
-            score = max(_ratio(sq_norm[n][u], sq_threshold[n][u]) for n, u in mine)
-        scored.append((float(score), fixed, mine))
+    coupled, in_support, scored = _score_groups(optimizer, model, groups, margin, "align_support")
     order = sorted(range(len(scored)), key=lambda i: (-scored[i][0], i))
-    stays = np.array([fixed for _, fixed, _ in scored], bool)
+    stays = np.array([fixed for _, fixed, _, _ in scored], bool)
     for name in coupled:  # every coupled layer keeps its best group
         stays[next(i for i in order if any(n == name for n, _ in scored[i][2]))] = True
     if keep_units is None:
-        stays |= np.array([score > 1.0 for score, _, _ in scored], bool)
+        stays |= np.array([score > 1.0 for score, _, _, _ in scored], bool)
     else:
         held = sum(len(scored[i][2]) for i in np.flatnonzero(stays))
         for i in order:
@@ -151,7 +124,7 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
                 stays[i] = True
                 held += len(scored[i][2])
 
-    keep = {name: np.zeros(len(sq_norm[name]), bool) for name in coupled}
+    keep = {name: np.zeros(len(in_support[name]), bool) for name in coupled}
     for i in np.flatnonzero(stays):
         for name, unit in scored[i][2]:
             keep[name][unit] = True
@@ -168,6 +141,105 @@ def align_support(optimizer, model, keep_units: Optional[int] = None, groups=Non
             added[path] = into
     return Alignment(dropped, added, int(stays.sum()), len(scored),
                      int(sum(k.sum() for k in keep.values())), keep_units)
+
+
+def round_groups(optimizer, model, round_to: int, groups=None, margin: str = "joint") -> dict:
+    """Raises each channel space's kept dependency groups to a multiple of ``round_to``.
+
+    A channel space is the set of dependency groups whose members sit in
+    the same layers: one layer's units outside a residual stream, or one
+    channel of every conv that writes a residual stream (ResNet-20's
+    stage 1: the stem and each block's second conv). The exported width of
+    each of those layers is k, the number of the space's groups the export
+    keeps (a group that cannot leave, or has a member in supp Γ). Of N
+    groups, min(N, ⌈k/r⌉·r) are kept (`shrink.units.round_up_units`, the
+    export's ``round_to``): the groups outside with the largest margin
+    (``margin`` as in `align_support`; ties: the earlier group) enter whole,
+    each group-coupled member going into supp Γ (`DessiLBI.add_units`). No
+    unit leaves; a space with k = 0 stays empty.
+
+    After `align_support`, supp Γ holds whole groups, so this is
+    Torch-Pruning's ``round_to`` on the widths the export will have, trained
+    rather than padded with zero units at export.
+
+    Args:
+        optimizer: a built `DessiLBI` that trains ``model``.
+        model: the Sequential / Functional model it trains.
+        round_to: r ≥ 1.
+        groups: `tf_dessilbi.shrink.unit_groups` of ``model`` (computed when
+            ``None``).
+        margin: ``"joint"`` or ``"max"`` (see `align_support`).
+
+    Returns:
+        ``{variable path: [units]}`` put into supp Γ.
+
+    Raises:
+        ValueError: ``round_to`` < 1, ``margin`` not one of `MARGINS`, an
+            unbuilt optimizer or one that couples no kernel by groups.
+        TypeError: ``round_to`` is not an integer. Nothing is changed.
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    round_to = _validate.integer("round_to", round_to, minimum=1)
+    _validate.one_of("margin", margin, MARGINS)
+    coupled, in_support, scored = _score_groups(optimizer, model, groups, margin, "round_groups")
+    spaces = {}
+    for i, (_, _, _, group) in enumerate(scored):
+        spaces.setdefault(frozenset(name for name, _ in group.members), []).append(i)
+    added = {}
+    for members in spaces.values():
+        kept = [scored[i][1] or any(in_support[n][u] for n, u in scored[i][2]) for i in members]
+        k = sum(kept)
+        target = round_up_units(k, len(members), round_to)
+        outside = sorted((i for i, held in zip(members, kept) if not held),
+                         key=lambda i: (-scored[i][0], i))
+        for i in outside[:target - k]:
+            for name, unit in scored[i][2]:
+                added.setdefault(name, []).append(unit)
+    out = {}
+    for name, units in added.items():
+        variable = coupled[name]
+        optimizer.add_units(variable, sorted(units))
+        out[optimizer._variable_path(variable)] = sorted(units)
+    return out
+
+
+def _score_groups(optimizer, model, groups, margin, caller):
+    """The groups with a group-coupled member, scored by ``margin``.
+
+    Returns ``(coupled, in_support, scored)``: ``{layer name: kernel}`` of
+    the group-coupled kernels, ``{layer name: units in supp Γ}``, and
+    ``[(margin, fixed, coupled members, group)]`` in ``groups``' order
+    (fixed: the group cannot leave the model, or has a member the optimizer
+    does not couple by groups).
+    """
+    coupled = {layer.name: variable
+               for layer, variable, _, structure in OptimizerSupport(optimizer).coupled(model)
+               if structure in GROUP_STRUCTURES}
+    if not coupled:
+        raise ValueError(f"{caller} needs a kernel coupled by groups ('filter'/'neuron' "
+                         "structures); the optimizer couples none of the model's kernels so.")
+    if groups is None:
+        groups = groups_lib.unit_groups(model)
+    sq_norm, sq_threshold, in_support = {}, {}, {}
+    for name, variable in coupled.items():
+        v = ops.convert_to_numpy(optimizer.v(variable))
+        norms = unit_norms(v)
+        threshold = np.broadcast_to(np.asarray(
+            ops.convert_to_numpy(optimizer.threshold(variable)), np.float64), norms.shape)
+        sq_norm[name], sq_threshold[name] = norms ** 2, threshold ** 2
+        in_support[name] = unit_mask_of(ops.convert_to_numpy(optimizer.support(variable)), (-1,))
+    scored = []
+    for group in groups:
+        mine = [(name, unit) for name, unit in group.members if name in coupled]
+        if not mine:
+            continue
+        fixed = not group.removable or len(mine) < len(group.members)
+        if margin == "joint":
+            score = _ratio(sum(sq_norm[n][u] for n, u in mine), sum(sq_threshold[n][u] for n, u in mine))
+        else:
+            score = max(_ratio(sq_norm[n][u], sq_threshold[n][u]) for n, u in mine)
+        scored.append((float(score), fixed, mine, group))
+    return coupled, in_support, scored
 
 
 def _ratio(v2, t2) -> float:

@@ -204,8 +204,13 @@ def _check_start_widths(config, field, off, verb, conflicts, note=""):
               f"{off} with optimizer.structure='elementwise' (it {verb} filters and neurons)")
     if any(o[c] for c in conflicts):
         _fail(f"optimizer.{field}", value,
-              f"{off} with optimizer.{', '.join(conflicts[:-1])} or {conflicts[-1]} (they set the "
+              f"{off} with optimizer.{_either(conflicts)} (they set the "
               f"support's units themselves{note})")
+
+
+def _either(names) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _check_layer_units(config):
@@ -227,9 +232,12 @@ def _check_round_to(config):
     if config.optimizer.name != "dessilbi":
         _fail("optimizer.finetune_round_to", config.optimizer.finetune_round_to,
               "1 unless optimizer.name='dessilbi' (it rounds the widths of supp Γ)")
-    _check_start_widths(config, "finetune_round_to", "1", "rounds",
-                        ("finetune_layer_units", "finetune_groups", "joint_groups"),
+    _check_start_widths(config, "finetune_round_to", "1", "rounds", ("finetune_layer_units",),
                         ": choose multiples there")
+    if config.optimizer.joint_groups and not config.optimizer.finetune_groups:
+        _fail("optimizer.finetune_round_to", config.optimizer.finetune_round_to,
+              "1 with optimizer.joint_groups=True unless optimizer.finetune_groups=True "
+              "(jointly coupled units are rounded by whole groups)")
 
 
 def _check_keys(config, schema, prefix=""):
