@@ -69,10 +69,10 @@ MARGINS = {"stem": np.array([1.2, 0.5, 0.9, 0.2]), "a": np.array([0.3, 0.6, 0.2]
            "b": np.array([0.4, 1.3, 1.05, 0.1]), "c": np.array([1.5, 0.8, 1.1, 0.2, 2.0])}
 
 
-def _reference(keep_units=None, rule="joint"):
-    """NumPy: the units kept per layer (module docstring's rule), from INIT and MARGINS.
+def _groups_and_margins(rule):
+    """NumPy: the model's dependency groups and each one's margin, from INIT and MARGINS.
 
-    ``rule="max"``: a group's margin is its largest member's ‖V_g‖/λ_g.
+    ``rule="joint"``: ‖V_G‖₂/λ_G; ``"max"``: the largest member's ‖V_g‖/λ_g.
     """
     lam = {n: 0.5 * INIT[n] for n in INIT}
     v = {n: MARGINS[n] * lam[n] for n in INIT}
@@ -83,6 +83,15 @@ def _reference(keep_units=None, rule="joint"):
                   for g in groups]
     else:
         margin = [max(v[n][j] / lam[n][j] for n, j in g) for g in groups]
+    return groups, margin
+
+
+def _reference(keep_units=None, rule="joint"):
+    """NumPy: the units kept per layer (module docstring's rule), from INIT and MARGINS.
+
+    ``rule="max"``: a group's margin is its largest member's ‖V_g‖/λ_g.
+    """
+    groups, margin = _groups_and_margins(rule)
     order = sorted(range(len(groups)), key=lambda i: (-margin[i], i))
     # first every layer's best group, then the rule
     stays = {next(i for i in order if any(n == name for n, _ in groups[i])) for name in INIT}
@@ -246,15 +255,7 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkey
 def _round_reference(round_to, rule):
     """NumPy: the units in supp Γ after `round_groups` (each channel space's groups the export
     keeps raised to min(N, ⌈k/r⌉·r), the best outside by margin entering whole)."""
-    lam = {n: 0.5 * INIT[n] for n in INIT}
-    v = {n: MARGINS[n] * lam[n] for n in INIT}
-    groups = [[("stem", j), ("b", j)] for j in range(4)]
-    groups += [[(n, j)] for n in ("a", "c") for j in range(WIDTHS[n])]
-    if rule == "joint":
-        margin = [np.sqrt(sum(v[n][j] ** 2 for n, j in g) / sum(lam[n][j] ** 2 for n, j in g))
-                  for g in groups]
-    else:
-        margin = [max(v[n][j] / lam[n][j] for n, j in g) for g in groups]
+    groups, margin = _groups_and_margins(rule)
     support = {n: MARGINS[n] > 1 for n in INIT}
     keep = {n: support[n].copy() for n in INIT}
     for layers in ({"stem", "b"}, {"a"}, {"c"}):

@@ -122,12 +122,17 @@ def test_joint_prox_on_set_values_and_accessors():
     assert _unit_in(opt.gamma(a)).all()
 
 
-def test_add_units_takes_in_the_whole_group_and_align_support_agrees():
+def _built_joint():
+    """The residual model and a built joint DessiLBI (λ_g = 1, V = 0); its stem and b kernels."""
     model = _model()
     opt = DessiLBI(0.1, mu=5.0, lambda_=1.0, structure=COUPLED, lambda_scaling="none",
                    unit_groups=tf_dessilbi.joint_unit_groups(model))
     opt.build(model.trainable_variables)
-    stem, b = model.get_layer("stem").kernel, model.get_layer("b").kernel
+    return model, opt, model.get_layer("stem").kernel, model.get_layer("b").kernel
+
+
+def test_add_units_takes_in_the_whole_group_and_align_support_agrees():
+    model, opt, stem, b = _built_joint()
     assert not _unit_in(opt.gamma(stem)).any()
     opt.add_units(stem, [2])
     np.testing.assert_array_equal(_unit_in(opt.gamma(stem)), [False, False, True, False])
@@ -211,11 +216,7 @@ def test_bad_unit_groups_raise_at_build_before_anything_is_created(unit_groups, 
 
 def test_round_groups_adds_whole_joint_groups():
     """`group_support.round_groups` on a jointly coupled DessiLBI: a group enters whole, by m_G."""
-    model = _model()
-    opt = DessiLBI(0.1, mu=5.0, lambda_=1.0, structure=COUPLED, lambda_scaling="none",
-                   unit_groups=tf_dessilbi.joint_unit_groups(model))
-    opt.build(model.trainable_variables)
-    stem, b = model.get_layer("stem").kernel, model.get_layer("b").kernel
+    model, opt, stem, b = _built_joint()
     rng = np.random.default_rng(3)
     for k in (stem, b):  # below the joint threshold, channel 1 the strongest outside
         v = rng.normal(size=k.shape) * np.array([0.01, 0.05, 0.02, 0.03])
