@@ -18,7 +18,16 @@ at batch 1 and 128, all contenders alternated in blocks in one process
 widths, with the quartiles of the per-block ratios. Latency depends on the
 shapes only, so the weights are a fresh initialization (seed 0).
 
+``--model resnet20`` does the same for ResNet-20 (BN, residual; 28×28×1) at
+the per-layer widths of its physically halved recipe (`WStarFinetune(trim=
+True, dependency_groups=True)`, 392 of 784 filters, `RESNET20_BASE`), those
+widths rounded up per channel space (`dependency_groups` + ``round_to``:
+`group_support.round_groups`), and dense; each contender is ResNet-20 with
+the first k_l filters of every conv kept (`tf_dessilbi.shrink` with a
+``{layer: units}`` mask, so the filters one residual Add sums leave together).
+
     python -m bench.round_to [--quick] [--json out.json]   # writes bench/ROUND_TO.md
+    python -m bench.round_to --model resnet20              # writes bench/ROUND_TO_RESNET20.md
 """
 
 from __future__ import annotations
@@ -34,8 +43,18 @@ from bench import serving
 bench.quiet_tf()
 
 RESULTS = os.path.join(bench.REPO_ROOT, "bench", "ROUND_TO.md")
+RESULTS_RESNET20 = os.path.join(bench.REPO_ROOT, "bench", "ROUND_TO_RESNET20.md")
 BASE = (16, 17, 23)  # the protocol recipe's support (bench/PARITY_E10_TRIM.md, seed 0)
 FULL = (16, 32, 64)
+# ResNet-20's physically halved support, seed 0 (bench/PARITY_RESNET20_ROUND.md, recipe
+# unitinit+lam0.45+u0.5+trim+groups): filters kept per conv; a residual stream's convs share k.
+RESNET20_BASE = {
+    "stem_conv": 16, "s1b1_a_conv": 16, "s1b1_b_conv": 16, "s1b2_a_conv": 16, "s1b2_b_conv": 16,
+    "s1b3_a_conv": 13, "s1b3_b_conv": 16,
+    "s2b1_a_conv": 21, "s2b1_b_conv": 28, "s2b1_proj_conv": 28, "s2b2_a_conv": 27,
+    "s2b2_b_conv": 28, "s2b3_a_conv": 29, "s2b3_b_conv": 28,
+    "s3b1_a_conv": 19, "s3b1_b_conv": 6, "s3b1_proj_conv": 6, "s3b2_a_conv": 40, "s3b2_b_conv": 6,
+    "s3b3_a_conv": 11, "s3b3_b_conv": 6}
 
 
 def rounded_widths(widths, round_to: int, full=FULL) -> tuple:
@@ -54,6 +73,39 @@ def contenders() -> dict:
             "dense 16/32/64": FULL}
 
 
+def resnet20_contenders() -> dict:
+    """``{name: {conv: width}}``: the halved support, rounded up to 8 and 16, and dense."""
+    full = {name: (16 if name.startswith(("stem", "s1")) else 32 if name.startswith("s2") else 64)
+            for name in RESNET20_BASE}
+    names = list(RESNET20_BASE)
+
+    def rounded(r):
+        return dict(zip(names, rounded_widths([RESNET20_BASE[n] for n in names], r,
+                                              [full[n] for n in names])))
+    return {"392 filters (groups recipe)": dict(RESNET20_BASE), "round_to 8": rounded(8),
+            "round_to 16": rounded(16), "dense": full}
+
+
+def _resnet20(widths: dict):
+    """ResNet-20 (28×28×1, seed 0) with the first ``widths[conv]`` filters of each conv kept."""
+    import keras
+    import numpy as np
+
+    import tf_dessilbi
+    from bench import parity
+
+    model = parity.build("resnet20", 0)
+    if all(model.get_layer(n).filters == k for n, k in widths.items()):
+        return model
+    keras.utils.set_random_seed(0)
+    masks = {n: np.arange(model.get_layer(n).filters) < k for n, k in widths.items()}
+    small = tf_dessilbi.shrink(model, masks)
+    got = {n: small.get_layer(n).filters for n in widths}
+    if got != widths:
+        raise RuntimeError(f"shrink kept {got}, not the widths asked: {widths}")
+    return small
+
+
 def _settings(quick: bool) -> dict:
     return {"blocks": 2, "per_block": 3} if quick else {"blocks": 30, "per_block": 40}
 
@@ -65,7 +117,7 @@ def _macs(model) -> tuple:
     return report.params_before, report.macs_before
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, model_name: str = "fmnist") -> dict:
     import keras
     import numpy as np
 
@@ -74,12 +126,18 @@ def run(quick: bool = False) -> dict:
     s = _settings(quick)
     work = tempfile.mkdtemp(prefix="round_to_")
     started = time.time()
+    if model_name == "fmnist":
+        todo = {name: (widths, lambda w=widths: models.fmnist_cnn_s(filters=tuple(w)))
+                for name, widths in contenders().items()}
+    else:
+        todo = {name: (list(widths.values()), lambda w=widths: _resnet20(w))
+                for name, widths in resnet20_contenders().items()}
     try:
         x128 = np.random.default_rng(0).normal(size=(128, 28, 28, 1)).astype("float32")
         served, interpreters, shapes = {}, {}, {}
-        for i, (name, widths) in enumerate(contenders().items()):
+        for i, (name, (widths, make)) in enumerate(todo.items()):
             keras.utils.set_random_seed(0)
-            model = models.fmnist_cnn_s(filters=tuple(widths))
+            model = make()
             params, macs = _macs(model)
             shapes[name] = {"widths": list(widths), "params": params, "macs": macs}
             served[name], _ = serving.saved_model(model, work, f"c{i}")
@@ -98,7 +156,8 @@ def run(quick: bool = False) -> dict:
                     n: {**timing[n], **serving.ratio(timing, n, base)} for n in timing}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"settings": s, "quick": quick, "base": base, "shapes": shapes, "latency": latency,
+    return {"settings": s, "quick": quick, "model": model_name, "base": base, "shapes": shapes,
+            "latency": latency,
             "machine": _machine(),
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "wall_s": time.time() - started}
@@ -127,29 +186,40 @@ def to_markdown(results: dict) -> str:
     s = results["settings"]
     base = results["base"]
     keys = ("savedmodel_b1", "savedmodel_b128", "tflite_b1", "tflite_b128")
+    resnet = results.get("model", "fmnist") == "resnet20"
     rows = []
     for name, shape in results["shapes"].items():
         b = results["shapes"][base]
-        rows.append([name, "/".join(map(str, shape["widths"])),
+        rows.append([name, (f"{sum(shape['widths'])} filters" if resnet
+                            else "/".join(map(str, shape["widths"]))),
                      f"{shape['params']:,} ({shape['params'] / b['params']:.2f}×)",
                      f"{shape['macs']:,} ({shape['macs'] / b['macs']:.2f}×)"]
                     + [_cell(results["latency"][k][name]) for k in keys])
     header = ["contender", "conv widths", "params", "MACs", "SavedModel b1", "SavedModel b128",
               "TFLite b1", "TFLite b128"]
+    title = ("ResNet-20 halved by dependency groups (392 of 784 filters) and rounded" if resnet
+             else "FMNIST-CNN-S at 16/17/23 and rounded")
+    widths = []
+    if resnet:
+        names = list(RESNET20_BASE)
+        widths = ["", "Widths per conv (" + ", ".join(names) + "):", ""] + [
+            f"* {name}: {'/'.join(map(str, shape['widths']))}"
+            for name, shape in results["shapes"].items()]
+    flags = (" --model resnet20" if resnet else "") + (" --quick" if results["quick"] else "")
     return "\n".join([
-        "# Rounded widths: serving latency of FMNIST-CNN-S at 16/17/23 and rounded (bench/round_to.py)",
+        f"# Rounded widths: serving latency of {title} (bench/round_to.py)",
         "",
-        f"Generated by `python -m bench.round_to{' --quick' if results['quick'] else ''}` (started "
+        f"Generated by `python -m bench.round_to{flags}` (started "
         f"{results['started']}, {results['wall_s'] / 60:.1f} min wall) on {results['machine']}; "
         "TensorFlow backend, float32, fresh weights (seed 0).",
         "",
         f"Latency cells: ratio of medians to {base} (median ms of every call; IQR; quartiles of the "
         f"per-block ratios), {s['blocks']} alternating blocks × {s['per_block']} calls per contender "
-        "(odd blocks reversed), all five contenders in one process. Params and MACs from shapes "
-        "(`ShrinkReport`).",
+        f"(odd blocks reversed), all {len(rows)} contenders in one process. Params and MACs from "
+        "shapes (`ShrinkReport`).",
         "",
         bench.md_table(header, rows),
-    ]) + "\n"
+    ] + widths) + "\n"
 
 
 def main(argv=None):
@@ -159,9 +229,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 blocks × 3 calls (a smoke run)")
     parser.add_argument("--json", help="also write the raw results here")
-    parser.add_argument("--out", default=RESULTS, help="the report (default bench/ROUND_TO.md)")
+    parser.add_argument("--model", choices=("fmnist", "resnet20"), default="fmnist",
+                        help="FMNIST-CNN-S (default) or ResNet-20 at its halved support")
+    parser.add_argument("--out", help="the report (default bench/ROUND_TO.md, "
+                                      "bench/ROUND_TO_RESNET20.md with --model resnet20)")
     args = parser.parse_args(argv)
-    results = run(args.quick)
+    args.out = args.out or (RESULTS_RESNET20 if args.model == "resnet20" else RESULTS)
+    results = run(args.quick, args.model)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -187,6 +187,32 @@ def test_results_includes_every_separate_report_as_it_is_now():
     assert results.rstrip("\n").endswith("\n".join(run._separate_reports()).rstrip("\n")), fix
 
 
+def test_round_to_bench_resnet20_widths_keep_residual_streams_whole():
+    """`bench.round_to --model resnet20`: every contender keeps one width per residual stream (the
+    convs one Add sums, `shrink.unit_groups`), rounds as min(N_l, ⌈k_l/r⌉·r), and builds to it."""
+    import sys
+
+    sys.path.insert(0, REPO)
+    from bench import parity, round_to
+    from tf_dessilbi.shrink import unit_groups
+
+    model = parity.build("resnet20", 0)
+    streams = {frozenset(n for n, _ in g.members) for g in unit_groups(model) if len(g) > 1}
+    assert {"stem_conv", "s1b1_b_conv", "s1b2_b_conv", "s1b3_b_conv"} in streams
+    contenders = round_to.resnet20_contenders()
+    for name, widths in contenders.items():
+        for stream in streams:
+            assert len({widths[n] for n in stream if n in widths}) == 1, (name, sorted(stream))
+    for r in (8, 16):
+        assert contenders[f"round_to {r}"] == {
+            n: min(model.get_layer(n).filters, -(-k // r) * r)
+            for n, k in round_to.RESNET20_BASE.items()}
+    assert sum(round_to.RESNET20_BASE.values()) == 392
+    small = round_to._resnet20(contenders["round_to 8"])
+    assert {n: small.get_layer(n).filters for n in round_to.RESNET20_BASE} == contenders["round_to 8"]
+    assert small.count_params() < model.count_params()
+
+
 def test_round_to_bench_rounds_as_round_units_and_renders(tmp_path):
     """`bench.round_to`: the contenders' widths are min(N_l, ⌈k_l/r⌉·r); --quick writes a report."""
     import sys
