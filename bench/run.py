@@ -228,6 +228,8 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
 SEPARATE_REPORTS = (
     ("Physical removal (shrink)", "SHRINK.md"),
     ("Rounded widths (round_to): serving latency of FMNIST-CNN-S at 16/17/23 and rounded", "ROUND_TO.md"),
+    ("Rounded widths (round_to): serving latency of ResNet-20 halved by dependency groups and rounded",
+     "ROUND_TO_RESNET20.md"),
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
     ("DessiLBI vs SGD under the protocol at E = 10: the trimmed recipe, seeds 0–4",
      "PARITY_E10_TRIM.md"),
@@ -254,12 +256,18 @@ SEPARATE_REPORTS = (
      "PARITY_RESNET20_UNITINIT.md"),
     ("ResNet-20 with supp Γ on dependency groups, aligned at the fine-tune's start or coupled along the "
      "whole path: the support is the exported network (E = 3, seeds 0–2)", "PARITY_RESNET20_GROUPS.md"),
+    ("ResNet-20 at E = 10, the protocol's budget: per-filter λ and the physically halved support "
+     "(seed 0)", "PARITY_RESNET20_E10.md"),
+    ("ResNet-20 halved by dependency groups with each channel space rounded up to a multiple of 8 "
+     "(round_to), E = 3, seeds 0–2", "PARITY_RESNET20_ROUND.md"),
     ("ResNet-20 early tickets from filter supports (E = 3, seed 0, 10 / 20 / 30 % of the budget)",
      "PARITY_RESNET20_TICKETS.md"),
     ("ResNet-20 early tickets from elementwise supports, from θ₀ and rewound (E = 3, seed 0)",
      "PARITY_RESNET20_TICKETS_ELEMENTWISE.md"),
     ("ResNet-20 rewound early ticket from the elementwise support at E = 5 (seed 0, 30 % of the budget)",
      "PARITY_RESNET20_TICKETS_E5.md"),
+    ("ResNet-20 rewound early ticket from the elementwise support at E = 10, the protocol's budget "
+     "(seed 0, 30 % of the budget)", "PARITY_RESNET20_TICKETS_E10.md"),
     ("DessiLBI vs SGD under the protocol: ResNet-20 (BN, residual), layer-wise λ", "PARITY_RESNET20.md"),
     ("ResNet-20, the same recipe on seeds 1 and 2", "PARITY_RESNET20_SEEDS12.md"),
     ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),
