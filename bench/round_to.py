@@ -75,20 +75,19 @@ def contenders() -> dict:
 
 def resnet20_contenders() -> dict:
     """``{name: {conv: width}}``: the halved support, rounded up to 8 and 16, and dense."""
-    full = {name: (16 if name.startswith(("stem", "s1")) else 32 if name.startswith("s2") else 64)
-            for name in RESNET20_BASE}
-    names = list(RESNET20_BASE)
+    from bench import parity
+    from tf_dessilbi.shrink.units import round_up_units
 
-    def rounded(r):
-        return dict(zip(names, rounded_widths([RESNET20_BASE[n] for n in names], r,
-                                              [full[n] for n in names])))
-    return {"392 filters (groups recipe)": dict(RESNET20_BASE), "round_to 8": rounded(8),
-            "round_to 16": rounded(16), "dense": full}
+    model = parity.build("resnet20")
+    full = {name: model.get_layer(name).filters for name in RESNET20_BASE}
+    return {"392 filters (groups recipe)": dict(RESNET20_BASE),
+            **{f"round_to {r}": {n: round_up_units(k, full[n], r) for n, k in RESNET20_BASE.items()}
+               for r in (8, 16)},
+            "dense": full}
 
 
 def _resnet20(widths: dict):
     """ResNet-20 (28×28×1, seed 0) with the first ``widths[conv]`` filters of each conv kept."""
-    import keras
     import numpy as np
 
     import tf_dessilbi
@@ -97,7 +96,6 @@ def _resnet20(widths: dict):
     model = parity.build("resnet20", 0)
     if all(model.get_layer(n).filters == k for n, k in widths.items()):
         return model
-    keras.utils.set_random_seed(0)
     masks = {n: np.arange(model.get_layer(n).filters) < k for n, k in widths.items()}
     small = tf_dessilbi.shrink(model, masks)
     got = {n: small.get_layer(n).filters for n in widths}

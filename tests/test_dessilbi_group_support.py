@@ -34,6 +34,13 @@ def _model(seed=0):
     return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
 
 
+def _data():
+    """96 random 6×6×2 images, 3 classes from the signs of the two channels' means."""
+    x = np.random.default_rng(0).normal(size=(96, 6, 6, 2)).astype("float32")
+    y = (x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + (x[..., 1].mean(axis=(1, 2)) > 0)
+    return x, y.astype("int32")
+
+
 def _directions(shape, rng):
     d = rng.normal(size=shape)
     return d / np.sqrt((d.reshape(-1, shape[-1]) ** 2).sum(0))
@@ -219,9 +226,7 @@ def test_bad_calls_raise_and_change_nothing():
 
 @pytest.mark.parametrize("rule", ["joint", "max"])
 def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkeypatch):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 6, 6, 2)).astype("float32")
-    y = (x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + (x[..., 1].mean(axis=(1, 2)) > 0)
+    x, y = _data()
     model = _model()
     opt = DessiLBI(0.2, kappa=1.0, mu=5.0, lambda_=0.3, structure=COUPLED)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -311,9 +316,7 @@ def test_round_groups_bad_calls_change_nothing():
 
 def test_w_star_finetune_rounds_the_aligned_groups():
     """The same path with and without ``round_to``: each exported width k → min(N, ⌈k/r⌉·r)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 6, 6, 2)).astype("float32")
-    y = ((x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + (x[..., 1].mean(axis=(1, 2)) > 0))
+    x, y = _data()
     widths, callbacks = [], []
     for round_to in (1, 2):
         model = _model()

@@ -197,9 +197,9 @@ def round_groups(optimizer, model, round_to: int, groups=None, margin: str = "jo
                 added.setdefault(name, []).append(unit)
     out = {}
     for name, units in added.items():
-        variable = coupled[name]
-        optimizer.add_units(variable, sorted(units))
-        out[optimizer._variable_path(variable)] = sorted(units)
+        variable, units = coupled[name], sorted(units)
+        optimizer.add_units(variable, units)
+        out[optimizer._variable_path(variable)] = units
     return out
 
 
