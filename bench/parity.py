@@ -76,7 +76,9 @@ def build(model_name: str, seed=None):
 
 
 class _Supports:
-    """Keras callback: supp Γ as a `Mask` after given numbers of steps, and W after others."""
+    """Keras callback: supp Γ as a `Mask` after given numbers of steps, W after others, and the
+    epoch's running mean train loss after every step (``losses``: two runs with equal values up to
+    step t took the same t steps, which `parity_report` checks for a fine-tune's fork)."""
 
     def __new__(cls, steps, weights_steps=()):
         import keras
@@ -86,10 +88,12 @@ class _Supports:
         class Supports(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.step, self.masks, self.weights = 0, {}, {}
+                self.step, self.masks, self.weights, self.losses = 0, {}, {}, []
 
             def on_train_batch_end(self, batch, logs=None):
                 self.step += 1
+                if logs and "loss" in logs:
+                    self.losses.append(float(logs["loss"]))
                 if self.step in steps:
                     self.masks[self.step] = early_tickets.support_masks(self.model,
                                                                         self.model.optimizer)
@@ -165,7 +169,7 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
                                                 layer_units=_layer_units(model_name, settings["widths"]),
                                                 round_to=settings["round_to"]))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
-    result["recipe"], result["hparams"] = recipe, hparams
+    result["recipe"], result["hparams"], result["step_loss"] = recipe, hparams, supports.losses
     if isinstance(callbacks[-1], finetune.WStarFinetune):
         result["finetune_from_step"] = callbacks[-1].started_at_step
         result["finetune_waited_for"] = callbacks[-1].deferred_for  # empty layers at the crossing

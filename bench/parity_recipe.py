@@ -97,3 +97,34 @@ def parse_recipe(spec: str) -> dict:
         raise ValueError(f"Recipe {spec!r}: widths<a>-<b>-<c> sets each layer's width itself; "
                          "drop trim/groups.")
     return out
+
+
+_FINETUNE_FLAGS = ("trim", "groups", "gmax")  # tokens that only act when the fine-tune starts
+
+
+def _is_fraction(token: str) -> bool:
+    try:
+        float(token[1:])
+    except ValueError:
+        return False
+    return token[:1] in ("u", "w")
+
+
+def path_recipe(spec: str) -> str:
+    """``spec`` without its fine-tune: the coupled iteration that the fine-tune forks from.
+
+    Drops the tokens that start or shape the fine-tune of W* (``ft<N>``,
+    ``cft<N>``, ``u<x>``, ``w<x>``, ``trim``, ``groups``, ``gmax``,
+    ``widths<a>-<b>-<c>``, ``round<r>``) and keeps those of the path (λ, μ, κ,
+    the scaling, ``steady``, ``joint``), in their order. Both runs take the
+    same steps until the fine-tune starts, so the path recipe's dense W at
+    the end and ``spec``'s W* are the paper's two models: the coupled
+    iteration's W, and the support retrained (Fu et al. retrain the support
+    of an early Γ). ``"paper"`` when no token is left.
+    """
+    parse_recipe(spec)  # a bad recipe fails here, naming its token
+    kept = [t for t in spec.split("+")
+            if not (t in _FINETUNE_FLAGS or t.startswith(("round", "widths")) or _is_fraction(t)
+                    or (t.startswith("ft") and t[2:].isdigit())
+                    or (t.startswith("cft") and t[3:].isdigit()))]
+    return "+".join(kept) or "paper"

@@ -85,15 +85,18 @@ def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
     out = tmp_path / "PARITY.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.parity", "--epochs", "2", "--limit", "512", "--seeds", "0",
-         "--ticket-fractions", "0.5", "--recipes", "init+ft1+lam0.5", "paper", "--rewind-epochs", "0", "1",
+         "--ticket-fractions", "0.5", "--recipes", "init+ft1+lam0.5", "init+lam0.5", "--rewind-epochs", "0", "1",
          "--work", str(tmp_path / "w" / "parity"), "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for structure in parity.STRUCTURES:
-        for recipe in ("init+ft1+lam0.5", "paper"):
+        for recipe in ("init+ft1+lam0.5", "init+lam0.5"):
             assert f"| DessiLBI {structure}, {recipe} |" in text
             assert f"| {structure} | {recipe} |" in text  # the tuning record
+        # init+lam0.5 is init+ft1+lam0.5's path: the fork took the same 4 steps before its fine-tune.
+        assert (f"| {structure}: dense W of init+lam0.5, W* of init+ft1+lam0.5 | 1 |" in text
+                and "seed 0: fine-tune from step 4; train loss of steps 1–4 identical |" in text)
     assert "| 0 | step 4 (50 % of the budget) | θ₀ |" in text
     assert "| 0 | step 4 (50 % of the budget) | W at the end of epoch 1 (rewound) |" in text
     work = tmp_path / "w" / "parity"
@@ -461,3 +464,74 @@ def test_support_vs_init_overlap_and_rank_correlations():
     assert got["spearman_v_init"] == pytest.approx(spearman(v_norms, w0_norms))  # 0.6
     assert got["spearman_v_now"] == pytest.approx(spearman(v_norms, w_norms))
     np.testing.assert_allclose(support_vs_init.unit_norms(w0), w0_norms)
+
+
+def test_path_recipe_drops_only_the_fine_tune():
+    from bench.parity_recipe import parse_recipe, path_recipe
+
+    cases = {
+        "init+mu40+lam0.25+u0.5+trim": "init+mu40+lam0.25",
+        "unitinit+lam0.45+u0.5+trim+groups": "unitinit+lam0.45",  # unitinit is no fraction
+        "unitinit+joint+lam0.45+u0.5+trim+groups+gmax+round8": "unitinit+joint+lam0.45",
+        "init+ft9+lam0.5": "init+lam0.5",
+        "steady+cft2+lam2": "steady+lam2",
+        "init+lam1+w0.1": "init+lam1",
+        "init+lam0.5+u0.5+widths12-16-28": "init+lam0.5",
+        "u0.5": "paper",
+        "init+mu40+lam0.25": "init+mu40+lam0.25",  # nothing to drop
+    }
+    for spec, path in cases.items():
+        assert path_recipe(spec) == path, spec
+        settings = parse_recipe(path_recipe(spec))  # the path: the same λ, μ, scaling, no fine-tune
+        assert settings["hparams"] == parse_recipe(spec)["hparams"]
+        assert settings["finetune_epochs"] == 0 and settings["units_fraction"] is None
+        assert settings["weights_fraction"] is None and not settings["trim"]
+    with pytest.raises(ValueError, match="wat"):
+        path_recipe("init+wat")
+
+
+def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
+    import argparse
+
+    layers = {"conv1": [16, 16, 144, 144], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
+    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1], command="x", limit=0,
+                              recipes=["lam1+u0.5+trim", "lam1"], structures=["filter"], work="/nonexistent",
+                              ticket_structure="filter", ticket_recipe="lam1")
+    loss = [0.6, 0.3, 0.2]
+
+    def seed(sgd, dense, w_star, tuned_loss):
+        path = dict(_fake_run(dense, {k: [v[1], *v[1:]] for k, v in layers.items()}), train_loss=loss)
+        tuned = dict(_fake_run(w_star, layers), train_loss=tuned_loss, finetune_from_step=479)
+        return {"sgd": {"accuracy": sgd}, "filter:lam1": path, "filter:lam1+u0.5+trim": tuned, "tickets": {}}
+
+    results = {"seeds": {"0": seed(0.9300, 0.9290, 0.9260, [0.6, 0.25, 0.2]),
+                         "1": seed(0.9320, 0.9320, 0.9280, [0.6000001, 0.3, 0.2])}}
+    text = parity_report.to_markdown(results, args)
+    row = next(line for line in text.splitlines() if line.startswith("| filter: dense W of lam1, W* of"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[2] == "2" and cells[4] == "-0.05" and cells[6] == "-0.40"  # 93.05 − 93.10, 92.70 − 93.10
+    assert cells[7] == "56/112 (50 % out)"  # W*'s support, not the path's 112
+    assert cells[8] == "holds (W* ≥ SGD − 0.5 with ≥ 50 % out: yes; dense W ≥ SGD − 0.3: yes)"
+    assert cells[9] == ("seed 0: fine-tune from step 479; train loss of epoch 1 identical; "
+                        "seed 1: fine-tune from step 479; train loss of epoch 1 differs")
+    # Each run's own row keeps its own verdict: the path alone keeps every filter.
+    own = next(line for line in text.splitlines() if line.startswith("| DessiLBI filter, lam1 |"))
+    assert "W* ≥ SGD − 0.5 with ≥ 50 % out: no" in own
+    results["seeds"]["1"]["filter:lam1"]["w_accuracy"] = 0.9268  # dense W now 92.79: −0.31
+    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
+               if line.startswith("| filter: dense W of lam1"))
+    assert "dense W ≥ SGD − 0.3: no" in row
+    args.recipes = ["lam1+u0.5+trim"]  # the path did not run: no pair
+    assert "dense W of lam1" not in parity_report.to_markdown(results, args)
+    assert parity_report._shared_prefix({"train_loss": loss}, {"finetune_from_step": 100}, 468) == (
+        "fine-tune from step 100, inside epoch 1: not checked")
+    assert parity_report._shared_prefix({"train_loss": loss}, {"train_loss": loss}, 468) == "no fine-tune ran"
+    assert parity_report._shared_prefix({"train_loss": loss}, {"train_loss": loss, "finetune_from_step": 1000},
+                                        468) == "fine-tune from step 1000; train loss of epoch 1–2 identical"
+    steps = [0.9, 0.8, 0.7, 0.65]  # runs that record the loss of every step: compared up to the fork
+    assert parity_report._shared_prefix({"step_loss": steps}, {"step_loss": steps[:3] + [0.5],
+                                                               "finetune_from_step": 3}, 468) == (
+        "fine-tune from step 3; train loss of steps 1–3 identical")
+    assert parity_report._shared_prefix({"step_loss": steps}, {"step_loss": [0.9, 0.81, 0.7, 0.5],
+                                                               "finetune_from_step": 3}, 468) == (
+        "fine-tune from step 3; train loss of steps 1–3 differs")
