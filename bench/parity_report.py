@@ -235,9 +235,28 @@ def _shared_prefix(path_run: dict, tuned_run: dict, steps_per_epoch: int) -> str
             f"{'identical' if same else 'differs'}")
 
 
+def _paired_row(structure, path, tuned, named, spe, label="") -> str:
+    """One row of `_paired_rows` over ``named`` ``(seed, results)`` pairs that ran both recipes."""
+    pk, tk = f"{structure}:{path}", f"{structure}:{tuned}"
+    both = [s for _, s in named]
+    base = statistics.mean(round(s["sgd"]["accuracy"], 6) for s in both)
+    w = [round(s[pk]["w_accuracy"], 6) for s in both]
+    ws = [round(s[tk]["w_star_accuracy"], 6) for s in both]
+    dw, dws = 100 * (statistics.mean(w) - base), 100 * (statistics.mean(ws) - base)
+    kept = [s[tk]["filters_kept"] for s in both]
+    tot = both[0][tk]["filters_total"]
+    out_frac = 1 - statistics.mean(kept) / tot if tot else 0.0
+    filters = (f"{min(kept)}/{tot}" if min(kept) == max(kept) else f"{min(kept)}–{max(kept)}/{tot}")
+    checks = "; ".join(f"seed {seed}: {_shared_prefix(s[pk], s[tk], spe)}" for seed, s in named)
+    return (f"| {structure}: dense W of {path}, W* of {tuned}{label} | {len(both)} | {_mean_sd(w)} | "
+            f"{dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | {filters} "
+            f"({100 * out_frac:.0f} % out) | {_verdict(dw, dws, out_frac)} | {checks} |")
+
+
 def _paired_rows(args, seeds) -> list:
     """The paper's two models from one path: the coupled iteration's dense W at the end (the path
-    recipe) and W* retrained on the support where the fine-tune recipe forks from it."""
+    recipe) and W* retrained on the support where the fine-tune recipe forks from it; over every
+    seed, and over the protocol's alone when there are more."""
     spe = (args.limit or protocol.NUM_TRAIN) // protocol.BATCH_SIZE
     lines = []
     for structure, path, tuned in _pairs(args):
@@ -245,19 +264,11 @@ def _paired_rows(args, seeds) -> list:
         named = [(seed, s) for seed, s in zip(args.seeds, seeds) if pk in s and tk in s and "sgd" in s]
         if not named:
             continue
-        both = [s for _, s in named]
-        base = statistics.mean(round(s["sgd"]["accuracy"], 6) for s in both)
-        w = [round(s[pk]["w_accuracy"], 6) for s in both]
-        ws = [round(s[tk]["w_star_accuracy"], 6) for s in both]
-        dw, dws = 100 * (statistics.mean(w) - base), 100 * (statistics.mean(ws) - base)
-        kept = [s[tk]["filters_kept"] for s in both]
-        tot = both[0][tk]["filters_total"]
-        out_frac = 1 - statistics.mean(kept) / tot if tot else 0.0
-        filters = (f"{min(kept)}/{tot}" if min(kept) == max(kept) else f"{min(kept)}–{max(kept)}/{tot}")
-        checks = "; ".join(f"seed {seed}: {_shared_prefix(s[pk], s[tk], spe)}" for seed, s in named)
-        lines.append(f"| {structure}: dense W of {path}, W* of {tuned} | {len(both)} | {_mean_sd(w)} | "
-                     f"{dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | {filters} "
-                     f"({100 * out_frac:.0f} % out) | {_verdict(dw, dws, out_frac)} | {checks} |")
+        lines.append(_paired_row(structure, path, tuned, named, spe))
+        ours = [(seed, s) for seed, s in named if seed in protocol.SEEDS]
+        if ours and len(ours) < len(named):
+            lines.append(_paired_row(structure, path, tuned, ours, spe, f" (seeds "
+                                     f"{', '.join(str(seed) for seed, _ in ours)}: the protocol's)"))
     if not lines:
         return []
     return ["", "## Dense W and W* of one path (the paper's two models)", "",

@@ -535,3 +535,25 @@ def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
     assert parity_report._shared_prefix({"step_loss": steps}, {"step_loss": [0.9, 0.81, 0.7, 0.5],
                                                                "finetune_from_step": 3}, 468) == (
         "fine-tune from step 3; train loss of steps 1–3 differs")
+
+
+def test_the_paired_row_over_extra_seeds_comes_with_the_protocol_s_seeds_alone():
+    import argparse
+
+    layers = {"conv1": [16, 16, 144, 144], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
+    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1, 2, 3], command="x", limit=0,
+                              recipes=["lam1+u0.5+trim", "lam1"], structures=["filter"], work="/nonexistent",
+                              ticket_structure="filter", ticket_recipe="lam1")
+    accs = {0: (0.9300, 0.9290, 0.9260), 1: (0.9300, 0.9290, 0.9260), 2: (0.9300, 0.9290, 0.9260),
+            3: (0.9300, 0.9200, 0.9100)}  # seed 3 pulls both lines under
+    results = {"seeds": {str(seed): {"sgd": {"accuracy": sgd}, "tickets": {},
+                                     "filter:lam1": _fake_run(dense, layers),
+                                     "filter:lam1+u0.5+trim": _fake_run(w_star, layers)}
+                         for seed, (sgd, dense, w_star) in accs.items()}}
+    rows = [[c.strip() for c in line.split("|")] for line in parity_report.to_markdown(results, args).splitlines()
+            if line.startswith("| filter: dense W of lam1")]
+    assert [r[1].endswith("(seeds 0, 1, 2: the protocol's)") for r in rows] == [False, True]
+    assert rows[0][2] == "4" and rows[0][4] == "-0.32" and rows[0][6] == "-0.80"
+    assert rows[0][8].startswith("does not hold")
+    assert rows[1][2] == "3" and rows[1][4] == "-0.10" and rows[1][6] == "-0.40"
+    assert rows[1][8].startswith("holds")

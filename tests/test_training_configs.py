@@ -156,3 +156,15 @@ def test_the_cli_locks_the_config_so_a_typo_is_an_error(tmp_path):
     assert result.returncode != 0
     assert "learning_rat" in result.stdout + result.stderr
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_the_protocol_path_config_is_the_protocol_config_without_its_fine_tune():
+    """dense W (the path) and W* (its fork) come from one set of settings: only the fine-tune differs."""
+    path, tuned = _load("fmnist_dessilbi_protocol_path").to_dict(), _load("fmnist_dessilbi_protocol").to_dict()
+    assert tuned["optimizer"]["finetune_units"] == 0.5 and tuned["optimizer"]["finetune_trim"]
+    o = path["optimizer"]
+    assert not (o["finetune_units"] or o["finetune_epochs"] or o["finetune_weights"] or o["finetune_trim"])
+    differ = {f"{section}.{key}" for section in tuned for key in (
+        tuned[section] if isinstance(tuned[section], dict) else [None])
+        if (path[section].get(key) if key else path[section]) != (tuned[section].get(key) if key else tuned[section])}
+    assert differ == {"optimizer.finetune_units", "optimizer.finetune_trim"}
