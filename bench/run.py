@@ -231,7 +231,9 @@ SEPARATE_REPORTS = (
     ("Rounded widths (round_to): serving latency of ResNet-20 halved by dependency groups and rounded",
      "ROUND_TO_RESNET20.md"),
     ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
-    ("DessiLBI vs SGD under the protocol at E = 10: the trimmed recipe, seeds 0–4",
+    ("DessiLBI vs SGD under the protocol at E = 10: dense W of the path and W* of its fork (the protocol "
+     "config, μ 40 λ 0.25), seeds 0–4", "PARITY_E10_FORK.md"),
+    ("DessiLBI vs SGD under the protocol at E = 10: the previous recipe (μ 20 λ 0.5, trimmed), seeds 0–4",
      "PARITY_E10_TRIM.md"),
     ("FMNIST-CNN-S at E = 10: per-layer (init_norm) against per-filter (unit_init_norm) λ, seeds 0–2",
      "PARITY_E10_UNITINIT.md"),
