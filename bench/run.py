@@ -259,7 +259,7 @@ SEPARATE_REPORTS = (
     ("ResNet-20 with supp Γ on dependency groups, aligned at the fine-tune's start or coupled along the "
      "whole path: the support is the exported network (E = 3, seeds 0–2)", "PARITY_RESNET20_GROUPS.md"),
     ("ResNet-20 at E = 10, the protocol's budget: per-filter λ and the physically halved support "
-     "(seed 0)", "PARITY_RESNET20_E10.md"),
+     "(seeds 0–2)", "PARITY_RESNET20_E10.md"),
     ("ResNet-20 halved by dependency groups with each channel space rounded up to a multiple of 8 "
      "(round_to), E = 3, seeds 0–2", "PARITY_RESNET20_ROUND.md"),
     ("ResNet-20 early tickets from filter supports (E = 3, seed 0, 10 / 20 / 30 % of the budget)",
