@@ -247,10 +247,14 @@ def _paired_row(structure, path, tuned, named, spe, label="") -> str:
     tot = both[0][tk]["filters_total"]
     out_frac = 1 - statistics.mean(kept) / tot if tot else 0.0
     filters = (f"{min(kept)}/{tot}" if min(kept) == max(kept) else f"{min(kept)}–{max(kept)}/{tot}")
-    checks = "; ".join(f"seed {seed}: {_shared_prefix(s[pk], s[tk], spe)}" for seed, s in named)
+    prefixes = [(seed, _shared_prefix(s[pk], s[tk], spe)) for seed, s in named]
+    split = [str(seed) for seed, check in prefixes if check.endswith("differs")]
+    verdict = (_verdict(dw, dws, out_frac) if not split else  # then W* is no fork of this dense W
+               f"not one path: the runs differ before the fork on seed {', '.join(split)}")
+    checks = "; ".join(f"seed {seed}: {check}" for seed, check in prefixes)
     return (f"| {structure}: dense W of {path}, W* of {tuned}{label} | {len(both)} | {_mean_sd(w)} | "
             f"{dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | {filters} "
-            f"({100 * out_frac:.0f} % out) | {_verdict(dw, dws, out_frac)} | {checks} |")
+            f"({100 * out_frac:.0f} % out) | {verdict} | {checks} |")
 
 
 def _paired_rows(args, seeds) -> list:

@@ -505,7 +505,7 @@ def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
         return {"sgd": {"accuracy": sgd}, "filter:lam1": path, "filter:lam1+u0.5+trim": tuned, "tickets": {}}
 
     results = {"seeds": {"0": seed(0.9300, 0.9290, 0.9260, [0.6, 0.25, 0.2]),
-                         "1": seed(0.9320, 0.9320, 0.9280, [0.6000001, 0.3, 0.2])}}
+                         "1": seed(0.9320, 0.9320, 0.9280, [0.6, 0.3, 0.2])}}
     text = parity_report.to_markdown(results, args)
     row = next(line for line in text.splitlines() if line.startswith("| filter: dense W of lam1, W* of"))
     cells = [c.strip() for c in row.split("|")]
@@ -513,7 +513,7 @@ def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
     assert cells[7] == "56/112 (50 % out)"  # W*'s support, not the path's 112
     assert cells[8] == "holds (W* ≥ SGD − 0.5 with ≥ 50 % out: yes; dense W ≥ SGD − 0.3: yes)"
     assert cells[9] == ("seed 0: fine-tune from step 479; train loss of epoch 1 identical; "
-                        "seed 1: fine-tune from step 479; train loss of epoch 1 differs")
+                        "seed 1: fine-tune from step 479; train loss of epoch 1 identical")
     # Each run's own row keeps its own verdict: the path alone keeps every filter.
     own = next(line for line in text.splitlines() if line.startswith("| DessiLBI filter, lam1 |"))
     assert "W* ≥ SGD − 0.5 with ≥ 50 % out: no" in own
@@ -521,6 +521,11 @@ def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
     row = next(line for line in parity_report.to_markdown(results, args).splitlines()
                if line.startswith("| filter: dense W of lam1"))
     assert "dense W ≥ SGD − 0.3: no" in row
+    results["seeds"]["1"]["filter:lam1+u0.5+trim"]["train_loss"] = [0.6000001, 0.3, 0.2]
+    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
+               if line.startswith("| filter: dense W of lam1"))
+    assert "| not one path: the runs differ before the fork on seed 1 |" in row  # no verdict
+    assert "seed 1: fine-tune from step 479; train loss of epoch 1 differs" in row
     args.recipes = ["lam1+u0.5+trim"]  # the path did not run: no pair
     assert "dense W of lam1" not in parity_report.to_markdown(results, args)
     assert parity_report._shared_prefix({"train_loss": loss}, {"finetune_from_step": 100}, 468) == (
