@@ -99,15 +99,9 @@ def parse_recipe(spec: str) -> dict:
     return out
 
 
-_FINETUNE_FLAGS = ("trim", "groups", "gmax")  # tokens that only act when the fine-tune starts
-
-
-def _is_fraction(token: str) -> bool:
-    try:
-        float(token[1:])
-    except ValueError:
-        return False
-    return token[:1] in ("u", "w")
+# The settings of `parse_recipe` that start or shape the fine-tune of W* (the rest shape the path).
+_FINETUNE_SETTINGS = ("finetune_epochs", "decouple", "units_fraction", "weights_fraction", "trim",
+                      "groups", "gmax", "widths", "round_to")
 
 
 def path_recipe(spec: str) -> str:
@@ -123,8 +117,9 @@ def path_recipe(spec: str) -> str:
     of an early Γ). ``"paper"`` when no token is left.
     """
     parse_recipe(spec)  # a bad recipe fails here, naming its token
+    off = parse_recipe("paper")
+    # One token at a time, through parse_recipe's own grammar: a token belongs to the fine-tune
+    # when it sets one of its settings (no single token trips the checks that combine tokens).
     kept = [t for t in spec.split("+")
-            if not (t in _FINETUNE_FLAGS or t.startswith(("round", "widths")) or _is_fraction(t)
-                    or (t.startswith("ft") and t[2:].isdigit())
-                    or (t.startswith("cft") and t[3:].isdigit()))]
+            if all(parse_recipe(t)[k] == off[k] for k in _FINETUNE_SETTINGS)]
     return "+".join(kept) or "paper"

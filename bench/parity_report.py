@@ -195,12 +195,29 @@ def to_markdown(results, args) -> str:
     return "\n".join(lines)
 
 
-def _verdict(dw: float, dws: float, out_frac: float) -> str:
-    """Issue 13's two lines: dense W ≥ SGD − 0.3 pt, W* ≥ SGD − 0.5 pt with ≥ 50 % of the filters out."""
+def _against_sgd(sgd, dense_runs, w_star_runs) -> dict:
+    """Issue 13's two lines over seeds: dense W (of ``dense_runs``) ≥ SGD − 0.3 pt, and W* (of
+    ``w_star_runs``, which also give the filters) ≥ SGD − 0.5 pt with ≥ 50 % of the filters out;
+    ``sgd`` the SGD accuracies of the same seeds. Returns the table cells: ``w``, ``ws`` (lists of
+    accuracies), ``dw``, ``dws`` (points), ``filters`` and ``verdict``."""
+    # Keras reports accuracies as float32 (0.9301 arrives as 0.93010002...): snapped to 1e-6, far
+    # below one test image, and the differences compared at 1e-6 pt, so an exact −0.30 stays −0.30.
+    base = statistics.mean(round(b, 6) for b in sgd)
+    w = [round(r["w_accuracy"], 6) for r in dense_runs]
+    ws = [round(r["w_star_accuracy"], 6) for r in w_star_runs]
+    dw, dws = 100 * (statistics.mean(w) - base), 100 * (statistics.mean(ws) - base)
+    kept = [r["filters_kept"] for r in w_star_runs]
+    tot = w_star_runs[0]["filters_total"]
+    out_frac = 1 - statistics.mean(kept) / tot if tot else 0.0
+    lo, hi = min(kept), max(kept)
+    share = lambda n: f"{100 * (1 - n / tot):.0f}" if tot else "0"  # noqa: E731
+    out = share(lo) if share(lo) == share(hi) else f"{share(hi)}–{share(lo)}"
     w_star_ok, dense_ok = round(dws, 6) >= -0.5 and round(out_frac, 9) >= 0.5, round(dw, 6) >= -0.3
-    return ("holds" if w_star_ok and dense_ok else "does not hold") + (
+    verdict = ("holds" if w_star_ok and dense_ok else "does not hold") + (
         f" (W* ≥ SGD − 0.5 with ≥ 50 % out: {'yes' if w_star_ok else 'no'}; "
         f"dense W ≥ SGD − 0.3: {'yes' if dense_ok else 'no'})")
+    return {"w": w, "ws": ws, "dw": dw, "dws": dws, "verdict": verdict,
+            "filters": f"{lo}/{tot} ({out} % out)" if lo == hi else f"{lo}–{hi}/{tot} ({out} % out)"}
 
 
 def _pairs(args) -> list:
@@ -239,22 +256,14 @@ def _paired_row(structure, path, tuned, named, spe, label="") -> str:
     """One row of `_paired_rows` over ``named`` ``(seed, results)`` pairs that ran both recipes."""
     pk, tk = f"{structure}:{path}", f"{structure}:{tuned}"
     both = [s for _, s in named]
-    base = statistics.mean(round(s["sgd"]["accuracy"], 6) for s in both)
-    w = [round(s[pk]["w_accuracy"], 6) for s in both]
-    ws = [round(s[tk]["w_star_accuracy"], 6) for s in both]
-    dw, dws = 100 * (statistics.mean(w) - base), 100 * (statistics.mean(ws) - base)
-    kept = [s[tk]["filters_kept"] for s in both]
-    tot = both[0][tk]["filters_total"]
-    out_frac = 1 - statistics.mean(kept) / tot if tot else 0.0
-    filters = (f"{min(kept)}/{tot}" if min(kept) == max(kept) else f"{min(kept)}–{max(kept)}/{tot}")
+    c = _against_sgd([s["sgd"]["accuracy"] for s in both], [s[pk] for s in both], [s[tk] for s in both])
     prefixes = [(seed, _shared_prefix(s[pk], s[tk], spe)) for seed, s in named]
     split = [str(seed) for seed, check in prefixes if check.endswith("differs")]
-    verdict = (_verdict(dw, dws, out_frac) if not split else  # then W* is no fork of this dense W
+    verdict = (c["verdict"] if not split else  # then W* is no fork of this dense W
                f"not one path: the runs differ before the fork on seed {', '.join(split)}")
     checks = "; ".join(f"seed {seed}: {check}" for seed, check in prefixes)
-    return (f"| {structure}: dense W of {path}, W* of {tuned}{label} | {len(both)} | {_mean_sd(w)} | "
-            f"{dw:+.2f} | {_mean_sd(ws)} | {dws:+.2f} | {filters} "
-            f"({100 * out_frac:.0f} % out) | {verdict} | {checks} |")
+    return (f"| {structure}: dense W of {path}, W* of {tuned}{label} | {len(both)} | {_mean_sd(c['w'])} | "
+            f"{c['dw']:+.2f} | {_mean_sd(c['ws'])} | {c['dws']:+.2f} | {c['filters']} | {verdict} | {checks} |")
 
 
 def _paired_rows(args, seeds) -> list:
@@ -293,29 +302,15 @@ def _parity_row(key, seeds, label=""):
     if not pairs:
         return None
     runs = [r for r, _ in pairs]
-    # Keras reports accuracies as float32 (0.9301 arrives as 0.93010002...): snapped to 1e-6, far
-    # below one test image, and the differences compared at 1e-6 pt, so an exact −0.30 stays −0.30.
-    base = statistics.mean(round(b, 6) for _, b in pairs)  # SGD on the same seeds
     structure, recipe = key.split(":")
-    w = [round(r["w_accuracy"], 6) for r in runs]
-    ws = [round(r["w_star_accuracy"], 6) for r in runs]
-    dw = 100 * (statistics.mean(w) - base)
-    dws = 100 * (statistics.mean(ws) - base)
-    kept = statistics.mean(r["filters_kept"] for r in runs)
-    tot = runs[0]["filters_total"]
-    out_frac = 1 - kept / tot if tot else 0.0
-    verdict = _verdict(dw, dws, out_frac)
+    c = _against_sgd([b for _, b in pairs], runs, runs)  # SGD on the same seeds
     scratch = [s[f"scratch:{key}"]["accuracy"] for s in seeds if f"scratch:{key}" in s]
-    lo, hi = min(r["filters_kept"] for r in runs), max(r["filters_kept"] for r in runs)
-    share = lambda n: f"{100 * (1 - n / tot):.0f}" if tot else "0"  # noqa: E731
-    out = share(lo) if share(lo) == share(hi) else f"{share(hi)}–{share(lo)}"
-    filters = f"{lo}/{tot} ({out} % out)" if lo == hi else f"{lo}–{hi}/{tot} ({out} % out)"
     return (
-        f"| DessiLBI {structure}, {recipe}{label} | {len(runs)} | {_mean_sd(w)} | {dw:+.2f} | {_mean_sd(ws)} | "
-        f"{dws:+.2f} | {100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | "
-        f"{filters} | "
+        f"| DessiLBI {structure}, {recipe}{label} | {len(runs)} | {_mean_sd(c['w'])} | {c['dw']:+.2f} | "
+        f"{_mean_sd(c['ws'])} | {c['dws']:+.2f} | "
+        f"{100 * statistics.mean(r['weight_fraction'] for r in runs):.1f} % | {c['filters']} | "
         f"{_mean_sd(scratch) + (f' ({len(scratch)} of {len(runs)} seeds)' if len(scratch) != len(runs) else '') if scratch else '—'} | "
-        f"{verdict} |")
+        f"{c['verdict']} |")
 
 
 def _per_seed(args, seeds, keys) -> list:

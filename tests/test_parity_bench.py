@@ -488,6 +488,10 @@ def test_path_recipe_drops_only_the_fine_tune():
         assert settings["weights_fraction"] is None and not settings["trim"]
     with pytest.raises(ValueError, match="wat"):
         path_recipe("init+wat")
+    # Every setting a recipe has is the path's or the fine-tune's: a new one must be sorted in.
+    from bench import parity_recipe
+
+    assert set(parse_recipe("paper")) == {"hparams", "steady", "joint", *parity_recipe._FINETUNE_SETTINGS}
 
 
 def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
