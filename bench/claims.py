@@ -6,15 +6,12 @@ accuracy benchmark's results, with the rule of each verdict stated next to
 it, and a comparison with PAPERS.md's reference points.
 
 The accuracy benchmark runs at a short budget; the longer runs of
-`bench.parity` (E = 10, their own reports) are summarized under a claim by
-the hand-written note ``## Claim N`` of ``bench/CLAIMS_NOTES.md``, so that a
-rerun of ``python -m bench.run`` keeps it; ``python -m bench.run
---refresh-separate`` puts an edited note into RESULTS.md without a rerun.
+`bench.parity` (E = 10, their own reports) are summarized in the research
+record (``docs/research/claims_notes.md``), to which claims 2 and 3 point.
 """
 
 from __future__ import annotations
 
-import os
 
 import bench
 from bench import accuracy as accuracy_lib
@@ -33,71 +30,14 @@ REF = {
 }
 
 
-NOTES = os.path.join(bench.REPO_ROOT, "bench", "CLAIMS_NOTES.md")
+# The longer runs (E = 10, ResNet-20) live in the research record, not in RESULTS.md.
+RESEARCH = "../docs/research/claims_notes.md"
 
 
-def claim_note(number: int, path: str = NOTES) -> list:
-    """The lines of section ``## Claim <number>`` of the notes file (``[]`` when it has none)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = f.read().splitlines()
-    heading = f"## Claim {number}"
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == heading) + 1
-    except StopIteration:
-        return []
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
-    body = lines[start:end]
-    while body and not body[0].strip():
-        body.pop(0)
-    while body and not body[-1].strip():
-        body.pop()
-    return body + [""] if body else []
-
-
-def _note_markers(number: int) -> tuple:
-    return (f"<!-- claim {number} note: bench/CLAIMS_NOTES.md -->",
-            f"<!-- end of the claim {number} note -->")
-
-
-def note_block(number: int, path: str = NOTES) -> list:
-    """`claim_note` between two HTML comments, so `refresh_notes` can find and replace it."""
-    body = claim_note(number, path)
-    if not body:
-        return []
-    begin, end = _note_markers(number)
-    return [begin, *body[:-1], end, ""]
-
-
-def _after_blank(lines: list, k: int) -> int:
-    """The index after line ``k`` and the blank line that follows it, if one does."""
-    return k + 1 + (k + 1 < len(lines) and not lines[k + 1].strip())
-
-
-def refresh_notes(text: str, path: str = NOTES, claims=(1, 2, 3, 4)) -> str:
-    """``text`` (a RESULTS.md) with every claim's note block as the notes file has it now.
-
-    A marked block is replaced (or dropped when the note is gone); a note with
-    no block yet goes right under its ``### N.`` heading. Nothing else changes.
-    """
-    lines = text.split("\n")
-    for number in claims:
-        begin, end = _note_markers(number)
-        block = note_block(number, path)
-        if begin in lines:
-            i = lines.index(begin)
-            try:
-                j = lines.index(end, i)
-            except ValueError:
-                raise ValueError(f"{begin!r} has no {end!r} after it: fix the report by hand.")
-            lines[i:_after_blank(lines, j)] = block
-        elif block:
-            heading = next((k for k, line in enumerate(lines) if line.startswith(f"### {number}. ")), None)
-            if heading is not None:
-                at = _after_blank(lines, heading)
-                lines[at:at] = block
-    return "\n".join(lines)
+def pointer(number: int) -> list:
+    """One line sending the reader to the research record's note on claim ``number``."""
+    return [f"Longer budgets and ResNet-20: the headline tables below and "
+            f"[the research record's note on claim {number}]({RESEARCH}#claim-{number}).", ""]
 
 
 def _row(acc, prefix):
@@ -142,8 +82,7 @@ def reproduction(results: dict, quick: bool) -> str:
     out += [
         "### 1. DessiLBI's path goes from simple to complex",
         "",
-        *([] if quick else note_block(1)),
-        "Evidence: `bench/dessilbi_support_path.png` and the table (mean ± std over seeds; "
+                "Evidence: `docs/assets/dessilbi_support_path.png` and the table (mean ± std over seeds; "
         "one row per sample along training).",
         "",
         accuracy_lib.path_markdown(acc),
@@ -187,7 +126,7 @@ def reproduction(results: dict, quick: bool) -> str:
     out += [
         "### 2. DessiLBI reaches accuracy comparable to SGD with the same schedule",
         "",
-        *([] if quick else note_block(2)),
+        *([] if quick else pointer(2)),
         bench.md_table(("model", "test accuracy %", "weights kept %"), [
             (sgd_label, _pct(sgd), "100"),
             ("DessiLBI dense W (end)", _pct(dense["acc"]), "100"),
@@ -204,7 +143,7 @@ def reproduction(results: dict, quick: bool) -> str:
     # Claim 3: early support, retrained, is a winning ticket.
     tickets = [(k, r) for k, r in rows.items() if k.startswith("early ticket")]
     out += ["### 3. Γ's support at an early epoch, retrained, is a winning ticket", "",
-            *([] if quick else note_block(3))]
+            *([] if quick else pointer(3))]
     if not tickets:
         out += ["Not measured: no early-ticket rows.", ""]
     else:
@@ -260,7 +199,7 @@ def reproduction(results: dict, quick: bool) -> str:
 
     # Claim 4: CS sparser than magnitude pruning at equal accuracy.
     out += ["### 4. Continuous Sparsification finds sparser tickets than magnitude pruning "
-            "at equal accuracy", "", *([] if quick else note_block(4))]
+            "at equal accuracy", "", ]
     cs_key, cs = _row(acc, "CS ticket")
     mag_key, mag = _row(acc, "TF-MOT magnitude @ CS ticket")
     if cs is None:

@@ -18,7 +18,7 @@ ratios, with its quartiles.
 
     python -m bench.mask_methods --epochs 3 --seeds 0 --sparsities 0.9 --reuse
 
-writes ``bench/MASK_METHODS.md`` (``--out``).
+writes ``docs/research/reports/MASK_METHODS.md`` (``--out``).
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--timing-rounds", type=int, default=12, help="0: no step-time part")
     parser.add_argument("--timing-block", type=int, default=DELTA_T)
     parser.add_argument("--limit", type=int, default=0, help="first N examples only (smoke tests)")
-    parser.add_argument("--out", default=os.path.join(bench.REPO_ROOT, "bench", "MASK_METHODS.md"))
+    parser.add_argument("--out", default=os.path.join(bench.REPORTS_DIR, "MASK_METHODS.md"))
     parser.add_argument("--render", action="store_true",
                         help="only rewrite --out from the results.json in --work")
     args = parser.parse_args(argv)

@@ -6,10 +6,10 @@
                                                           # PARITY_E10.md (≈ 1 h 15 min)
     python -m bench.parity --epochs 10 --seeds 0 1 2 --structures elementwise \
         --recipes init+lam1+w0.1 --ticket-fractions 0.3 --rewind-epochs 1 \
-        --out bench/PARITY_E10_ELEMENTWISE.md              # rewound elementwise tickets (≈ 1 h)
+        --out docs/research/reports/PARITY_E10_ELEMENTWISE.md              # rewound elementwise tickets (≈ 1 h)
     python -m bench.parity --model resnet20 --epochs 3 --seeds 0 --structures elementwise \
         --recipes unitinit+lam0.1+w0.1 --ticket-fractions 0.1 0.2 0.3 --rewind-epochs 1 0 \
-        --out bench/PARITY_RESNET20_TICKETS_ELEMENTWISE.md # ResNet-20 tickets (≈ 1 h 15 min)
+        --out docs/research/reports/PARITY_RESNET20_TICKETS_ELEMENTWISE.md # ResNet-20 tickets (≈ 1 h 15 min)
 
 Every run uses `bench.protocol` (real Fashion-MNIST, the per-(seed, epoch)
 order, Nesterov momentum 0.9, peak lr 0.05, warm-up 1 epoch then cosine to
@@ -363,7 +363,7 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="first N examples (smoke tests)")
     parser.add_argument("--work", default=os.path.join(bench.WORK_DIR, "parity"))
     parser.add_argument("--out", default=None,
-                        help="default bench/PARITY[_RESNET20][_E<epochs> unless 3].md")
+                        help="default docs/research/reports/PARITY[_RESNET20][_E<epochs> unless 3].md")
     args = parser.parse_args(argv)
     bad = [f for f in args.ticket_fractions if not 0.0 < f <= 1.0]
     if bad:

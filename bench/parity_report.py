@@ -412,6 +412,6 @@ def remember_command(args) -> None:
 
 
 def default_out(model: str, epochs: int) -> str:
-    """bench/PARITY.md (fmnist, E = 3), PARITY_RESNET20.md, PARITY_E10.md, PARITY_RESNET20_E10.md, ..."""
+    """docs/research/reports/PARITY.md (fmnist, E = 3), PARITY_RESNET20.md, PARITY_E10.md, PARITY_RESNET20_E10.md, ..."""
     name = "PARITY" + ("" if model == "fmnist" else f"_{model.upper()}") + ("" if epochs == 3 else f"_E{epochs}")
-    return os.path.join(bench.REPO_ROOT, "bench", f"{name}.md")
+    return os.path.join(bench.REPORTS_DIR, f"{name}.md")

@@ -250,7 +250,7 @@ def main(argv=None):
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images (smoke runs)")
     parser.add_argument("--work-dir", default=os.path.join("bench", "_work", "prune_methods"))
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--out", default=os.path.join("bench", "PRUNE_METHODS.md"))
+    parser.add_argument("--out", default=os.path.join(bench.REPORTS_DIR, "PRUNE_METHODS.md"))
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.sparsities = [float(s) for s in args.sparsities.split(",") if s]

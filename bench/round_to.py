@@ -7,7 +7,7 @@ rationale (Torch-Pruning's ``round_to``) is that kernels run on tiles of 8
 or 16 channels, so a width just over a multiple costs like the next one.
 This measures it for the served model here: FMNIST-CNN-S at the protocol
 recipe's widths (conv1/2/3 = 16/17/23, `configs/fmnist_dessilbi_protocol.py`,
-`bench/PARITY_E10_TRIM.md`) against the same network rounded up to r = 8
+`docs/research/reports/PARITY_E10_TRIM.md`) against the same network rounded up to r = 8
 (16/24/24) and r = 16 (16/32/32), the widths rounded down to 16/16/16
 (fewer MACs, for the trend), and the dense 16/32/64.
 
@@ -26,8 +26,8 @@ widths rounded up per channel space (`dependency_groups` + ``round_to``:
 the first k_l filters of every conv kept (`tf_dessilbi.shrink` with a
 ``{layer: units}`` mask, so the filters one residual Add sums leave together).
 
-    python -m bench.round_to [--quick] [--json out.json]   # writes bench/ROUND_TO.md
-    python -m bench.round_to --model resnet20              # writes bench/ROUND_TO_RESNET20.md
+    python -m bench.round_to [--quick] [--json out.json]   # writes docs/research/reports/ROUND_TO.md
+    python -m bench.round_to --model resnet20              # writes docs/research/reports/ROUND_TO_RESNET20.md
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from bench import serving
 
 bench.quiet_tf()
 
-RESULTS = os.path.join(bench.REPO_ROOT, "bench", "ROUND_TO.md")
-RESULTS_RESNET20 = os.path.join(bench.REPO_ROOT, "bench", "ROUND_TO_RESNET20.md")
-BASE = (16, 17, 23)  # the protocol recipe's support (bench/PARITY_E10_TRIM.md, seed 0)
+RESULTS = os.path.join(bench.REPORTS_DIR, "ROUND_TO.md")
+RESULTS_RESNET20 = os.path.join(bench.REPORTS_DIR, "ROUND_TO_RESNET20.md")
+BASE = (16, 17, 23)  # the protocol recipe's support (docs/research/reports/PARITY_E10_TRIM.md, seed 0)
 FULL = (16, 32, 64)
-# ResNet-20's physically halved support, seed 0 (bench/PARITY_RESNET20_ROUND.md, recipe
+# ResNet-20's physically halved support, seed 0 (docs/research/reports/PARITY_RESNET20_ROUND.md, recipe
 # unitinit+lam0.45+u0.5+trim+groups): filters kept per conv; a residual stream's convs share k.
 RESNET20_BASE = {
     "stem_conv": 16, "s1b1_a_conv": 16, "s1b1_b_conv": 16, "s1b2_a_conv": 16, "s1b2_b_conv": 16,
@@ -229,8 +229,8 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--model", choices=("fmnist", "resnet20"), default="fmnist",
                         help="FMNIST-CNN-S (default) or ResNet-20 at its halved support")
-    parser.add_argument("--out", help="the report (default bench/ROUND_TO.md, "
-                                      "bench/ROUND_TO_RESNET20.md with --model resnet20)")
+    parser.add_argument("--out", help="the report (default docs/research/reports/ROUND_TO.md, "
+                                      "ROUND_TO_RESNET20.md with --model resnet20)")
     args = parser.parse_args(argv)
     args.out = args.out or (RESULTS_RESNET20 if args.model == "resnet20" else RESULTS)
     results = run(args.quick, args.model)

@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -153,7 +154,8 @@ def _earlier_step_runs() -> list:
 QUICK_MARK = " — **quick mode (smoke run): numbers are not meaningful**."  # in a --quick report's header
 
 
-def write_report(results: dict, quick: bool, output: str, command: str, wall: dict) -> None:
+def write_report(results: dict, quick: bool, output: str, command: str, wall: dict,
+                 figures: str = bench.ASSETS_DIR) -> None:
     m = results["machine"]
     lines = [
         "# tf_dessilbi benchmark results",
@@ -214,106 +216,61 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
         if part == "step_time" and not quick:
             lines += _earlier_step_runs()
         if part == "accuracy" and "error" not in results[part]:
-            lines += ["![accuracy vs weights kept](accuracy_sparsity.png)", "",
-                      "![DessiLBI support along training](dessilbi_support_path.png)", ""]
+            rel = os.path.relpath(figures, os.path.dirname(os.path.abspath(output)))
+            lines += [f"![accuracy vs weights kept]({rel}/accuracy_sparsity.png)", "",
+                      f"![DessiLBI support along training]({rel}/dessilbi_support_path.png)", ""]
     lines.append(claims.reproduction(results, quick))
     if not quick:
-        lines += _separate_reports()
+        lines += _headlines()
     with open(output, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
 
 
-# Parts run by their own commands (long, resumable, in the background); each
-# writes its markdown file, included here verbatim.
-SEPARATE_REPORTS = (
-    ("Physical removal (shrink)", "SHRINK.md"),
-    ("Rounded widths (round_to): serving latency of FMNIST-CNN-S at 16/17/23 and rounded", "ROUND_TO.md"),
-    ("Rounded widths (round_to): serving latency of ResNet-20 halved by dependency groups and rounded",
-     "ROUND_TO_RESNET20.md"),
-    ("Every sparsity method and TF-MOT under one protocol", "SPARSE_COMPARE.md"),
-    ("DessiLBI vs SGD under the protocol at E = 10: dense W of the path and W* of its fork (the protocol "
-     "config, μ 40 λ 0.25), seeds 0–4", "PARITY_E10_FORK.md"),
-    ("DessiLBI vs SGD under the protocol at E = 10: the previous recipe (μ 20 λ 0.5, trimmed), seeds 0–4",
-     "PARITY_E10_TRIM.md"),
-    ("FMNIST-CNN-S at E = 10: per-layer (init_norm) against per-filter (unit_init_norm) λ, seeds 0–2",
-     "PARITY_E10_UNITINIT.md"),
-    ("FMNIST-CNN-S at E = 10: the protocol recipe on each structure (filter, auto, filter_neuron), seeds 0–2",
-     "PARITY_E10_STRUCTURES.md"),
-    ("FMNIST-CNN-S at E = 10: the coupling strength ν at a fixed path speed νλ, on a second CPU, seeds 0–2",
-     "PARITY_E10_MU.md"),
-    ("FMNIST-CNN-S at E = 10: when the support is fixed (λ 0.5 at 10 % of the budget, λ 1 at 18 %) "
-     "and the same widths from scratch, seeds 0–2", "PARITY_E10_LATE.md"),
-    ("FMNIST-CNN-S at E = 10: where the 56 filters sit (eight allocations from scratch, the support set "
-     "to the best one), seeds 0–2", "PARITY_E10_WIDTHS.md"),
-    ("FMNIST-CNN-S at E = 10: W* at 45, 56 and 68 filters on the same path, seeds 0–2",
-     "PARITY_E10_FRACTIONS.md"),
-    ("FMNIST-CNN-S at E = 10: the protocol recipe with each conv rounded up to a multiple of 16 filters "
-     "(round_to), seeds 0–2", "PARITY_E10_ROUND.md"),
-    ("FMNIST-CNN-S at E = 15: the protocol recipe and SGD with a longer budget, seeds 0–2", "PARITY_E15.md"),
-    ("DessiLBI vs SGD under the protocol at E = 10: parity, W*, early tickets", "PARITY_E10.md"),
-    ("DessiLBI elementwise at E = 10: W* at 90 % sparsity, rewound early tickets",
-     "PARITY_E10_ELEMENTWISE.md"),
-    ("DessiLBI vs SGD under the protocol at E = 3: parity, W*, early tickets", "PARITY.md"),
-    ("ResNet-20 (BN, residual) with per-filter λ (unit_init_norm), E = 3, seeds 0–2",
-     "PARITY_RESNET20_UNITINIT.md"),
-    ("ResNet-20 with supp Γ on dependency groups, aligned at the fine-tune's start or coupled along the "
-     "whole path: the support is the exported network (E = 3, seeds 0–2)", "PARITY_RESNET20_GROUPS.md"),
-    ("ResNet-20 at E = 10, the protocol's budget: per-filter λ and the physically halved support "
-     "(seeds 0–2)", "PARITY_RESNET20_E10.md"),
-    ("ResNet-20 halved by dependency groups with each channel space rounded up to a multiple of 8 "
-     "(round_to), E = 3, seeds 0–2", "PARITY_RESNET20_ROUND.md"),
-    ("ResNet-20 early tickets from filter supports (E = 3, seed 0, 10 / 20 / 30 % of the budget)",
-     "PARITY_RESNET20_TICKETS.md"),
-    ("ResNet-20 early tickets from elementwise supports, from θ₀ and rewound (E = 3, seed 0)",
-     "PARITY_RESNET20_TICKETS_ELEMENTWISE.md"),
-    ("ResNet-20 rewound early ticket from the elementwise support at E = 5 (seed 0, 30 % of the budget)",
-     "PARITY_RESNET20_TICKETS_E5.md"),
-    ("ResNet-20 rewound early ticket from the elementwise support at E = 10, the protocol's budget "
-     "(seed 0, 30 % of the budget)", "PARITY_RESNET20_TICKETS_E10.md"),
-    ("DessiLBI vs SGD under the protocol: ResNet-20 (BN, residual), layer-wise λ", "PARITY_RESNET20.md"),
-    ("ResNet-20, the same recipe on seeds 1 and 2", "PARITY_RESNET20_SEEDS12.md"),
-    ("Greedy forward selection; IMP at p = 0.2 (1 epoch per round, seed 0)", "PRUNE_METHODS.md"),
-    ("Bilevel tuning: MRBO, VRBO, stocBiO", "BILEVEL.md"),
-    ("Reliability: the fault matrix", "RELIABILITY.md"),
+# Benchmarks run by their own commands (long, resumable, in the background); each
+# writes its full report into the research record (docs/research/reports/). RESULTS.md
+# holds the first table of each, with the command that writes it: (title, report, command).
+HEADLINES = (
+    ("Physical removal: parameters, MACs, file size and serving latency of the shrunk models",
+     "SHRINK.md", "python -m bench.shrink"),
+    ("Every sparsity method and TF-MOT under one protocol (E = 3)",
+     "SPARSE_COMPARE.md", "python -m bench.sparse_compare --epochs 3 --timing-rounds 8"),
+    ("DessiLBI against SGD at E = 10 on FMNIST-CNN-S: dense W of the path, W* of its fork",
+     "PARITY_E10_FORK.md", "python -m bench.parity --epochs 10 --seeds 0 1 2 3 4 --no-tickets "
+     "--structures filter --recipes init+mu40+lam0.25+u0.5+trim init+mu40+lam0.25"),
+    ("DessiLBI against SGD at E = 10 on ResNet-20: half of the filters out of supp Γ, or "
+     "physically removed", "PARITY_RESNET20_E10.md",
+     "python -m bench.parity --model resnet20 --epochs 10 --seeds 0 1 2 --no-tickets "
+     "--structures filter --recipes unitinit+lam0.45+u0.5+trim+groups unitinit+lam0.45+u0.5+trim"),
 )
 
 
-def _demote_headings(lines: list) -> list:
-    """Markdown headings one level down (code blocks left alone)."""
-    out, in_code = [], False
-    for line in lines:
-        if line.startswith("```"):
-            in_code = not in_code
-        out.append("#" + line if line.startswith("#") and not in_code else line)
-    return out
+def first_table(text: str) -> list:
+    """The lines of the first markdown table in ``text`` (``[]`` when it has none)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
 
 
-def refresh_separate(output: str) -> None:
-    """Rewrites the included separate reports at the end of ``output`` and the claims' notes (atomic)."""
-    with open(output) as f:
-        lines = f.read().rstrip("\n").split("\n")
-    if any(QUICK_MARK in line for line in lines[:5]):
-        raise ValueError(f"{output} is a --quick report, which includes neither the separate reports "
-                         "nor the claims' notes: refresh the full report (bench/RESULTS.md) instead.")
-    start = next((i for i, line in enumerate(lines)
-                  if line.startswith("## ") and " (from `bench/" in line), len(lines))
-    head = claims.refresh_notes("\n".join(lines[:start])).split("\n")
-    text = "\n".join(head + _separate_reports()).rstrip() + "\n"
-    tmp = f"{output}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, output)
+_SPREAD = re.compile(r" \([^()|]*IQR[^()|]*\)")
 
 
-def _separate_reports() -> list:
-    lines = []
-    for title, name in SEPARATE_REPORTS:
-        path = os.path.join(bench.REPO_ROOT, "bench", name)
-        if os.path.exists(path):
-            with open(path) as f:
-                body = f.read().strip().splitlines()
-            body = _demote_headings(body)
-            lines += [f"## {title} (from `bench/{name}`)", ""] + body + [""]
+def _headlines() -> list:
+    lines = ["## Headline results of the longer benchmarks", "",
+             "Each table is the first of its full report in the research record "
+             "(`docs/research/reports/`), which lists every run behind it.", ""]
+    for title, name, command in HEADLINES:
+        path = os.path.join(bench.REPORTS_DIR, name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            # Latency cells keep their ratio; their spreads stay in the full report.
+            table = [_SPREAD.sub("", line) for line in first_table(f.read())]
+        lines += [f"### {title}", "", f"`{command}` — full report: "
+                  f"[docs/research/reports/{name}](../docs/research/reports/{name})", "",
+                  *table, ""]
     return lines
 
 
@@ -331,31 +288,20 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(bench.REPO_ROOT, "bench", "RESULTS.md"),
                         help="the report to write. Defaults to bench/RESULTS.md")
     parser.add_argument("--figures-dir", default=None,
-                        help="where the .png go. Defaults to the report's folder")
+                        help="where the .png go. Defaults to docs/assets")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--reuse", default="",
                         help="comma-separated parts to read from bench/_work/<part>.json "
                              "instead of running them")
-    parser.add_argument("--refresh-separate", action="store_true",
-                        help="only rewrite the parts of --output included from the separate "
-                             "reports (SHRINK.md, SPARSE_COMPARE.md, ...) and the claims' notes "
-                             "(CLAIMS_NOTES.md), keeping the rest")
     args = parser.parse_args(argv)
-    if args.refresh_separate:
-        try:
-            refresh_separate(args.output)
-        except ValueError as err:
-            parser.error(str(err))
-        print(f"[bench] refreshed the included reports of {args.output}", flush=True)
-        return None
     parts = [p for p in args.parts.split(",") if p]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown parts {unknown}; known: {PARTS}")
     reuse = {p for p in args.reuse.split(",") if p}
     os.makedirs(bench.WORK_DIR, exist_ok=True)
-    figures = args.figures_dir or os.path.dirname(os.path.abspath(args.output))
+    figures = args.figures_dir or bench.ASSETS_DIR
     results = {"machine": machine_info()}
     wall = {}
     for part in parts:
@@ -385,7 +331,7 @@ def main(argv=None):
                             os.path.join(figures, "accuracy_sparsity.png"),
                             os.path.join(figures, "dessilbi_support_path.png"))
     command = _command(parts, args.quick)
-    write_report(results, args.quick, args.output, command, wall)
+    write_report(results, args.quick, args.output, command, wall, figures)
     with open(os.path.join(bench.WORK_DIR, f"results{'_quick' if args.quick else ''}.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     print(f"[bench] wrote {args.output}", flush=True)

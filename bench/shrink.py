@@ -24,7 +24,7 @@ process, median and IQR over ≥ 60 calls each — and test accuracy of the
 sparse model, the shrunk model, and the shrunk model after one epoch of SGD
 fine-tuning (all its weights train).
 
-    python -m bench.shrink [--quick] [--json out.json]    # writes bench/SHRINK.md
+    python -m bench.shrink [--quick] [--json out.json]    # writes docs/research/reports/SHRINK.md
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from bench import serving
 
 bench.quiet_tf()
 
-RESULTS = os.path.join(bench.REPO_ROOT, "bench", "SHRINK.md")
+RESULTS = os.path.join(bench.REPORTS_DIR, "SHRINK.md")
 
 
 def _settings(quick: bool) -> dict:

@@ -390,7 +390,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--search-steps", type=int, default=SEARCH_STEPS,
                         help="most λ-search runs per target beyond the two starting ones")
     parser.add_argument("--work", default=os.path.join(bench.WORK_DIR, "sparse_compare"))
-    parser.add_argument("--out", default=os.path.join(bench.REPO_ROOT, "bench", "SPARSE_COMPARE.md"))
+    parser.add_argument("--out", default=os.path.join(bench.REPORTS_DIR, "SPARSE_COMPARE.md"))
     args = parser.parse_args(argv)
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:

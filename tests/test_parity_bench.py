@@ -1,7 +1,6 @@
-"""bench/parity.py: structures as the CLI's, and a tiny run end to end."""
+"""bench/parity.py: structures as the CLI's, recipes, seeds, rewinding and the ticket cache."""
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -79,42 +78,6 @@ def test_resnet20_takes_fashion_mnist_images():
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
-@pytest.mark.slow
-def test_a_tiny_parity_run_reports_every_structure_and_the_tickets(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_DESSILBI_BENCH_WORK=str(tmp_path))
-    out = tmp_path / "PARITY.md"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.parity", "--epochs", "2", "--limit", "512", "--seeds", "0",
-         "--ticket-fractions", "0.5", "--recipes", "init+ft1+lam0.5", "init+lam0.5", "--rewind-epochs", "0", "1",
-         "--work", str(tmp_path / "w" / "parity"), "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    for structure in parity.STRUCTURES:
-        for recipe in ("init+ft1+lam0.5", "init+lam0.5"):
-            assert f"| DessiLBI {structure}, {recipe} |" in text
-            assert f"| {structure} | {recipe} |" in text  # the tuning record
-        # init+lam0.5 is init+ft1+lam0.5's path: the fork took the same 4 steps before its fine-tune.
-        assert (f"| {structure}: dense W of init+lam0.5, W* of init+ft1+lam0.5 | 1 |" in text
-                and "seed 0: fine-tune from step 4; train loss of steps 1–4 identical |" in text)
-    assert "| 0 | step 4 (50 % of the budget) | θ₀ |" in text
-    assert "| 0 | step 4 (50 % of the budget) | W at the end of epoch 1 (rewound) |" in text
-    work = tmp_path / "w" / "parity"
-    assert (work / "support_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()
-    assert (work / "weights_fmnist_auto_init+ft1+lam0.5_e2_s0_step4.npz").exists()  # W after epoch 1
-    import json
-
-    rewound = json.loads((work / "ticket_fmnist_e2_n512_s0_step4_init+ft1+lam0.5_rw1.json").read_text())
-    assert rewound["rewind_epoch"] == 1 and rewound["trained_steps"] == 4  # the remaining epoch
-    # A rerun reads every run back (the cached ticket run with its supports is kept).
-    again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "dessilbi auto" not in again.stderr  # nothing was retrained
-    rerun = out.read_text()
-    assert rerun.split("Protocol:")[1].split("Wall clock")[0] == text.split("Protocol:")[1].split("Wall clock")[0]
-    assert rerun.count("    python -m bench.parity --epochs 2") == 1  # the command, listed once
-
-
 def test_build_seeds_only_when_asked():
     """θ₀ is seeded; the controls' builds are not (they draw after their own seed)."""
     import numpy as np
@@ -138,91 +101,6 @@ def _fake_run(acc, layers):
     kept = sum(v[0] for v in layers.values())
     return {"w_accuracy": acc, "w_star_accuracy": acc, "filters_kept": kept, "filters_total": 112,
             "weight_fraction": 0.3, "layers": layers, "wall_s": 1.0}
-
-
-def test_support_widths_and_the_from_scratch_column():
-    import argparse
-
-    layers = {"conv1": [16, 16, 144, 144], "conv2": [12, 32, 0, 0], "conv3": [20, 64, 0, 0]}
-    assert parity.support_widths({"layers": layers}) == [16, 12, 20]
-    assert parity.support_widths({"layers": dict(layers, conv2=[0, 32, 0, 0])}) == []
-    args = argparse.Namespace(model="fmnist", epochs=3, seeds=[0, 1], recipes=["r"],
-                              structures=["filter"], command="x", work="/nonexistent", limit=0,
-                              ticket_structure="filter", ticket_recipe="r")
-    results = {"seeds": {
-        "0": {"sgd": {"accuracy": 0.92, "wall_s": 1.0}, "filter:r": _fake_run(0.91, layers),
-              "scratch:filter:r": {"accuracy": 0.905}, "tickets": {}},
-        "1": {"sgd": {"accuracy": 0.93, "wall_s": 1.0}, "filter:r": _fake_run(0.92, layers),
-              "scratch:filter:r": {"accuracy": 0.915}, "tickets": {}}}}
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| DessiLBI filter, r |"))
-    cells = [c.strip() for c in row.split("|")]
-    assert cells[3] == "91.50 ± 0.71" and cells[4] == "-1.00"  # W vs the SGD of the same seeds
-    assert cells[9] == "91.00 ± 0.71"  # the same widths trained from scratch, both seeds
-    assert cells[8] == "48/112 (57 % out)"
-    assert cells[10] == ("does not hold (W* ≥ SGD − 0.5 with ≥ 50 % out: no; "
-                         "dense W ≥ SGD − 0.3: no)")
-    del results["seeds"]["1"]["scratch:filter:r"]
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| DessiLBI filter, r |"))
-    assert "90.50 (1 of 2 seeds)" in row
-    assert "conv filters exported" not in parity_report.to_markdown(results, args)
-    results["seeds"]["1"]["filter:r"]["export"] = {
-        "params": [1000, 250], "macs": [4000, 2000], "conv_units": [112, 60]}
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| filter, r | 1 |"))
-    assert row == "| filter, r | 1 | 48/112 | 60/112 | 0.25× (250) | 0.50× |"
-
-
-def test_the_tuning_record_says_where_the_support_was_fixed():
-    assert parity_report._fixed_from({"recipe": "init+ft2+lam0.5", "epochs": 3, "steps": 1404}) == "step 468 (33 %)"
-    assert parity_report._fixed_from({"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680,
-                               "finetune_from_step": 502}) == "step 502 (11 %)"
-    assert parity_report._fixed_from({"recipe": "paper", "epochs": 3, "steps": 1404}) == "— (no fine-tune)"
-    waited = {"recipe": "init+lam0.5+u0.49", "epochs": 10, "steps": 4680, "finetune_from_step": 700,
-              "finetune_waited_for": ["fc1/kernel"], "finetune_empty_at_start": []}
-    assert parity_report._fixed_from(waited) == "step 700 (15 %), after waiting for fc1 to keep a unit"
-    forced = dict(waited, finetune_waited_for=[], finetune_empty_at_start=["fc1/kernel", "conv3/kernel"])
-    assert parity_report._fixed_from(forced) == "step 700 (15 %); empty then: fc1, conv3"
-    trimmed = dict(waited, finetune_waited_for=[], finetune_trimmed={"conv2/kernel": [3], "conv3/kernel": [1, 9]})
-    assert parity_report._fixed_from(trimmed) == "step 700 (15 %), 3 units trimmed"
-    one = dict(trimmed, finetune_trimmed={"conv2/kernel": [3]})
-    assert parity_report._fixed_from(one) == "step 700 (15 %), 1 unit trimmed"
-
-
-def test_the_random_filters_control_is_reported_beside_ma_et_al_s_two():
-    import argparse
-
-    layers = {"conv1": [16, 16, 144, 144], "conv2": [12, 32, 0, 0], "conv3": [20, 64, 0, 0]}
-    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1], recipes=["r"],
-                              structures=["filter"], command="x", work="/nonexistent", limit=0,
-                              ticket_structure="filter", ticket_recipe="r")
-
-    def ticket(acc, reinit, random_mask, units):
-        sanity = {"ticket_accuracy": acc, "dense_accuracy": 0.927, "reinit_accuracy": reinit,
-                  "random_mask_accuracy": random_mask, "matches_dense": acc >= 0.922}
-        out = {"fraction": 0.3, "weights_kept": 30, "weights_total": 100, "sanity": sanity,
-               "verdict": "winning ticket: no (...)", "winning": False, "empty_layers": []}
-        return out if units is None else dict(out, random_units_accuracy=units)
-
-    results = {"seeds": {
-        "0": {"sgd": {"accuracy": 0.93}, "filter:r": _fake_run(0.927, layers),
-              "tickets": {"1404": ticket(0.925, 0.924, 0.928, 0.921)}},
-        "1": {"sgd": {"accuracy": 0.93}, "filter:r": _fake_run(0.927, layers),
-              "tickets": {"1404": ticket(0.925, 0.926, 0.928, 0.921)}}}}
-    text = parity_report.to_markdown(results, args)
-    rows = [line for line in text.splitlines() if line.startswith("| 0 | step 1404")]
-    assert rows and rows[0].endswith("| 92.10 | winning ticket: no (...) | +0.40 pts |")
-    # seed 0 matches dense and beats the re-init and the random filters; seed 1 loses to its re-init
-    assert "random filters): 1/2" in text
-    del results["seeds"]["1"]["tickets"]["1404"]["random_units_accuracy"]
-    assert "random filters): 1/1" in parity_report.to_markdown(results, args)
-    # A rewound ticket has a row and a verdict line of its own.
-    results["seeds"]["0"]["tickets"]["1404_rw1"] = dict(ticket(0.93, 0.92, 0.925, 0.921), winning=True)
-    text = parity_report.to_markdown(results, args)
-    assert "| 0 | step 1404 (30 % of the budget) | W at the end of epoch 1 (rewound) |" in text
-    assert "- step 1404 (30 %), from θ₀: wins on 0/2 seeds" in text
-    assert "- step 1404 (30 %), from W at the end of epoch 1 (rewound): wins on 1/1 seeds" in text
 
 
 def test_random_units_run_retrains_as_many_whole_filters(tmp_path):
@@ -280,67 +158,6 @@ def test_a_rewound_run_continues_the_protocol_s_schedule_and_batches():
         data.train_from(3)
 
 
-def test_the_report_lists_every_command_that_trained_into_the_cache(tmp_path):
-    import argparse
-
-    def args(command, render=False):
-        return argparse.Namespace(model="fmnist", epochs=10, limit=0, work=str(tmp_path),
-                                  command=command, render=render)
-
-    parity_report.remember_command(args("python -m bench.parity --recipes a"))
-    parity_report.remember_command(args("python -m bench.parity --recipes b"))
-    parity_report.remember_command(args("python -m bench.parity --recipes a"))  # once
-    parity_report.remember_command(args("python -m bench.parity --render", render=True))  # trains nothing
-    assert parity_report._commands(args("python -m bench.parity --render")) == [
-        "python -m bench.parity --recipes a", "python -m bench.parity --recipes b",
-        "python -m bench.parity --render"]
-
-
-def test_narrow_widths_from_scratch_get_their_own_table():
-    import argparse
-
-    args = argparse.Namespace(model="fmnist", epochs=3, seeds=[0, 1], recipes=[], structures=[],
-                              command="x", work="/nonexistent", limit=0, scratch_widths=["12-22-22"],
-                              ticket_structure="filter", ticket_recipe="r")
-    results = {"seeds": {
-        "0": {"sgd": {"accuracy": 0.92}, "widths:12-22-22": {"accuracy": 0.915}, "tickets": {}},
-        "1": {"sgd": {"accuracy": 0.93}, "widths:12-22-22": {"accuracy": 0.925}, "tickets": {}}}}
-    text = parity_report.to_markdown(results, args)
-    assert "| 12/22/22 | 56/112 | 2 | 92.00 ± 0.71 | -0.50 |" in text
-    with pytest.raises(SystemExit):
-        parity.main(["--scratch-widths", "12-22", "--render"])
-
-
-def test_the_verdict_is_not_decided_by_float_noise():
-    import argparse
-
-    layers = {"conv1": [16, 16, 144, 144], "conv2": [12, 32, 0, 0], "conv3": [20, 64, 0, 0]}
-    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1, 2], recipes=["r"],
-                              structures=["filter"], command="x", work="/nonexistent", limit=0,
-                              ticket_structure="filter", ticket_recipe="r")
-    sgd, dessilbi = (0.9301, 0.9318, 0.9318), (0.9278, 0.9290, 0.9279)  # exactly −0.30 pt
-    results = {"seeds": {str(i): {"sgd": {"accuracy": a}, "filter:r": _fake_run(b, layers),
-                                  "tickets": {}} for i, (a, b) in enumerate(zip(sgd, dessilbi))}}
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| DessiLBI filter, r |"))
-    assert "dense W ≥ SGD − 0.3: yes" in row
-    # As Keras reports them: float32 values (0.9301 → 0.930100023…), the run of 2026-12-06.
-    import numpy as np
-
-    sgd, dessilbi = (0.9301, 0.9318, 0.9318), (0.9299, 0.9268, 0.9280)
-    f32 = lambda a: float(np.float32(a))  # noqa: E731
-    results = {"seeds": {str(i): {"sgd": {"accuracy": f32(a)}, "filter:r": _fake_run(f32(b), layers),
-                                  "tickets": {}} for i, (a, b) in enumerate(zip(sgd, dessilbi))}}
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| DessiLBI filter, r |"))
-    assert "dense W ≥ SGD − 0.3: yes" in row
-    results["seeds"]["1"]["filter:r"]["w_accuracy"] = f32(0.9267)  # one image fewer: below the line
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| DessiLBI filter, r |"))
-    assert "dense W ≥ SGD − 0.3: no" in row
-
-
-
 def test_a_support_seen_again_is_not_retrained(tmp_path):
     """supp Γ frozen by a W* fine-tune: the later step's ticket is reused, marked, never retrained."""
     import argparse
@@ -379,64 +196,6 @@ def test_a_support_seen_again_is_not_retrained(tmp_path):
     assert "same_support_as" not in got[6] and "same_support_as" not in got[2]
     row = parity_report._same(got[4])
     assert row == ", the same support as step 6 (not retrained)" and parity_report._same(got[2]) == ""
-
-
-def test_extra_seeds_get_a_row_of_their_own_beside_the_protocols_and_a_per_seed_table():
-    """Seeds beyond the protocol's 0, 1, 2: the verdict over all, and over the protocol's alone."""
-    import argparse
-
-    layers = {"conv1": [16, 16, 144, 144], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
-    wide = dict(layers, conv3=[25, 64, 0, 0])  # 57 filters: under 50 % out
-    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1, 2, 3], recipes=["r"],
-                              structures=["filter"], command="x", work="/nonexistent", limit=0,
-                              ticket_structure="filter", ticket_recipe="r")
-    accs = {0: (0.9300, 0.9280), 1: (0.9310, 0.9280), 2: (0.9320, 0.9280), 3: (0.9300, 0.9200)}
-    results = {"seeds": {str(s): {"sgd": {"accuracy": sgd}, "tickets": {},
-                                  "filter:r": _fake_run(acc, wide if s == 3 else layers)}
-                         for s, (sgd, acc) in accs.items()}}
-    text = parity_report.to_markdown(results, args)
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")]
-            for line in text.splitlines() if line.startswith("| DessiLBI filter, r")}
-    everything, protocol_only = rows["DessiLBI filter, r"], rows["DessiLBI filter, r (seeds 0, 1, 2: the protocol's)"]
-    assert everything[2] == "4" and everything[4] == "-0.48"  # (92.8·3 + 92.0)/4 − 93.075
-    assert everything[8] == "56–57/112 (49–50 % out)" and everything[10].startswith("does not hold")
-    assert protocol_only[2] == "3" and protocol_only[4] == "-0.30"  # 92.80 − 93.10: at the line
-    assert protocol_only[8] == "56/112 (50 % out)"
-    assert protocol_only[10] == ("holds (W* ≥ SGD − 0.5 with ≥ 50 % out: yes; dense W ≥ SGD − 0.3: yes)")
-    assert "| 3 | 93.00 | 92.00 / 92.00 / 57 |" in text
-    assert "| 0 | 93.00 | 92.80 / 92.80 / 56 |" in text
-    del results["seeds"]["3"]["filter:r"]  # a run on the protocol's seeds only: no second row
-    assert sum(line.startswith("| DessiLBI filter, r") for line in
-               parity_report.to_markdown(results, args).splitlines()) == 1
-    args.seeds = [0, 1, 2]  # the protocol's seeds only: one row, as before
-    assert sum(line.startswith("| DessiLBI filter, r") for line in
-               parity_report.to_markdown(results, args).splitlines()) == 1
-
-
-def test_a_resnet_run_gets_its_filters_per_layer_and_seed():
-    """More than four convs: the recipe table has no room, so a table lists them, the stem first."""
-    import argparse
-
-    def resnet_layers(b_kept):
-        return {"s1b1_a_conv": [16, 16, 0, 0], "s1b1_b_conv": [b_kept, 16, 0, 0],
-                "s2b1_a_conv": [20, 32, 0, 0], "s2b1_proj_conv": [1, 32, 0, 0],
-                "s3b1_a_conv": [33, 64, 0, 0], "stem_conv": [7, 16, 0, 0]}
-
-    args = argparse.Namespace(model="resnet20", epochs=3, seeds=[0, 1], recipes=["r"],
-                              structures=["filter"], command="x", work="/nonexistent", limit=0,
-                              ticket_structure="filter", ticket_recipe="r")
-    results = {"seeds": {"0": {"sgd": {"accuracy": 0.92}, "tickets": {}, "filter:r": _fake_run(0.91, resnet_layers(9))},
-                         "1": {"sgd": {"accuracy": 0.92}, "tickets": {}, "filter:r": _fake_run(0.91, resnet_layers(12))}}}
-    lines = parity_report.to_markdown(results, args).splitlines()
-    start = lines.index("| layer | filters | seed 0 | seed 1 |")
-    rows = lines[start + 2:start + 8]
-    assert rows[0] == "| stem_conv | 16 | 7 | 7 |"
-    assert "| s1b1_b_conv | 16 | 9 | 12 |" in rows and "| s2b1_proj_conv | 32 | 1 | 1 |" in rows
-    args.model = "fmnist"  # three convs: listed in the recipe table, no table of their own
-    fmnist = {"conv1": [16, 16, 0, 0], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
-    for seed in ("0", "1"):
-        results["seeds"][seed]["filter:r"] = _fake_run(0.91, fmnist)
-    assert "| layer | filters |" not in parity_report.to_markdown(results, args)
 
 
 def test_support_vs_init_overlap_and_rank_correlations():
@@ -492,77 +251,3 @@ def test_path_recipe_drops_only_the_fine_tune():
     from bench import parity_recipe
 
     assert set(parse_recipe("paper")) == {"hparams", "steady", "joint", *parity_recipe._FINETUNE_SETTINGS}
-
-
-def test_dense_w_of_the_path_and_w_star_of_its_fork_share_one_row():
-    import argparse
-
-    layers = {"conv1": [16, 16, 144, 144], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
-    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1], command="x", limit=0,
-                              recipes=["lam1+u0.5+trim", "lam1"], structures=["filter"], work="/nonexistent",
-                              ticket_structure="filter", ticket_recipe="lam1")
-    loss = [0.6, 0.3, 0.2]
-
-    def seed(sgd, dense, w_star, tuned_loss):
-        path = dict(_fake_run(dense, {k: [v[1], *v[1:]] for k, v in layers.items()}), train_loss=loss)
-        tuned = dict(_fake_run(w_star, layers), train_loss=tuned_loss, finetune_from_step=479)
-        return {"sgd": {"accuracy": sgd}, "filter:lam1": path, "filter:lam1+u0.5+trim": tuned, "tickets": {}}
-
-    results = {"seeds": {"0": seed(0.9300, 0.9290, 0.9260, [0.6, 0.25, 0.2]),
-                         "1": seed(0.9320, 0.9320, 0.9280, [0.6, 0.3, 0.2])}}
-    text = parity_report.to_markdown(results, args)
-    row = next(line for line in text.splitlines() if line.startswith("| filter: dense W of lam1, W* of"))
-    cells = [c.strip() for c in row.split("|")]
-    assert cells[2] == "2" and cells[4] == "-0.05" and cells[6] == "-0.40"  # 93.05 − 93.10, 92.70 − 93.10
-    assert cells[7] == "56/112 (50 % out)"  # W*'s support, not the path's 112
-    assert cells[8] == "holds (W* ≥ SGD − 0.5 with ≥ 50 % out: yes; dense W ≥ SGD − 0.3: yes)"
-    assert cells[9] == ("seed 0: fine-tune from step 479; train loss of epoch 1 identical; "
-                        "seed 1: fine-tune from step 479; train loss of epoch 1 identical")
-    # Each run's own row keeps its own verdict: the path alone keeps every filter.
-    own = next(line for line in text.splitlines() if line.startswith("| DessiLBI filter, lam1 |"))
-    assert "W* ≥ SGD − 0.5 with ≥ 50 % out: no" in own
-    results["seeds"]["1"]["filter:lam1"]["w_accuracy"] = 0.9268  # dense W now 92.79: −0.31
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| filter: dense W of lam1"))
-    assert "dense W ≥ SGD − 0.3: no" in row
-    results["seeds"]["1"]["filter:lam1+u0.5+trim"]["train_loss"] = [0.6000001, 0.3, 0.2]
-    row = next(line for line in parity_report.to_markdown(results, args).splitlines()
-               if line.startswith("| filter: dense W of lam1"))
-    assert "| not one path: the runs differ before the fork on seed 1 |" in row  # no verdict
-    assert "seed 1: fine-tune from step 479; train loss of epoch 1 differs" in row
-    args.recipes = ["lam1+u0.5+trim"]  # the path did not run: no pair
-    assert "dense W of lam1" not in parity_report.to_markdown(results, args)
-    assert parity_report._shared_prefix({"train_loss": loss}, {"finetune_from_step": 100}, 468) == (
-        "fine-tune from step 100, inside epoch 1: not checked")
-    assert parity_report._shared_prefix({"train_loss": loss}, {"train_loss": loss}, 468) == "no fine-tune ran"
-    assert parity_report._shared_prefix({"train_loss": loss}, {"train_loss": loss, "finetune_from_step": 1000},
-                                        468) == "fine-tune from step 1000; train loss of epoch 1–2 identical"
-    steps = [0.9, 0.8, 0.7, 0.65]  # runs that record the loss of every step: compared up to the fork
-    assert parity_report._shared_prefix({"step_loss": steps}, {"step_loss": steps[:3] + [0.5],
-                                                               "finetune_from_step": 3}, 468) == (
-        "fine-tune from step 3; train loss of steps 1–3 identical")
-    assert parity_report._shared_prefix({"step_loss": steps}, {"step_loss": [0.9, 0.81, 0.7, 0.5],
-                                                               "finetune_from_step": 3}, 468) == (
-        "fine-tune from step 3; train loss of steps 1–3 differs")
-
-
-def test_the_paired_row_over_extra_seeds_comes_with_the_protocol_s_seeds_alone():
-    import argparse
-
-    layers = {"conv1": [16, 16, 144, 144], "conv2": [16, 32, 0, 0], "conv3": [24, 64, 0, 0]}
-    args = argparse.Namespace(model="fmnist", epochs=10, seeds=[0, 1, 2, 3], command="x", limit=0,
-                              recipes=["lam1+u0.5+trim", "lam1"], structures=["filter"], work="/nonexistent",
-                              ticket_structure="filter", ticket_recipe="lam1")
-    accs = {0: (0.9300, 0.9290, 0.9260), 1: (0.9300, 0.9290, 0.9260), 2: (0.9300, 0.9290, 0.9260),
-            3: (0.9300, 0.9200, 0.9100)}  # seed 3 pulls both lines under
-    results = {"seeds": {str(seed): {"sgd": {"accuracy": sgd}, "tickets": {},
-                                     "filter:lam1": _fake_run(dense, layers),
-                                     "filter:lam1+u0.5+trim": _fake_run(w_star, layers)}
-                         for seed, (sgd, dense, w_star) in accs.items()}}
-    rows = [[c.strip() for c in line.split("|")] for line in parity_report.to_markdown(results, args).splitlines()
-            if line.startswith("| filter: dense W of lam1")]
-    assert [r[1].endswith("(seeds 0, 1, 2: the protocol's)") for r in rows] == [False, True]
-    assert rows[0][2] == "4" and rows[0][4] == "-0.32" and rows[0][6] == "-0.80"
-    assert rows[0][8].startswith("does not hold")
-    assert rows[1][2] == "3" and rows[1][4] == "-0.10" and rows[1][6] == "-0.40"
-    assert rows[1][8].startswith("holds")
