@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= runs/fmnist_dessilbi
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test data train tensorboard test bench clean
+.PHONY: setup setup-test setup-docs data train tensorboard test bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -24,12 +24,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -e ".[test,backends]"
 	touch $@
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install -e ".[docs]"
+	touch $@
+
 $(FMNIST):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y dataset-fashion-mnist
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
+setup-docs: $(VENV)/.installed-docs
 data: $(FMNIST)
 
 # The main job: a short DessiLBI run on real Fashion-MNIST. Prints progress and
@@ -50,5 +55,9 @@ test: $(VENV)/.installed-test $(FMNIST)
 bench: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m bench.run
 
+# The documentation site (docs/, mkdocs.yml) into site/; a broken link or API reference fails it.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs site *.egg-info

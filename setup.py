@@ -46,6 +46,13 @@ setup(
             "pytest-xdist>=3.3,<4",
             "matplotlib>=3.7,<4",
         ],
+        # The documentation site: `make docs` (mkdocs build --strict).
+        "docs": [
+            "mkdocs>=1.6,<2",
+            "mkdocs-material>=9.5,<10",
+            "mkdocstrings[python]>=1.0,<2",
+            "mkdocstrings-python>=2.0,<3",
+        ],
         # Other Keras backends (CPU builds) for the backend-portability tests.
         # torch < 2.14 resolves to the 2.13 CPU wheel that the project's
         # machines carry; newer resolutions pull several GB of CUDA packages.

@@ -42,7 +42,9 @@ class MRBO(BilevelSolver):
     uniformly drawn iterate; we keep the last one (as its experiments do).
 
     Args:
-        problem, x, y: see `BilevelSolver`.
+        problem: see `BilevelSolver`.
+        x: see `BilevelSolver`.
+        y: see `BilevelSolver`.
         outer_lr: γ. Defaults to `0.1`.
         inner_lr: λ. Defaults to `0.1`.
         schedule_m: m > 0 of η_k. Defaults to `8.0`.

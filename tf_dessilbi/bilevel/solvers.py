@@ -283,7 +283,9 @@ class StocBiO(BilevelSolver):
         x_{k+1} = x_k − α ∇̂Φ(x_k, y; ξ, ζ)       (Neumann, Q − 1 HV + 1 JV)
 
     Args:
-        problem, x, y: see `BilevelSolver`.
+        problem: see `BilevelSolver`.
+        x: see `BilevelSolver`.
+        y: see `BilevelSolver`.
         outer_lr: α. Defaults to `0.1`.
         inner_lr: β. Defaults to `0.1`.
         inner_steps: T ≥ 1. Defaults to `10` (the authors' ``--T``).

@@ -43,7 +43,8 @@ class VRBO(BilevelSolver):
     Args:
         problem: a `BilevelProblem` with ``inner_large_sampler`` and
             ``outer_large_sampler`` (S₁).
-        x, y: see `BilevelSolver`.
+        x: see `BilevelSolver`.
+        y: see `BilevelSolver`.
         outer_lr: α. Defaults to `0.1`.
         inner_lr: β. Defaults to `0.1`.
         period: q ≥ 1. Defaults to `5`.

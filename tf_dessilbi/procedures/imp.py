@@ -273,7 +273,8 @@ def iterative_magnitude_pruning(
             Defaults to none.
         sanity_at: milestones at which the two controls are trained too
             (each costs two more trainings). Defaults to none.
-        tolerance, margin: see `sanity.SanityResult`.
+        tolerance: see `sanity.SanityResult`.
+        margin: see `sanity.SanityResult`.
         seed: ``keras.utils.set_random_seed(seed)`` before θ₀ is drawn (and
             ``seed + 1`` for the re-initialization control); None leaves the
             global seed alone. Defaults to `0`.
