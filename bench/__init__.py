@@ -20,7 +20,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Raw results, worker logs and caches; tests point it at a temporary folder.
 # The research record's reports (docs/research/reports/*.md) and the figures of the docs.
 REPORTS_DIR = os.path.join(REPO_ROOT, "docs", "research", "reports")
-ASSETS_DIR = os.path.join(REPO_ROOT, "docs", "assets")
+FIGURES_DIR = os.path.join(REPO_ROOT, "docs", "figures")
 WORK_DIR = os.environ.get("TF_DESSILBI_BENCH_WORK") or os.path.join(REPO_ROOT, "bench", "_work")
 
 

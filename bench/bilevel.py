@@ -2,7 +2,7 @@
 
 Part 1 (ridge, closed form): Φ(x_k) against oracle calls (Gc(g) + Gc(f) +
 HV(g) + JV(g)) for the three solvers, same oracle budget, 3 sampling seeds;
-the closed-form optimum Φ* is drawn as a line (docs/assets/bilevel_ridge.png).
+the closed-form optimum Φ* is drawn as a line (docs/figures/bilevel_ridge.png).
 Table: oracle calls and examples until Φ − Φ* ≤ 1e-3 first holds.
 
 Part 2 (Fashion-MNIST, FMNIST-CNN-S gated per weight): the hand-tuned
@@ -15,7 +15,7 @@ reported accuracy is the ticket's (hard mask) on the test set.
 
     python -m bench.bilevel [--quick]
 
-Writes docs/research/reports/BILEVEL.md and docs/assets/bilevel_ridge.png.
+Writes docs/research/reports/BILEVEL.md and docs/figures/bilevel_ridge.png.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def _plot(ridge_res, cs_res):
         axes[1].set_title("Fashion-MNIST CS, per-layer λ")
         axes[1].legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(bench.ASSETS_DIR, "bilevel_ridge.png"), dpi=110)
+    fig.savefig(os.path.join(bench.FIGURES_DIR, "bilevel_ridge.png"), dpi=110)
 
 
 def _median(values):
@@ -257,7 +257,7 @@ def to_markdown(res: dict, command: str) -> str:
         f"n = 64 train / 64 validation, d = 16, mini-batches of 32, Q = 20, η = 0.07, "
         f"inner step 0.05, outer step 0.5, x₀ = 1; budget {r['budget']} oracle calls per "
         f"run; seeds {res['seeds']}. Closed form: x* = {r['x_star']:.4f}, "
-        f"Φ* = {r['phi_star']:.5f}. Plot: docs/assets/bilevel_ridge.png (left).", "",
+        f"Φ* = {r['phi_star']:.5f}. Plot: docs/figures/bilevel_ridge.png (left).", "",
         f"| solver | oracle calls to Φ−Φ* ≤ {GAP:g} (median [min, max]) | examples to it "
         "| final Φ−Φ* (median) | final x (median) | steps | time/run s |",
         "|---|---|---|---|---|---|---|",

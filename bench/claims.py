@@ -82,7 +82,7 @@ def reproduction(results: dict, quick: bool) -> str:
     out += [
         "### 1. DessiLBI's path goes from simple to complex",
         "",
-                "Evidence: `docs/assets/dessilbi_support_path.png` and the table (mean ± std over seeds; "
+                "Evidence: `docs/figures/dessilbi_support_path.png` and the table (mean ± std over seeds; "
         "one row per sample along training).",
         "",
         accuracy_lib.path_markdown(acc),

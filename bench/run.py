@@ -155,7 +155,7 @@ QUICK_MARK = " — **quick mode (smoke run): numbers are not meaningful**."  # i
 
 
 def write_report(results: dict, quick: bool, output: str, command: str, wall: dict,
-                 figures: str = bench.ASSETS_DIR) -> None:
+                 figures: str = bench.FIGURES_DIR) -> None:
     m = results["machine"]
     lines = [
         "# tf_dessilbi benchmark results",
@@ -288,7 +288,7 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(bench.REPO_ROOT, "bench", "RESULTS.md"),
                         help="the report to write. Defaults to bench/RESULTS.md")
     parser.add_argument("--figures-dir", default=None,
-                        help="where the .png go. Defaults to docs/assets")
+                        help="where the .png go. Defaults to docs/figures")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--reuse", default="",
@@ -301,7 +301,7 @@ def main(argv=None):
         parser.error(f"unknown parts {unknown}; known: {PARTS}")
     reuse = {p for p in args.reuse.split(",") if p}
     os.makedirs(bench.WORK_DIR, exist_ok=True)
-    figures = args.figures_dir or bench.ASSETS_DIR
+    figures = args.figures_dir or bench.FIGURES_DIR
     results = {"machine": machine_info()}
     wall = {}
     for part in parts:
