@@ -7,7 +7,7 @@ r"""FMNIST-CNN-S with gradual magnitude pruning (Zhu & Gupta 2017) to 90 % spars
 `end_fraction` of training each layer keeps its round((1 − s_t)·n) weights
 of largest |W|, s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(nΔt))³. The rest of the
 recipe is `configs/fmnist_sgd.py`'s. Accuracy under the shared protocol:
-bench/SPARSE_COMPARE.md (not measured with this command).
+docs/research/reports/SPARSE_COMPARE.md (not measured with this command).
 """
 
 import os

@@ -8,7 +8,7 @@ T = 200 (H g by double backprop), removes the 90 % highest scores over all
 Conv2D/Dense kernels and trains the masked model with the SGD recipe below.
 
 Not yet measured through this command (the CLI's method table is being
-wired); measured numbers under the shared protocol: bench/SPARSE_COMPARE.md.
+wired); measured numbers under the shared protocol: docs/research/reports/SPARSE_COMPARE.md.
 """
 
 import os

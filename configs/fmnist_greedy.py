@@ -11,7 +11,7 @@ within 0.02 of the layer-whole network's; then fine-tune
 and ``mask.npz`` the structural unit mask (for ``shrink``).
 
 Not yet measured through this command (the CLI's method table is being
-wired); measured numbers under the shared protocol: bench/PRUNE_METHODS.md.
+wired); measured numbers under the shared protocol: docs/research/reports/PRUNE_METHODS.md.
 """
 
 import os

@@ -13,7 +13,7 @@ re-initialization and a random mask with the same layer-wise densities;
 ``num_epochs`` epochs in all.
 
 Not yet measured through this command (the CLI's method table is being
-wired); measured numbers under the shared protocol: bench/SPARSE_COMPARE.md.
+wired); measured numbers under the shared protocol: docs/research/reports/SPARSE_COMPARE.md.
 """
 
 import os

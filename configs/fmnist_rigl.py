@@ -6,7 +6,7 @@ r"""FMNIST-CNN-S with RigL (Evci et al. 2020) at 90 % sparsity, ERK densities.
 are those with the largest |∂L/∂(W ⊙ M)| (dense gradient w.r.t. the effective
 weight, one batch every ΔT steps). RigL's defaults: ΔT 100, f₀ 0.3, T_end 75 %
 of training, cosine decay. Accuracy under the shared protocol:
-bench/SPARSE_COMPARE.md (not measured with this command).
+docs/research/reports/SPARSE_COMPARE.md (not measured with this command).
 """
 
 import os

@@ -7,7 +7,7 @@ steps until T_end each layer drops the round(f_t·n_active) active weights of
 smallest |W| and grows as many at random (at 0), f_t = f₀/2 (1 + cos(πt/T_end)).
 The parameter count never changes. The rest of the recipe is
 `configs/fmnist_sgd.py`'s. Accuracy under the shared protocol:
-bench/SPARSE_COMPARE.md (not measured with this command).
+docs/research/reports/SPARSE_COMPARE.md (not measured with this command).
 """
 
 import os

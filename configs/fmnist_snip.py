@@ -8,7 +8,7 @@ r"""FMNIST-CNN-S pruned at initialization by SNIP (Lee et al., ICLR 2019), 90 % 
 masked model (`MaskedLayer`, mask fixed) with the SGD recipe below.
 
 Not yet measured through this command (the CLI's method table is being
-wired); measured numbers under the shared protocol: bench/SPARSE_COMPARE.md.
+wired); measured numbers under the shared protocol: docs/research/reports/SPARSE_COMPARE.md.
 """
 
 import os
