@@ -1,7 +1,7 @@
 """Quickstart: DessiLBI and Continuous Sparsification on real Fashion-MNIST.
 
 Train → report → W* → strip → SavedModel → TF-MOT, then a gated model with a
-β-annealed search and a ticket. This is the code of the README's Quickstart.
+β-annealed search and a ticket. This is the code of docs/getting-started.md.
 
     python examples/quickstart.py                 # full data, 3 + 3 epochs
     python examples/quickstart.py --quick         # a small slice, for smoke tests
