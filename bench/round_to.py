@@ -59,7 +59,7 @@ RESNET20_BASE = {
 
 def rounded_widths(widths, round_to: int, full=FULL) -> tuple:
     """Each width raised to min(N_l, ⌈k_l/r⌉·r), as `round_units` does (0 stays 0)."""
-    from tf_dessilbi.shrink.units import round_up_units
+    from tf_dessilbi.dependency.groups import round_up_units
 
     return tuple(round_up_units(k, n, round_to) for k, n in zip(widths, full))
 
@@ -76,7 +76,7 @@ def contenders() -> dict:
 def resnet20_contenders() -> dict:
     """``{name: {conv: width}}``: the halved support, rounded up to 8 and 16, and dense."""
     from bench import parity
-    from tf_dessilbi.shrink.units import round_up_units
+    from tf_dessilbi.dependency.groups import round_up_units
 
     model = parity.build("resnet20")
     full = {name: model.get_layer(name).filters for name in RESNET20_BASE}

@@ -188,7 +188,7 @@ def _coupled_masks(model, density, seed=0):
     """A random unit mask per producer, shared by producers coupled through merges."""
     import numpy as np
 
-    from tf_dessilbi.shrink import graph as graph_lib
+    from tf_dessilbi.dependency import graph as graph_lib
 
     g = graph_lib.Graph(model)
     roots = g.uf.roots()
