@@ -4,7 +4,7 @@ r"""FMNIST-CNN-S with CS gates whose per-layer penalties a bilevel solver tunes.
         --workdir=runs/fmnist_cs_bilevel
 
 (once the integrator registers the ``cs_bilevel`` method, whose function is
-`tf_dessilbi.bilevel.cs.train_cs_bilevel`, and adds ``method`` and
+`tf_dessilbi.bilevel.tuner.train_cs_bilevel`, and adds ``method`` and
 ``bilevel`` (`tf_dessilbi.bilevel.cs.config_section`) to the base config).
 Inner: training loss + Σ_l λ₀e^{x_l} Σσ(βs_l); outer: validation loss +
 ρ·max(0, d(s) − d_target)²; every tuner step is 9 SGD steps (lr 0.05,
@@ -15,7 +15,7 @@ density the hand-tuned single-λ fmnist_cs.py ticket reaches in 3 epochs.
 Measured (before the CLI registration, through the same function)::
 
     python -c "import keras; from tf_dessilbi.training import config_lib, input_pipeline; \
-    from tf_dessilbi.bilevel.cs import train_cs_bilevel; \
+    from tf_dessilbi.bilevel.tuner import train_cs_bilevel; \
     c = config_lib.load_config('configs/fmnist_cs_bilevel.py'); \
     keras.utils.set_random_seed(c.seed); \
     d = input_pipeline.get_datasets(c.data, c.batch_size, c.eval_batch_size, c.seed); \

@@ -158,6 +158,6 @@ def _raw_norms(model) -> dict:
 
 def _strip(model, optimizer):
     """A plain copy with the sparse weights (`tf_dessilbi.strip`)."""
-    import tf_dessilbi  # the top-level name survives the integrator's module moves
+    from tf_dessilbi.export.strip import strip
 
-    return tf_dessilbi.strip(model, optimizer)
+    return strip(model, optimizer)

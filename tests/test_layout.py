@@ -1,0 +1,197 @@
+"""The package's layout: its modules import only down the layer order, with no cycle.
+
+Every ``import`` of ``tf_dessilbi`` in every module is read from the source
+(the module's AST, so imports inside functions count as much as those at the
+top), and the test fails on
+
+* an import cycle between modules;
+* an upward import: a module importing one of a later layer of `LAYERS`
+  (CONTRIBUTING.md, "The layer order");
+* an import of the top-level package (``import tf_dessilbi``, ``from
+  tf_dessilbi import <a public name>``) anywhere but ``tf_dessilbi/__init__.py``:
+  the package imports its own modules by path.
+
+A package's ``__init__`` counts as the layer of its package; importing a
+submodule is an edge to that submodule (its parent ``__init__`` only
+re-exports).
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = "tf_dessilbi"
+
+# The layer order, bottom first. A module may import modules of its own
+# layer or of an earlier one. Entries are module paths below `tf_dessilbi`;
+# the longest entry that is a prefix of a module's path gives its layer.
+LAYERS = (
+    ("_compat", "_validate", "models", "configs"),
+    ("registry",),
+    ("walk",),
+    ("dependency",),
+    ("masks",),
+    ("layers", "gates"),
+    ("dessilbi", "sparsity"),
+    ("export.strip",),
+    ("sparse", "shrink"),
+    ("export", "tfmot"),
+    ("procedures", "bilevel"),
+    ("training",),
+    ("callbacks", "train", ""),  # "": the top-level __init__
+)
+
+
+def _modules() -> dict:
+    """``{dotted name: (path, is_package)}`` of every module of the package."""
+    found = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        found[".".join(parts)] = (path, is_package)
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, path: pathlib.Path, is_package: bool):
+    """``(line, target module, imported name or None)`` for each import of the package."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")[: None if is_package else -1]
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if base.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                yield node.lineno, submodule if submodule in MODULES else base, (
+                    None if submodule in MODULES else alias.name)
+
+
+EDGES = {
+    module: [(line, target, name) for line, target, name in _imports(module, path, is_package)]
+    for module, (path, is_package) in MODULES.items()
+}
+
+
+def layer_of(module: str) -> int:
+    relative = module[len(PACKAGE) + 1:] if module != PACKAGE else ""
+    best, best_length = None, -1
+    for index, entries in enumerate(LAYERS):
+        for entry in entries:
+            matches = relative == entry or relative.startswith(entry + ".") or entry == ""
+            if matches and len(entry) > best_length:
+                best, best_length = index, len(entry)
+    return best
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if layer_of(m) is None] == []
+    unused = [e for entries in LAYERS for e in entries
+              if e and not any(m == f"{PACKAGE}.{e}" or m.startswith(f"{PACKAGE}.{e}.") for m in MODULES)]
+    assert unused == [], f"LAYERS names modules that do not exist: {unused}"
+
+
+def test_every_import_resolves_to_a_module():
+    unknown = [f"{m}:{line} imports {t}" for m, edges in EDGES.items()
+               for line, t, _ in edges if t not in MODULES]
+    assert unknown == []
+
+
+def test_no_import_of_the_top_level_package():
+    found = [
+        f"{MODULES[m][0].relative_to(ROOT)}:{line}: "
+        + (f"from {PACKAGE} import {name}" if name else f"import {PACKAGE}")
+        for m, edges in EDGES.items() if m != PACKAGE
+        for line, target, name in edges if target == PACKAGE
+    ]
+    assert found == [], (
+        "Modules of the package import the top-level package; import the module "
+        "that defines the name instead:\n  " + "\n  ".join(found))
+
+
+def test_no_upward_import():
+    found = []
+    for module, edges in EDGES.items():
+        for line, target, _ in edges:
+            if target in MODULES and target != PACKAGE and layer_of(target) > layer_of(module):
+                found.append(f"{MODULES[module][0].relative_to(ROOT)}:{line}: {module} (layer "
+                             f"{layer_of(module)}) imports {target} (layer {layer_of(target)})")
+    assert found == [], "Upward imports (see LAYERS and CONTRIBUTING.md):\n  " + "\n  ".join(found)
+
+
+def _cycles(graph: dict) -> list:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return components
+
+
+def test_no_import_cycle():
+    graph = {m: sorted({t for _, t, _ in edges if t in MODULES and t != m}) for m, edges in EDGES.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("root", ["bench"])
+def test_no_import_cycle_in(root):
+    """bench/ too: its modules import each other by ``bench.<name>``."""
+    modules = {}
+    for path in sorted((ROOT / root).glob("*.py")):
+        name = root if path.stem == "__init__" else f"{root}.{path.stem}"
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if not node.level else f"{root}.{node.module}"
+                targets.add(base)
+                targets.update(f"{base}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                targets.update(f"{root}.{a.name}" for a in node.names)
+        graph[name] = sorted(t for t in targets if t in modules and t != name)
+    assert _cycles(graph) == []
