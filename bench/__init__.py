@@ -192,7 +192,7 @@ def timed(fn: Callable, *args, **kwargs):
 def dessilbi_hparams() -> dict:
     """DessiLBI keyword arguments from the Fashion-MNIST config.
 
-    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.config.load_config`)
+    Reads ``tf_dessilbi/configs/fmnist_dessilbi.py`` (via `bench.accuracy.config.load_config`)
     so the benchmarks and the configs never disagree.
 
     Returns:

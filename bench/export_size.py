@@ -1,7 +1,7 @@
 """SavedModel size and inference latency: stripped (W*) vs dense.
 
 FMNIST-CNN-S is trained with DessiLBI on real Fashion-MNIST (hyperparameters
-from ``configs/fmnist_dessilbi.py`` via `bench.dessilbi_hparams`), then
+from ``tf_dessilbi/configs/fmnist_dessilbi.py`` via `bench.dessilbi_hparams`), then
 written three ways:
 
 * dense: ``tf_dessilbi.export_saved_model(model, ...)`` (the dense W);

@@ -20,7 +20,7 @@ pruned with their filters in W*):
 * ``dessilbi_<structure>`` for ``auto`` (conv filters as groups, dense
   weights elementwise), ``filter_neuron`` (hidden dense neurons as groups
   too) and ``elementwise``: κ = 1, μ = 20, λ = 1.5 with fan-in scaling
-  (``configs/fmnist_dessilbi.py``), the protocol's learning-rate schedule as
+  (``tf_dessilbi/configs/fmnist_dessilbi.py``), the protocol's learning-rate schedule as
   α; dense W and W* (W on supp Γ) evaluated;
 * early tickets of ``dessilbi_auto``: supp Γ taken after 10 / 20 / 30 % of
   the steps, retrained with SGD under the protocol from θ₀ or (``--rewind-epochs

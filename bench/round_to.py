@@ -6,7 +6,7 @@ and `tf_dessilbi.shrink(round_to=r)` pads an export the same way; the
 rationale (Torch-Pruning's ``round_to``) is that kernels run on tiles of 8
 or 16 channels, so a width just over a multiple costs like the next one.
 This measures it for the served model here: FMNIST-CNN-S at the protocol
-recipe's widths (conv1/2/3 = 16/17/23, `configs/fmnist_dessilbi_protocol.py`,
+recipe's widths (conv1/2/3 = 16/17/23, `tf_dessilbi/configs/fmnist_dessilbi_protocol.py`,
 `bench/PARITY_E10_TRIM.md`) against the same network rounded up to r = 8
 (16/24/24) and r = 16 (16/32/32), the widths rounded down to 16/16/16
 (fewer MACs, for the trend), and the dense 16/32/64.

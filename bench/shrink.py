@@ -3,7 +3,7 @@
 Contenders, each against its own dense-shaped sparse model (what a deployer
 has without shrink: `tf_dessilbi.strip`, zeros stored and computed):
 
-* FMNIST-CNN-S, DessiLBI with the default config (``configs/fmnist_dessilbi.py``:
+* FMNIST-CNN-S, DessiLBI with the default config (``tf_dessilbi/configs/fmnist_dessilbi.py``:
   structure "auto", conv filters as groups), trained on real Fashion-MNIST;
 * FMNIST-CNN-S, DessiLBI with the config's ``filter_neuron`` structure
   (conv filters and fc1 neurons as groups);

@@ -20,7 +20,7 @@ from tf_dessilbi.bilevel import tuner as tuner_lib  # noqa: E402
 from tf_dessilbi.bilevel import weight_decay  # noqa: E402
 from tf_dessilbi.bilevel.tuner import BilevelTuner  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fmnist_cs_bilevel.py")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "tf_dessilbi", "configs", "fmnist_cs_bilevel.py")
 
 
 def _model(seed=0):

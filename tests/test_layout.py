@@ -28,7 +28,7 @@ PACKAGE = "tf_dessilbi"
 # layer or of an earlier one. Entries are module paths below `tf_dessilbi`;
 # the longest entry that is a prefix of a module's path gives its layer.
 LAYERS = (
-    ("_compat", "_validate", "models", "configs"),
+    ("_compat", "_validate", "models"),
     ("registry",),
     ("walk",),
     ("dependency",),
@@ -40,7 +40,7 @@ LAYERS = (
     ("export", "tfmot"),
     ("procedures", "bilevel"),
     ("training",),
-    ("callbacks", "train", ""),  # "": the top-level __init__
+    ("callbacks", "train", "configs", ""),  # "": the top-level __init__
 )
 
 

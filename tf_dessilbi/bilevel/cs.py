@@ -200,7 +200,7 @@ def config_section():
     b.neumann_terms = 3  # Q
     b.neumann_eta = 0.0  # η; 0: inner_lr
     b.warm_steps = 9  # SGD steps on the weights per solver step
-    b.warm_lr = 0.05  # as configs/fmnist_sgd.py: lr 0.05, momentum 0.9
+    b.warm_lr = 0.05  # as tf_dessilbi/configs/fmnist_sgd.py: lr 0.05, momentum 0.9
     b.warm_momentum = 0.9
     b.num_steps = 0
     b.log_every = 10

@@ -244,7 +244,7 @@ def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
 
     Args:
         config: a training config with a ``bilevel`` section
-            (``configs/fmnist_cs_bilevel.py``).
+            (``tf_dessilbi/configs/fmnist_cs_bilevel.py``).
         workdir: output folder (``summary.json``, ``tensorboard/``).
         data: `tf_dessilbi.input_pipeline.Datasets`. The outer (validation)
             batches are drawn from a second iterator over ``data.train``

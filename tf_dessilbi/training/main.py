@@ -1,6 +1,6 @@
 """The training CLI: ``python -m tf_dessilbi.train --config=... --workdir=...``.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py \\
+    python -m tf_dessilbi.train --config=fmnist_dessilbi \\
         --workdir=runs/fmnist_dessilbi [--config.optimizer.kappa=2 ...]
 
 ``--config`` is a config file (locked: only its existing fields can be
@@ -34,7 +34,7 @@ def _fields_help() -> str:
                 yield f"{prefix}{key}={value!r}"
 
     return (
-        "Training config file (configs/*.py). Override its fields with "
+        "Training config file (tf_dessilbi/configs/*.py). Override its fields with "
         "--config.<field>=<value>; the fields and their defaults: "
         + ", ".join(flat(config_lib.base_config()))
     )

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S with DessiLBI under the benchmarks' protocol (warm-up + cosine, 10 epochs).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi_protocol.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi_protocol \
         --workdir=runs/fmnist_dessilbi_protocol
 
 The recipe `bench/parity.py` found for a decaying learning rate (the
@@ -10,7 +10,7 @@ the issue's budget of E = 10 epochs. Fu et al. report two models of one
 path: the coupled iteration's dense W at the end of training, and W*, the
 support of an early Γ retrained. This config gives W*: it runs the path
 until supp Γ holds half of the conv filters, then trains W* on that support
-for the rest of the budget. ``configs/fmnist_dessilbi_protocol_path.py`` is
+for the rest of the budget. ``tf_dessilbi/configs/fmnist_dessilbi_protocol_path.py`` is
 the same config with the fine-tune off: the path runs on to the end and
 gives dense W. The two take the same steps until the fork. Every run is in
 `bench/PARITY_E10_FORK.md` (this recipe and its path, 5 seeds),
@@ -129,7 +129,7 @@ def get_config():
     config.schedule.final_fraction = 0.0
     config.num_epochs = 10
     # The recipe (bench/parity.py: filter, init+mu40+lam0.25+u0.5+trim; its path, dense W:
-    # init+mu40+lam0.25, configs/fmnist_dessilbi_protocol_path.py).
+    # init+mu40+lam0.25, tf_dessilbi/configs/fmnist_dessilbi_protocol_path.py).
     config.optimizer.structure = "filter"
     config.optimizer.lambda_scaling = "init_norm"
     config.optimizer.lambda_ = 0.25

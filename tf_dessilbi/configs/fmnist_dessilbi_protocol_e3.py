@@ -1,11 +1,11 @@
 r"""FMNIST-CNN-S with DessiLBI under the benchmarks' protocol at E = 3 (the accuracy part of bench.run).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi_protocol_e3.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi_protocol_e3 \
         --workdir=runs/fmnist_dessilbi_protocol_e3
 
 The protocol of `bench/protocol.py` (inputs normalized by the Fashion-MNIST
 mean/std, Nesterov 0.9, peak lr 0.05, 1 warm-up epoch then cosine to 0), as
-in ``configs/fmnist_dessilbi_protocol.py``, at the 3-epoch budget that the
+in ``tf_dessilbi/configs/fmnist_dessilbi_protocol.py``, at the 3-epoch budget that the
 accuracy part of ``python -m bench.run`` (`bench.accuracy`: SGD, DessiLBI,
 its early tickets, a CS ticket and TF-MOT at the same sparsities, 3 seeds)
 fits into on 2 CPU cores. The E = 10 recipe does not carry over. The

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S with CS gates whose per-layer penalties a bilevel solver tunes.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_cs_bilevel.py \
+    python -m tf_dessilbi.train --config=fmnist_cs_bilevel \
         --workdir=runs/fmnist_cs_bilevel
 
 (once the integrator registers the ``cs_bilevel`` method, whose function is
@@ -16,7 +16,7 @@ Measured (before the CLI registration, through the same function)::
 
     python -c "import keras; from tf_dessilbi.training import config_lib, input_pipeline; \
     from tf_dessilbi.bilevel.tuner import train_cs_bilevel; \
-    c = config_lib.load_config('configs/fmnist_cs_bilevel.py'); \
+    c = config_lib.load_config('tf_dessilbi/configs/fmnist_cs_bilevel.py'); \
     keras.utils.set_random_seed(c.seed); \
     d = input_pipeline.get_datasets(c.data, c.batch_size, c.eval_batch_size, c.seed); \
     print(train_cs_bilevel(c, 'runs/fmnist_cs_bilevel', d))"
