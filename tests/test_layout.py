@@ -28,7 +28,7 @@ PACKAGE = "tf_dessilbi"
 # layer or of an earlier one. Entries are module paths below `tf_dessilbi`;
 # the longest entry that is a prefix of a module's path gives its layer.
 LAYERS = (
-    ("_compat", "_validate", "models"),
+    ("_cli_start", "_compat", "_validate", "models"),
     ("registry",),
     ("walk",),
     ("dependency",),
