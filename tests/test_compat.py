@@ -115,3 +115,66 @@ def test_functional_graph_nodes_for_shrink():
         assert out is not None
 
     _pinned("graph_nodes", check)
+
+
+def test_optimizer_tracks():
+    def check():
+        model = _model()
+        optimizer = keras.optimizers.SGD()
+        optimizer.build(model.trainable_variables)
+        assert all(_compat.optimizer_tracks(optimizer, v) for v in model.trainable_variables)
+        assert not _compat.optimizer_tracks(optimizer, keras.Variable(np.zeros(2), name="other"))
+
+    _pinned("optimizer_tracks", check)
+
+
+def test_tf_keras_variable_index():
+    from tf_dessilbi.tfmot._lazy import modules
+
+    tf_keras, _ = modules()
+
+    def check():
+        first, second = tf_keras.backend.variable(np.zeros(2)), tf_keras.backend.variable(np.zeros(3))
+        optimizer = tf_keras.optimizers.SGD()
+        optimizer.build([first, second])
+        assert _compat.tf_keras_variable_index(optimizer, first) == 0
+        assert _compat.tf_keras_variable_index(optimizer, second) == 1
+        assert _compat.tf_keras_variable_index(optimizer, tf_keras.backend.variable(np.zeros(1))) is None
+
+    try:
+        check()
+    except Exception as e:  # noqa: BLE001 - the point is the message
+        pytest.fail(f"tf_keras {tf_keras.__version__}: the private API behind "
+                    f"_compat.tf_keras_variable_index moved: {e!r}")
+
+
+def test_inputs_structure():
+    def check():
+        a, b = keras.Input((2,), name="a"), keras.Input((3,), name="b")
+        joined = keras.layers.Concatenate()([a, b])
+        model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(joined))
+        structure = _compat.inputs_structure(model)
+        assert isinstance(structure, dict) and sorted(structure) == ["a", "b"]
+        seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        assert keras.tree.pack_sequence_as(_compat.inputs_structure(seq), ["x"]) == "x"
+
+    _pinned("inputs_structure", check)
+
+
+def test_initial_epoch_after_backup_and_restore(tmp_path):
+    def check():
+        model = _model()
+        model.compile("sgd", "mse")
+        assert _compat.initial_epoch(model) == 0
+        backup = str(tmp_path / "backup")
+        x, y = np.zeros((4, 4)), np.zeros((4, 2))
+        model.fit(x, y, epochs=2, verbose=0,
+                  callbacks=[keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+        restored = _model()
+        restored.compile("sgd", "mse")
+        callback = keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)
+        callback.set_model(restored)
+        callback.on_train_begin()
+        assert _compat.initial_epoch(restored) == 2
+
+    _pinned("initial_epoch", check)

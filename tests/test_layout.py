@@ -200,3 +200,37 @@ def test_no_import_cycle_in(root):
                 targets.update(f"{root}.{a.name}" for a in node.names)
         graph[name] = sorted(t for t in targets if t in modules and t != name)
     assert _cycles(graph) == []
+
+
+# Private Keras / tf_keras / TF-MOT attributes the package reaches; only
+# `_compat.py` may name them (each pinned by tests/test_compat.py). The
+# optimizer-subclass hooks Keras documents for subclasses (`_get_variable_index`,
+# `_trainable_variables`, `_track_variable`, `_backend_update_step`, ...) are not here.
+PRIVATE_KERAS = {
+    "_flatten_layers", "_inputs_struct", "_outputs_struct", "_initial_epoch", "_var_key",
+    "_trainable_variables_indices", "_index_dict", "_keras_history", "_run_through_graph",
+    "_nodes_by_depth", "_functional", "_call_has_training_arg", "_weight_names", "_save_model",
+    "__internal__",
+}
+
+
+def test_private_keras_apis_only_in_compat():
+    found = []
+    for module, (path, _) in MODULES.items():
+        if module == f"{PACKAGE}._compat":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = None
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE_KERAS:
+                name = node.attr
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("getattr", "hasattr") and len(node.args) > 1
+                  and isinstance(node.args[1], ast.Constant) and node.args[1].value in PRIVATE_KERAS):
+                name = node.args[1].value
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.startswith("keras.src") for n in names):
+                    name = "keras.src"
+            if name:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert found == [], "Private Keras APIs outside _compat.py:\n  " + "\n  ".join(found)

@@ -203,3 +203,23 @@ def slot_variables(optimizer, variable) -> list:
                 and all(slot is not f for f in found)):
             found.append(slot)
     return found
+
+
+def optimizer_tracks(optimizer, variable) -> bool:
+    """True when a built Keras 3 optimizer trains ``variable`` (its variable-key index)."""
+    return optimizer._var_key(variable) in optimizer._trainable_variables_indices
+
+
+def tf_keras_variable_index(optimizer, variable):
+    """The index of ``variable`` among a built tf_keras (Keras 2) optimizer's variables, or None."""
+    return optimizer._index_dict.get(optimizer._var_key(variable))
+
+
+def inputs_structure(model):
+    """The nesting of a Functional model's inputs (a tensor, a list or a dict of them)."""
+    return functional_graph(model)._inputs_struct
+
+
+def initial_epoch(model) -> int:
+    """The epoch `keras.callbacks.BackupAndRestore` resumes ``model`` at (0 when it restored nothing)."""
+    return int(getattr(model, "_initial_epoch", 0) or 0)
