@@ -234,3 +234,37 @@ def test_private_keras_apis_only_in_compat():
             if name:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
     assert found == [], "Private Keras APIs outside _compat.py:\n  " + "\n  ".join(found)
+
+
+def _contributing():
+    with open(ROOT / "CONTRIBUTING.md") as f:
+        return f.read()
+
+
+def test_contributing_tree_names_every_module():
+    text = _contributing()
+    start = text.index("```\ntf_dessilbi/")
+    tree = text[start:text.index("```", start + 3)]
+    missing = []
+    for module, (path, is_package) in MODULES.items():
+        relative = path.relative_to(ROOT / PACKAGE)
+        if relative.parts[0] == "configs" and relative.name != "__init__.py":
+            continue  # the config files: one line for the folder
+        if is_package:
+            if module != PACKAGE and f"{relative.parts[-2]}/" not in tree:
+                missing.append(f"{relative.parent}/")
+        elif relative.name not in tree:
+            missing.append(str(relative))
+    assert missing == [], f"CONTRIBUTING.md's tree misses {missing}"
+
+
+def test_contributing_states_the_layer_order():
+    text = _contributing()
+    start = text.index("## The layer order")
+    section = text[start:text.index("\n## ", start + 1)]
+    lines = {int(line.split(".")[0]): line for line in section.splitlines()
+             if line[:1].isdigit() and ". " in line}
+    for index, entries in enumerate(LAYERS, start=1):
+        for entry in entries:
+            if entry and not entry.endswith(".*"):
+                assert f"`{entry}`" in lines[index], f"layer {index} of CONTRIBUTING.md lacks `{entry}`"
