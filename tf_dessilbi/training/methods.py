@@ -151,9 +151,9 @@ def _cs_search_run(config, workdir, data, strategy) -> dict:
 
     No backup here: a killed search starts again from round 0.
     """
+    from tf_dessilbi import models as models_lib
     from tf_dessilbi.procedures.ticket_search import TicketSearch
     from tf_dessilbi.sparsity import sparsity_report
-    from tf_dessilbi import models as models_lib
     from tf_dessilbi.training.callbacks import EpochLog
     from tf_dessilbi.training.components import build_optimizer
     from tf_dessilbi.training.components import evaluate_model
