@@ -87,7 +87,9 @@ def _compare(dense, shrunk, s, work, tag, x128, tf_keras_dense=False) -> dict:
 # -- models -----------------------------------------------------------------------
 def _hparams():
     try:
-        hp = bench.dessilbi_hparams()
+        from bench.accuracy.config import dessilbi_hparams
+
+        hp = dessilbi_hparams()
         return dict(hp["optimizer"]), hp["source"]
     except Exception as e:  # noqa: BLE001 - a config being edited elsewhere
         return {"learning_rate": 0.05, "mu": 20.0, "lambda_": 1.5}, f"fallback ({e})"

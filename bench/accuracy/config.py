@@ -21,7 +21,7 @@ def load_config(quick: bool, name: str = CONFIG):
     """The DessiLBI config ``tf_dessilbi/configs/<name>`` for Fashion-MNIST (and where it came from).
 
     ``name`` defaults to `CONFIG`, the accuracy benchmark's protocol config;
-    `bench.dessilbi_hparams` reads `CLI_CONFIG`.
+    `dessilbi_hparams` reads `CLI_CONFIG`.
     """
     from tf_dessilbi.training import config_lib
 
@@ -74,3 +74,27 @@ def sgd_config(config):
     c = config.copy_and_resolve_references()
     c.optimizer.name = "sgd"
     return c
+
+
+def dessilbi_hparams() -> dict:
+    """DessiLBI keyword arguments from the Fashion-MNIST config.
+
+    Reads ``tf_dessilbi/configs/fmnist_dessilbi.py`` (via `load_config`)
+    so the benchmarks and the configs never disagree.
+
+    Returns:
+        ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
+        "structure": config.optimizer.structure}``.
+    """
+    config, source = load_config(quick=False, name=CLI_CONFIG)
+    o = config.optimizer
+    opt = {
+        "learning_rate": float(o.learning_rate),
+        "kappa": float(o.kappa),
+        "mu": float(o.mu),
+        "lambda_": float(o.lambda_),
+        "momentum": float(o.momentum),
+        "nesterov": bool(o.nesterov),
+        "lambda_scaling": o.lambda_scaling,
+    }
+    return {"source": source, "optimizer": opt, "structure": o.structure}
