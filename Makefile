@@ -40,7 +40,7 @@ data: $(FMNIST)
 # The main job: a short DessiLBI run on real Fashion-MNIST. Prints progress and
 # the sparsity table; writes the SavedModel and path.png under $(WORKDIR).
 train: $(VENV)/.installed $(FMNIST)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py --workdir=$(WORKDIR)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tf_dessilbi.train --config=fmnist_dessilbi --workdir=$(WORKDIR)
 
 # TensorBoard on the run `make train` writes (open http://localhost:6006).
 tensorboard: $(VENV)/.installed

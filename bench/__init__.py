@@ -192,32 +192,6 @@ def timed(fn: Callable, *args, **kwargs):
 
 
 
-def dessilbi_hparams() -> dict:
-    """DessiLBI keyword arguments from the Fashion-MNIST config.
-
-    Reads ``configs/fmnist_dessilbi.py`` (via `bench.accuracy.config.load_config`)
-    so the benchmarks and the configs never disagree.
-
-    Returns:
-        ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
-        "structure": config.optimizer.structure}``.
-    """
-    from bench.accuracy.config import CLI_CONFIG, load_config
-
-    config, source = load_config(quick=False, name=CLI_CONFIG)
-    o = config.optimizer
-    opt = {
-        "learning_rate": float(o.learning_rate),
-        "kappa": float(o.kappa),
-        "mu": float(o.mu),
-        "lambda_": float(o.lambda_),
-        "momentum": float(o.momentum),
-        "nesterov": bool(o.nesterov),
-        "lambda_scaling": o.lambda_scaling,
-    }
-    return {"source": source, "optimizer": opt, "structure": o.structure}
-
-
 def part_main(doc: str, run: Callable, to_markdown: Callable, quick_help: str, argv=None):
     """The command line of one benchmark part: ``--quick``, ``--json PATH``.
 

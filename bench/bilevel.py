@@ -7,7 +7,7 @@ Table: oracle calls and examples until Φ − Φ* ≤ 1e-3 first holds.
 
 Part 2 (Fashion-MNIST, FMNIST-CNN-S gated per weight): the hand-tuned
 single-λ CS run (λ = 1e-8 on every layer, SGD lr 0.05 momentum 0.9 as
-configs/fmnist_cs.py, β 1 → 200 per step) for N steps; then each solver as
+tf_dessilbi/configs/fmnist_cs.py, β 1 → 200 per step) for N steps; then each solver as
 `BilevelTuner` with the single-λ run's final density as target, the same N
 training steps (warm SGD steps + one solver step per tuner step). 5,000
 training images are held out as the validation set of the outer loss; the

@@ -1,7 +1,7 @@
 """SavedModel size and inference latency: stripped (W*) vs dense.
 
 FMNIST-CNN-S is trained with DessiLBI on real Fashion-MNIST (hyperparameters
-from ``configs/fmnist_dessilbi.py`` via `bench.dessilbi_hparams`), then
+from ``tf_dessilbi/configs/fmnist_dessilbi.py`` via `bench.accuracy.config.dessilbi_hparams`), then
 written three ways:
 
 * dense: ``tf_dessilbi.export_saved_model(model, ...)`` (the dense W);
@@ -69,7 +69,9 @@ def checkpoint_variables(path: str) -> int:
 
 def _optimizer_kwargs() -> tuple:
     try:
-        hp = bench.dessilbi_hparams()
+        from bench.accuracy.config import dessilbi_hparams
+
+        hp = dessilbi_hparams()
         kwargs = dict(hp["optimizer"])
         structure = hp.get("structure")
         if structure not in (None, "auto"):

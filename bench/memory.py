@@ -42,9 +42,10 @@ def run(quick: bool = False) -> dict:
     import keras
 
     import tf_dessilbi
+    from bench.accuracy.config import dessilbi_hparams
     from tf_dessilbi import models
 
-    hp = bench.dessilbi_hparams()["optimizer"]
+    hp = dessilbi_hparams()["optimizer"]
     factories = {"FMNIST-CNN-S": models.fmnist_cnn_s}
     resnet20 = models.resnet20
     if not quick:

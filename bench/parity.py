@@ -20,7 +20,7 @@ pruned with their filters in W*):
 * ``dessilbi_<structure>`` for ``auto`` (conv filters as groups, dense
   weights elementwise), ``filter_neuron`` (hidden dense neurons as groups
   too) and ``elementwise``: κ = 1, μ = 20, λ = 1.5 with fan-in scaling
-  (``configs/fmnist_dessilbi.py``), the protocol's learning-rate schedule as
+  (``tf_dessilbi/configs/fmnist_dessilbi.py``), the protocol's learning-rate schedule as
   α; dense W and W* (W on supp Γ) evaluated;
 * early tickets of ``dessilbi_auto``: supp Γ taken after 10 / 20 / 30 % of
   the steps, retrained with SGD under the protocol from θ₀ or (``--rewind-epochs
@@ -48,31 +48,18 @@ import numpy as np
 
 import bench
 from bench import parity_tickets, protocol
+from bench.parity_recipe import HPARAMS  # also bench.parity.HPARAMS
+from bench.parity_recipe import build  # also bench.parity.build
 from bench.parity_recipe import parse_recipe  # also bench.parity.parse_recipe
 
 bench.quiet_tf()
 
 STRUCTURES = ("auto", "filter", "filter_neuron", "elementwise")
-HPARAMS = {"kappa": 1.0, "mu": 20.0, "lambda_": 1.5, "momentum": 0.9, "nesterov": True,
-           "lambda_scaling": "fan_in"}
 TICKET_FRACTIONS = (0.1, 0.2, 0.3)
 RECIPE = "paper"  # the recipe of the parity table and the tickets unless --recipes says otherwise
 
 
 _log = bench.logger("parity")
-
-
-def build(model_name: str, seed=None):
-    """The model, its weights drawn after ``set_random_seed(seed)`` (``None``: the current RNG state)."""
-    import keras
-
-    from tf_dessilbi import models
-
-    if seed is not None:
-        keras.utils.set_random_seed(int(seed))
-    if model_name == "fmnist":
-        return models.fmnist_cnn_s()
-    return models.resnet20(input_shape=(28, 28, 1), num_classes=10)
 
 
 class _Supports:

@@ -1,6 +1,27 @@
-"""Recipe names of `bench.parity`: ``+``-joined tokens, parsed into the settings of a DessiLBI run."""
+"""The recipe of `bench.parity`: the model (`build`), DessiLBI's hyperparameters (`HPARAMS`) and the
+recipe names (``+``-joined tokens, parsed into the settings of a DessiLBI run).
+
+Here, not in `bench.parity`, so that the modules `bench.parity` imports (its report and its
+tickets) read them without importing `bench.parity` back."""
 
 from __future__ import annotations
+
+# DessiLBI's hyperparameters under the protocol (λ: the parity table's; searched elsewhere).
+HPARAMS = {"kappa": 1.0, "mu": 20.0, "lambda_": 1.5, "momentum": 0.9, "nesterov": True,
+           "lambda_scaling": "fan_in"}
+
+
+def build(model_name: str, seed=None):
+    """The model, its weights drawn after ``set_random_seed(seed)`` (``None``: the current RNG state)."""
+    import keras
+
+    from tf_dessilbi import models
+
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
+    if model_name == "fmnist":
+        return models.fmnist_cnn_s()
+    return models.resnet20(input_shape=(28, 28, 1), num_classes=10)
 
 _RECIPE_KEYS = {"lam": "lambda_", "mu": "mu", "kappa": "kappa"}
 _RECIPE_FLAGS = ("trim", "groups", "joint", "gmax")  # tokens that switch a setting on

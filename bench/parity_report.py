@@ -13,8 +13,7 @@ import statistics
 
 import bench
 from bench import protocol
-from bench.parity import HPARAMS
-from bench.parity_recipe import parse_recipe, path_recipe
+from bench.parity_recipe import HPARAMS, parse_recipe, path_recipe
 
 
 def _mean_sd(values) -> str:

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import os
 
+import bench
 from bench import protocol
+
+_log = bench.logger("parity")
 
 
 def weights_name(model_name, structure, recipe, epochs, seed, step) -> str:
@@ -43,7 +46,7 @@ def _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch, r
     """
     import keras
 
-    from bench import parity
+    from bench import parity_recipe
     from tf_dessilbi import masks as masks_lib
     from tf_dessilbi.procedures import early_tickets
 
@@ -52,7 +55,7 @@ def _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch, r
                          f"rewind_epoch={rewind_epoch!r}, rewind_file={rewind_file!r}.")
     keras.utils.clear_session()
     data = protocol.load_data(seed, epochs, train_limit=limit or None, test_limit=limit or None)
-    theta0 = [keras.ops.convert_to_numpy(w) for w in parity.build(model_name, seed).weights]
+    theta0 = [keras.ops.convert_to_numpy(w) for w in parity_recipe.build(model_name, seed).weights]
     if rewind_file:
         start = early_tickets.load_weights(os.path.join(work, rewind_file))
         if [w.shape for w in start] != [w.shape for w in theta0]:
@@ -75,17 +78,17 @@ def _budget(data, epochs, rewind_epoch):
 def ticket_run(model_name, seed, epochs, work, support_file, dense_accuracy, limit=0,
                rewind_epoch=0, rewind_file=None) -> dict:
     """The ticket and Ma et al.'s two controls (``rewind_file``: W saved at the end of ``rewind_epoch``)."""
-    from bench import parity
+    from bench import parity_recipe
     from tf_dessilbi.procedures import early_tickets
 
     data, start, mask = _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch,
                                 rewind_file)
     train, train_epochs, make_optimizer = _budget(data, epochs, rewind_epoch)
     result = early_tickets.ticket_with_controls(
-        lambda: parity.build(model_name), start, mask, train, data.test, train_epochs,  # the controls seed it
+        lambda: parity_recipe.build(model_name), start, mask, train, data.test, train_epochs,  # the controls seed it
         data.steps_per_epoch, make_optimizer, dense_accuracy, seed=seed)
     result.update(rewind_epoch=int(rewind_epoch), trained_steps=train_epochs * data.steps_per_epoch)
-    parity._log(f"{model_name} ticket {support_file} from {rewind_file or 'θ₀'}: {result['verdict']}")
+    _log(f"{model_name} ticket {support_file} from {rewind_file or 'θ₀'}: {result['verdict']}")
     return result
 
 
@@ -97,7 +100,7 @@ def random_units_run(model_name, seed, epochs, work, support_file, limit=0, rewi
     (seeded like the elementwise random-mask control), retrained with SGD
     under the protocol by `early_tickets.retrain_ticket`.
     """
-    from bench import parity
+    from bench import parity_recipe
     from tf_dessilbi.procedures import early_tickets, sanity
 
     data, start, support = _inputs(model_name, seed, epochs, work, support_file, limit, rewind_epoch,
@@ -105,10 +108,10 @@ def random_units_run(model_name, seed, epochs, work, support_file, limit=0, rewi
     train, train_epochs, make_optimizer = _budget(data, epochs, rewind_epoch)
     mask = sanity.random_mask_like(support, seed=seed, units=True)
     result = early_tickets.retrain_ticket(
-        lambda: parity.build(model_name), start, mask, train, data.test, train_epochs,
+        lambda: parity_recipe.build(model_name), start, mask, train, data.test, train_epochs,
         data.steps_per_epoch, make_optimizer)
     result.update(rewind_epoch=int(rewind_epoch))
-    parity._log(f"{model_name} random filters like {support_file} from {rewind_file or 'θ₀'}: "
+    _log(f"{model_name} random filters like {support_file} from {rewind_file or 'θ₀'}: "
          f"{result['accuracy']}")
     return result
 

@@ -6,7 +6,7 @@ and `tf_dessilbi.shrink(round_to=r)` pads an export the same way; the
 rationale (Torch-Pruning's ``round_to``) is that kernels run on tiles of 8
 or 16 channels, so a width just over a multiple costs like the next one.
 This measures it for the served model here: FMNIST-CNN-S at the protocol
-recipe's widths (conv1/2/3 = 16/17/23, `configs/fmnist_dessilbi_protocol.py`,
+recipe's widths (conv1/2/3 = 16/17/23, `tf_dessilbi/configs/fmnist_dessilbi_protocol.py`,
 `docs/research/reports/PARITY_E10_TRIM.md`) against the same network rounded up to r = 8
 (16/24/24) and r = 16 (16/32/32), the widths rounded down to 16/16/16
 (fewer MACs, for the trend), and the dense 16/32/64.
@@ -59,7 +59,7 @@ RESNET20_BASE = {
 
 def rounded_widths(widths, round_to: int, full=FULL) -> tuple:
     """Each width raised to min(N_l, ⌈k_l/r⌉·r), as `round_units` does (0 stays 0)."""
-    from tf_dessilbi.shrink.units import round_up_units
+    from tf_dessilbi.dependency.groups import round_up_units
 
     return tuple(round_up_units(k, n, round_to) for k, n in zip(widths, full))
 
@@ -76,7 +76,7 @@ def contenders() -> dict:
 def resnet20_contenders() -> dict:
     """``{name: {conv: width}}``: the halved support, rounded up to 8 and 16, and dense."""
     from bench import parity
-    from tf_dessilbi.shrink.units import round_up_units
+    from tf_dessilbi.dependency.groups import round_up_units
 
     model = parity.build("resnet20")
     full = {name: model.get_layer(name).filters for name in RESNET20_BASE}

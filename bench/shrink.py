@@ -3,7 +3,7 @@
 Contenders, each against its own dense-shaped sparse model (what a deployer
 has without shrink: `tf_dessilbi.strip`, zeros stored and computed):
 
-* FMNIST-CNN-S, DessiLBI with the default config (``configs/fmnist_dessilbi.py``:
+* FMNIST-CNN-S, DessiLBI with the default config (``tf_dessilbi/configs/fmnist_dessilbi.py``:
   structure "auto", conv filters as groups), trained on real Fashion-MNIST;
 * FMNIST-CNN-S, DessiLBI with the config's ``filter_neuron`` structure
   (conv filters and fc1 neurons as groups);
@@ -87,7 +87,9 @@ def _compare(dense, shrunk, s, work, tag, x128, tf_keras_dense=False) -> dict:
 # -- models -----------------------------------------------------------------------
 def _hparams():
     try:
-        hp = bench.dessilbi_hparams()
+        from bench.accuracy.config import dessilbi_hparams
+
+        hp = dessilbi_hparams()
         return dict(hp["optimizer"]), hp["source"]
     except Exception as e:  # noqa: BLE001 - a config being edited elsewhere
         return {"learning_rate": 0.05, "mu": 20.0, "lambda_": 1.5}, f"fallback ({e})"
@@ -188,7 +190,7 @@ def _coupled_masks(model, density, seed=0):
     """A random unit mask per producer, shared by producers coupled through merges."""
     import numpy as np
 
-    from tf_dessilbi.shrink import graph as graph_lib
+    from tf_dessilbi.dependency import graph as graph_lib
 
     g = graph_lib.Graph(model)
     roots = g.uf.roots()

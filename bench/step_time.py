@@ -126,10 +126,11 @@ def run(quick: bool = False) -> dict:
     import keras
 
     import tf_dessilbi
+    from bench.accuracy.config import dessilbi_hparams
     from tf_dessilbi import models
 
     s = _settings(quick)
-    hp = bench.dessilbi_hparams()
+    hp = dessilbi_hparams()
     opt_hp = hp["optimizer"]
     notes = {}
     keras.utils.set_random_seed(0)

@@ -16,10 +16,11 @@ from tf_dessilbi import bilevel  # noqa: E402
 from tf_dessilbi.training import config_lib  # noqa: E402
 from tf_dessilbi.training import input_pipeline  # noqa: E402
 from tf_dessilbi.bilevel import cs  # noqa: E402
+from tf_dessilbi.bilevel import tuner as tuner_lib  # noqa: E402
 from tf_dessilbi.bilevel import weight_decay  # noqa: E402
 from tf_dessilbi.bilevel.tuner import BilevelTuner  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fmnist_cs_bilevel.py")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "tf_dessilbi", "configs", "fmnist_cs_bilevel.py")
 
 
 def _model(seed=0):
@@ -166,7 +167,7 @@ def test_train_cs_bilevel_end_to_end(tmp_path):
     config.bilevel.warm_steps = 1
     config.bilevel.log_every = 1
     data = input_pipeline.get_datasets(config.data, config.batch_size, seed=0)
-    summary = cs.train_cs_bilevel(config, str(tmp_path), data, tf.distribute.get_strategy())
+    summary = tuner_lib.train_cs_bilevel(config, str(tmp_path), data, tf.distribute.get_strategy())
     assert summary["method"] == "cs_bilevel"
     assert set(summary["allocation"]) == {"conv1", "conv2", "conv3", "fc1", "logits"}
     sparsity = summary["sparsity"]

@@ -11,6 +11,7 @@ import tensorflow as tf
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi.layers import MaskedLayer
 from tf_dessilbi.procedures import greedy
+from tf_dessilbi.training import components
 
 
 def _softmax(z):
@@ -197,7 +198,8 @@ def test_run_hook(tmp_path):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     data = types.SimpleNamespace(train=ds.repeat(), eval=ds, num_train=32,
                                  input_shape=(28, 28, 1), num_classes=10)
-    summary = greedy.run(config, str(tmp_path), data, tf.distribute.get_strategy())
+    summary = greedy.run(config, str(tmp_path), data, tf.distribute.get_strategy(),
+                     build_optimizer=components.build_optimizer)
     assert set(summary["eval"]) == {"loss", "accuracy"}
     assert 0 < summary["unit_density"] <= 0.3
     assert (tmp_path / "greedy.json").exists() and (tmp_path / "mask.npz").exists()

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi.procedures import imp
+from tf_dessilbi.training import components
 
 
 def _numpy_prune(weights, kept, p, scope):
@@ -297,7 +298,8 @@ def test_run_hook_writes_the_summary(tmp_path, sparse, density, milestones):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     data = types.SimpleNamespace(train=ds.repeat(), eval=ds, num_train=32,
                                  input_shape=(28, 28, 1), num_classes=10)
-    summary = imp.run(config, str(tmp_path), data, tf.distribute.get_strategy())
+    summary = imp.run(config, str(tmp_path), data, tf.distribute.get_strategy(),
+                     build_optimizer=components.build_optimizer)
     assert set(summary["eval"]) == {"loss", "accuracy"}
     assert summary["sparsity"]["weight_fraction"] == pytest.approx(density, abs=0.01)
     assert summary["milestones"] == milestones

@@ -7,7 +7,7 @@ from absl.testing import parameterized
 from keras import layers
 
 from tests import shrink_reference as ref
-from tf_dessilbi.shrink import graph as graph_lib
+from tf_dessilbi.dependency import graph as graph_lib
 from tf_dessilbi.shrink import shrink
 
 

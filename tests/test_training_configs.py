@@ -10,7 +10,8 @@ from ml_collections import config_flags
 from tf_dessilbi.training import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIG_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "tf_dessilbi", "configs", "*.py"))
+                      if not os.path.basename(f).startswith("_"))
 REQUIRED = [
     "fmnist_sgd", "fmnist_dessilbi", "fmnist_dessilbi_elementwise", "fmnist_cs",
     "mnist_lenet5_dessilbi", "cifar10_vgg16bn_dessilbi", "cifar10_resnet20_dessilbi",
@@ -19,7 +20,7 @@ REQUIRED = [
 
 
 def _load(name):
-    return config_lib.load_config(os.path.join(ROOT, "configs", name + ".py"))
+    return config_lib.load_config(os.path.join(ROOT, "tf_dessilbi", "configs", name + ".py"))
 
 
 def test_all_configs_exist():
@@ -33,7 +34,8 @@ def test_config_is_valid_and_documented(path):
     config_lib.validate(config)
     with open(path) as f:
         text = f.read()
-    assert "python -m tf_dessilbi.train --config=configs/" in text
+    name = os.path.basename(path)[:-3]
+    assert f"python -m tf_dessilbi.train --config={name} " in text  # the command, by name
 
 
 @pytest.mark.parametrize(
@@ -124,7 +126,7 @@ def _parse(argv):
 
 
 def test_command_line_overrides():
-    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
     config = _parse([f"--config={path}", "--config.optimizer.kappa=2", "--config.early_tickets.epochs=(1,2)"])
     assert config.optimizer.kappa == 2.0
     assert tuple(config.early_tickets.epochs) == (1, 2)
@@ -132,13 +134,13 @@ def test_command_line_overrides():
 
 
 def test_command_line_unknown_field_fails():
-    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
     with pytest.raises((flags.Error, AttributeError, KeyError), match="kapa"):
         _parse([f"--config={path}", "--config.optimizer.kapa=2"])
 
 
 def test_command_line_wrong_type_fails():
-    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
     with pytest.raises(flags.Error):
         _parse([f"--config={path}", "--config.optimizer.kappa=abc"])
 
@@ -149,7 +151,7 @@ def test_the_cli_locks_the_config_so_a_typo_is_an_error(tmp_path):
 
     config_lib.validate(config_lib.base_config())
     result = subprocess.run(
-        [sys.executable, "-m", "tf_dessilbi.train", f"--config={ROOT}/configs/fmnist_dessilbi.py",
+        [sys.executable, "-m", "tf_dessilbi.train", "--config=fmnist_dessilbi",
          f"--workdir={tmp_path}/run", "--config.optimizer.learning_rat=0.1"],
         capture_output=True, text=True, timeout=300,
     )

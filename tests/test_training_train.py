@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(optimizer="dessilbi", name="fmnist_dessilbi"):
-    """``configs/<name>.py`` on 96 synthetic 12×12×1 images, 2 epochs of 3 steps."""
-    config = config_lib.load_config(os.path.join(ROOT, "configs", name + ".py"))
+    """``tf_dessilbi/configs/<name>.py`` on 96 synthetic 12×12×1 images, 2 epochs of 3 steps."""
+    config = config_lib.load_config(os.path.join(ROOT, "tf_dessilbi", "configs", name + ".py"))
     config.data.name = "synthetic"
     config.data.synthetic_train = 96
     config.data.synthetic_eval = 32
@@ -245,7 +245,7 @@ def _cli(args, timeout=300):
 
 
 TINY_FLAGS = [
-    "--config=configs/fmnist_dessilbi.py",
+    "--config=fmnist_dessilbi",
     "--config.data.name=synthetic",
     "--config.data.synthetic_train=64",
     "--config.data.synthetic_eval=16",
@@ -479,7 +479,7 @@ def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("grouped", [False, True], ids=["per_filter", "joint_groups_max"])
 def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
-    """configs/fmnist_resnet20_dessilbi_protocol.py on tiny data: per-filter λ (unit_init_norm),
+    """tf_dessilbi/configs/fmnist_resnet20_dessilbi_protocol.py on tiny data: per-filter λ (unit_init_norm),
     the support trimmed to exactly half of the filters, and a shrunk export (BN channels removed
     with their filters) that computes W*. Grouped (joint coupling along the path, whole groups
     ranked by their strongest member): the export keeps exactly the filters in supp Γ."""

@@ -7,6 +7,10 @@ models to plain Keras, SavedModel and TF-MOT.
 
 __version__ = "0.1.0"
 
+from tf_dessilbi import _cli_start
+
+_cli_start.quiet_import_for_the_cli()  # before Keras imports TensorFlow: the CLI starts quiet
+
 from tf_dessilbi import callbacks  # GateTemperature
 from tf_dessilbi import layers  # SparseGate
 from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used

@@ -11,10 +11,6 @@ from __future__ import annotations
 import keras
 
 
-def keras_version() -> str:
-    return keras.version()
-
-
 def functional_class():
     """Keras' `Functional` model class (Sequential is a subclass)."""
     from keras.src.models.functional import Functional
@@ -32,20 +28,9 @@ def flatten_layers(layer, include_self: bool = False, recursive: bool = True):
     return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
 
 
-def own_trainable_variables(layer) -> list:
-    """The trainable variables a layer owns itself (not its sublayers')."""
-    return list(layer._trainable_variables)
-
-
 def producing_operation(tensor):
     """The operation (layer) whose output a symbolic Keras tensor is."""
     return tensor._keras_history.operation
-
-
-def keras_history(tensor):
-    """``(operation, node_index, tensor_index)`` of a symbolic Keras tensor."""
-    history = tensor._keras_history
-    return history.operation, history.node_index, history.tensor_index
 
 
 def run_through_graph(model, inputs, operation_fn):
@@ -60,23 +45,6 @@ def call_has_training_arg(layer) -> bool:
 def tfmot_weight_names(prune_registry, layer) -> list:
     """Names of the weights TF-MOT's `PruneRegistry` prunes in ``layer``."""
     return list(prune_registry._weight_names(layer))
-
-
-def backup_and_restore_without_save():
-    """A `BackupAndRestore` subclass that restores but never writes (non-chief workers)."""
-
-    class RestoreOnly(keras.callbacks.BackupAndRestore):
-        def _save_model(self):
-            pass
-
-        def on_train_end(self, logs=None):
-            pass
-
-    return RestoreOnly
-
-
-def set_global_dtype_policy(policy) -> None:
-    keras.config.set_dtype_policy(policy)
 
 
 def relabel_tracked_list(owner, children: dict, name: str, index_of) -> dict:
@@ -203,3 +171,18 @@ def slot_variables(optimizer, variable) -> list:
                 and all(slot is not f for f in found)):
             found.append(slot)
     return found
+
+
+def optimizer_tracks(optimizer, variable) -> bool:
+    """True when a built Keras 3 optimizer trains ``variable`` (its variable-key index)."""
+    return optimizer._var_key(variable) in optimizer._trainable_variables_indices
+
+
+def tf_keras_variable_index(optimizer, variable):
+    """The index of ``variable`` among a built tf_keras (Keras 2) optimizer's variables, or None."""
+    return optimizer._index_dict.get(optimizer._var_key(variable))
+
+
+def initial_epoch(model) -> int:
+    """The epoch `keras.callbacks.BackupAndRestore` resumes ``model`` at (0 when it restored nothing)."""
+    return int(getattr(model, "_initial_epoch", 0) or 0)

@@ -34,6 +34,7 @@ from typing import Optional, Protocol, runtime_checkable
 import keras
 import numpy as np
 
+from tf_dessilbi import registry
 from tf_dessilbi import walk
 
 
@@ -233,8 +234,28 @@ class OptimizerSupport:
         return Mask(weights, units)
 
 
+# The wrapper classes the adapters read, registered by the modules that
+# define them (`tf_dessilbi.layers`): this module sits below the layers.
+_WRAPPER_CLASSES = {}
+
+
+class _Unregistered:
+    """Stands for a wrapper class not imported yet: no layer is an instance of it."""
+
+
+def register_wrapper_class(kind: str, wrapper_class) -> None:
+    """Registers the wrapper layer class whose masks `GateMasks` ("gate") or `FixedMasks` ("fixed") read."""
+    if kind not in ("gate", "fixed"):
+        raise ValueError(f"`kind` must be 'gate' or 'fixed'. Received: kind={kind!r}")
+    _WRAPPER_CLASSES[kind] = wrapper_class
+
+
 class _WrapperMasks:
-    wrapper_class = None  # set by subclasses
+    kind = None  # set by subclasses
+
+    @classmethod
+    def wrapper_class(cls):
+        return _WRAPPER_CLASSES.get(cls.kind, _Unregistered)
 
     def mask(self, model) -> Mask:
         weights, units = {}, {}
@@ -255,21 +276,13 @@ class _WrapperMasks:
 class GateMasks(_WrapperMasks):
     """What Continuous Sparsification gates keep: 1[s > 0] (the ticket's hard mask)."""
 
-    @staticmethod
-    def wrapper_class():
-        from tf_dessilbi.layers.sparse_gate import SparseGate
-
-        return SparseGate
+    kind = "gate"  # `tf_dessilbi.layers.SparseGate`
 
 
 class FixedMasks(_WrapperMasks):
     """The fixed masks of the model's `MaskedLayer` wrappers."""
 
-    @staticmethod
-    def wrapper_class():
-        from tf_dessilbi.layers.masked import MaskedLayer
-
-        return MaskedLayer
+    kind = "fixed"  # `tf_dessilbi.layers.MaskedLayer`
 
 
 class UnitMasks:
@@ -310,8 +323,6 @@ class UnitMasks:
 
 def unit_count(layer) -> Optional[int]:
     """Number of output units of a registered producer layer (None for others)."""
-    from tf_dessilbi import registry
-
     spec = registry.layer_spec(layer)
     if spec is None or not spec.sparsifiable or not layer.built:
         return None

@@ -1,7 +1,7 @@
 """Accuracy vs sparsity on Fashion-MNIST (FMNIST-CNN-S), several seeds.
 
 Every contender trains for the same epochs with the same learning-rate
-schedule (from ``configs/fmnist_dessilbi_protocol_e3.py`` when present, the
+schedule (from ``tf_dessilbi/configs/fmnist_dessilbi_protocol_e3.py`` when present, the
 protocol of `bench.protocol` at E = 3, else
 `tf_dessilbi.training.config_lib.base_config()`), built by the trainer's own
 `tf_dessilbi.training.components.build_optimizer`, on the trainer's input pipeline:

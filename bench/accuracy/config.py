@@ -18,23 +18,23 @@ CLI_CONFIG = "fmnist_dessilbi.py"  # the CLI's default: the hyperparameters of t
 
 
 def load_config(quick: bool, name: str = CONFIG):
-    """The DessiLBI config ``configs/<name>`` for Fashion-MNIST (and where it came from).
+    """The DessiLBI config ``tf_dessilbi/configs/<name>`` for Fashion-MNIST (and where it came from).
 
     ``name`` defaults to `CONFIG`, the accuracy benchmark's protocol config;
-    `bench.dessilbi_hparams` reads `CLI_CONFIG`.
+    `dessilbi_hparams` reads `CLI_CONFIG`.
     """
     from tf_dessilbi.training import config_lib
 
-    path = os.path.join(bench.REPO_ROOT, "configs", name)
+    path = os.path.join(bench.REPO_ROOT, "tf_dessilbi", "configs", name)
     config = None
     if os.path.exists(path):
         try:
             config = config_lib.load_config(path)
-            source = f"`configs/{name}`"
+            source = f"`tf_dessilbi/configs/{name}`"
         except Exception as e:  # noqa: BLE001 - a config being edited
-            why = f"configs/{name} failed to load: {type(e).__name__}: {e}"
+            why = f"tf_dessilbi/configs/{name} failed to load: {type(e).__name__}: {e}"
     else:
-        why = f"configs/{name} not there yet"
+        why = f"tf_dessilbi/configs/{name} not there yet"
     if config is None:
         config = config_lib.base_config()
         source = f"`tf_dessilbi.training.config_lib.base_config()` ({why})"
@@ -74,3 +74,27 @@ def sgd_config(config):
     c = config.copy_and_resolve_references()
     c.optimizer.name = "sgd"
     return c
+
+
+def dessilbi_hparams() -> dict:
+    """DessiLBI keyword arguments from the Fashion-MNIST config.
+
+    Reads ``tf_dessilbi/configs/fmnist_dessilbi.py`` (via `load_config`)
+    so the benchmarks and the configs never disagree.
+
+    Returns:
+        ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
+        "structure": config.optimizer.structure}``.
+    """
+    config, source = load_config(quick=False, name=CLI_CONFIG)
+    o = config.optimizer
+    opt = {
+        "learning_rate": float(o.learning_rate),
+        "kappa": float(o.kappa),
+        "mu": float(o.mu),
+        "lambda_": float(o.lambda_),
+        "momentum": float(o.momentum),
+        "nesterov": bool(o.nesterov),
+        "lambda_scaling": o.lambda_scaling,
+    }
+    return {"source": source, "optimizer": opt, "structure": o.structure}

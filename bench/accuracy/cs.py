@@ -1,6 +1,6 @@
 """The Continuous Sparsification ticket of the accuracy benchmark (`tf_dessilbi.TicketSearch`).
 
-Gate settings come from ``configs/fmnist_cs.py`` (schema defaults when it
+Gate settings come from ``tf_dessilbi/configs/fmnist_cs.py`` (schema defaults when it
 does not load); every round and the ticket use the run's SGD schedule.
 """
 
@@ -14,12 +14,12 @@ from bench.accuracy.config import sgd_config
 
 
 def load_cs_gates():
-    """The gate settings of ``configs/fmnist_cs.py`` (or the schema defaults)."""
+    """The gate settings of ``tf_dessilbi/configs/fmnist_cs.py`` (or the schema defaults)."""
     from tf_dessilbi.training import config_lib
 
-    path = os.path.join(bench.REPO_ROOT, "configs", "fmnist_cs.py")
+    path = os.path.join(bench.REPO_ROOT, "tf_dessilbi", "configs", "fmnist_cs.py")
     try:
-        return config_lib.load_config(path).gates, "`configs/fmnist_cs.py`"
+        return config_lib.load_config(path).gates, "`tf_dessilbi/configs/fmnist_cs.py`"
     except Exception as e:  # noqa: BLE001
         return config_lib.base_config().gates, f"schema defaults ({type(e).__name__}: {e})"
 

@@ -84,7 +84,7 @@ def config_drift(results: dict) -> str:
     changed = {k: (used.get(k), v) for k, v in now.items() if used.get(k) != v}
     if not changed:
         return ""
-    return (f"`configs/{CONFIG}` changed after this run started; these results use "
+    return (f"`tf_dessilbi/configs/{CONFIG}` changed after this run started; these results use "
             + ", ".join(f"{k}={a!r}" for k, (a, b) in changed.items())
             + " where the config now says "
             + ", ".join(f"{k}={b!r}" for k, (a, b) in changed.items())

@@ -24,17 +24,14 @@ the Neumann hypergradient is a local model of how a change of λ_l moves the
 scores over the next steps, not the implicit gradient at y*(x): the tuner
 is judged on the density and accuracy it reaches (bench/BILEVEL.md).
 
-`train_cs_bilevel` is the command-line entry (method ``"cs_bilevel"``).
+`tf_dessilbi.bilevel.tuner.train_cs_bilevel` is the command-line entry
+(method ``"cs_bilevel"``).
 TensorFlow backend only (`keras.Model.stateless_call` under
 `tf.GradientTape`).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
 from typing import Dict, List
 
 import keras
@@ -57,9 +54,9 @@ def require_tensorflow_backend(what: str) -> None:
 
 
 def _gates(model):
-    import tf_dessilbi as tfd
+    from tf_dessilbi.gates.gating import gated_layers
 
-    gates = tfd.gated_layers(model)
+    gates = gated_layers(model)
     if not gates:
         raise ValueError(
             f"model {model.name!r} has no SparseGate layers; gate it with "
@@ -203,94 +200,9 @@ def config_section():
     b.neumann_terms = 3  # Q
     b.neumann_eta = 0.0  # η; 0: inner_lr
     b.warm_steps = 9  # SGD steps on the weights per solver step
-    b.warm_lr = 0.05  # as configs/fmnist_sgd.py: lr 0.05, momentum 0.9
+    b.warm_lr = 0.05  # as tf_dessilbi/configs/fmnist_sgd.py: lr 0.05, momentum 0.9
     b.warm_momentum = 0.9
     b.num_steps = 0
     b.log_every = 10
     b.solver_kwargs = ml_collections.ConfigDict()  # e.g. period, inner_steps
     return b
-
-
-def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
-    """The ``cs_bilevel`` method: per-layer CS penalties tuned by a bilevel solver.
-
-    Args:
-        config: a training config with a ``bilevel`` section
-            (``configs/fmnist_cs_bilevel.py``).
-        workdir: output folder (``summary.json``, ``tensorboard/``).
-        data: `tf_dessilbi.input_pipeline.Datasets`. The outer (validation)
-            batches are drawn from a second iterator over ``data.train``
-            (no held-out split exists there); ``data.eval`` is only used
-            for the reported accuracy.
-        strategy: a single-replica `tf.distribute` strategy (or `None`);
-            the bilevel steps are not distributed.
-
-    Returns:
-        The summary: eval accuracy of the soft model and of the ticket (hard
-        mask), sparsity, the per-layer allocation, oracle counts, time.
-
-    Raises:
-        ValueError: a strategy with more than one replica.
-    """
-    import tf_dessilbi as tfd
-    from tf_dessilbi import models as models_lib
-    from tf_dessilbi.bilevel.tuner import BilevelTuner
-
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        raise ValueError(
-            "train_cs_bilevel runs on one replica; the bilevel steps are not "
-            f"distributed. Received a strategy with {strategy.num_replicas_in_sync} "
-            "replicas: use --config.strategy=default."
-        )
-    start = time.time()
-    b = config.bilevel
-    steps_per_epoch = config.steps_per_epoch or max(data.num_train // config.batch_size, 1)
-    num_steps = int(b.num_steps) or max(
-        config.num_epochs * steps_per_epoch // (b.warm_steps + 1), 1)
-    kwargs = dict(input_shape=data.input_shape, num_classes=data.num_classes)
-    if config.model.weight_decay:
-        kwargs["weight_decay"] = config.model.weight_decay
-    model = tfd.gate_model(
-        models_lib.get_model(config.model.name, **kwargs),
-        granularity=config.gates.granularity, gate_init=config.gates.gate_init, penalty=0.0,
-    )
-    log_dir = os.path.join(workdir, "tensorboard") if config.outputs.tensorboard else None
-    tuner = BilevelTuner(
-        model, data.train, data.train, target_density=b.target_density,
-        method=b.method, base_penalty=config.gates.penalty,
-        density_weight=b.density_weight, final_beta=config.gates.final_beta,
-        outer_lr=b.outer_lr, inner_lr=b.inner_lr, neumann_terms=b.neumann_terms,
-        neumann_eta=b.neumann_eta or None, warm_steps=b.warm_steps,
-        warm_lr=b.warm_lr, warm_momentum=b.warm_momentum,
-        max_outer_step=b.max_outer_step or None,
-        log_dir=log_dir, log_every=b.log_every, solver_kwargs=dict(b.solver_kwargs),
-    )
-    result = tuner.run(num_steps)
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    steps = config.eval_steps or None
-    soft = model.evaluate(data.eval, steps=steps, verbose=0)
-    tfd.set_ticket_mode(model, True)
-    hard = model.evaluate(data.eval, steps=steps, verbose=0)
-    summary = {
-        "workdir": os.path.abspath(workdir),
-        "method": "cs_bilevel",
-        "solver": b.method,
-        "model": config.model.name,
-        "dataset": config.data.name,
-        "steps": num_steps,
-        "eval": {"loss": float(soft[0]), "accuracy": float(soft[1])},
-        "eval_ticket": {"loss": float(hard[0]), "accuracy": float(hard[1])},
-        "sparsity": {"weights_kept_fraction": result.density,
-                     "per_layer_density": result.densities},
-        "target_density": b.target_density,
-        "allocation": result.allocation,
-        "oracle_calls": result.oracle_calls,
-        "time_s": time.time() - start,
-    }
-    if not all(math.isfinite(v) for v in result.allocation.values()):
-        raise FloatingPointError(f"non-finite allocation {result.allocation}")
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary

@@ -269,10 +269,6 @@ class BilevelSolver:
                 callback(self, metrics)
         return self.counter
 
-    def x_numpy(self) -> List[np.ndarray]:
-        """The current x as NumPy arrays."""
-        return [v.numpy() for v in self.x]
-
 
 class StocBiO(BilevelSolver):
     """The SGD-type baseline: stochastic AID (stocBiO, Ji, Yang & Liang 2021).

@@ -16,6 +16,7 @@ from typing import List, Tuple
 import keras
 import tensorflow as tf
 
+from tf_dessilbi import _compat
 from tf_dessilbi.bilevel.problem import BilevelProblem
 
 
@@ -23,7 +24,7 @@ def kernel_layers(model: keras.Model) -> List[Tuple[str, int]]:
     """``(layer name, index in model.trainable_variables)`` of every kernel."""
     ids = {id(v): i for i, v in enumerate(model.trainable_variables)}
     found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _compat.flatten_layers(model):
         kernel = vars(layer).get("_kernel", vars(layer).get("kernel"))
         if isinstance(kernel, keras.Variable) and id(kernel) in ids:
             if all(ids[id(kernel)] != j for _, j in found):

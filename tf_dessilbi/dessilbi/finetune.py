@@ -77,7 +77,7 @@ from tf_dessilbi.dessilbi.support_units import (  # noqa: F401  (re-exported: fi
     refuse_joint, round_units, set_layer_units, support_unit_fraction, support_weight_fraction,
     trim_units, validate_layer_units)
 from tf_dessilbi.masks import unwrap_optimizer
-from tf_dessilbi.shrink import groups as groups_lib
+from tf_dessilbi.dependency import groups as groups_lib
 
 
 _NO_GROUPS = ("WStarFinetune(units_fraction=...), WStarFinetune(dependency_groups=True) and "

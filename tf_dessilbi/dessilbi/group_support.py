@@ -50,8 +50,8 @@ from keras import ops
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import OptimizerSupport, unit_mask_of, unit_norms, unwrap_optimizer
-from tf_dessilbi.shrink import groups as groups_lib
-from tf_dessilbi.shrink.units import round_up_units
+from tf_dessilbi.dependency import groups as groups_lib
+from tf_dessilbi.dependency.groups import round_up_units
 
 
 @dataclasses.dataclass
@@ -152,7 +152,7 @@ def round_groups(optimizer, model, round_to: int, groups=None, margin: str = "jo
     stage 1: the stem and each block's second conv). The exported width of
     each of those layers is k, the number of the space's groups the export
     keeps (a group that cannot leave, or has a member in supp Γ). Of N
-    groups, min(N, ⌈k/r⌉·r) are kept (`shrink.units.round_up_units`, the
+    groups, min(N, ⌈k/r⌉·r) are kept (`dependency.groups.round_up_units`, the
     export's ``round_to``): the groups outside with the largest margin
     (``margin`` as in `align_support`; ties: the earlier group) enter whole,
     each group-coupled member going into supp Γ (`DessiLBI.add_units`). No

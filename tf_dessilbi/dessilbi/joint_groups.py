@@ -55,7 +55,7 @@ def joint_unit_groups(model, keep: Iterable[str] = ()) -> list:
     Raises:
         TypeError, ValueError: as `tf_dessilbi.shrink.unit_groups`.
     """
-    from tf_dessilbi.shrink import groups as groups_lib
+    from tf_dessilbi.dependency import groups as groups_lib
 
     paths = {layer.name: variable.path for layer, variable, _ in walk.sparsifiable(model)}
     out = []

@@ -179,7 +179,7 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
     def _slot_index(self, variable) -> int:
         if not self.built:
             raise self._not_built_error()
-        if self._var_key(variable) not in self._trainable_variables_indices:
+        if not _compat.optimizer_tracks(self, variable):
             raise self._unknown_variable_error(variable)
         return self._get_variable_index(variable)
 

@@ -7,7 +7,7 @@ DessiLBI's V moves at α/μ (Fu et al., ICML 2020, Alg. 1)::
 so the path's time is t_k = Σ_j α_j/μ. Under a decaying learning rate
 (cosine, steps) the path slows with α and freezes as α → 0: the filters that
 have not crossed λ by mid-training never enter the support (measured in
-``configs/fmnist_dessilbi.py``: with cosine decay conv3 never entered, W* at
+``tf_dessilbi/configs/fmnist_dessilbi.py``: with cosine decay conv3 never entered, W* at
 chance). Holding μ_k proportional to α_k once α has peaked,
 
     μ_k = μ₀ · max(α_k / α_peak, floor),

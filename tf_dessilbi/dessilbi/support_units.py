@@ -21,7 +21,7 @@ from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import structures as structures_lib
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.masks import unit_mask_of, unit_norms, unwrap_optimizer
-from tf_dessilbi.shrink.units import round_up_units
+from tf_dessilbi.dependency.groups import round_up_units
 
 
 def support_weight_fraction(optimizer) -> Optional[float]:

@@ -103,7 +103,7 @@ def strip(model: keras.Model, optimizer=None, prune_bias: bool = True) -> keras.
     sparse.save("sparse.keras")          # a plain Keras model
     ```
     """
-    import tf_dessilbi as tfd
+    from tf_dessilbi.dessilbi.w_star import apply_w_star
 
     walk.check_graph_model(model, "strip")
     prune_bias = _validate.boolean("prune_bias", prune_bias)
@@ -133,7 +133,7 @@ def strip(model: keras.Model, optimizer=None, prune_bias: bool = True) -> keras.
     # W* is set on `model` only inside this block and restored on exit,
     # even if cloning fails, so `model` is never left modified.
     w_star = (
-        tfd.apply_w_star(model, optimizer, prune_bias=prune_bias)
+        apply_w_star(model, optimizer, prune_bias=prune_bias)
         if optimizer is not None
         else contextlib.nullcontext()
     )

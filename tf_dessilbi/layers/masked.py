@@ -123,6 +123,9 @@ class MaskedLayer(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
 
+masks_lib.register_wrapper_class("fixed", MaskedLayer)
+
+
 def mask_model(model: keras.Model, mask=None, layer_filter=None) -> keras.Model:
     """A copy of ``model`` with its sparsifiable layers wrapped in `MaskedLayer`.
 

@@ -7,9 +7,10 @@ import numpy as np
 from keras import ops
 
 from tf_dessilbi import _validate
-from tf_dessilbi.gates import maths as gates
+from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import registry
 from tf_dessilbi import walk
+from tf_dessilbi.gates import maths as gates
 
 GRANULARITIES = ("weight", "filter", "neuron")
 
@@ -191,3 +192,6 @@ class SparseGate(keras.layers.Wrapper):
             penalty=self.penalty,
         )
         return config
+
+
+masks_lib.register_wrapper_class("gate", SparseGate)

@@ -383,7 +383,7 @@ def greedy_forward_selection(
 
 
 # -------------------------------------------------------------- CLI hook
-def run(config, workdir: str, data, strategy) -> dict:
+def run(config, workdir: str, data, strategy, build_optimizer) -> dict:
     """CLI hook: train ``config.model.name`` densely, select units, fine-tune.
 
     The dense run takes ``config.num_epochs`` epochs (SGD from
@@ -391,9 +391,11 @@ def run(config, workdir: str, data, strategy) -> dict:
     ``num_candidates``, ``tolerance``, ``unit_budget``,
     ``fine_tune_epochs`` (fine-tuning with a fresh optimizer of the same
     recipe). Writes ``greedy.json`` and ``mask.npz`` to ``workdir``.
+    ``build_optimizer(config, model, steps_per_epoch)`` builds the SGD
+    (the training package's, passed in by its ``METHODS`` table: procedures
+    sit below training).
     """
     from tf_dessilbi import models as models_lib
-    from tf_dessilbi.training.components import build_optimizer
     from tf_dessilbi.procedures.imp import write_run
     from tf_dessilbi.sparsity import sparsity_report
 

@@ -402,7 +402,7 @@ def iterative_magnitude_pruning(
 
 
 # -------------------------------------------------------------- CLI hook
-def run(config, workdir: str, data, strategy) -> dict:
+def run(config, workdir: str, data, strategy, build_optimizer) -> dict:
     """CLI hook: IMP on ``config.model.name`` with ``config.sparse``'s settings.
 
     Reads ``config.sparse``: ``target_sparsity`` (or ``rounds`` > 0),
@@ -410,6 +410,9 @@ def run(config, workdir: str, data, strategy) -> dict:
     ``tolerance`` and, when present, ``milestones`` / ``sanity_at``
     (sequences); epochs per round = ``config.num_epochs``. Writes
     ``imp.json`` and the ticket's ``mask.npz`` to ``workdir``.
+    ``build_optimizer(config, model, steps_per_epoch)`` builds the SGD
+    (the training package's, passed in by its ``METHODS`` table: procedures
+    sit below training).
     """
     from tf_dessilbi import models as models_lib
     from tf_dessilbi.sparsity import sparsity_report
@@ -419,7 +422,6 @@ def run(config, workdir: str, data, strategy) -> dict:
             f"IMP trains with SGD: config.optimizer.name must be 'sgd'. "
             f"Received: {config.optimizer.name!r}"
         )
-    from tf_dessilbi.training.components import build_optimizer
 
     s = config.sparse
     steps = config.steps_per_epoch or max(data.num_train // config.batch_size, 1)

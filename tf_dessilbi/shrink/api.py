@@ -12,7 +12,7 @@ from tf_dessilbi import _validate
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import walk
 from tf_dessilbi.shrink import fold as fold_lib
-from tf_dessilbi.shrink import graph as graph_lib
+from tf_dessilbi.dependency import graph as graph_lib
 from tf_dessilbi.shrink import handlers as handlers_lib
 from tf_dessilbi.shrink import rebuild as rebuild_lib
 from tf_dessilbi.shrink import report as report_lib
@@ -158,6 +158,6 @@ def _raw_norms(model) -> dict:
 
 def _strip(model, optimizer):
     """A plain copy with the sparse weights (`tf_dessilbi.strip`)."""
-    import tf_dessilbi  # the top-level name survives the integrator's module moves
+    from tf_dessilbi.export.strip import strip
 
-    return tf_dessilbi.strip(model, optimizer)
+    return strip(model, optimizer)

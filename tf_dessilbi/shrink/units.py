@@ -24,6 +24,8 @@ import dataclasses
 
 import numpy as np
 
+from tf_dessilbi.dependency.groups import round_up_units
+
 
 @dataclasses.dataclass
 class Decision:
@@ -122,15 +124,6 @@ def _drop_consumed(graph, weights, roots, removed, dead) -> np.ndarray:
 
 def _is_root(roots) -> np.ndarray:
     return roots == np.arange(len(roots))
-
-
-def round_up_units(kept: int, total: int, round_to: int) -> int:
-    """``kept`` raised to the next multiple of ``round_to``, at most ``total``: min(N, ⌈k/r⌉·r).
-
-    The one rounding rule of ``round_to``, here at export and in
-    `WStarFinetune(round_to=...)` when the fine-tune starts (0 stays 0).
-    """
-    return min(total, -(-kept // round_to) * round_to)
 
 
 def _top_up(info, weights, roots, removed, min_units, round_to, notes, raw) -> np.ndarray:

@@ -13,7 +13,7 @@ Shared machinery (stable API; the prune-family methods build on it):
   for one tensor.
 * `tf_dessilbi.sparse.updater` — the one mask update.
   ``targets(model) -> [Target(key, wrapper, weight, mask)]`` (every
-  `MaskedLayer`, keys as in `tf_dessilbi.masks.Mask`), ``current_masks``,
+  `MaskedLayer`, keys as in `tf_dessilbi.masks.Mask`),
   ``assign_masks(model, masks, zero=None)`` (all-or-nothing),
   ``prune(masks, scores, density, scope)``, ``drop_grow(masks, drop_scores,
   grow_scores, counts)``; ``MaskUpdater`` (``kind`` "prune" | "drop_grow",

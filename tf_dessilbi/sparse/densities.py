@@ -23,8 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 from tf_dessilbi import _validate
 
 METHODS = ("uniform", "erdos_renyi", "erdos_renyi_kernel")
@@ -158,16 +156,3 @@ def model_shapes(model) -> dict:
     from tf_dessilbi.sparse import updater
 
     return {t.key: tuple(t.weight.shape) for t in updater.targets(model)}
-
-
-def kept_weights(shapes: Mapping, layer_densities: Mapping) -> int:
-    """Σ_l round(d_l · n_l): the weights a density allocation keeps."""
-    from tf_dessilbi.sparse.topk import kept_count
-
-    return int(sum(kept_count(int(np.prod(s)), layer_densities[k]) for k, s in shapes.items()))
-
-
-def validate_target(sparsity: float, name: str = "sparsity") -> float:
-    """A target sparsity in [0, 1) (density d = 1 − s > 0)."""
-    return _validate.fraction(name, sparsity)
-

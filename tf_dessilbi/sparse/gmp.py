@@ -137,9 +137,9 @@ class UpdatePruningStep(callback_lib.UpdateMasks):
 
 def strip_pruning(model: keras.Model) -> keras.Model:
     """TF-MOT's ``strip_pruning``: `tf_dessilbi.strip` (plain layers, kernels W ⊙ M)."""
-    import tf_dessilbi
+    from tf_dessilbi.export.strip import strip
 
-    return tf_dessilbi.strip(model)
+    return strip(model)
 
 
 # -- CLI hooks (methods.md) ------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
-from keras import ops
 
 from tf_dessilbi import _validate
 from tf_dessilbi.sparse import callback as callback_lib
@@ -121,12 +120,6 @@ def sparsify(model: keras.Model, sparsity: float, updater: updater_lib.MaskUpdat
     updater.bind(masked)
     callback_lib.attach(masked, [updater])
     return masked
-
-
-def active_count(model) -> int:
-    """Σ |M|: the active weights of the model's masked layers."""
-    return int(sum(int(ops.convert_to_numpy(ops.sum(ops.cast(t.mask, "int32"))))
-                   for t in updater_lib.targets(model)))
 
 
 # -- CLI hooks (methods.md) ------------------------------------------------------------

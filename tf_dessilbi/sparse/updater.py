@@ -81,11 +81,6 @@ def snapshot(variable):
     return ops.copy(ops.convert_to_tensor(variable))
 
 
-def current_masks(model) -> dict:
-    """``{key: bool tensor}``: the masks of the model's `MaskedLayer` wrappers (snapshots)."""
-    return {t.key: snapshot(t.mask) for t in targets(model)}
-
-
 def assign_masks(model, new_masks: Mapping, zero: Optional[Mapping] = None) -> None:
     """Writes masks (and zeroes weights where ``zero`` is True), all or nothing.
 

@@ -151,7 +151,7 @@ def _convert(model, tf_keras):
         inputs = [_tf_keras_input(t, tf_keras) for t in model.inputs]
         outputs = _compat.run_through_graph(model, inputs, convert_op)
         result = tf_keras.Model(
-            keras.tree.pack_sequence_as(model._inputs_struct, inputs),
+            _compat.pack_inputs(model, inputs),
             outputs,
             name=model.name,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+from tf_dessilbi import _compat
 from tf_dessilbi.dessilbi.base import DessiLBIMixin
 from tf_dessilbi.dessilbi.base import validate_hyperparameters
 from tf_dessilbi.tfmot._lazy import modules
@@ -121,10 +122,10 @@ def dessilbi_class():
         def _slot_index(self, variable) -> int:
             if not getattr(self, "_built", False):
                 raise self._not_built_error()
-            key = self._var_key(variable)
-            if key not in self._index_dict:
+            index = _compat.tf_keras_variable_index(self, variable)
+            if index is None:
                 raise self._unknown_variable_error(variable)
-            return self._index_dict[key]
+            return index
 
         # -- tf_keras optimizer API ----------------------------------------
         def build(self, var_list):
@@ -139,7 +140,7 @@ def dessilbi_class():
 
         def update_step(self, gradient, variable):
             """One DessiLBI step for `variable` (maths in `slbi.step`)."""
-            index = self._index_dict[self._var_key(variable)]
+            index = _compat.tf_keras_variable_index(self, variable)
             self._dessilbi_step(index, gradient, variable, self.learning_rate)
 
         def get_config(self):

@@ -15,10 +15,10 @@ class NonFiniteError(RuntimeError):
 
 def sparsity_line(model, optimizer=None) -> str:
     """``units kept 40/112, weights kept 1234/5678 (21.73%)`` (or "dense")."""
-    import tf_dessilbi as tfd
+    from tf_dessilbi.sparsity import sparsity_report
 
     try:
-        report = tfd.sparsity_report(model, optimizer)
+        report = sparsity_report(model, optimizer)
     except (ValueError, TypeError):
         return "sparsity n/a"
     if not len(report):

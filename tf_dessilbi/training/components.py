@@ -11,8 +11,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-import tf_dessilbi as tfd
 from tf_dessilbi import models as models_lib
+from tf_dessilbi.dessilbi.joint_groups import joint_unit_groups
+from tf_dessilbi.dessilbi.optimizer import DessiLBI
 
 STRATEGIES = {
     "default": lambda config: tf.distribute.get_strategy(),
@@ -102,13 +103,13 @@ def build_optimizer(config, model, steps_per_epoch: int):
     )
     if o.name == "sgd":
         return keras.optimizers.SGD(**common)
-    return tfd.DessiLBI(
+    return DessiLBI(
         kappa=o.kappa,
         mu=o.mu,
         lambda_=o.lambda_,
         structure=_structure(config, model),
         lambda_scaling=o.lambda_scaling,
-        unit_groups=tfd.joint_unit_groups(model) if o.joint_groups else None,
+        unit_groups=joint_unit_groups(model) if o.joint_groups else None,
         **common,
     )
 
@@ -119,3 +120,9 @@ def build_model(config, input_shape, num_classes) -> keras.Model:
     if config.model.weight_decay:
         kwargs["weight_decay"] = config.model.weight_decay
     return models_lib.get_model(config.model.name, **kwargs)
+
+
+def evaluate_model(model, dataset, steps) -> dict:
+    """``{"loss", "accuracy"}`` of a compiled model on `dataset`."""
+    loss, accuracy = model.evaluate(dataset, steps=steps or None, verbose=0)[:2]
+    return {"loss": float(loss), "accuracy": float(accuracy)}

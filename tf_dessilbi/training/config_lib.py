@@ -1,6 +1,6 @@
 """The training config: its schema (`base_config`), validation and loading.
 
-Every config file in ``configs/`` starts from `base_config()` and sets a few
+Every config file in ``tf_dessilbi/configs/`` starts from `base_config()` and sets a few
 fields, so every field exists (and can be overridden on the command line,
 ``--config.optimizer.kappa=2``). `validate` checks a config before anything
 is built: unknown fields, unknown component names and out-of-range values
@@ -171,7 +171,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     """Runs ``get_config()`` of a config file (for variants of a config).
 
     Example: ``base = config_lib.load_config(os.path.join(os.path.dirname(
-    __file__), "fmnist_dessilbi.py"))`` inside ``configs/<variant>.py``.
+    __file__), "fmnist_dessilbi.py"))`` inside ``tf_dessilbi/configs/<variant>.py``.
     """
     name = "_tf_dessilbi_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)

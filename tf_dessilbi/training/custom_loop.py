@@ -17,6 +17,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from tf_dessilbi import _compat
 from tf_dessilbi.dessilbi.train_step import make_train_step
 
 
@@ -68,7 +69,7 @@ def fit(
     """Trains a compiled `model` for `epochs` with ``strategy.run``.
 
     The epoch loop starts at `initial_epoch` (a restored backup), or at
-    ``model._initial_epoch`` when a `keras.callbacks.BackupAndRestore` has
+    the epoch `_compat.initial_epoch` reads when a `keras.callbacks.BackupAndRestore` has
     restored one (as `fit` does).
 
     Args:
@@ -106,7 +107,7 @@ def fit(
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     cbs.on_train_begin()
     logs = {}
-    for epoch in range(getattr(model, "_initial_epoch", 0) or initial_epoch, epochs):
+    for epoch in range(_compat.initial_epoch(model) or initial_epoch, epochs):
         cbs.on_epoch_begin(epoch)
         total = 0.0
         for batch in range(steps_per_epoch):

@@ -1,11 +1,14 @@
-"""The training CLI: ``python -m tf_dessilbi.train --config=... --workdir=...``.
+"""The training CLI: ``tf-dessilbi-train --config=<name or file> --workdir=<folder>``.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py \\
-        --workdir=runs/fmnist_dessilbi [--config.optimizer.kappa=2 ...]
+    tf-dessilbi-train --config=fmnist_dessilbi --workdir=runs/fmnist_dessilbi \\
+        [--config.optimizer.kappa=2 ...]
 
-``--config`` is a config file (locked: only its existing fields can be
-overridden, ``--config.<field>=<value>``; ``--helpfull`` lists them all) and
-``--workdir`` the output folder (see `tf_dessilbi.training.train`).
+(``python -m tf_dessilbi.train`` is the same command.) ``--config`` is a
+config packaged with tf_dessilbi, by name (``--config=fmnist_dessilbi``; the
+names are listed below), or a config file by path (``--config=my_config.py``);
+either way it is locked: only its existing fields can be overridden,
+``--config.<field>=<value>``. ``--workdir`` is the output folder (resumed if
+it holds the same run; see `tf_dessilbi.training.train`).
 
 Exit status: 0 done; 1 the run failed (diverged: non-finite loss; damaged
 backups); 2 a bad flag, config value or workdir (one line on stderr, nothing
@@ -24,6 +27,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_EXPORT_REFUSED = 1, 2, 3
 
 
 def _fields_help() -> str:
+    from tf_dessilbi import configs
     from tf_dessilbi.training import config_lib
 
     def flat(d, prefix=""):
@@ -34,7 +38,8 @@ def _fields_help() -> str:
                 yield f"{prefix}{key}={value!r}"
 
     return (
-        "Training config file (configs/*.py). Override its fields with "
+        f"The training config: a packaged one by name ({', '.join(configs.names())}) "
+        "or a config file's path. Override its fields with "
         "--config.<field>=<value>; the fields and their defaults: "
         + ", ".join(flat(config_lib.base_config()))
     )
@@ -49,6 +54,49 @@ def define_flags() -> None:
         config_flags.DEFINE_config_file("config", None, _fields_help(), lock_config=True)
         flags.DEFINE_string("workdir", None, "Output folder (resumed if it holds the same run).")
         flags.mark_flags_as_required(["config", "workdir"])
+    # --help / --helpshort list the key flags of the main module, which absl
+    # names by sys.argv[0] (the console script or tf_dessilbi/train.py), not
+    # this module that defines them.
+    for name in ("config", "workdir"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def usage_text() -> str:
+    """What ``--help`` prints above the flags: this module's docstring and the packaged configs."""
+    from tf_dessilbi import configs
+
+    return f"{__doc__}\nPackaged configs (--config=<name>):\n  " + "\n  ".join(configs.names()) + "\n"
+
+
+def config_by_name(argv: list) -> list:
+    """``argv`` with a config name in ``--config`` replaced by the packaged config's file.
+
+    ml_collections' ``--config`` takes a file path (with an optional
+    ``:<argument>`` suffix); a value that is an existing file, or that
+    names a folder, is left as it is; any other value is a packaged
+    config's name (``fmnist_dessilbi`` or ``fmnist_dessilbi.py``). An
+    unknown name is a usage error listing the names.
+    """
+    from tf_dessilbi import configs
+
+    def resolve(value: str) -> str:
+        path, sep, rest = value.partition(":")
+        if not path or os.path.exists(path) or "/" in path or os.sep in path:
+            return value
+        try:
+            return configs.path(path) + sep + rest
+        except ValueError as e:
+            _usage_error(str(e))
+
+    argv, i = list(argv), 1
+    while i < len(argv) and argv[i] != "--":
+        if argv[i].startswith("--config="):
+            argv[i] = "--config=" + resolve(argv[i][len("--config="):])
+        elif argv[i] == "--config" and i + 1 < len(argv):
+            argv[i + 1] = resolve(argv[i + 1])
+            i += 1
+        i += 1
+    return argv
 
 
 def _usage_error(message: str) -> None:
@@ -67,41 +115,22 @@ def _parse_flags(argv):
         _usage_error(f"{type(e).__name__}: {e}")
 
 
-_PROBE_NOISE = ("cuInit", "cuda_platform", "cuda drivers", "cudart_stub",
-                "absl::InitializeLog", "cuda_executor", "cuda_dnn")
-
-
-def _has_nvidia_driver() -> bool:
-    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
-
-
 def probe_devices_quietly() -> None:
     """Initializes TensorFlow's devices, hiding the CUDA probing errors of a machine without GPUs.
 
     On a machine with an NVIDIA driver nothing is hidden (the messages may
     matter there); elsewhere the lines TensorFlow writes to stderr while it
-    looks for CUDA are dropped and any other line is passed on.
+    looks for CUDA are dropped and any other line is passed on
+    (`tf_dessilbi._cli_start`, which did the same for ``import tensorflow``).
     """
-    import tempfile
-
     import tensorflow as tf
 
-    if _has_nvidia_driver():
+    from tf_dessilbi import _cli_start
+
+    if _cli_start.has_nvidia_driver():
         tf.config.list_physical_devices()
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            tf.config.list_physical_devices()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        for line in captured.read().decode(errors="replace").splitlines():
-            if not any(noise in line for noise in _PROBE_NOISE):
-                sys.stderr.write(line + "\n")
+    _cli_start.run_filtered(tf.config.list_physical_devices)
 
 
 def print_summary(summary: dict) -> None:
@@ -168,6 +197,9 @@ def run_main(argv: Optional[list] = None) -> None:
     """Console entry point (``tf-dessilbi-train``, ``python -m tf_dessilbi.train``)."""
     from absl import app
 
+    argv = config_by_name(sys.argv if argv is None else argv)
+    # absl's --help prints the main module's docstring: the console script has none.
+    sys.modules["__main__"].__doc__ = usage_text()
     probe_devices_quietly()
     define_flags()
     logging.set_verbosity(logging.INFO)

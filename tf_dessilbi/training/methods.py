@@ -21,7 +21,7 @@ or, for a multi-round procedure, the whole run:
 Registering one is one line::
 
     METHODS["rigl"] = Method(prepare=rigl.prepare, callbacks=rigl.callbacks)
-    METHODS["imp"] = Method(run=imp.run)
+    METHODS["cs_bilevel"] = Method(run=train_cs_bilevel)
 
 With ``config.method = ""`` (the default) the method follows from the older
 fields, so existing configs keep working: `default_method`.
@@ -86,9 +86,9 @@ def get(config) -> Method:
 
 # -- DessiLBI -------------------------------------------------------------------
 def _dessilbi_finish(config, model, evaluate) -> dict:
-    import tf_dessilbi as tfd
+    from tf_dessilbi.dessilbi.w_star import apply_w_star
 
-    with tfd.apply_w_star(model, model.optimizer):
+    with apply_w_star(model, model.optimizer):
         return {"eval_w_star": evaluate()}
 
 
@@ -118,19 +118,19 @@ def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
 
 # -- Continuous Sparsification ---------------------------------------------------
 def _cs_prepare(config, model, data, steps_per_epoch) -> keras.Model:
-    import tf_dessilbi as tfd
+    from tf_dessilbi.gates.gating import gate_model
 
     g = config.gates
-    return tfd.gate_model(
+    return gate_model(
         model, granularity=g.granularity, gate_init=g.gate_init, penalty=g.penalty
     )
 
 
 def _cs_callbacks(config, model, steps_per_epoch) -> list:
-    import tf_dessilbi as tfd
+    from tf_dessilbi.gates.callbacks import GateTemperature
 
     return [
-        tfd.callbacks.GateTemperature(
+        GateTemperature(
             final_beta=config.gates.final_beta,
             epochs=config.num_epochs,
             steps_per_epoch=steps_per_epoch,
@@ -140,9 +140,9 @@ def _cs_callbacks(config, model, steps_per_epoch) -> list:
 
 
 def _cs_finish(config, model, evaluate) -> dict:
-    import tf_dessilbi as tfd
+    from tf_dessilbi.gates.gating import set_ticket_mode
 
-    tfd.set_ticket_mode(model, True)  # the hard mask 1[s > 0]/σ(s₀): the ticket
+    set_ticket_mode(model, True)  # the hard mask 1[s > 0]/σ(s₀): the ticket
     return {"eval_ticket": evaluate()}
 
 
@@ -151,16 +151,17 @@ def _cs_search_run(config, workdir, data, strategy) -> dict:
 
     No backup here: a killed search starts again from round 0.
     """
-    import tf_dessilbi as tfd
     from tf_dessilbi import models as models_lib
+    from tf_dessilbi.procedures.ticket_search import TicketSearch
+    from tf_dessilbi.sparsity import sparsity_report
     from tf_dessilbi.training.callbacks import EpochLog
     from tf_dessilbi.training.components import build_optimizer
-    from tf_dessilbi.training.train import evaluate_model
+    from tf_dessilbi.training.components import evaluate_model
 
     g = config.gates
     steps_per_epoch = config.steps_per_epoch or max(data.num_train // config.batch_size, 1)
     with strategy.scope():
-        search = tfd.TicketSearch(
+        search = TicketSearch(
             lambda: models_lib.get_model(
                 config.model.name, input_shape=data.input_shape,
                 num_classes=data.num_classes,
@@ -177,7 +178,7 @@ def _cs_search_run(config, workdir, data, strategy) -> dict:
             callbacks=[EpochLog(config.num_epochs)], steps_per_epoch=steps_per_epoch,
         )
     model = result.model
-    report = tfd.sparsity_report(model)
+    report = sparsity_report(model)
     evaluation = evaluate_model(model, data.eval, config.eval_steps)
     return {
         "model": model,
@@ -202,7 +203,7 @@ METHODS: Dict[str, Method] = {
 
 
 def _cs_bilevel_run(config, workdir, data, strategy) -> dict:
-    from tf_dessilbi.bilevel.cs import train_cs_bilevel
+    from tf_dessilbi.bilevel.tuner import train_cs_bilevel
 
     return train_cs_bilevel(config, workdir, data, strategy)
 
@@ -228,7 +229,10 @@ def _procedure(module_name: str):
     def run(config, workdir, data, strategy):
         import importlib
 
-        return importlib.import_module(f"tf_dessilbi.procedures.{module_name}").run(config, workdir, data, strategy)
+        from tf_dessilbi.training.components import build_optimizer
+
+        module = importlib.import_module(f"tf_dessilbi.procedures.{module_name}")
+        return module.run(config, workdir, data, strategy, build_optimizer=build_optimizer)
 
     return run
 

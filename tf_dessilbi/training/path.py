@@ -27,6 +27,8 @@ import numpy as np
 
 from tf_dessilbi import walk
 from tf_dessilbi.masks import unit_norms
+from tf_dessilbi.training.path_plot import load_path
+from tf_dessilbi.training.path_plot import plot_path  # noqa: F401  (re-export)
 
 
 def _unwrap(optimizer):
@@ -177,24 +179,3 @@ def save_path(filename: str, steps: Sequence[int], history: dict, steps_per_epoc
     tmp = filename + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, filename)
-
-
-def load_path(filename: str):
-    """Reads ``path.npz`` back: ``(epochs, steps, {layer: {"gamma", "w", "kept", "total"}})``."""
-    with np.load(filename) as data:
-        epochs = [float(e) for e in data["epochs"]]
-        steps = [int(s) for s in data["steps"]] if "steps" in data.files else list(range(len(epochs)))
-        history = {}
-        for key in data.files:
-            if "/" not in key:
-                continue
-            name, kind = key.rsplit("/", 1)
-            rec = history.setdefault(name, {})
-            rec[kind] = int(data[key]) if kind == "total" else list(data[key])
-        for rec in history.values():
-            rec.setdefault("kept", [int(np.count_nonzero(g)) for g in rec["gamma"]])
-            rec.setdefault("total", 0)
-    return epochs, steps, history
-
-
-from tf_dessilbi.training.path_plot import plot_path  # noqa: E402,F401  (re-export)

@@ -1,4 +1,4 @@
-"""`plot_path`: the regularization path in ``path.npz`` drawn to a PNG."""
+"""``path.npz`` read back (`load_path`) and drawn to a PNG (`plot_path`)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,24 @@ def _columns(panels: int) -> int:
     return min(3 if panels <= 12 else 4, max(panels, 1))
 
 
+def load_path(filename: str):
+    """Reads ``path.npz`` back: ``(epochs, steps, {layer: {"gamma", "w", "kept", "total"}})``."""
+    with np.load(filename) as data:
+        epochs = [float(e) for e in data["epochs"]]
+        steps = [int(s) for s in data["steps"]] if "steps" in data.files else list(range(len(epochs)))
+        history = {}
+        for key in data.files:
+            if "/" not in key:
+                continue
+            name, kind = key.rsplit("/", 1)
+            rec = history.setdefault(name, {})
+            rec[kind] = int(data[key]) if kind == "total" else list(data[key])
+        for rec in history.values():
+            rec.setdefault("kept", [int(np.count_nonzero(g)) for g in rec["gamma"]])
+            rec.setdefault("total", 0)
+    return epochs, steps, history
+
+
 def plot_path(
     npz_file: str,
     png_file: str,
@@ -99,7 +117,6 @@ def plot_path(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from tf_dessilbi.training.path import load_path
 
     epochs, _, history = load_path(npz_file)
     names = list(history)

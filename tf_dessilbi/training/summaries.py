@@ -94,10 +94,10 @@ def sparsity_scalars(model: keras.Model, optimizer=None) -> dict:
 
     Empty for a model with neither a DessiLBI optimizer nor gates.
     """
-    import tf_dessilbi as tfd
+    from tf_dessilbi.sparsity import sparsity_report
 
     try:
-        report = tfd.sparsity_report(model, optimizer)
+        report = sparsity_report(model, optimizer)
     except (ValueError, TypeError):  # optimizer not built yet
         return {}
     out = {}
@@ -116,7 +116,7 @@ def sparsity_scalars(model: keras.Model, optimizer=None) -> dict:
 
 def hyperparameters(model, optimizer) -> dict:
     """κ, μ, λ of a DessiLBI optimizer and β of the gates, as scalars."""
-    import tf_dessilbi as tfd
+    from tf_dessilbi.gates.gating import gated_layers
 
     out = {}
     inner = unwrap_optimizer(optimizer)
@@ -124,7 +124,7 @@ def hyperparameters(model, optimizer) -> dict:
         for name in ("kappa", "mu", "lambda_"):
             out[f"dessilbi/{name}"] = float(keras.ops.convert_to_numpy(getattr(inner, name)))
     try:
-        gates = tfd.gated_layers(model)
+        gates = gated_layers(model)
     except (ValueError, TypeError):
         gates = []
     if gates:

@@ -39,14 +39,9 @@ from tf_dessilbi.training.callbacks import all_finite
 from tf_dessilbi.training.components import STRATEGIES
 from tf_dessilbi.training.components import build_model
 from tf_dessilbi.training.components import build_optimizer
+from tf_dessilbi.training.components import evaluate_model
 from tf_dessilbi.training.components import is_chief
 from tf_dessilbi.training.components import learning_rate_schedule
-
-
-def evaluate_model(model, dataset, steps) -> dict:
-    """``{"loss", "accuracy"}`` of a compiled model on `dataset`."""
-    loss, accuracy = model.evaluate(dataset, steps=steps or None, verbose=0)[:2]
-    return {"loss": float(loss), "accuracy": float(accuracy)}
 
 
 def _unwrap(optimizer):
@@ -55,14 +50,14 @@ def _unwrap(optimizer):
 
 def _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method, model, backup,
                eval_data):
-    import tf_dessilbi as tfd
+    from tf_dessilbi.dessilbi.w_star import apply_w_star
     from tf_dessilbi.training import path as path_lib
     from tf_dessilbi.training import summaries
 
     w_star_eval = None
     if methods_lib.method_name(config) == "dessilbi" and config.strategy != "multi_worker":
         def w_star_eval():
-            with tfd.apply_w_star(model, model.optimizer):
+            with apply_w_star(model, model.optimizer):
                 return evaluate_model(model, eval_data, config.eval_steps)
 
     cbs = [StopOnNonFinite(steps_per_epoch, initial_epoch, config), EpochLog(config.num_epochs)]
@@ -167,7 +162,7 @@ def _header(config, workdir, strategy, chief, steps_per_epoch) -> dict:
 
 
 def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
-    import tf_dessilbi as tfd
+    from tf_dessilbi.sparsity import sparsity_report
 
     with strategy.scope():
         model = build_model(config, data.input_shape, data.num_classes)
@@ -223,7 +218,7 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
         "eval": evaluate(),
     }
     optimizer = model.optimizer
-    report = tfd.sparsity_report(model, optimizer)
+    report = sparsity_report(model, optimizer)
     summary["sparsity"] = report.to_dict()
     if method.finish is not None:
         summary.update(method.finish(config, model, evaluate))
@@ -236,11 +231,12 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
 
 def _finish(config, workdir, chief, summary, model, optimizer) -> None:
     """Dead-layer check, the sparsity table, shrinking, the export, the output paths."""
-    import tf_dessilbi as tfd
+    from tf_dessilbi.export.saved_model import export_saved_model
+    from tf_dessilbi.sparsity import sparsity_report
 
     table, dead = "", []
     if model is not None:
-        report = tfd.sparsity_report(model, optimizer)
+        report = sparsity_report(model, optimizer)
         table = str(report) if len(report) else ""
         dead = report.empty_layers
     summary["dead_layers"] = dead
@@ -270,7 +266,7 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
         else:
             # The shrunk model already holds W* (and the masks): export it as is.
             exported, opt = (shrunk[0], None) if shrunk is not None else (model, _support_optimizer(optimizer))
-            summary["export_dir"] = os.path.abspath(tfd.export_saved_model(
+            summary["export_dir"] = os.path.abspath(export_saved_model(
                 exported, os.path.join(workdir, "export"), version=config.outputs.export_version,
                 overwrite=True, optimizer=opt,
             ))
@@ -292,15 +288,16 @@ def _shrink(config, model, optimizer):
     warning, when the model has a layer `shrink` cannot cut; ``"always"``
     shrinks (and fails loudly); ``"never"`` does not.
     """
-    import tf_dessilbi as tfd
+    from tf_dessilbi import masks
+    from tf_dessilbi.shrink import shrink
 
     mode = config.outputs.shrink
     if mode == "never":
         return None
-    if mode == "auto" and not tfd.masks.resolve(None, model, optimizer=optimizer).units:
+    if mode == "auto" and not masks.resolve(None, model, optimizer=optimizer).units:
         return None
     try:
-        return tfd.shrink(model, optimizer=optimizer, return_report=True)
+        return shrink(model, optimizer=optimizer, return_report=True)
     except ValueError as e:
         if mode == "always":
             raise

@@ -1,12 +1,12 @@
 r"""FMNIST-CNN-S with gradual magnitude pruning (Zhu & Gupta 2017) to 90 % sparsity.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_gmp.py --workdir=runs/fmnist_gmp
+    python -m tf_dessilbi.train --config=fmnist_gmp --workdir=runs/fmnist_gmp
 
 `tf_dessilbi.sparse.gmp`: every Conv2D/Dense kernel is wrapped in a
 `MaskedLayer`; every `frequency` steps from `begin_fraction` to
 `end_fraction` of training each layer keeps its round((1 − s_t)·n) weights
 of largest |W|, s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(nΔt))³. The rest of the
-recipe is `configs/fmnist_sgd.py`'s. Accuracy under the shared protocol:
+recipe is `tf_dessilbi/configs/fmnist_sgd.py`'s. Accuracy under the shared protocol:
 docs/research/reports/SPARSE_COMPARE.md (not measured with this command).
 """
 

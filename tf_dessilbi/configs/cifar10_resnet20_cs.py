@@ -1,6 +1,6 @@
 r"""ResNet-20 on CIFAR-10: Continuous Sparsification ticket search.
 
-    python -m tf_dessilbi.train --config=configs/cifar10_resnet20_cs.py \
+    python -m tf_dessilbi.train --config=cifar10_resnet20_cs \
         --workdir=runs/cifar10_resnet20_cs --config.data.data_dir=$HOME/tensorflow_datasets
 
 Not run here (no network, 2 CPU cores): no measured result.

@@ -1,6 +1,6 @@
 r"""ResNet-20 (BN, residual) on Fashion-MNIST with DessiLBI filter groups, under the protocol at E = 3.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_resnet20_dessilbi_protocol.py \
+    python -m tf_dessilbi.train --config=fmnist_resnet20_dessilbi_protocol \
         --workdir=runs/fmnist_resnet20_dessilbi_protocol
 
 ResNet-20 on 28×28×1 (`tf_dessilbi.models.resnet20`) under the protocol of

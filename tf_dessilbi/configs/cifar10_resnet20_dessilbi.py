@@ -1,6 +1,6 @@
 r"""ResNet-20 on CIFAR-10 with DessiLBI (filter groups).
 
-    python -m tf_dessilbi.train --config=configs/cifar10_resnet20_dessilbi.py \
+    python -m tf_dessilbi.train --config=cifar10_resnet20_dessilbi \
         --workdir=runs/cifar10_resnet20 --config.data.data_dir=$HOME/tensorflow_datasets
 
 The ResNet-56 lottery settings on the shallower net (the network Savarese

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S with Continuous Sparsification gates (one round, no rewind).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_cs.py --workdir=runs/fmnist_cs
+    python -m tf_dessilbi.train --config=fmnist_cs --workdir=runs/fmnist_cs
 
 Every Conv2D/Dense kernel gets one gate per weight; β grows geometrically
 from 1 to β_final every step (per-epoch jumps of ×14 diverge in 3-epoch

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S on Fashion-MNIST with SGD: the dense baseline.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_sgd.py --workdir=runs/fmnist_sgd
+    python -m tf_dessilbi.train --config=fmnist_sgd --workdir=runs/fmnist_sgd
 
 Data come offline from Debian's ``dataset-fashion-mnist`` (TFDS otherwise).
 Measured with that command (3 epochs, 2 shared CPU cores, 3 min 9 s wall

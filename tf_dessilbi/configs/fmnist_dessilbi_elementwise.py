@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S with DessiLBI, every kernel elementwise (lasso, no groups).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi_elementwise.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi_elementwise \
         --workdir=runs/fmnist_dessilbi_elementwise
 
 Same hyperparameters as ``fmnist_dessilbi.py``; conv kernels enter the

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S with CS gates whose per-layer penalties a bilevel solver tunes.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_cs_bilevel.py \
+    python -m tf_dessilbi.train --config=fmnist_cs_bilevel \
         --workdir=runs/fmnist_cs_bilevel
 
 Inner problem: training loss + Σ_l λ₀e^{x_l} Σσ(βs_l); outer: validation loss
@@ -10,7 +10,7 @@ The target density 0.27 is what the single-λ ``fmnist_cs.py`` ticket reaches
 in 3 epochs.
 
 Expected result (3 epochs = 140 tuner steps, through
-`tf_dessilbi.bilevel.cs.train_cs_bilevel`): ticket (hard mask) 87.46 %, soft
+`tf_dessilbi.bilevel.tuner.train_cs_bilevel`): ticket (hard mask) 87.46 %, soft
 gates 87.72 %; weights kept 23.10 %, below the 27 % target (the density term
 is one-sided). The single-λ ``fmnist_cs.py`` run: 89.98 % at 27.02 % kept.
 Details: docs/research/configs.md; the held-out bilevel runs:

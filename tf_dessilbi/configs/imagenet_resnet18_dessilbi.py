@@ -1,6 +1,6 @@
 r"""ResNet-18 on ImageNet (ILSVRC-2012) with DessiLBI (filter groups).
 
-    python -m tf_dessilbi.train --config=configs/imagenet_resnet18_dessilbi.py \
+    python -m tf_dessilbi.train --config=imagenet_resnet18_dessilbi \
         --workdir=runs/imagenet_resnet18 --config.data.data_dir=/data/tfds \
         --config.strategy=mirrored
 

@@ -2,7 +2,7 @@ r"""FMNIST-CNN-S on Fashion-MNIST with DessiLBI, conv filters as groups.
 
 The README's first command (3 epochs, a couple of minutes on 2 CPU cores):
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi \
         --workdir=runs/fmnist_dessilbi
 
 Expected result (``make train`` runs exactly that command): test accuracy

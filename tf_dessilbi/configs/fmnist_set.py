@@ -1,12 +1,12 @@
 r"""FMNIST-CNN-S with SET (Mocanu et al. 2018) at 90 % sparsity, ERK densities.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_set.py --workdir=runs/fmnist_set
+    python -m tf_dessilbi.train --config=fmnist_set --workdir=runs/fmnist_set
 
 `tf_dessilbi.sparse.set_`: random masks at ERK layer densities; every ΔT
 steps until T_end each layer drops the round(f_t·n_active) active weights of
 smallest |W| and grows as many at random (at 0), f_t = f₀/2 (1 + cos(πt/T_end)).
 The parameter count never changes. The rest of the recipe is
-`configs/fmnist_sgd.py`'s. Accuracy under the shared protocol:
+`tf_dessilbi/configs/fmnist_sgd.py`'s. Accuracy under the shared protocol:
 docs/research/reports/SPARSE_COMPARE.md (not measured with this command).
 """
 

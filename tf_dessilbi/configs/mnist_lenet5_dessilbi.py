@@ -1,6 +1,6 @@
 r"""LeNet-5 on MNIST with DessiLBI: the authors' MNIST example.
 
-    python -m tf_dessilbi.train --config=configs/mnist_lenet5_dessilbi.py \
+    python -m tf_dessilbi.train --config=mnist_lenet5_dessilbi \
         --workdir=runs/mnist_lenet5 --config.data.data_dir=$HOME/tensorflow_datasets
 
 MNIST comes from TFDS (``tfds.load("mnist")``, downloaded on first use).

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S pruned at initialization by GraSP (Wang et al., ICLR 2020), 90 % removed.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_grasp.py --workdir=runs/fmnist_grasp
+    python -m tf_dessilbi.train --config=fmnist_grasp --workdir=runs/fmnist_grasp
 
 `tf_dessilbi.sparse.grasp.prepare` draws ``samples_per_class`` training
 images of every class, scores S = −w ⊙ (H g) with the logits divided by

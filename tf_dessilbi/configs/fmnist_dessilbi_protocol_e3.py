@@ -1,9 +1,9 @@
 r"""FMNIST-CNN-S with DessiLBI under the benchmarks' protocol at E = 3 (the accuracy part of bench.run).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi_protocol_e3.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi_protocol_e3 \
         --workdir=runs/fmnist_dessilbi_protocol_e3
 
-The protocol of ``configs/fmnist_dessilbi_protocol.py`` at the 3-epoch budget
+The protocol of ``tf_dessilbi/configs/fmnist_dessilbi_protocol.py`` at the 3-epoch budget
 of the accuracy part of ``python -m bench.run``: conv filters as groups and
 dense kernels elementwise (``structure="auto"``, so the accuracy-vs-sparsity
 comparison counts every kernel), ``init_norm`` λ 0.5, W* trained on the

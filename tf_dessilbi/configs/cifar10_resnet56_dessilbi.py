@@ -1,6 +1,6 @@
 r"""ResNet-56 on CIFAR-10 with DessiLBI (filter groups): the lottery setting.
 
-    python -m tf_dessilbi.train --config=configs/cifar10_resnet56_dessilbi.py \
+    python -m tf_dessilbi.train --config=cifar10_resnet56_dessilbi \
         --workdir=runs/cifar10_resnet56 --config.data.data_dir=$HOME/tensorflow_datasets
 
 CIFAR-10 from TFDS. Early tickets: the support of Γ at epoch 35 is retrained

@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S with DessiLBI under the benchmarks' protocol (warm-up + cosine, 10 epochs).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi_protocol.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi_protocol \
         --workdir=runs/fmnist_dessilbi_protocol
 
 The protocol of `bench/protocol.py` (inputs normalized by the Fashion-MNIST
@@ -39,7 +39,7 @@ def get_config():
     config.schedule.final_fraction = 0.0
     config.num_epochs = 10
     # The recipe (bench/parity.py: filter, init+mu40+lam0.25+u0.5+trim; its path, dense W:
-    # init+mu40+lam0.25, configs/fmnist_dessilbi_protocol_path.py).
+    # init+mu40+lam0.25, tf_dessilbi/configs/fmnist_dessilbi_protocol_path.py).
     config.optimizer.structure = "filter"
     config.optimizer.lambda_scaling = "init_norm"
     config.optimizer.lambda_ = 0.25

@@ -1,6 +1,6 @@
-r"""The path of ``configs/fmnist_dessilbi_protocol.py`` run to the end: DessiLBI's dense W.
+r"""The path of ``tf_dessilbi/configs/fmnist_dessilbi_protocol.py`` run to the end: DessiLBI's dense W.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_dessilbi_protocol_path.py \
+    python -m tf_dessilbi.train --config=fmnist_dessilbi_protocol_path \
         --workdir=runs/fmnist_dessilbi_protocol_path
 
 Fu et al. report two models of one path: the coupled iteration's dense W at

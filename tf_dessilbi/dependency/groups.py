@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from tf_dessilbi import walk
-from tf_dessilbi.shrink import graph as graph_lib
+from tf_dessilbi.dependency import graph as graph_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,3 +65,12 @@ def unit_groups(model, keep: Iterable[str] = ()) -> list:
         for unit, root in enumerate(roots[info.out_elems].tolist()):
             members.setdefault(root, []).append((info.layer.name, unit))
     return [UnitGroup(tuple(group), root not in pinned) for root, group in members.items()]
+
+
+def round_up_units(kept: int, total: int, round_to: int) -> int:
+    """``kept`` raised to the next multiple of ``round_to``, at most ``total``: min(N, ⌈k/r⌉·r).
+
+    The one rounding rule of ``round_to``, here at export and in
+    `WStarFinetune(round_to=...)` when the fine-tune starts (0 stays 0).
+    """
+    return min(total, -(-kept // round_to) * round_to)

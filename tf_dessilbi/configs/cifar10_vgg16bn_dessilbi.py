@@ -1,6 +1,6 @@
 r"""VGG-16-BN on CIFAR-10 with DessiLBI (filter groups).
 
-    python -m tf_dessilbi.train --config=configs/cifar10_vgg16bn_dessilbi.py \
+    python -m tf_dessilbi.train --config=cifar10_vgg16bn_dessilbi \
         --workdir=runs/cifar10_vgg16bn --config.data.data_dir=$HOME/tensorflow_datasets
 
 Not run here (no network, 2 CPU cores): no measured result.

@@ -1,6 +1,6 @@
-r"""configs/fmnist_rigl.py with uniform layer densities (every layer at 90 %).
+r"""tf_dessilbi/configs/fmnist_rigl.py with uniform layer densities (every layer at 90 %).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_rigl_uniform.py --workdir=runs/fmnist_rigl_uniform
+    python -m tf_dessilbi.train --config=fmnist_rigl_uniform --workdir=runs/fmnist_rigl_uniform
 
 Accuracy under the shared protocol: docs/research/reports/SPARSE_COMPARE.md (not measured with
 this command).

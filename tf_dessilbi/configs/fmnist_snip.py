@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S pruned at initialization by SNIP (Lee et al., ICLR 2019), 90 % removed.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_snip.py --workdir=runs/fmnist_snip
+    python -m tf_dessilbi.train --config=fmnist_snip --workdir=runs/fmnist_snip
 
 `tf_dessilbi.sparse.snip.prepare` scores |g ⊙ w| of the fresh model on
 ``score_batches`` batches of the training data (g averaged), keeps the top

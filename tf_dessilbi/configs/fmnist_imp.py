@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S by iterative magnitude pruning with rewinding, to 90 % removed, with sanity checks.
 
-    python -m tf_dessilbi.train --config=configs/fmnist_imp.py --workdir=runs/fmnist_imp
+    python -m tf_dessilbi.train --config=fmnist_imp --workdir=runs/fmnist_imp
 
 `tf_dessilbi.procedures.imp.run`: train the dense model ``num_epochs``
 epochs, then rounds of "remove 20 % of the remaining kernel weights by |W|

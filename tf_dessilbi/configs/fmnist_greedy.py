@@ -1,6 +1,6 @@
 r"""FMNIST-CNN-S pruned structurally by greedy forward selection (Ye et al., ICML 2020).
 
-    python -m tf_dessilbi.train --config=configs/fmnist_greedy.py --workdir=runs/fmnist_greedy
+    python -m tf_dessilbi.train --config=fmnist_greedy --workdir=runs/fmnist_greedy
 
 `tf_dessilbi.procedures.greedy.run`: train the dense model ``num_epochs``
 epochs; then for conv1, conv2, conv3 and fc1 in turn (the logits layer is
