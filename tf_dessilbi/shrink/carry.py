@@ -36,24 +36,25 @@ from tf_dessilbi.shrink.report import ShrinkReport
 
 
 def _owners(model) -> dict:
-    """``{variable path: (layer, weight name)}`` of a model's trainable variables."""
+    """``{variable path: (layer, weight name)}`` of the leaf layers' weights."""
     owners = {}
     for layer in walk.layers(model):
         if isinstance(layer, keras.Model):
             continue
-        for variable in _compat.own_trainable_variables(layer):
+        for variable in layer.weights:
             owners[variable.path] = (layer, variable.name.split("/")[-1])
     return owners
 
 
 def cut_like_weights(model: keras.Model, report: ShrinkReport, arrays: dict) -> dict:
-    """Arrays shaped like ``model``'s trainable weights, cut as `shrink` cut those weights.
+    """Arrays shaped like ``model``'s weights, cut as `shrink` cut those weights.
 
     Args:
         model: the model `shrink` was called on (its layer names are the
             shrunk model's).
         report: the `ShrinkReport` of that call.
-        arrays: ``{variable path: array shaped like that variable}``.
+        arrays: ``{variable path: array shaped like that variable}`` (any
+            weight of a leaf layer: kernels, biases, BN statistics, ...).
 
     Returns:
         ``{variable path: cut array}``: shaped like the shrunk model's
@@ -62,7 +63,7 @@ def cut_like_weights(model: keras.Model, report: ShrinkReport, arrays: dict) -> 
 
     Raises:
         TypeError: ``report`` is not a `ShrinkReport`.
-        ValueError: a path that is no trainable variable of ``model``, or
+        ValueError: a path that is no variable of ``model``, or
             an array of the wrong shape.
     """
     if not isinstance(report, ShrinkReport):
@@ -71,8 +72,8 @@ def cut_like_weights(model: keras.Model, report: ShrinkReport, arrays: dict) -> 
     by_layer = {}
     for path, array in arrays.items():
         if path not in owners:
-            raise ValueError(f"{path!r} is not a trainable variable of model {model.name!r}. "
-                             f"Its trainable variables: {sorted(owners)}")
+            raise ValueError(f"{path!r} is not a variable of model {model.name!r}. "
+                             f"Its variables: {sorted(owners)}")
         layer, name = owners[path]
         array = np.asarray(array)
         expected = tuple(layer.weights[[w.path for w in layer.weights].index(path)].shape)
