@@ -125,6 +125,13 @@ def _assert_same(masked, masked_history, run):
     # what the small model lost is zero in the masked run, or never reaches the output
     for layer, (_, kept_out) in report.kept.items():
         assert report.row(layer).units_after == len(kept_out)
+    # supp Γ of the small optimizer is the frozen support (export, reports, W* read it)
+    optimizer = run.model.optimizer
+    for variable in run.model.trainable_variables:
+        support = optimizer.support(variable)
+        if support is not None:
+            mask = run.switch.masks.get(variable.path, np.ones(variable.shape, bool))
+            np.testing.assert_array_equal(np.asarray(support), mask, err_msg=variable.path)
     np.testing.assert_allclose(run.history["loss"], masked_history["loss"], rtol=1e-4)
     assert len(run.history["accuracy"]) == 4
     assert int(run.model.optimizer.iterations.numpy()) == int(masked.optimizer.iterations.numpy())

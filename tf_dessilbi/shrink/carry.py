@@ -193,6 +193,9 @@ def carry_optimizer(model: keras.Model, small: keras.Model, report: ShrinkReport
             slot_values.setdefault(kind, {})[old.path] = keras.ops.convert_to_numpy(old_slots[kind])
             slot_targets.append((slot, kind, old.path))
     cut = {kind: cut_like_weights(model, report, values) for kind, values in slot_values.items()}
+    if "dessilbi_v" in cut:
+        _keep_group_norms(optimizer, model, kept_units, slot_values["dessilbi_v"],
+                          cut["dessilbi_v"])
     assignments = [(slot, cut[kind][path]) for slot, kind, path in slot_targets]
 
     # every other variable: by name
@@ -216,6 +219,29 @@ def carry_optimizer(model: keras.Model, small: keras.Model, report: ShrinkReport
     for variable, value in assignments:
         variable.assign(value)
     return new
+
+
+_GROUPED = ("filter", "neuron")  # DessiLBI's group structures: one group per last-axis unit
+
+
+def _keep_group_norms(optimizer, model, kept_units, old_vs: dict, new_vs: dict) -> None:
+    """Rescales each group-coupled unit's cut V_g to its old norm ‖V_g‖₂ (in place).
+
+    A consumer's unit loses the rows of V that read removed channels; without
+    this its margin ‖V_g‖₂/λ_g would drop and a unit could leave supp Γ on
+    the small model. Rescaled, every unit's margin, its joint-group
+    threshold and so supp Γ are the big model's; Γ_g keeps the cut V_g's
+    direction.
+    """
+    variables = {v.path: v for v in model.trainable_variables}
+    for path, old in old_vs.items():
+        if path not in kept_units or optimizer.variable_structure(variables[path]) not in _GROUPED:
+            continue
+        new = new_vs[path]
+        old_norms = np.linalg.norm(old.reshape(-1, old.shape[-1]).astype(np.float64), axis=0)
+        new_norms = np.linalg.norm(new.reshape(-1, new.shape[-1]).astype(np.float64), axis=0)
+        scale = old_norms[kept_units[path]] / np.where(new_norms > 0, new_norms, 1.0)
+        new_vs[path] = (new * np.where(new_norms > 0, scale, 1.0)).astype(new.dtype)
 
 
 def _kept_units(model, report) -> dict:
