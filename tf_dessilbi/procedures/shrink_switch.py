@@ -134,6 +134,9 @@ class Switch:
             entry of a kept unit.
         step: the optimizer step the small model starts at.
         epoch: the epoch it starts at (``None`` outside `fit_with_switch`).
+        big_shapes: ``{layer: kernel shape}`` of the big model's coupled
+            kernels, for records kept at the big model's widths (filled by
+            the CLI's path recorder).
     """
 
     model: keras.Model
@@ -141,6 +144,7 @@ class Switch:
     masks: dict
     step: int
     epoch: Optional[int] = None
+    big_shapes: dict = dataclasses.field(default_factory=dict)
 
     def projection(self) -> FixedMaskProjection:
         """The callback that keeps the small model on the frozen support."""
