@@ -137,6 +137,8 @@ class Switch:
         big_shapes: ``{layer: kernel shape}`` of the big model's coupled
             kernels, for records kept at the big model's widths (filled by
             the CLI's path recorder).
+        sparsity: the big model's `SparsityReport` at the switch (the CLI's:
+            supp Γ is fixed, so it is the masked fine-tune's final one).
     """
 
     model: keras.Model
@@ -145,6 +147,7 @@ class Switch:
     step: int
     epoch: Optional[int] = None
     big_shapes: dict = dataclasses.field(default_factory=dict)
+    sparsity: object = None
 
     def projection(self) -> FixedMaskProjection:
         """The callback that keeps the small model on the frozen support."""
@@ -208,7 +211,8 @@ def switch_to_small(model: keras.Model, *, prune_bias: bool = True) -> Switch:
     if not finetune_lib.is_decoupled(optimizer):
         raise ValueError("switch_to_small() needs the support fixed: the coupling off "
                          f"(μ = {finetune_lib.DECOUPLED_MU:g}, WStarFinetune(decouple=True) once "
-                         f"started). Received: mu={float(keras.ops.convert_to_numpy(optimizer.mu))}")
+                         "started). Received: "
+                         f"mu={float(keras.ops.convert_to_numpy(optimizer.mu))}")
     _compat.sync_jax_state(model)
     with _strategy_scope(model):  # the small model's variables distributed as the big one's
         return _switch(model, optimizer, prune_bias)
@@ -227,16 +231,20 @@ def _switch(model, optimizer, prune_bias) -> Switch:
                          f"{report.folded} into their consumers' biases (an activation with "
                          "act(0) != 0?); the masked fine-tune keeps training the weights that "
                          "read them, so the small model would not follow it.")
-    cut = carry_lib.cut_like_weights(
-        model, report, {v.path: m for v, m in w_star_lib.w_star_masks(model, optimizer, prune_bias)})
+    kept = w_star_lib.w_star_masks(model, optimizer, prune_bias)
+    cut = carry_lib.cut_like_weights(model, report, {v.path: m for v, m in kept})
     masks = {path: mask for path, mask in cut.items() if not mask.all()}
     new_optimizer = carry_lib.carry_optimizer(model, small, report, optimizer)
     _compile_like(model, small, new_optimizer)
     return Switch(small, report, masks, int(keras.ops.convert_to_numpy(optimizer.iterations)))
 
 
-class _StopAtFork(keras.callbacks.Callback):
-    """Ends the big model's `fit` at the first epoch end at or after the fork."""
+class StopAtFork(keras.callbacks.Callback):
+    """Ends the big model's `fit` at the first epoch end at or after a `WStarFinetune`'s fork.
+
+    Attributes:
+        epoch: the epoch the small model starts at (``None`` until then).
+    """
 
     def __init__(self, finetune):
         super().__init__()
@@ -312,8 +320,12 @@ def fit_with_switch(model: keras.Model, x=None, y=None, *, finetune, epochs: int
                          "with the support fixed and the removed units' biases zeroed. Received: "
                          f"WStarFinetune(decouple={finetune.decouple}, "
                          f"prune_bias={finetune.prune_bias}); pass switch=False to run it masked.")
+    if switch and model.optimizer is not unwrap_optimizer(model.optimizer):
+        raise TypeError("fit_with_switch() carries a plain DessiLBI optimizer's state; received a "
+                        f"{type(model.optimizer).__name__} (mixed_float16's loss scaling). Pass "
+                        "switch=False to run the fine-tune masked.")
     callbacks = list(callbacks or [])
-    stop = _StopAtFork(finetune)
+    stop = StopAtFork(finetune)
     big = model.fit(x, y, epochs=epochs, initial_epoch=initial_epoch,
                     callbacks=callbacks + [finetune] + ([stop] if switch else []), **fit_kwargs)
     history = {key: list(values) for key, values in big.history.items()}

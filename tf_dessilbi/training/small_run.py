@@ -21,7 +21,8 @@ at once (its fork is due), as the uninterrupted run did.
 
 Where the switch is off (the reason is logged): ``finetune_shrink=False``,
 an elementwise structure (no whole units to remove), MultiWorker (the
-custom loop), early tickets (their snapshots are full-width).
+custom loop), early tickets (their snapshots are full-width), mixed_float16
+(its LossScaleOptimizer).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ import numpy as np
 from absl import logging
 
 from tf_dessilbi.dessilbi import finetune as finetune_lib
+from tf_dessilbi import sparsity as sparsity_lib
 from tf_dessilbi.procedures import shrink_switch
 from tf_dessilbi.training import backup as backup_lib
 from tf_dessilbi.training import methods as methods_lib
 from tf_dessilbi.training import path as path_lib
+from tf_dessilbi.training.callbacks import FinetuneLog
 
 SWITCH_JSON = "switch.json"
+NO_FINETUNE = "no DessiLBI fine-tune"
 
 
 def off_reason(config) -> Optional[str]:
@@ -47,7 +51,7 @@ def off_reason(config) -> Optional[str]:
     o = config.optimizer
     if methods_lib.method_name(config) != "dessilbi" or not (
             o.finetune_epochs or o.finetune_units or o.finetune_weights):
-        return "no DessiLBI fine-tune"
+        return NO_FINETUNE
     if not o.get("finetune_shrink", False):
         return "optimizer.finetune_shrink=False"
     if o.structure == "elementwise":
@@ -56,6 +60,8 @@ def off_reason(config) -> Optional[str]:
         return "MultiWorker trains through the custom loop"
     if config.early_tickets.epochs:
         return "early tickets snapshot the full-width support"
+    if config.mixed_precision == "mixed_float16":
+        return "mixed_float16 wraps the optimizer in a LossScaleOptimizer"
     return None
 
 
@@ -114,9 +120,12 @@ def _switch_now(model, finetune, epoch, fresh):
     big_shapes = _big_shapes(model, model.optimizer)
     finetune.on_epoch_begin(epoch)  # starts it (or decouples again) and projects onto W*
     try:
+        # supp Γ is fixed from here on: the big model's report is the masked run's final one
+        sparsity = sparsity_lib.sparsity_report(model, model.optimizer)
         switch = shrink_switch.switch_to_small(model, prune_bias=finetune.prune_bias)
     finally:
         finetune.on_train_end()
+    switch.sparsity = sparsity
     switch.epoch = epoch
     switch.big_shapes.update(big_shapes)
     logging.info("Switched to the small model at epoch %d (step %d): parameters %d -> %d, "
@@ -190,7 +199,7 @@ def fit(config, workdir, chief, model, data, steps_per_epoch, initial_epoch, cal
         if start is not None and initial_epoch >= start:
             epoch = initial_epoch  # the fork is due (a fine-tune from step 0, or a resumed run)
         else:
-            stop = shrink_switch._StopAtFork(finetune)
+            stop = shrink_switch.StopAtFork(finetune)
             big = model.fit(data.train_from(initial_epoch * steps_per_epoch),
                             initial_epoch=initial_epoch, callbacks=callbacks + [stop], **fit_kwargs)
             history = big.history
@@ -200,6 +209,10 @@ def fit(config, workdir, chief, model, data, steps_per_epoch, initial_epoch, cal
         if backup is not None and chief:
             _record_switch(directory, model, epoch)
         switch = _switch_now(model, finetune, epoch, fresh=history is None)
+        for callback in callbacks:  # train.log's line on the fixed support, as the masked run's
+            if isinstance(callback, FinetuneLog) and callback.finetune is finetune:
+                callback.set_model(model)
+                callback.on_epoch_begin(epoch)
     small = switch.model
     method = methods_lib.Method(callbacks=lambda *_: [switch.projection()])
     small_callbacks = []

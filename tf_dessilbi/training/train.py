@@ -195,6 +195,9 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
     callbacks = _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method,
                            model, backup, data.eval)
     train = data.train_from(initial_epoch * steps_per_epoch)
+    masked_because = small_run.off_reason(config)
+    if masked_because and masked_because != small_run.NO_FINETUNE:
+        logging.info("The W* fine-tune trains the full-width model (masked): %s.", masked_because)
     if config.strategy == "multi_worker":  # Keras 3 fit can't: see custom_loop
         fit_history = custom_loop.fit(
             model, train, data.eval, config.num_epochs, steps_per_epoch,
@@ -204,7 +207,7 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
 
         def evaluate():
             return custom_loop.evaluate(model, data.eval, strategy, config.eval_steps or None)
-    elif small_run.off_reason(config) is None:  # the fine-tune on the small model
+    elif masked_because is None:  # the fine-tune on the small model
         model, merged, switch = small_run.fit(
             config, workdir, chief, model, data, steps_per_epoch, initial_epoch, callbacks,
             lambda small, hooks, epoch: _callbacks(config, workdir, chief, steps_per_epoch, epoch,
@@ -241,7 +244,8 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
         summary["switch"] = small_run.summary_of(switch)
         summary["shrink"] = switch.report.to_dict()
     optimizer = model.optimizer
-    report = tfd.sparsity_report(model, optimizer)
+    # after a switch: supp Γ counted on the big model, as the masked fine-tune counts it
+    report = switch.sparsity if switch is not None else tfd.sparsity_report(model, optimizer)
     summary["sparsity"] = report.to_dict()
     if method.finish is not None:
         summary.update(method.finish(config, model, evaluate))
