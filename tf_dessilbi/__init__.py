@@ -34,11 +34,14 @@ from tf_dessilbi.gates.gating import set_ticket_mode
 from tf_dessilbi.layers.masked import mask_model
 from tf_dessilbi.masks import Mask
 from tf_dessilbi.masks import MaskSource
+from tf_dessilbi.procedures.shrink_switch import fit_with_switch
+from tf_dessilbi.procedures.shrink_switch import switch_to_small
 from tf_dessilbi.procedures.ticket_search import TicketSearch
 from tf_dessilbi.procedures.ticket_search import TicketSearchResult
 from tf_dessilbi.registry import register_gated_layer
 from tf_dessilbi.registry import register_layer
 from tf_dessilbi.shrink import ShrinkReport
+from tf_dessilbi.shrink.carry import carry_optimizer
 from tf_dessilbi.sparse.gmp import prune_low_magnitude
 from tf_dessilbi.shrink import shrink  # the function (the subpackage stays importable by path)
 from tf_dessilbi.sparsity import SparsityReport
@@ -65,9 +68,11 @@ __all__ = [
     "WStar",
     "__version__",
     "apply_w_star",
+    "carry_optimizer",
     "joint_unit_groups",
     "callbacks",
     "export_saved_model",
+    "fit_with_switch",
     "gate_masks",
     "gate_model",
     "gated_layers",
@@ -87,6 +92,7 @@ __all__ = [
     "sparse",
     "sparsity_report",
     "strip",
+    "switch_to_small",
     "structures_for",
     "tfmot",
 ]

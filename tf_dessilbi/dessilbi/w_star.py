@@ -118,6 +118,27 @@ def w_star_values(targets, optimizer) -> list:
     return out
 
 
+def w_star_masks(model: keras.Model, optimizer, prune_bias: bool = True) -> list:
+    """``[(variable, bool mask)]``: which entries W* keeps, for every variable `apply_w_star` writes.
+
+    W* = W ⊙ mask: a kernel's mask is 1[Γ ≠ 0], a unit variable's (bias,
+    BN γ/β with ``prune_bias``) whether its unit keeps a weight (as
+    `w_star_values`). As NumPy, computed without assigning anything.
+    """
+    out = []
+    for kernel, unit_axes, unit_variables in w_star_targets(model, optimizer, prune_bias):
+        support = np.asarray(ops.convert_to_numpy(optimizer.support(kernel)), bool)
+        out.append((kernel, support))
+        ndim = support.ndim
+        axes = {a % ndim for a in unit_axes}
+        others = tuple(a for a in range(ndim) if a not in axes)
+        kept = (support.any(axis=others) if others else support).reshape(-1)
+        for variable in unit_variables:
+            if int(np.prod(variable.shape)) == kept.size:
+                out.append((variable, kept.reshape(tuple(variable.shape))))
+    return out
+
+
 def w_star_updates(model: keras.Model, optimizer, prune_bias: bool = True) -> list:
     """``[(variable, old value, W* value)]`` as NumPy, computed without assigning anything
     (all or nothing for the callers); see `w_star_targets` for what is written."""

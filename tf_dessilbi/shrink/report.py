@@ -45,6 +45,12 @@ class ShrinkReport:
             kernel, bias and BN γ/β zeroed.
         pinned: ``{layer: [units]}`` kept whole because a nonzero constant
             of theirs could not be folded.
+        kept: ``{layer: (input indices, output indices)}``: the old indices
+            each cut layer keeps, ascending, so arrays shaped like its weights
+            (optimizer slots, masks) can be cut as its weights were
+            (`tf_dessilbi.shrink.carry`). Producers: kept input rows and
+            output units; depthwise and normalization layers: the kept
+            channels, twice.
     """
 
     rows: list
@@ -54,6 +60,7 @@ class ShrinkReport:
     folded: dict
     zeroed: dict
     pinned: dict = dataclasses.field(default_factory=dict)
+    kept: dict = dataclasses.field(default_factory=dict)
 
     @property
     def macs_before(self) -> int:
@@ -141,7 +148,7 @@ def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> S
     new_layers = {}
     for layer in _leaves(shrunk):
         new_layers.setdefault(layer.name, layer)
-    rows, removed, folded, zeroed, pinned = [], {}, {}, {}, {}
+    rows, removed, folded, zeroed, pinned, kept = [], {}, {}, {}, {}, {}
     pinned_roots = set(int(decision.roots[p]) for p in extra_pinned)
     for info in graph.infos.values():
         if info.role not in ("producer", "depthwise", "channelwise"):
@@ -150,6 +157,9 @@ def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> S
         elems = info.out_elems if info.role == "producer" else info.in_elems
         classes = decision.roots[elems]
         gone = np.flatnonzero(decision.removed[classes])
+        kept_in = np.flatnonzero(decision.kept(info.in_elems))
+        kept[layer.name] = (kept_in, np.flatnonzero(decision.kept(info.out_elems))
+                            if info.role == "producer" else kept_in)
         if len(gone):
             removed[layer.name] = gone.tolist()
         for target, roots, need_removed in (
@@ -195,6 +205,7 @@ def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> S
         folded=folded,
         zeroed=zeroed,
         pinned=pinned,
+        kept=kept,
     )
 
 

@@ -111,6 +111,12 @@ def base_config() -> ml_collections.ConfigDict:
     # to a multiple of this many units, those of largest ‖V_g‖/λ_g entering (Torch-Pruning's
     # round_to: widths that suit accelerators; WStarFinetune(round_to=...)). 1 (default): off.
     c.optimizer.finetune_round_to = 1
+    # Train the fine-tune on the physically small model: from the first epoch end at or after
+    # the fork the run goes on with the shrunk model, the optimizer state carried over (the same
+    # weights as the masked fine-tune, fewer FLOPs; tf_dessilbi.training.small_run). Off by
+    # itself for elementwise structures, MultiWorker and early tickets. False: the masked
+    # fine-tune on the full-width model (the comparison run).
+    c.optimizer.finetune_shrink = True
     # Couple the units of each dependency group jointly during the whole path (one
     # group-lasso group per residual channel: DessiLBI(unit_groups=joint_unit_groups(model))).
     c.optimizer.joint_groups = False
@@ -309,6 +315,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "optimizer.finetune_allow_empty", (True, False))
     _choice(config, "optimizer.finetune_trim", (True, False))
     _choice(config, "optimizer.finetune_groups", (True, False))
+    _choice(config, "optimizer.finetune_shrink", (True, False))
     _choice(config, "optimizer.joint_groups", (True, False))
     _choice(config, "optimizer.finetune_group_margin", ("joint", "max"))
     _choice(config, "gates.granularity", GRANULARITIES)

@@ -31,6 +31,7 @@ from tf_dessilbi.training import config_lib
 from tf_dessilbi.training import custom_loop
 from tf_dessilbi.training import input_pipeline
 from tf_dessilbi.training import methods as methods_lib
+from tf_dessilbi.training import small_run
 from tf_dessilbi.training import workdir as workdir_lib
 from tf_dessilbi.training.callbacks import EpochLog
 from tf_dessilbi.training.callbacks import NonFiniteError
@@ -176,16 +177,22 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
         )
         initial_weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
         backup_lib.build_optimizer(model)  # Γ exists from step 0 (path, backups)
-        initial_epoch, history, backup = 0, {}, None
+        initial_epoch, history, backup, switch = 0, {}, None, None
         if config.outputs.backup:
             backup_dir = os.path.join(workdir, "backup")
-            initial_epoch, history = backup_lib.restore(model, backup_dir)
+            finetune = small_run.find_finetune(
+                method.callbacks(config, model, steps_per_epoch) if method.callbacks else [])
+            model, initial_epoch, history, switch = small_run.restore(config, model, backup_dir,
+                                                                      finetune)
             backup = backup_lib.Backup(backup_dir, history, write=chief)
     if initial_epoch:
         logging.info("Resuming after epoch %d of %d.", initial_epoch, config.num_epochs)
     callbacks = _callbacks(config, workdir, chief, steps_per_epoch, initial_epoch, method,
                            model, backup, data.eval)
     train = data.train_from(initial_epoch * steps_per_epoch)
+    masked_because = small_run.off_reason(config)
+    if masked_because and masked_because != small_run.NO_FINETUNE:
+        logging.info("The W* fine-tune trains the full-width model (masked): %s.", masked_because)
     if config.strategy == "multi_worker":  # Keras 3 fit can't: see custom_loop
         fit_history = custom_loop.fit(
             model, train, data.eval, config.num_epochs, steps_per_epoch,
@@ -195,6 +202,17 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
 
         def evaluate():
             return custom_loop.evaluate(model, data.eval, strategy, config.eval_steps or None)
+    elif masked_because is None:  # the fine-tune on the small model
+        model, merged, switch = small_run.fit(
+            config, workdir, chief, model, data, steps_per_epoch, initial_epoch, callbacks,
+            lambda small, hooks, epoch: _callbacks(config, workdir, chief, steps_per_epoch, epoch,
+                                                   hooks, small, backup, data.eval),
+            backup, switch)
+        fit_history = keras.callbacks.History()
+        fit_history.history = merged
+
+        def evaluate():
+            return evaluate_model(model, data.eval, config.eval_steps)
     else:
         fit_history = model.fit(
             train,
@@ -217,8 +235,12 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
         "history": {k: [float(x) for x in v] for k, v in history.items()},
         "eval": evaluate(),
     }
+    if switch is not None:  # the model is the small one: the export shrinks nothing more
+        summary["switch"] = small_run.summary_of(switch)
+        summary["shrink"] = switch.report.to_dict()
     optimizer = model.optimizer
-    report = sparsity_report(model, optimizer)
+    # after a switch: supp Γ counted on the big model, as the masked fine-tune counts it
+    report = switch.sparsity if switch is not None else sparsity_report(model, optimizer)
     summary["sparsity"] = report.to_dict()
     if method.finish is not None:
         summary.update(method.finish(config, model, evaluate))
@@ -250,7 +272,7 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
         logging.warning("%s", warning)
         table = (table + "\n" if table else "") + warning
     shrunk = None
-    if model is not None and not dead:
+    if model is not None and not dead and "switch" not in summary:
         shrunk = _shrink(config, model, _support_optimizer(optimizer))
         if shrunk is not None:
             summary["shrink"] = shrunk[1].to_dict()
