@@ -191,6 +191,9 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         resolved = self._resolve_structures(variables)
         super().build(variables)
         self._build_dessilbi(variables, resolved)
+        deferred, self._deferred_state = getattr(self, "_deferred_state", None), None
+        if deferred is not None:  # the state of a pickled built optimizer (`load_own_variables`)
+            self.load_own_variables(deferred)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # Joint coupling reads V_k of every member: computed once, before the
@@ -218,8 +221,17 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         ]
 
     def load_own_variables(self, store):
-        """Loads a `.keras` / `.weights.h5` state, also one saved when Γ was a slot."""
-        values = self._drop_stored_gammas([store[str(i)] for i in range(len(store.keys()))])
+        """Loads a `.keras` / `.weights.h5` state, also one saved when Γ was a slot.
+
+        An unbuilt optimizer given the state of a built one (``pickle`` of a
+        trained optimizer alone: Keras rebuilds it from its config) keeps that
+        state and loads it when it is built on the model's variables.
+        """
+        values = [store[str(i)] for i in range(len(store.keys()))]
+        if not self.built and len(values) > len(self.variables):
+            self._deferred_state = {str(i): value for i, value in enumerate(values)}
+            return
+        values = self._drop_stored_gammas(values)
         super().load_own_variables({str(i): value for i, value in enumerate(values)})
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
