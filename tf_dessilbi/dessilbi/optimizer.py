@@ -41,7 +41,14 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
 
     κ, μ and λ are non-trainable variables like the learning rate: assigning
     ``optimizer.kappa = 2.0`` (e.g. from a callback) takes effect in the
-    compiled train step without retracing.
+    compiled train step without retracing. Since only V is kept, Γ is always
+    κ·prox_λ(V) with the κ and λ of *now*: a κ or λ assigned between steps k−1
+    and k changes Γ_k at once (`gamma`, `support`, W*) and so the coupling
+    term of step k, whereas the paper's iteration (and release 0.1, which
+    stored Γ) would still use Γ_k = κ_old·prox_{λ_old}(V_k) in step k and
+    apply the new value from Γ_{k+1} on. With constant κ, λ the two are the
+    same; μ enters the step itself and agrees in both
+    (tests/test_dessilbi.py, ``..._changed_mid_run_...``).
 
     Args:
         learning_rate: step α: a float, a
