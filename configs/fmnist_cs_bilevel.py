@@ -3,9 +3,9 @@ r"""FMNIST-CNN-S with CS gates whose per-layer penalties a bilevel solver tunes.
     python -m tf_dessilbi.train --config=configs/fmnist_cs_bilevel.py \
         --workdir=runs/fmnist_cs_bilevel
 
-(once the integrator registers the ``cs_bilevel`` method, whose function is
-`tf_dessilbi.bilevel.cs.train_cs_bilevel`, and adds ``method`` and
-``bilevel`` (`tf_dessilbi.bilevel.cs.config_section`) to the base config).
+(method ``cs_bilevel``: `tf_dessilbi.bilevel.cs.train_cs_bilevel`; the
+tuned gated model, in ticket mode, is reported, shrunk where whole units
+went, and exported to ``<workdir>/export/1`` like a fit run's).
 Inner: training loss + Σ_l λ₀e^{x_l} Σσ(βs_l); outer: validation loss +
 ρ·max(0, d(s) − d_target)²; every tuner step is 9 SGD steps (lr 0.05,
 momentum 0.9, as fmnist_cs.py) on the weights and one MRBO step on the
@@ -42,7 +42,6 @@ def get_config():
     config.method = "cs_bilevel"
     config.gates.penalty = 1e-8  # λ₀, the strength at x_l = 0
     config.outputs.path = False
-    config.outputs.export = False
 
     # Bilevel solver (tf_dessilbi.bilevel): defaults of config_section().
     config.bilevel = config_section()

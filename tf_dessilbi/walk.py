@@ -136,3 +136,20 @@ def call_with_weight(layer, attribute: str, value, variable, inputs, training=No
         return layer.call(inputs, **kwargs)
     finally:
         object.__setattr__(layer, attribute, variable)
+
+
+def dead_layers(model) -> list:
+    """Names of the sparsifiable layers whose weight is all zero (their output ignores the input)."""
+    import numpy as np
+
+    return sorted({layer.name for layer, variable, _ in sparsifiable(model)
+                   if not np.any(keras.ops.convert_to_numpy(variable))})
+
+
+def non_finite_weights(model) -> list:
+    """Paths of the model's weights that hold a NaN or an infinity."""
+    import numpy as np
+
+    return [getattr(w, "path", w.name) for w in model.weights
+            if np.issubdtype(np.dtype(keras.backend.standardize_dtype(w.dtype)), np.floating)
+            and not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]

@@ -96,6 +96,12 @@ def selectable_layers(model: keras.Model, layers: Optional[Sequence[str]] = None
                     f"Layer {name!r} ({type(by_name[name]).__name__}) has no sparsifiable weight "
                     f"with output units to select. Producer layers: {sorted(producer_names)}"
                 )
+        outputs = sorted(set(layers) & _output_layer_names(model))
+        if outputs:
+            raise ValueError(
+                f"`layers` names the output layer(s) {outputs} of model {model.name!r}: their "
+                f"units are the model's outputs (class logits) and are never pruned. "
+                f"Received: layers={list(layers)!r}")
         chosen = [layer for layer in producers if layer.name in set(layers)]
     if not chosen:
         raise ValueError(

@@ -296,6 +296,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.method:
         _choice(config, "method", tuple(sorted(methods.METHODS)))
     _choice(config, "resume", (True, False))
+    from tf_dessilbi.training import method_fields
+
+    method_fields.check_sections(config)
     _choice(config, "outputs.allow_dead_export", (True, False))
     _choice(config, "outputs.shrink", ("auto", "always", "never"))
     _choice(config, "model.name", tuple(sorted(models_lib.MODELS)))
@@ -428,6 +431,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _number(config, "data.synthetic_train", 1, integer=True)
         _number(config, "data.synthetic_eval", 1, integer=True)
         _number(config, "data.synthetic_classes", 2, integer=True)
+    from tf_dessilbi.training import input_pipeline
+
+    for field in ("train_split", "eval_split"):
+        try:
+            input_pipeline.check_split(config.data[field], field)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if config.data.augment == "imagenet" and config.data.image_size < 1:
         _fail("data.image_size", config.data.image_size, ">= 1 with data.augment='imagenet'")
     if len(config.data.mean) != len(config.data.std):

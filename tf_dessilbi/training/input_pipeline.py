@@ -140,6 +140,43 @@ def synthetic_arrays(num: int, shape, num_classes: int, seed: int):
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
 
 
+_SLICE = re.compile(r"^[\w/.-]+(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
+
+
+def check_split(split, field: str) -> None:
+    """Refuses a split slice that is malformed, beyond 100 %, or selects nothing.
+
+    ``"test[5000:100]"`` (empty) and ``"test[:200%]"`` (clipped) are errors
+    naming ``config.data.<field>``; the sizes of the split itself are checked
+    when the data loads.
+
+    Raises:
+        ValueError: naming the field, the value and what is allowed.
+    """
+    allowed = ("a split name or a slice of one, 'name[start:stop]' in examples or "
+               "percents ('train[:50000]', 'test[:10%]'), start before stop, percents in "
+               "[-100, 100]")
+    if not isinstance(split, str) or not split.strip():
+        raise ValueError(f"config.data.{field}={split!r} is invalid: allowed {allowed}.")
+    for part in split.replace(" ", "").split("+"):  # TFDS' 'train+test'
+        _check_one_split(split, part, field, allowed)
+
+
+def _check_one_split(split, part, field, allowed):
+    match = _SLICE.match(part)
+    if not match:
+        raise ValueError(f"config.data.{field}={split!r} is invalid: allowed {allowed}.")
+    start, start_pct, stop, stop_pct = match.groups()
+    for text, pct in ((start, start_pct), (stop, stop_pct)):
+        if pct and text and abs(int(text)) > 100:
+            raise ValueError(f"config.data.{field}={split!r} is invalid: allowed {allowed}.")
+    if start and stop and start_pct == stop_pct:
+        a, b = int(start), int(stop)
+        if (a >= 0) == (b >= 0) and a >= b:
+            raise ValueError(f"config.data.{field}={split!r} selects no examples: allowed "
+                             f"{allowed}.")
+
+
 def local_split(arrays: dict, split: str, field: str):
     """``(x, y)`` of a local split: ``"train"``, ``"test"``, or a TFDS-style slice of one.
 
@@ -166,6 +203,9 @@ def local_split(arrays: dict, split: str, field: str):
         return int(round(value * num / 100)) if pct else value
 
     lo, hi = bound(start, start_pct, 0), bound(stop, stop_pct, num)
+    if len(x[lo:hi]) == 0:
+        raise ValueError(f"config.data.{field}={split!r} selects no examples of the {num} in "
+                         f"{name!r}.")
     return x[lo:hi], y[lo:hi]
 
 
