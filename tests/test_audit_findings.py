@@ -264,3 +264,37 @@ def test_nested_w_star_handles_restore_the_dense_weights_in_any_order(order):
         handle.restore()
     for a, b in zip(dense, _weights(model)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_auto_source_offline_without_local_files_names_the_local_files(monkeypatch):
+    from tf_dessilbi.training import input_pipeline
+
+    def offline(data_config, split):
+        raise ConnectionError("Failed to establish a new connection")
+
+    monkeypatch.setattr(input_pipeline, "_local_available", lambda name: False)
+    monkeypatch.setattr(input_pipeline, "_tfds", offline)
+    data = config_lib.base_config().data
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"source='auto': no local Fashion-MNIST files.*dataset-fashion-mnist"
+                             r".*ConnectionError"):
+        input_pipeline.get_datasets(data, 32)
+    data.source = "tfds"  # asked for TFDS: its own error
+    with pytest.raises(ConnectionError):
+        input_pipeline.get_datasets(data, 32)
+
+
+@pytest.mark.parametrize("call", ["sparsity_report", "export_saved_model", "joint_unit_groups",
+                                  "structures_for"])
+def test_a_non_model_argument_is_a_type_error_naming_the_function(call, tmp_path):
+    args = (str(tmp_path),) if call == "export_saved_model" else ()
+    with pytest.raises(TypeError, match=rf"{call}\(\) needs a keras.Model. Received: model=\("):
+        getattr(tfd, call)((_model(),), *args)
+
+
+def test_greedy_layers_must_be_names():
+    from tf_dessilbi.procedures import greedy
+
+    for bad in (3, "fc", ["fc", 3]):
+        with pytest.raises(TypeError, match="`layers` must be a sequence of layer names"):
+            greedy.selectable_layers(_model(), bad)

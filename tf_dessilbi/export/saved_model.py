@@ -191,6 +191,8 @@ def export_saved_model(
     """
     import tensorflow as tf
 
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"export_saved_model() needs a keras.Model. Received: model={model!r}")
     if not isinstance(export_dir, (str, os.PathLike)):
         raise TypeError(
             f"`export_dir` must be a path. Received: export_dir={export_dir!r}"

@@ -80,7 +80,10 @@ def selectable_layers(model: keras.Model, layers: Optional[Sequence[str]] = None
         outputs = _output_layer_names(model)
         chosen = [layer for layer in producers if layer.name not in outputs]
     else:
-        if isinstance(layers, str):
+        if isinstance(layers, str) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"`layers` must be a sequence of layer names. Received: layers={layers!r}")
+        layers = list(layers)
+        if not all(isinstance(name, str) for name in layers):
             raise TypeError(f"`layers` must be a sequence of layer names. Received: layers={layers!r}")
         by_name = {layer.name: layer for layer in walk.layers(model)}
         producer_names = {layer.name for layer in producers}

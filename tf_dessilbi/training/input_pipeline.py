@@ -204,7 +204,9 @@ def local_split(arrays: dict, split: str, field: str):
 
     lo, hi = bound(start, start_pct, 0), bound(stop, stop_pct, num)
     if len(x[lo:hi]) == 0:
-        raise ValueError(f"config.data.{field}={split!r} selects no examples of the {num} in "
+        from tf_dessilbi.training import config_lib
+
+        raise config_lib.ConfigError(f"config.data.{field}={split!r} selects no examples of the {num} in "
                          f"{name!r}.")
     return x[lo:hi], y[lo:hi]
 
@@ -312,8 +314,20 @@ def get_datasets(
         evals = tf.data.Dataset.from_tensor_slices((xe, ye))
         num_train, num_eval = len(xs), len(xe)
     else:
-        train, num_train, num_classes = _tfds(data_config, data_config.train_split)
-        evals, num_eval, _ = _tfds(data_config, data_config.eval_split)
+        try:
+            train, num_train, num_classes = _tfds(data_config, data_config.train_split)
+            evals, num_eval, _ = _tfds(data_config, data_config.eval_split)
+        except (OSError, ConnectionError) as err:
+            if name != "fashion_mnist" or data_config.source != "auto":
+                raise
+            from tf_dessilbi.training import config_lib
+            from tf_dessilbi.training import data as data_lib
+
+            raise config_lib.ConfigError(
+                f"config.data.source='auto': no local Fashion-MNIST files in "
+                f"{data_lib.resolve_source_dir()} ({', '.join(data_lib.FASHION_MNIST_FILES)}; "
+                f"`apt-get install dataset-fashion-mnist` or $TF_DESSILBI_FASHION_MNIST_DIR), "
+                f"and TFDS could not get it either: {type(err).__name__}: {err}") from err
     train, num_train = _limit(train, num_train, data_config.train_limit)
     evals, num_eval = _limit(evals, num_eval, data_config.eval_limit)
     if num_train < batch_size:
