@@ -244,8 +244,15 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
     import tf_dessilbi as tfd
 
     table, dead = "", []
+    report = None
     if model is not None:
         report = tfd.sparsity_report(model, optimizer)
+    elif isinstance(summary.get("sparsity"), dict) and summary["sparsity"].get("layers"):
+        # A run hook that keeps its model (imp, greedy) reports its sparsity as data.
+        from tf_dessilbi.sparsity import SparsityReport, SparsityRow
+
+        report = SparsityReport(SparsityRow(**row) for row in summary["sparsity"]["layers"])
+    if report is not None:
         table = str(report) if len(report) else ""
         dead = report.empty_layers
     summary["dead_layers"] = dead
