@@ -298,3 +298,18 @@ def test_greedy_layers_must_be_names():
     for bad in (3, "fc", ["fc", 3]):
         with pytest.raises(TypeError, match="`layers` must be a sequence of layer names"):
             greedy.selectable_layers(_model(), bad)
+
+
+def test_an_emptied_residual_branch_is_not_dead():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, name="stem")(inputs)
+    branch = keras.layers.Dense(4, name="branch")(h)
+    out = keras.layers.Dense(2, name="logits")(keras.layers.Add()([h, branch]))
+    model = keras.Model(inputs, out)
+    units = {"branch": np.zeros(4, bool)}
+    small = tfd.shrink(model, units)  # the skip connection still carries the input
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    assert not np.allclose(keras.ops.convert_to_numpy(small(x))[0],
+                           keras.ops.convert_to_numpy(small(x))[1])
+    with pytest.raises(ValueError, match="keeps no weight of layer\\(s\\) stem"):
+        tfd.shrink(model, {"stem": np.zeros(4, bool)})

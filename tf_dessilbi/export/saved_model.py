@@ -167,8 +167,9 @@ def export_saved_model(
         shrink_options: keyword arguments for `tf_dessilbi.shrink`
             (``round_to``, ``keep``, ``min_units``, ``fold_constants``).
             Defaults to None.
-        allow_dead: export even when a layer keeps no weight (its output no
-            longer depends on the input: constant logits). Defaults to `False`.
+        allow_dead: export even when emptied layers leave the model's outputs
+            independent of its inputs (constant logits; an emptied residual
+            branch is not dead). Defaults to `False`.
             Non-finite weights (a diverged run) are always refused.
 
     Returns:
@@ -244,7 +245,7 @@ def export_saved_model(
         raise ValueError(f"export_saved_model(): model {model.name!r} has non-finite weights "
                          f"({', '.join(bad)}): the run diverged; nothing was exported.")
     dead = walk.dead_layers(stripped)
-    if dead and not allow_dead:
+    if dead and not allow_dead and walk.output_is_constant(stripped):
         raise ValueError(
             f"export_saved_model(): layer(s) {', '.join(dead)} keep no weight, so the model's "
             f"outputs do not depend on its inputs; nothing was exported. Pass allow_dead=True "

@@ -72,10 +72,12 @@ def shrink(
         fold_constants: fold removed units' constant outputs into consumer
             biases. Defaults to `True`.
         return_report: also return a `ShrinkReport`. Defaults to `False`.
-        allow_dead: shrink even when the mask keeps no weight of a layer
-            (an all-False mask, the logits' included, or an empty supp Γ):
-            that network's outputs no longer depend on its inputs, so by
-            default it is refused. Defaults to `False`.
+        allow_dead: shrink even when the mask empties layers so that the
+            network's outputs no longer depend on its inputs (an all-False
+            mask of a layer in the chain or of the logits, an empty supp Γ);
+            by default that is refused. An emptied residual branch, whose
+            skip connection still carries the input, is not dead. Defaults
+            to `False`.
 
     Returns:
         The new model (Sequential for Sequential, Functional for Functional),
@@ -124,7 +126,7 @@ def shrink(
         raise ValueError(f"shrink(): model {model.name!r} has non-finite weights ({', '.join(bad)}): "
                          f"the run diverged; nothing to shrink.")
     dead = walk.dead_layers(working)
-    if dead and not allow_dead:
+    if dead and not allow_dead and walk.output_is_constant(working):
         raise ValueError(
             f"shrink(): the mask keeps no weight of layer(s) {', '.join(dead)}, so the network's "
             f"outputs would not depend on its inputs. Train longer or lower the sparsity "
