@@ -28,6 +28,7 @@ BACKEND_AGNOSTIC_TESTS = [
     "tests/test_sparse_gate.py",
     "tests/test_masks.py",
     "tests/test_masked.py",
+    "tests/test_pickle.py",
 ]
 
 

@@ -36,7 +36,9 @@ def _checkpoint_variables(version_dir):
 def test_saved_model_matches_keras_in_a_fresh_process(tmp_path):
     model, optimizer = _dessilbi_trained()
     x, _ = _data(n=5, seed=5)
-    path = tf_dessilbi.export_saved_model(model, tmp_path / "net", optimizer=optimizer)
+    # Eight steps leave "conv" outside supp Γ: a dead model, exported on purpose here.
+    path = tf_dessilbi.export_saved_model(model, tmp_path / "net", optimizer=optimizer,
+                                          allow_dead=True)
     assert path == str(tmp_path / "net" / "1")
     stripped = tf_dessilbi.strip(model, optimizer)
     expected = keras.ops.convert_to_numpy(stripped(x, training=False))
@@ -66,7 +68,8 @@ def test_saved_model_matches_keras_in_a_fresh_process(tmp_path):
 
 def test_saved_model_stores_each_weight_once(tmp_path):
     model, optimizer = _dessilbi_trained()
-    path = tf_dessilbi.export_saved_model(model, tmp_path, optimizer=optimizer)
+    path = tf_dessilbi.export_saved_model(model, tmp_path, optimizer=optimizer,
+                                          allow_dead=True)  # "conv" is outside supp Γ
     stored = _checkpoint_variables(path)
     expected = sorted(tuple(w.shape) for w in model.weights)
     assert sorted(shape for _, shape in stored) == expected

@@ -145,10 +145,13 @@ class DecisionTest(parameterized.TestCase):
 
     def test_all_empty_layer_keeps_min_units(self):
         model = self._mlp()
-        small, report = shrink(model, {"h": np.zeros(10, bool)}, min_units=2, return_report=True)
+        with self.assertRaisesRegex(ValueError, "keeps no weight of layer\\(s\\) h"):
+            shrink(model, {"h": np.zeros(10, bool)})  # a dead network: refused by default
+        small, report = shrink(model, {"h": np.zeros(10, bool)}, min_units=2, return_report=True,
+                               allow_dead=True)
         self.assertEqual(small.get_layer("h").units, 2)
         self.assertIn("min_units", report.row("h").note)
-        small1 = shrink(model, {"h": np.zeros(10, bool)})
+        small1 = shrink(model, {"h": np.zeros(10, bool)}, allow_dead=True)
         self.assertEqual(small1.get_layer("h").units, 1)
         ref.assert_close(
             small1, ref.sparse_model(model, {"h": np.zeros(10, bool)}), ref.inputs_for(model)

@@ -228,7 +228,12 @@ class OptimizerSupport:
         weights, units = {}, {}
         for layer, variable, _, structure in self.coupled(model):
             key = weight_key(layer, variable)
-            weights[key] = np.asarray(keras.ops.convert_to_numpy(self.optimizer.support(variable)), bool)
+            gamma = keras.ops.convert_to_numpy(self.optimizer.gamma(variable))
+            if not np.all(np.isfinite(gamma)):
+                raise ValueError(
+                    f"Γ of layer {layer.name!r} holds NaN/inf (the run diverged): it has no "
+                    f"support to report, strip or shrink.")
+            weights[key] = gamma != 0
             if structure in ("filter", "neuron"):
                 units[layer.name] = unit_mask_of(weights[key], (-1,))
         return Mask(weights, units)

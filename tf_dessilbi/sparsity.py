@@ -152,6 +152,8 @@ def sparsity_report(model: keras.Model, optimizer=None, source=None) -> Sparsity
         A `SparsityReport` (``str(report)`` is a table; ``report.to_dict()``
         plain data).
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"sparsity_report() needs a keras.Model. Received: model={model!r}")
     if optimizer is None:
         candidate = masks_lib.unwrap_optimizer(getattr(model, "optimizer", None))
         if hasattr(candidate, "support") and getattr(candidate, "built", False):

@@ -136,3 +136,46 @@ def call_with_weight(layer, attribute: str, value, variable, inputs, training=No
         return layer.call(inputs, **kwargs)
     finally:
         object.__setattr__(layer, attribute, variable)
+
+
+def dead_layers(model) -> list:
+    """Names of the sparsifiable layers whose weight is all zero (their output ignores the input)."""
+    import numpy as np
+
+    return sorted({layer.name for layer, variable, _ in sparsifiable(model)
+                   if not np.any(keras.ops.convert_to_numpy(variable))})
+
+
+def non_finite_weights(model) -> list:
+    """Paths of the model's weights that hold a NaN or an infinity."""
+    import numpy as np
+
+    return [getattr(w, "path", w.name) for w in model.weights
+            if np.issubdtype(np.dtype(keras.backend.standardize_dtype(w.dtype)), np.floating)
+            and not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
+
+
+def output_is_constant(model, seed: int = 0) -> bool:
+    """True when the model gives the same outputs for different random inputs (a dead network).
+
+    An empty residual branch leaves the output depending on the input through
+    the skip connection, so only a network cut everywhere counts.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for tensor in model.inputs:
+        shape = (3,) + tuple(8 if d is None else int(d) for d in tensor.shape[1:])
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if "int" in dtype:
+            inputs.append(rng.integers(0, 2, shape).astype(dtype))
+        else:
+            inputs.append(rng.standard_normal(shape).astype(dtype))
+    outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
+    for out in (outputs if isinstance(outputs, (list, tuple)) else
+                outputs.values() if isinstance(outputs, dict) else [outputs]):
+        out = np.asarray(keras.ops.convert_to_numpy(out), np.float64)
+        if not np.allclose(out, out[:1], rtol=1e-6, atol=1e-7 * (1.0 + np.max(np.abs(out)))):
+            return False
+    return True

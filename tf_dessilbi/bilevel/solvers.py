@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dessilbi import _validate
 from tf_dessilbi.bilevel import hypergrad
 from tf_dessilbi.bilevel import oracles
 from tf_dessilbi.bilevel.problem import BilevelProblem
@@ -138,7 +139,7 @@ class BilevelSolver:
         self.x = _tf_variables("x", x)
         self.y = _tf_variables("y", y)
         self.counter = oracles.OracleCounter()
-        self.use_tf_function = bool(use_tf_function)
+        self.use_tf_function = _validate.boolean("use_tf_function", use_tf_function)
         self.jit_compile = jit_compile
         self.iterations = 0
         self._all_zero = True

@@ -239,7 +239,7 @@ class BilevelTuner:
         )
 
 
-def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
+def train_cs_bilevel(config, workdir: str, data, strategy=None, return_model: bool = False) -> dict:
     """The ``cs_bilevel`` method: per-layer CS penalties tuned by a bilevel solver.
 
     Args:
@@ -252,6 +252,9 @@ def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
             for the reported accuracy.
         strategy: a single-replica `tf.distribute` strategy (or `None`);
             the bilevel steps are not distributed.
+        return_model: also return the tuned gated model (in ticket mode)
+            under ``"model"``, as the CLI's ``run`` hooks do (it then
+            reports, shrinks and exports it). Defaults to `False`.
 
     Returns:
         The summary: eval accuracy of the soft model and of the ticket (hard
@@ -260,6 +263,8 @@ def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
     Raises:
         ValueError: a strategy with more than one replica.
     """
+    if not isinstance(return_model, bool):
+        raise TypeError(f"`return_model` must be a bool. Received: return_model={return_model!r}")
     from tf_dessilbi.gates.gating import gate_model
     from tf_dessilbi.gates.gating import set_ticket_mode
     from tf_dessilbi import models as models_lib
@@ -321,4 +326,6 @@ def train_cs_bilevel(config, workdir: str, data, strategy=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if return_model:
+        summary["model"] = model
     return summary

@@ -28,7 +28,6 @@ def get_config():
     config.method = "cs_bilevel"
     config.gates.penalty = 1e-8  # λ₀, the strength at x_l = 0
     config.outputs.path = False
-    config.outputs.export = False
 
     # Bilevel solver (tf_dessilbi.bilevel): defaults of config_section().
     config.bilevel = config_section()

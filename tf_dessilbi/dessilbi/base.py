@@ -359,7 +359,7 @@ class DessiLBIMixin:
         Any other length is returned unchanged (and the caller's own check
         reports a mismatch).
         """
-        coupled = sum(v is not None for v in self._vs)
+        coupled = sum(v is not None for v in getattr(self, "_vs", ()))
         expected = len(self.variables)
         if coupled == 0 or len(values) != expected + coupled:
             return values

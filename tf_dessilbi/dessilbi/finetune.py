@@ -71,6 +71,7 @@ from keras import ops
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import group_support
+from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.dessilbi.support_units import (  # noqa: F401  (re-exported: finetune.trim_units, ...)
     check_layer_units, empty_coupled_layers, group_kernels, group_units, parse_layer_units,
@@ -250,10 +251,21 @@ class WStarFinetune(keras.callbacks.Callback):
                 refuse_joint(optimizer, "round_to")
             if not group_kernels(optimizer, self.model):
                 raise ValueError(_NO_GROUPS)
-        if ((self.units_fraction is not None or self.dependency_groups)
-                and getattr(optimizer, "built", False)
-                and support_unit_fraction(optimizer) is None):
-            raise ValueError(_NO_GROUPS)
+        if self.units_fraction is not None or self.dependency_groups:
+            if getattr(optimizer, "built", False):
+                no_groups = support_unit_fraction(optimizer) is None
+            else:  # fit builds it at the first step: check the structures now, not steps later
+                structures = optimizer._resolve_structures(self.model.trainable_variables)
+                no_groups = not any(s in GROUP_STRUCTURES for s in structures)
+            if no_groups:
+                raise ValueError(_NO_GROUPS)
+        epochs = (self.params or {}).get("epochs")
+        if (self.start_epoch is not None and epochs is not None and self.start_epoch >= epochs):
+            message = (f"WStarFinetune(start_epoch={self.start_epoch}) never starts in a fit of "
+                       f"epochs={epochs} (epochs are counted from 0: start_epoch <= {epochs - 1})")
+            if self.units_fraction is None and self.weights_fraction is None:
+                raise ValueError(message + ".")
+            warnings.warn(message + "; only its units/weights fraction can start it.", stacklevel=2)
         self._groups = (groups_lib.unit_groups(self.model)
                         if self.dependency_groups else None)
 

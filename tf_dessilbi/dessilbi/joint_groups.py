@@ -32,6 +32,7 @@ import numbers
 from typing import Iterable, Optional
 
 import numpy as np
+import keras
 from keras import ops
 
 from tf_dessilbi import walk
@@ -55,6 +56,8 @@ def joint_unit_groups(model, keep: Iterable[str] = ()) -> list:
     Raises:
         TypeError, ValueError: as `tf_dessilbi.shrink.unit_groups`.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"joint_unit_groups() needs a keras.Model. Received: model={model!r}")
     from tf_dessilbi.dependency import groups as groups_lib
 
     paths = {layer.name: variable.path for layer, variable, _ in walk.sparsifiable(model)}

@@ -41,7 +41,14 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
 
     κ, μ and λ are non-trainable variables like the learning rate: assigning
     ``optimizer.kappa = 2.0`` (e.g. from a callback) takes effect in the
-    compiled train step without retracing.
+    compiled train step without retracing. Since only V is kept, Γ is always
+    κ·prox_λ(V) with the κ and λ of *now*: a κ or λ assigned between steps k−1
+    and k changes Γ_k at once (`gamma`, `support`, W*) and so the coupling
+    term of step k, whereas the paper's iteration (and release 0.1, which
+    stored Γ) would still use Γ_k = κ_old·prox_{λ_old}(V_k) in step k and
+    apply the new value from Γ_{k+1} on. With constant κ, λ the two are the
+    same; μ enters the step itself and agrees in both
+    (tests/test_dessilbi.py, ``..._changed_mid_run_...``).
 
     Args:
         learning_rate: step α: a float, a
@@ -191,6 +198,9 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         resolved = self._resolve_structures(variables)
         super().build(variables)
         self._build_dessilbi(variables, resolved)
+        deferred, self._deferred_state = getattr(self, "_deferred_state", None), None
+        if deferred is not None:  # the state of a pickled built optimizer (`load_own_variables`)
+            self.load_own_variables(deferred)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # Joint coupling reads V_k of every member: computed once, before the
@@ -218,8 +228,17 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
         ]
 
     def load_own_variables(self, store):
-        """Loads a `.keras` / `.weights.h5` state, also one saved when Γ was a slot."""
-        values = self._drop_stored_gammas([store[str(i)] for i in range(len(store.keys()))])
+        """Loads a `.keras` / `.weights.h5` state, also one saved when Γ was a slot.
+
+        An unbuilt optimizer given the state of a built one (``pickle`` of a
+        trained optimizer alone: Keras rebuilds it from its config) keeps that
+        state and loads it when it is built on the model's variables.
+        """
+        values = [store[str(i)] for i in range(len(store.keys()))]
+        if not self.built and len(values) > len(self.variables):
+            self._deferred_state = {str(i): value for i, value in enumerate(values)}
+            return
+        values = self._drop_stored_gammas(values)
         super().load_own_variables({str(i): value for i, value in enumerate(values)})
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):

@@ -194,6 +194,8 @@ def structures_for(model: keras.Model) -> dict:
         A dict usable as ``DessiLBI(structure=...)``; its keys are escaped
         exact-match regexes.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"structures_for() needs a keras.Model. Received: model={model!r}")
     if not model.built:
         raise ValueError(
             f"structures_for() needs a built model; build or call "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 from keras import ops
@@ -11,6 +13,9 @@ from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import registry
 from tf_dessilbi import walk
 from tf_dessilbi.masks import unwrap_optimizer
+
+
+_ACTIVE = []  # weak references to the `WStar` handles not restored yet, oldest first
 
 
 class WStar:
@@ -24,9 +29,23 @@ class WStar:
         self.restored = False
 
     def restore(self):
-        """Puts back the dense W (and biases) saved by `apply_w_star`."""
+        """Puts back the dense W (and biases) saved by `apply_w_star`.
+
+        Order-proof for nested handles: restoring a handle also retires the
+        handles taken after it on the same variables (they saved W*, not
+        the dense W), so whichever order they are restored in, the model
+        ends at the dense W the first handle saved.
+        """
         if self.restored:
             return
+        mine = {id(variable) for variable, _ in self._saved}
+        live = [h for h in (ref() for ref in _ACTIVE) if h is not None and not h.restored]
+        if self in live:
+            for later in live[live.index(self) + 1:]:
+                if mine & {id(variable) for variable, _ in later._saved}:
+                    later.restored = True
+        _ACTIVE[:] = [ref for ref in _ACTIVE if ref() is not None and ref() is not self
+                      and not ref().restored]
         for variable, value in self._saved:
             variable.assign(value)
         self.restored = True
@@ -142,6 +161,7 @@ def w_star_masks(model: keras.Model, optimizer, prune_bias: bool = True) -> list
 def w_star_updates(model: keras.Model, optimizer, prune_bias: bool = True) -> list:
     """``[(variable, old value, W* value)]`` as NumPy, computed without assigning anything
     (all or nothing for the callers); see `w_star_targets` for what is written."""
+    prune_bias = _validate.boolean("prune_bias", prune_bias)
     targets = w_star_targets(model, optimizer, prune_bias)
     return [(variable, ops.convert_to_numpy(variable), ops.convert_to_numpy(new))
             for variable, new in w_star_values(targets, optimizer)]
@@ -181,4 +201,6 @@ def apply_w_star(model: keras.Model, optimizer, prune_bias: bool = True) -> WSta
     for variable, old, new in updates:
         variable.assign(new)
         saved.append((variable, old))
-    return WStar(saved)
+    handle = WStar(saved)
+    _ACTIVE.append(weakref.ref(handle))
+    return handle

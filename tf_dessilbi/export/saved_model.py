@@ -29,6 +29,7 @@ from absl import logging
 
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
+from tf_dessilbi import walk
 from tf_dessilbi.export.strip import strip
 
 SERVING_SIGNATURE = "serving_default"
@@ -123,6 +124,7 @@ def export_saved_model(
     preprocessing: Optional[Callable] = None,
     shrink: bool = False,
     shrink_options: Optional[dict] = None,
+    allow_dead: bool = False,
 ) -> str:
     """Writes the stripped model as ``<export_dir>/<version>/``, a SavedModel.
 
@@ -165,6 +167,10 @@ def export_saved_model(
         shrink_options: keyword arguments for `tf_dessilbi.shrink`
             (``round_to``, ``keep``, ``min_units``, ``fold_constants``).
             Defaults to None.
+        allow_dead: export even when emptied layers leave the model's outputs
+            independent of its inputs (constant logits; an emptied residual
+            branch is not dead). Defaults to `False`.
+            Non-finite weights (a diverged run) are always refused.
 
     Returns:
         The path of the version directory written.
@@ -173,7 +179,8 @@ def export_saved_model(
         TypeError: a wrong argument type.
         ValueError: the version directory exists and is not empty while
             ``overwrite=False``, `export_dir` is a file, or `model` cannot be
-            stripped (see `strip`).
+            stripped (see `strip`), it has non-finite weights, or a layer
+            keeps no weight (without ``allow_dead=True``). Nothing is written.
 
     Example:
 
@@ -185,12 +192,16 @@ def export_saved_model(
     """
     import tensorflow as tf
 
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"export_saved_model() needs a keras.Model. Received: model={model!r}")
     if not isinstance(export_dir, (str, os.PathLike)):
         raise TypeError(
             f"`export_dir` must be a path. Received: export_dir={export_dir!r}"
         )
     overwrite = _validate.boolean("overwrite", overwrite)
     shrink = _validate.boolean("shrink", shrink)
+    allow_dead = _validate.boolean("allow_dead", allow_dead)
+    prune_bias = _validate.boolean("prune_bias", prune_bias)
     if shrink_options is not None and (not shrink or not isinstance(shrink_options, dict)):
         raise ValueError(
             "`shrink_options` must be a dict and goes with shrink=True. "
@@ -225,9 +236,20 @@ def export_saved_model(
     if shrink:
         from tf_dessilbi.shrink import shrink as shrink_fn
 
-        stripped = shrink_fn(model, optimizer=optimizer, **(shrink_options or {}))
+        stripped = shrink_fn(model, optimizer=optimizer, **{"allow_dead": allow_dead,
+                                                               **(shrink_options or {})})
     else:
         stripped = strip(model, optimizer, prune_bias=prune_bias)
+    bad = walk.non_finite_weights(stripped)
+    if bad:
+        raise ValueError(f"export_saved_model(): model {model.name!r} has non-finite weights "
+                         f"({', '.join(bad)}): the run diverged; nothing was exported.")
+    dead = walk.dead_layers(stripped)
+    if dead and not allow_dead and walk.output_is_constant(stripped):
+        raise ValueError(
+            f"export_saved_model(): layer(s) {', '.join(dead)} keep no weight, so the model's "
+            f"outputs do not depend on its inputs; nothing was exported. Pass allow_dead=True "
+            f"to export it anyway.")
     module, concrete = _serving_module(stripped, preprocessing)
 
     os.makedirs(export_dir, exist_ok=True)

@@ -80,7 +80,10 @@ def selectable_layers(model: keras.Model, layers: Optional[Sequence[str]] = None
         outputs = _output_layer_names(model)
         chosen = [layer for layer in producers if layer.name not in outputs]
     else:
-        if isinstance(layers, str):
+        if isinstance(layers, str) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"`layers` must be a sequence of layer names. Received: layers={layers!r}")
+        layers = list(layers)
+        if not all(isinstance(name, str) for name in layers):
             raise TypeError(f"`layers` must be a sequence of layer names. Received: layers={layers!r}")
         by_name = {layer.name: layer for layer in walk.layers(model)}
         producer_names = {layer.name for layer in producers}
@@ -96,6 +99,12 @@ def selectable_layers(model: keras.Model, layers: Optional[Sequence[str]] = None
                     f"Layer {name!r} ({type(by_name[name]).__name__}) has no sparsifiable weight "
                     f"with output units to select. Producer layers: {sorted(producer_names)}"
                 )
+        outputs = sorted(set(layers) & _output_layer_names(model))
+        if outputs:
+            raise ValueError(
+                f"`layers` names the output layer(s) {outputs} of model {model.name!r}: their "
+                f"units are the model's outputs (class logits) and are never pruned. "
+                f"Received: layers={list(layers)!r}")
         chosen = [layer for layer in producers if layer.name in set(layers)]
     if not chosen:
         raise ValueError(

@@ -29,6 +29,7 @@ def shrink(
     min_units: int = 1,
     fold_constants: bool = True,
     return_report: bool = False,
+    allow_dead: bool = False,
 ):
     """A smaller plain Keras model: the sparse model without its removed units.
 
@@ -71,6 +72,12 @@ def shrink(
         fold_constants: fold removed units' constant outputs into consumer
             biases. Defaults to `True`.
         return_report: also return a `ShrinkReport`. Defaults to `False`.
+        allow_dead: shrink even when the mask empties layers so that the
+            network's outputs no longer depend on its inputs (an all-False
+            mask of a layer in the chain or of the logits, an empty supp Γ);
+            by default that is refused. An emptied residual branch, whose
+            skip connection still carries the input, is not dead. Defaults
+            to `False`.
 
     Returns:
         The new model (Sequential for Sequential, Functional for Functional),
@@ -80,7 +87,9 @@ def shrink(
         TypeError: a wrong argument type, or a subclassed model.
         ValueError: a layer shrink cannot reason about (named, with its class
             and the supported ones), a mask for an unknown layer or of the
-            wrong length, or a bad argument. Nothing is modified.
+            wrong length, or a bad argument; a layer the mask empties
+            (without ``allow_dead=True``); non-finite weights or Γ. Nothing
+            is modified.
 
     Example:
 
@@ -96,6 +105,7 @@ def shrink(
     min_units = _validate.positive_int("min_units", min_units)
     fold_constants = _validate.boolean("fold_constants", fold_constants)
     return_report = _validate.boolean("return_report", return_report)
+    allow_dead = _validate.boolean("allow_dead", allow_dead)
     if isinstance(keep, str):
         keep = (keep,)
     try:
@@ -111,6 +121,16 @@ def shrink(
     for _, variable, weight_mask in masks_lib.apply_to(mask, working):
         value = keras.ops.convert_to_numpy(variable)
         variable.assign(np.where(weight_mask, value, np.zeros_like(value)))
+    bad = walk.non_finite_weights(working)
+    if bad:
+        raise ValueError(f"shrink(): model {model.name!r} has non-finite weights ({', '.join(bad)}): "
+                         f"the run diverged; nothing to shrink.")
+    dead = walk.dead_layers(working)
+    if dead and not allow_dead and walk.output_is_constant(working):
+        raise ValueError(
+            f"shrink(): the mask keeps no weight of layer(s) {', '.join(dead)}, so the network's "
+            f"outputs would not depend on its inputs. Train longer or lower the sparsity "
+            f"pressure; pass allow_dead=True to shrink it anyway.")
     graph = graph_lib.Graph(working, keep)
     weights = {key: handlers_lib.weights_of(info.layer) for key, info in graph.infos.items()}
 

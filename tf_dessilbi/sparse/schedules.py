@@ -108,6 +108,12 @@ class PolynomialDecay(PruningSchedule):
                  end_step: int = 1000, power: float = 3.0, frequency: int = 100):
         self.initial_sparsity = _validate.fraction("initial_sparsity", initial_sparsity)
         self.final_sparsity = _validate.fraction("final_sparsity", final_sparsity)
+        if self.initial_sparsity > self.final_sparsity:
+            # Masks only ever remove weights: a decreasing target would never be reached.
+            raise ValueError(
+                "`initial_sparsity` must be <= `final_sparsity` (pruning never regrows "
+                f"weights). Received: initial_sparsity={initial_sparsity}, "
+                f"final_sparsity={final_sparsity}")
         self.power = _validate.positive("power", power)
         super().__init__(begin_step, end_step, frequency, allow_open_end=False)
 

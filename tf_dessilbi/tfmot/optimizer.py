@@ -137,6 +137,23 @@ def dessilbi_class():
             super().build(var_list)
             self._build_dessilbi(var_list, resolved)
             self._built = True
+            deferred, self._deferred_state = getattr(self, "_deferred_state", None), None
+            if deferred is not None:  # the state of a pickled built optimizer (`__reduce__`)
+                if len(deferred) != len(self.variables):
+                    raise ValueError(
+                        f"The pickled DessiLBI state holds {len(deferred)} variables; built on "
+                        f"these variables it has {len(self.variables)}: build it on the "
+                        f"variables of the model it was pickled with.")
+                for variable, value in zip(self.variables, deferred):
+                    variable.assign(value)
+
+        def __reduce__(self):
+            # tf_keras optimizers do not pickle (weak references); this one
+            # pickles as its config plus, once built, its variables' values,
+            # loaded when the unpickled optimizer is built on the same model.
+            state = ([v.numpy() for v in self.variables] if getattr(self, "_built", False)
+                     else None)
+            return _unpickle, (self.get_config(), state)
 
         def update_step(self, gradient, variable):
             """One DessiLBI step for `variable` (maths in `slbi.step`)."""
@@ -152,3 +169,10 @@ def dessilbi_class():
     DessiLBI.__qualname__ = "DessiLBI"
     DessiLBI.__module__ = "tf_dessilbi.tfmot"
     return DessiLBI
+
+
+def _unpickle(config, state):
+    """A tf_keras `DessiLBI` from `__reduce__`'s config and (deferred) state."""
+    optimizer = dessilbi_class().from_config(config)
+    optimizer._deferred_state = state
+    return optimizer

@@ -104,6 +104,9 @@ def restore(model, directory: str) -> tuple:
         try:
             with open(meta_path) as f:
                 meta = json.load(f)
+            if meta.get("epoch") != epoch:
+                raise ValueError(f"it says epoch {meta.get('epoch')!r} but is named for epoch "
+                                 f"{epoch}: the marker was changed")
             weights = os.path.join(directory, meta["weights"])
             if os.path.getsize(weights) != meta["size"] or _sha256(weights) != meta["sha256"]:
                 raise ValueError(f"{weights} does not match its checksum (truncated or changed)")

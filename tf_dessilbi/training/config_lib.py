@@ -10,10 +10,14 @@ raise a `ValueError` naming the field, the value and what is allowed.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 
 import ml_collections
+
+from tf_dessilbi.training.config_checks import ConfigError  # noqa: F401  (re-exported)
+from tf_dessilbi.training.config_checks import choice as _choice
+from tf_dessilbi.training.config_checks import fail as _fail
+from tf_dessilbi.training.config_checks import number as _number
 
 OPTIMIZERS = ("sgd", "dessilbi")
 SCHEDULES = ("constant", "cosine", "piecewise", "step")
@@ -188,14 +192,6 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-class ConfigError(ValueError):
-    """An invalid training config (the message names the field)."""
-
-
-def _fail(field, value, allowed):
-    raise ConfigError(f"config.{field}={value!r} is invalid: allowed {allowed}.")
-
-
 def _check_start_widths(config, field, off, verb, conflicts, note=""):
     """A setting that acts on supp Γ's widths when the fine-tune starts (``finetune_layer_units``,
     ``finetune_round_to``): it needs a fine-tune and filters/neurons, and none of ``conflicts``."""
@@ -261,34 +257,6 @@ def _check_keys(config, schema, prefix=""):
                 _check_keys(config[key], schema[key], field + ".")
 
 
-def _number(config, field, low=None, high=None, low_open=False, integer=False):
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (not integer or float(value).is_integer())
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        bound = ""
-        if low is not None:
-            bound += f" {'>' if low_open else '>='} {low}"
-        if high is not None:
-            bound += f"{' and' if bound else ''} < {high}"
-        _fail(field, value, kind + bound)
-
-
-def _choice(config, field, choices):
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    if value not in choices:
-        _fail(field, value, f"one of {choices}")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks a training config; raises `ValueError` naming the bad field.
 
@@ -302,6 +270,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.method:
         _choice(config, "method", tuple(sorted(methods.METHODS)))
     _choice(config, "resume", (True, False))
+    from tf_dessilbi.training import method_fields
+
+    method_fields.check_sections(config)
     _choice(config, "outputs.allow_dead_export", (True, False))
     _choice(config, "outputs.shrink", ("auto", "always", "never"))
     _choice(config, "model.name", tuple(sorted(models_lib.MODELS)))
@@ -435,6 +406,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _number(config, "data.synthetic_train", 1, integer=True)
         _number(config, "data.synthetic_eval", 1, integer=True)
         _number(config, "data.synthetic_classes", 2, integer=True)
+    from tf_dessilbi.training import input_pipeline
+
+    for field in ("train_split", "eval_split"):
+        try:
+            input_pipeline.check_split(config.data[field], field)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if config.data.augment == "imagenet" and config.data.image_size < 1:
         _fail("data.image_size", config.data.image_size, ">= 1 with data.augment='imagenet'")
     if len(config.data.mean) != len(config.data.std):

@@ -32,6 +32,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from tf_dessilbi.training.config_checks import ConfigError
+
 AUGMENTATIONS = ("none", "cifar", "imagenet")
 SOURCES = ("auto", "local", "tfds")
 
@@ -140,6 +142,43 @@ def synthetic_arrays(num: int, shape, num_classes: int, seed: int):
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
 
 
+_SLICE = re.compile(r"^[\w/.-]+(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
+
+
+def check_split(split, field: str) -> None:
+    """Refuses a split slice that is malformed, beyond 100 %, or selects nothing.
+
+    ``"test[5000:100]"`` (empty) and ``"test[:200%]"`` (clipped) are errors
+    naming ``config.data.<field>``; the sizes of the split itself are checked
+    when the data loads.
+
+    Raises:
+        ValueError: naming the field, the value and what is allowed.
+    """
+    allowed = ("a split name or a slice of one, 'name[start:stop]' in examples or "
+               "percents ('train[:50000]', 'test[:10%]'), start before stop, percents in "
+               "[-100, 100]")
+    if not isinstance(split, str) or not split.strip():
+        raise ValueError(f"config.data.{field}={split!r} is invalid: allowed {allowed}.")
+    for part in split.replace(" ", "").split("+"):  # TFDS' 'train+test'
+        _check_one_split(split, part, field, allowed)
+
+
+def _check_one_split(split, part, field, allowed):
+    match = _SLICE.match(part)
+    if not match:
+        raise ValueError(f"config.data.{field}={split!r} is invalid: allowed {allowed}.")
+    start, start_pct, stop, stop_pct = match.groups()
+    for text, pct in ((start, start_pct), (stop, stop_pct)):
+        if pct and text and abs(int(text)) > 100:
+            raise ValueError(f"config.data.{field}={split!r} is invalid: allowed {allowed}.")
+    if start and stop and start_pct == stop_pct:
+        a, b = int(start), int(stop)
+        if (a >= 0) == (b >= 0) and a >= b:
+            raise ValueError(f"config.data.{field}={split!r} selects no examples: allowed "
+                             f"{allowed}.")
+
+
 def local_split(arrays: dict, split: str, field: str):
     """``(x, y)`` of a local split: ``"train"``, ``"test"``, or a TFDS-style slice of one.
 
@@ -166,6 +205,9 @@ def local_split(arrays: dict, split: str, field: str):
         return int(round(value * num / 100)) if pct else value
 
     lo, hi = bound(start, start_pct, 0), bound(stop, stop_pct, num)
+    if len(x[lo:hi]) == 0:
+        raise ConfigError(f"config.data.{field}={split!r} selects no examples of the {num} in "
+                         f"{name!r}.")
     return x[lo:hi], y[lo:hi]
 
 
@@ -272,8 +314,19 @@ def get_datasets(
         evals = tf.data.Dataset.from_tensor_slices((xe, ye))
         num_train, num_eval = len(xs), len(xe)
     else:
-        train, num_train, num_classes = _tfds(data_config, data_config.train_split)
-        evals, num_eval, _ = _tfds(data_config, data_config.eval_split)
+        try:
+            train, num_train, num_classes = _tfds(data_config, data_config.train_split)
+            evals, num_eval, _ = _tfds(data_config, data_config.eval_split)
+        except (OSError, ConnectionError) as err:
+            if name != "fashion_mnist" or data_config.source != "auto":
+                raise
+            from tf_dessilbi.training import data as data_lib
+
+            raise ConfigError(
+                f"config.data.source='auto': no local Fashion-MNIST files in "
+                f"{data_lib.resolve_source_dir()} ({', '.join(data_lib.FASHION_MNIST_FILES)}; "
+                f"`apt-get install dataset-fashion-mnist` or $TF_DESSILBI_FASHION_MNIST_DIR), "
+                f"and TFDS could not get it either: {type(err).__name__}: {err}") from err
     train, num_train = _limit(train, num_train, data_config.train_limit)
     evals, num_eval = _limit(evals, num_eval, data_config.eval_limit)
     if num_train < batch_size:

@@ -205,7 +205,7 @@ METHODS: Dict[str, Method] = {
 def _cs_bilevel_run(config, workdir, data, strategy) -> dict:
     from tf_dessilbi.bilevel.tuner import train_cs_bilevel
 
-    return train_cs_bilevel(config, workdir, data, strategy)
+    return train_cs_bilevel(config, workdir, data, strategy, return_model=True)
 
 
 METHODS["cs_bilevel"] = Method(run=_cs_bilevel_run, description="CS with per-layer penalties tuned by MRBO/VRBO")

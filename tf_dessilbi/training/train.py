@@ -125,6 +125,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if method.run is not None:
             summary = method.run(config, workdir, data, strategy)
             model, optimizer = summary.pop("model", None), None
+            if model is not None and not isinstance(model, keras.Model):
+                raise TypeError(
+                    f"method {methods_lib.method_name(config)!r}: its run hook must return the "
+                    f"final keras.Model under summary['model'] (or no such entry). Received: "
+                    f"{type(model).__name__} {model!r}")
         else:
             summary, model, optimizer = _fit(config, workdir, strategy, chief, data,
                                              steps_per_epoch, method)
@@ -257,8 +262,15 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
     from tf_dessilbi.sparsity import sparsity_report
 
     table, dead = "", []
+    report = None
     if model is not None:
         report = sparsity_report(model, optimizer)
+    elif isinstance(summary.get("sparsity"), dict) and summary["sparsity"].get("layers"):
+        # A run hook that keeps its model (imp, greedy) reports its sparsity as data.
+        from tf_dessilbi.sparsity import SparsityReport, SparsityRow
+
+        report = SparsityReport(SparsityRow(**row) for row in summary["sparsity"]["layers"])
+    if report is not None:
         table = str(report) if len(report) else ""
         dead = report.empty_layers
     summary["dead_layers"] = dead
@@ -290,7 +302,7 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
             exported, opt = (shrunk[0], None) if shrunk is not None else (model, _support_optimizer(optimizer))
             summary["export_dir"] = os.path.abspath(export_saved_model(
                 exported, os.path.join(workdir, "export"), version=config.outputs.export_version,
-                overwrite=True, optimizer=opt,
+                overwrite=True, optimizer=opt, allow_dead=bool(dead),
             ))
     png = os.path.join(workdir, "path.png")
     if chief and config.outputs.path and os.path.exists(png):
