@@ -94,9 +94,6 @@ def _plain_model(model, optimizer, source, shrink, shrink_options, prune_bias):
         from tf_dessilbi.shrink import shrink as shrink_fn
 
         return shrink_fn(model, source, optimizer=optimizer, **(shrink_options or {}))
-    if source is not None:
-        raise ValueError("`source` is used with shrink=True (strip takes the model's own masks "
-                         "and `optimizer`). Received: shrink=False, source=" + repr(source))
     return strip(model, optimizer, prune_bias=prune_bias)
 
 
@@ -236,6 +233,9 @@ def export_model(
     shrink = _validate.boolean("shrink", shrink)
     allow_dead = _validate.boolean("allow_dead", allow_dead)
     overwrite = _validate.boolean("overwrite", overwrite)
+    if source is not None and not shrink:
+        raise ValueError("`source` is used with shrink=True (strip takes the model's own masks "
+                         "and `optimizer`). Received: shrink=False, source=" + repr(source))
     convert.require(format)
     path = os.fspath(path)
     if format != "saved_model":
