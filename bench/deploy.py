@@ -182,7 +182,8 @@ def _onnx_session(path):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def measure(model_name: str, trained: dict, seed: int = 0, blocks: int = 7, work=None) -> dict:
+def measure(model_name: str, trained: dict, seed: int = 0, blocks: int = 7, work=None,
+            allow_dead: bool = False) -> dict:
     """Exports every row of one network, checks each file on the test set, times them side by side."""
     import keras
 
@@ -206,7 +207,7 @@ def measure(model_name: str, trained: dict, seed: int = 0, blocks: int = 7, work
             path = os.path.join(work, f"{kind}_{quantize or 'float32'}{convert.SUFFIX[fmt]}")
             out = tfd.export_model(models[kind], path, format=fmt, quantize=quantize,
                                    representative_data=representative if quantize == "int8" else None,
-                                   eval_data=(x_test, y_test))
+                                   eval_data=(x_test, y_test), allow_dead=allow_dead)
             entry[fmt] = {"quantize": quantize, "bytes": out.size_bytes, **out.check.to_dict()}
             files[(row, fmt)] = path
             _log(f"{model_name} {row} {fmt}: {out.size_bytes} B, accuracy {out.check.accuracy:.4f}")
@@ -342,7 +343,7 @@ def main(argv=None):
 
     results = {"command": "python -m bench.deploy " + " ".join(sys.argv[1:] if argv is None else argv),
                "machine": _machine(),
-               "networks": [measure(m, trained[m], args.seed) for m in args.models]}
+               "networks": [measure(m, trained[m], args.seed, allow_dead=bool(args.limit)) for m in args.models]}
     os.makedirs(_work_dir(), exist_ok=True)
     with open(os.path.join(_work_dir(), "deploy.json"), "w") as f:
         json.dump(results, f, indent=1)

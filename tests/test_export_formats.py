@@ -34,7 +34,7 @@ def _readable(path):
 
 
 def test_litert_float_round_trips_in_a_fresh_process(tmp_path):
-    model, optimizer = _dessilbi_trained()
+    model, optimizer = _dessilbi_trained(steps=20)
     x, y = _data(64)
     out = tf_dessilbi.export_model(model, tmp_path / "m.tflite", format="litert",
                                    optimizer=optimizer, eval_data=(x, y))
@@ -53,7 +53,7 @@ def test_litert_float_round_trips_in_a_fresh_process(tmp_path):
 
 @needs_onnx
 def test_onnx_float_round_trips_in_a_fresh_process(tmp_path):
-    model, optimizer = _dessilbi_trained()
+    model, optimizer = _dessilbi_trained(steps=20)
     x, y = _data(64)
     out = tf_dessilbi.export_model(model, tmp_path / "m.onnx", format="onnx",
                                    optimizer=optimizer, shrink=True, eval_data=(x, y))
