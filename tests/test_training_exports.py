@@ -25,7 +25,7 @@ def _config(**outputs):
 
 def test_defaults_export_a_saved_model_only():
     config = _config()
-    assert tuple(config.outputs.formats) == ("saved_model",) and config.outputs.quantize is None
+    assert tuple(config.outputs.formats) == ("saved_model",) and config.outputs.quantize == ""
     config_lib.validate(config)
 
 
@@ -34,7 +34,7 @@ def test_defaults_export_a_saved_model_only():
     ({"formats": ()}, r"config.outputs.formats=\(\) is invalid"),
     ({"formats": ("litert", "litert")}, r"config.outputs.formats=\('litert', 'litert'\) is invalid"),
     ({"formats": ("saved_model",), "quantize": "int8"},
-     r"config.outputs.quantize='int8' is invalid: allowed None or, for formats \('saved_model',\), one of \(\)"),
+     r"config.outputs.quantize='int8' is invalid: allowed '' \(none\) or, for formats \('saved_model',\), one of \(\)"),
     ({"formats": ("onnx",), "quantize": "float16"},
      r"config.outputs.quantize='float16' is invalid: .*one of \('dynamic_int8',\)"),
     ({"formats": ("litert",), "quantize": "int4"}, r"config.outputs.quantize='int4' is invalid"),

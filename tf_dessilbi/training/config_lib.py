@@ -163,10 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
     # ("auto": when the run removed whole units; "always"; "never").
     c.outputs.shrink = "auto"
     # Files under workdir/export, each checked in a fresh process on the eval split (any of
-    # "saved_model", "litert", "onnx"); quantize: None, "float16", "dynamic_int8" or "int8",
+    # "saved_model", "litert", "onnx"); quantize: "" (none), "float16", "dynamic_int8" or "int8",
     # a quantized file beside each float one of a format that offers it (tf_dessilbi.export_model).
     c.outputs.formats = ("saved_model",)
-    c.outputs.quantize = None
+    c.outputs.quantize = ""
     c.outputs.summary_every_steps = 50  # TensorBoard train scalars every N steps
     c.outputs.path_points = 80  # regularization-path records per run (about)
     return c
@@ -205,8 +205,8 @@ def _check_export_formats(config):
         _fail("outputs.formats", formats, f"a non-empty tuple of distinct names from {convert.FORMATS}")
     quantize = config.outputs.quantize
     offered = sorted({q for f in formats for q in convert.FORMAT_QUANTIZE[f] if q})
-    if quantize is not None and quantize not in offered:
-        _fail("outputs.quantize", quantize, f"None or, for formats {tuple(formats)}, one of {tuple(offered)}")
+    if quantize and quantize not in offered:
+        _fail("outputs.quantize", quantize, f"'' (none) or, for formats {tuple(formats)}, one of {tuple(offered)}")
 
 
 def _check_start_widths(config, field, off, verb, conflicts, note=""):

@@ -51,17 +51,17 @@ def export_all(config, workdir: str, model, optimizer, data) -> list:
     import tf_dessilbi as tfd
 
     outputs = config.outputs
+    quantize = outputs.quantize or None  # "" in a config: float files only
     eval_data = _arrays(data.eval, EVAL_EXAMPLES)
-    representative = _arrays(data.train, CALIBRATION_EXAMPLES)[0] if outputs.quantize == "int8" else None
+    representative = _arrays(data.train, CALIBRATION_EXAMPLES)[0] if quantize == "int8" else None
     jobs = []
     for fmt in outputs.formats:
         if fmt == "saved_model":
             jobs.append((fmt, None, os.path.join(workdir, "export")))
             continue
         jobs.append((fmt, None, os.path.join(workdir, "export", file_name(fmt, None))))
-        if outputs.quantize and outputs.quantize in convert.FORMAT_QUANTIZE[fmt]:
-            jobs.append((fmt, outputs.quantize,
-                         os.path.join(workdir, "export", file_name(fmt, outputs.quantize))))
+        if quantize in convert.FORMAT_QUANTIZE[fmt] and quantize is not None:
+            jobs.append((fmt, quantize, os.path.join(workdir, "export", file_name(fmt, quantize))))
     files = []
     for fmt, quantize, path in jobs:
         out = tfd.export_model(
