@@ -48,7 +48,7 @@ def export_all(config, workdir: str, model, optimizer, data) -> list:
             its DessiLBI `optimizer` for W*).
         data: the run's `input_pipeline.Datasets` (eval split, training inputs).
     """
-    import tf_dessilbi as tfd
+    from tf_dessilbi.export.formats import export_model
 
     outputs = config.outputs
     quantize = outputs.quantize or None  # "" in a config: float files only
@@ -64,7 +64,7 @@ def export_all(config, workdir: str, model, optimizer, data) -> list:
             jobs.append((fmt, quantize, os.path.join(workdir, "export", file_name(fmt, quantize))))
     files = []
     for fmt, quantize, path in jobs:
-        out = tfd.export_model(
+        out = export_model(
             model, path, format=fmt, optimizer=optimizer, quantize=quantize,
             representative_data=representative if quantize == "int8" else None,
             eval_data=eval_data, allow_dead=True,  # the CLI refused dead models before this
