@@ -176,6 +176,7 @@ def test_a_dead_model_is_refused(tmp_path):
     ({"format": "litert", "quantize": "int8", "representative_data": "x"}, TypeError,
      r"`representative_data` must be"),
     ({"format": "litert", "source": {"conv": 1}}, ValueError, r"`source` is used with shrink=True"),
+    ({"format": "onnx", "version": 2}, ValueError, r"Received: format='onnx', version=2"),
 ])
 def test_bad_arguments_write_nothing(tmp_path, kwargs, error, message):
     kwargs = dict(kwargs)

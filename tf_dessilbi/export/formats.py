@@ -107,7 +107,7 @@ def _refuse_dead(model, optimizer, source, allow_dead: bool) -> None:
             f"so its outputs no longer depend on its inputs. Pass allow_dead=True to export it anyway.")
 
 
-def _validate_args(model, path, fmt, quantize, representative_data, int8_io, check):
+def _validate_args(model, path, fmt, quantize, representative_data, int8_io, check, version):
     _validate.model(model, "export_model")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a path. Received: path={path!r}")
@@ -124,6 +124,9 @@ def _validate_args(model, path, fmt, quantize, representative_data, int8_io, che
     if _validate.boolean("int8_io", int8_io) and quantize != "int8":
         raise ValueError(f"`int8_io=True` goes with quantize='int8'. Received: quantize={quantize!r}")
     _validate.boolean("check", check)
+    if version is not None and fmt != "saved_model":
+        raise ValueError(f"`version` numbers SavedModel folders; a {fmt} export is one file. "
+                         f"Received: format={fmt!r}, version={version!r}")
     if fmt != "saved_model" and not os.fspath(path).endswith(convert.SUFFIX[fmt]):
         raise ValueError(f"`path` of a {fmt} export must end with {convert.SUFFIX[fmt]!r}. "
                          f"Received: path={os.fspath(path)!r}")
@@ -176,6 +179,8 @@ def export_model(
     (else `ExportCheckError`, nothing written); a quantized one reports its
     argmax agreement with the model and, with ``eval_data``, its accuracy
     beside the float model's. A kill at any point leaves the previous file.
+    A SavedModel version is moved into place atomically by
+    `export_saved_model` and checked the same way once it is there.
 
     Args:
         model: a built Sequential or Functional Keras model (sparse or not).
@@ -229,7 +234,7 @@ def export_model(
     print(out.size_bytes, out.check.accuracy, out.check.reference_accuracy)
     ```
     """
-    _validate_args(model, path, format, quantize, representative_data, int8_io, check)
+    _validate_args(model, path, format, quantize, representative_data, int8_io, check, version)
     shrink = _validate.boolean("shrink", shrink)
     allow_dead = _validate.boolean("allow_dead", allow_dead)
     overwrite = _validate.boolean("overwrite", overwrite)
