@@ -243,3 +243,16 @@ def test_a_killed_export_leaves_the_previous_file(tmp_path, point):
     assert len(_hidden(tmp_path)) == 1  # what the kill left behind ...
     tf_dessilbi.export_model(model, target, format="litert", check=False)
     assert _hidden(tmp_path) == []  # ... the next export removes it
+
+
+def test_deadness_is_judged_on_the_exported_kernels_not_on_an_optimizer_state(tmp_path):
+    # A stripped model loaded back can carry a fresh DessiLBI whose Γ is zero: its
+    # kernels (W*) are what is exported, and they are not dead.
+    model, optimizer = _dessilbi_trained(steps=20)
+    stripped = tf_dessilbi.strip(model, optimizer)
+    fresh = tf_dessilbi.DessiLBI(learning_rate=0.1, mu=1.0, lambda_=0.5)
+    fresh.build(stripped.trainable_variables)
+    stripped.compile(optimizer=fresh, loss="mse")
+    assert tf_dessilbi.sparsity_report(stripped).empty_layers  # the optimizer's view: all empty
+    out = tf_dessilbi.export_model(stripped, tmp_path / "m.tflite", format="litert", check=False)
+    assert out.size_bytes > 0 and out.check is None

@@ -97,13 +97,21 @@ def _plain_model(model, optimizer, source, shrink, shrink_options, prune_bias):
     return strip(model, optimizer, prune_bias=prune_bias)
 
 
-def _refuse_dead(model, optimizer, source, allow_dead: bool) -> None:
-    from tf_dessilbi.sparsity import sparsity_report
+def _refuse_dead(plain, allow_dead: bool) -> None:
+    """Raises if a layer of the plain (stripped or shrunk) model has an all-zero kernel.
 
-    dead = sparsity_report(model, optimizer, source).empty_layers
+    Judged on the weights that will be exported (W* and the masks applied),
+    not on an optimizer's state, so a stripped model loaded back is judged
+    by its kernels too.
+    """
+    from tf_dessilbi import _compat
+
+    dead = [layer.name for layer in _compat.flatten_layers(plain)
+            if getattr(layer, "kernel", None) is not None
+            and not np.any(keras.ops.convert_to_numpy(layer.kernel))]
     if dead and not allow_dead:
         raise ValueError(
-            f"Refusing to export {model.name!r}: layer(s) {', '.join(dead)} keep no weight at all, "
+            f"Refusing to export {plain.name!r}: layer(s) {', '.join(dead)} keep no weight at all, "
             f"so its outputs no longer depend on its inputs. Pass allow_dead=True to export it anyway.")
 
 
@@ -248,8 +256,8 @@ def export_model(
             raise ValueError(f"`path` must be a file path. Received: path={path!r}, a directory.")
         if os.path.exists(path) and not overwrite:
             raise ValueError(f"{path!r} exists. Pass overwrite=True to replace it.")
-    _refuse_dead(model, optimizer, source, allow_dead)
     plain = _plain_model(model, optimizer, source, shrink, shrink_options, prune_bias)
+    _refuse_dead(plain, allow_dead)
     x_eval, y_eval = _labelled(eval_data)
     checkable = check and len(plain.inputs) == 1 and len(plain.outputs) == 1
     if check and not checkable:
