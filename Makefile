@@ -20,8 +20,9 @@ $(VENV)/.installed: setup.py | $(VENV)/bin/python
 	$(PY) -m pip install -e ".[plot]"
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -e ".[test,backends]"
+# onnx: every export format's tests run (LiteRT needs only TensorFlow).
+$(VENV)/.installed-test: $(VENV)/.installed setup.py
+	$(PY) -m pip install -e ".[test,backends,onnx]"
 	touch $@
 
 $(VENV)/.installed-docs: $(VENV)/.installed

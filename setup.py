@@ -17,7 +17,7 @@ setup(
     version=VERSION,
     description=(
         "DessiLBI and Continuous Sparsification for Keras 3: train sparse "
-        "networks, export them to plain Keras, SavedModel and TF-MOT."
+        "networks, export them to plain Keras, SavedModel, LiteRT, ONNX and TF-MOT."
     ),
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
@@ -52,6 +52,14 @@ setup(
             "mkdocs-material>=9.5,<10",
             "mkdocstrings[python]>=1.0,<2",
             "mkdocstrings-python>=2.0,<3",
+        ],
+        # export_model(format="onnx"): Keras' ONNX exporter runs tf2onnx (Keras 3.15 patches
+        # it for NumPy 2), and the export's check runs the file in onnxruntime. Measured with
+        # TF 2.21 / NumPy 2.4: tf2onnx 1.17.0, onnx 1.23.2, onnxruntime 1.32.0.
+        "onnx": [
+            "tf2onnx>=1.16.1,<1.18",
+            "onnx>=1.16,<1.24",
+            "onnxruntime>=1.18,<1.33",
         ],
         # Other Keras backends (CPU builds) for the backend-portability tests.
         # torch < 2.14 resolves to the 2.13 CPU wheel that the project's

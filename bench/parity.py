@@ -117,12 +117,14 @@ def _layer_units(model_name, widths):
 
 
 def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_steps=(),
-                 lambda_=None, recipe="paper", rewind_steps=()) -> dict:
+                 lambda_=None, recipe="paper", rewind_steps=(), on_trained=None) -> dict:
     """One DessiLBI run under the protocol: dense W, W*, supports (saved in ``work`` at ``ticket_steps``).
 
     ``recipe`` is a `parse_recipe` name; ``lambda_`` overrides λ
     (`bench.sparse_compare` searches it); the weights after each of
-    ``rewind_steps`` are saved too (the rewound tickets' start).
+    ``rewind_steps`` are saved too (the rewound tickets' start);
+    ``on_trained(model, optimizer, data)`` is called on the trained model
+    (`bench.deploy` keeps it).
     """
     import keras
 
@@ -164,6 +166,8 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         result["finetune_trimmed"] = callbacks[-1].trimmed
         result["finetune_added"] = callbacks[-1].added
     result["w_accuracy"] = result.pop("accuracy")
+    if on_trained is not None:
+        on_trained(model, optimizer, data)
     with tfd.apply_w_star(model, optimizer):
         result["w_star_accuracy"] = float(model.evaluate(data.test, verbose=0)[1])
     report = tfd.sparsity_report(model, optimizer)

@@ -2,7 +2,7 @@
 
 DessiLBI (split linearized Bregman iteration) as a Keras optimizer,
 Continuous Sparsification gates as layer wrappers, and export of the sparse
-models to plain Keras, SavedModel and TF-MOT.
+models to plain Keras, SavedModel, LiteRT, ONNX and TF-MOT.
 """
 
 __version__ = "0.1.0"
@@ -23,6 +23,7 @@ from tf_dessilbi.dessilbi import joint_unit_groups
 from tf_dessilbi.dessilbi import structures_for
 from tf_dessilbi.dessilbi.proximal import group_soft_threshold
 from tf_dessilbi.dessilbi.proximal import soft_threshold
+from tf_dessilbi.export import export_model
 from tf_dessilbi.export import export_saved_model
 from tf_dessilbi.export import strip
 from tf_dessilbi.gates.gating import gate_masks
@@ -71,6 +72,7 @@ __all__ = [
     "carry_optimizer",
     "joint_unit_groups",
     "callbacks",
+    "export_model",
     "export_saved_model",
     "fit_with_switch",
     "gate_masks",

@@ -172,6 +172,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Physically remove filters/neurons outside the support before export
     # ("auto": when the run removed whole units; "always"; "never").
     c.outputs.shrink = "auto"
+    # Files under workdir/export, each checked in a fresh process on the eval split (any of
+    # "saved_model", "litert", "onnx"); quantize: "" (none), "float16", "dynamic_int8" or "int8",
+    # a quantized file beside each float one of a format that offers it (tf_dessilbi.export_model).
+    c.outputs.formats = ("saved_model",)
+    c.outputs.quantize = ""
     c.outputs.summary_every_steps = 50  # TensorBoard train scalars every N steps
     c.outputs.path_points = 80  # regularization-path records per run (about)
     return c
@@ -190,6 +195,20 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def _check_export_formats(config):
+    """``outputs.formats``: a non-empty tuple of distinct export formats; ``outputs.quantize``: one a format offers."""
+    from tf_dessilbi.export import convert
+
+    formats = config.outputs.formats
+    if (not isinstance(formats, (tuple, list)) or not formats or len(set(formats)) != len(formats)
+            or any(f not in convert.FORMATS for f in formats)):
+        _fail("outputs.formats", formats, f"a non-empty tuple of distinct names from {convert.FORMATS}")
+    quantize = config.outputs.quantize
+    offered = sorted({q for f in formats for q in convert.FORMAT_QUANTIZE[f] if q})
+    if quantize and quantize not in offered:
+        _fail("outputs.quantize", quantize, f"'' (none) or, for formats {tuple(formats)}, one of {tuple(offered)}")
 
 
 def _check_start_widths(config, field, off, verb, conflicts, note=""):
@@ -275,6 +294,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     method_fields.check_sections(config)
     _choice(config, "outputs.allow_dead_export", (True, False))
     _choice(config, "outputs.shrink", ("auto", "always", "never"))
+    _check_export_formats(config)
     _choice(config, "model.name", tuple(sorted(models_lib.MODELS)))
     _choice(config, "optimizer.name", OPTIMIZERS)
     _choice(config, "schedule.name", SCHEDULES)

@@ -148,6 +148,8 @@ def print_summary(summary: dict) -> None:
             print(f"early ticket (support at epoch {epoch}), retrained: {result['accuracy']:.4f}")
     if summary.get("sparsity_table"):
         print("\n" + summary["sparsity_table"])
+    if summary.get("exports_table"):
+        print("\nexports (each checked in a fresh process on the eval split):\n" + summary["exports_table"])
     if "export_dir" in summary:
         print(f"\nSavedModel: {summary['export_dir']}")
     if "export_refused" in summary:

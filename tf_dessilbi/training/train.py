@@ -29,6 +29,7 @@ from tf_dessilbi.procedures import early_tickets as tickets_lib
 from tf_dessilbi.training import backup as backup_lib
 from tf_dessilbi.training import config_lib
 from tf_dessilbi.training import custom_loop
+from tf_dessilbi.training import exports as exports_lib
 from tf_dessilbi.training import input_pipeline
 from tf_dessilbi.training import methods as methods_lib
 from tf_dessilbi.training import small_run
@@ -134,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             summary, model, optimizer = _fit(config, workdir, strategy, chief, data,
                                              steps_per_epoch, method)
         summary = {**_header(config, workdir, strategy, chief, steps_per_epoch), **summary}
-        _finish(config, workdir, chief, summary, model, optimizer)
+        _finish(config, workdir, chief, summary, model, optimizer, data)
         summary["time_s"] = time.time() - start
         if chief:
             workdir_lib.write_summary(workdir, summary)
@@ -256,7 +257,7 @@ def _fit(config, workdir, strategy, chief, data, steps_per_epoch, method):
     return summary, model, optimizer
 
 
-def _finish(config, workdir, chief, summary, model, optimizer) -> None:
+def _finish(config, workdir, chief, summary, model, optimizer, data=None) -> None:
     """Dead-layer check, the sparsity table, shrinking, the export, the output paths."""
     from tf_dessilbi.export.saved_model import export_saved_model
     from tf_dessilbi.sparsity import sparsity_report
@@ -300,10 +301,16 @@ def _finish(config, workdir, chief, summary, model, optimizer) -> None:
         else:
             # The shrunk model already holds W* (and the masks): export it as is.
             exported, opt = (shrunk[0], None) if shrunk is not None else (model, _support_optimizer(optimizer))
-            summary["export_dir"] = os.path.abspath(export_saved_model(
-                exported, os.path.join(workdir, "export"), version=config.outputs.export_version,
-                overwrite=True, optimizer=opt, allow_dead=bool(dead),
-            ))
+            if data is not None:  # every format of outputs.formats, each checked on the eval split
+                summary["exports"] = exports_lib.export_all(config, workdir, exported, opt, data)
+                summary["exports_table"] = exports_lib.table(summary["exports"])
+                summary.update({"export_dir": f["path"] for f in summary["exports"]
+                                if f["format"] == "saved_model"})
+            elif "saved_model" in config.outputs.formats:
+                summary["export_dir"] = os.path.abspath(export_saved_model(
+                    exported, os.path.join(workdir, "export"), version=config.outputs.export_version,
+                    overwrite=True, optimizer=opt, allow_dead=bool(dead),
+                ))
     png = os.path.join(workdir, "path.png")
     if chief and config.outputs.path and os.path.exists(png):
         summary["path_png"] = os.path.abspath(png)
