@@ -14,7 +14,8 @@ For each layer class the table records (a `LayerSpec`):
   in = out), ``"channelwise"`` (per-channel parameters, channels kept:
   BatchNormalization, LayerNormalization, PReLU), ``"passthrough"`` (channels
   unchanged, no per-channel weights: activations, pooling, dropout, padding),
-  ``"flatten"``, ``"reshape"``, ``"merge"`` (element-wise Add, Multiply, …:
+  ``"flatten"``, ``"reshape"``, ``"permute"`` (a Permute keeping the channel
+  axis last; one moving it leaves its channels whole), ``"merge"`` (element-wise Add, Multiply, …:
   channels coupled across inputs), ``"concatenate"``, ``"input"``;
 * ``structure``: the DessiLBI structure `structures_for` gives the weight
   (``"filter"``, ``"elementwise"`` or None);
@@ -48,6 +49,7 @@ from typing import Any, Optional
 
 import keras
 
+from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 
 ROLES = (
@@ -57,6 +59,7 @@ ROLES = (
     "passthrough",
     "flatten",
     "reshape",
+    "permute",
     "merge",
     "concatenate",
     "input",
@@ -237,8 +240,21 @@ def _register_builtins():
         register_layer(cls, unit_axes=(-2,), input_axis=-1)
     for cls in (L.SeparableConv1D, L.SeparableConv2D):
         register_layer(cls, weight_name="pointwise_kernel", gateable=False)
-    for cls in (L.BatchNormalization, L.LayerNormalization, L.PReLU):
+    channelwise = [
+        L.BatchNormalization, L.LayerNormalization, L.PReLU, L.GroupNormalization,
+        L.Rescaling, L.Normalization,
+    ]
+    for cls in channelwise:
         register_layer(cls, weight_name=None, input_axis=None, role="channelwise")
+    applications = _compat.application_layer_classes()
+    if "LayerScale" in applications:  # ConvNeXt: x * gamma
+        register_layer(
+            applications["LayerScale"], weight_name=None, input_axis=None, role="channelwise"
+        )
+    if "CustomScaleLayer" in applications:  # InceptionResNetV2: x0 + x1 * scale
+        register_layer(
+            applications["CustomScaleLayer"], weight_name=None, input_axis=None, role="merge"
+        )
     passthrough = [
         L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.Dropout, L.SpatialDropout1D,
         L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout,
@@ -250,11 +266,13 @@ def _register_builtins():
         L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
         L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
         L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+        L.UnitNormalization,
     ]
     for cls in passthrough:
         register_layer(cls, weight_name=None, input_axis=None, role="passthrough")
     register_layer(L.Flatten, weight_name=None, input_axis=None, role="flatten")
     register_layer(L.Reshape, weight_name=None, input_axis=None, role="reshape")
+    register_layer(L.Permute, weight_name=None, input_axis=None, role="permute")
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
         register_layer(cls, weight_name=None, input_axis=None, role="merge")
     register_layer(L.Concatenate, weight_name=None, input_axis=None, role="concatenate")

@@ -97,7 +97,7 @@ def bias_of(layer) -> Optional[keras.Variable]:
 
 def plain_clone(layer):
     """A fresh layer of the same class and config, and a function copying the weights into it."""
-    clone = layer.__class__.from_config(layer.get_config())
+    clone = _compat.layer_from_own_config(layer)
     weights = layer.get_weights()
     return clone, lambda c: c.set_weights(weights)
 

@@ -69,6 +69,8 @@ class Rebuilder:
     def _layer_or_model(self, op):
         if _compat.is_graph_model(op):
             return self._model(op)
+        if not isinstance(op, keras.layers.Layer):
+            return op  # a stateless keras.ops operation: called again as it is
         if id(op) not in self.cache:
             self.cache[id(op)] = self._layer(op)
         return self.cache[id(op)]
@@ -76,10 +78,14 @@ class Rebuilder:
     # ---------------------------------------------------------------- layers
     def _layer(self, layer):
         info = self.graph.infos[id(layer)]
-        config = layer.get_config()
         w = self.weights.get(id(layer))
         if w is None:
             w = handlers_lib.weights_of(layer)
+        if info.role == "opaque":  # left whole: same config, same weights
+            new = _compat.layer_from_own_config(layer)
+            self.pending.append((new, w))
+            return new
+        config = layer.get_config()
         kept = self.decision.kept
         if info.role == "producer":
             config, w = info.handler.cut(
@@ -90,7 +96,9 @@ class Rebuilder:
                 self.bias_delta.get(id(layer)),
             )
         elif info.role in ("depthwise", "channelwise"):
-            config, w = info.handler.cut(config, w, np.flatnonzero(kept(info.in_elems)))
+            config, w = info.handler.cut(
+                config, w, np.flatnonzero(kept(info.in_elems)), total=len(info.in_elems)
+            )
         elif isinstance(layer, keras.layers.Reshape):
             out = info.calls[0][1][0]
             shape = self.graph.shapes[out]
