@@ -321,7 +321,10 @@ def assign(layer, weights: dict) -> None:
     """Sets a built layer's weights from ``{weight key: array}`` (`weight_keys`)."""
     keys = weight_keys(layer)
     missing = [key for key in keys if key not in weights]
-    if missing:
+    if missing and len(keys) == len(weights):
+        # unnamed variables (``variable_54``) get new numbers in a new layer: by position
+        keys = list(weights)
+    elif missing:
         raise ValueError(f"No values for weights {missing} of layer {layer.name!r}.")
     for key, v in zip(keys, layer.weights):
         if tuple(v.shape) != tuple(np.shape(weights[key])):
