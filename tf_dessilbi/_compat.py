@@ -252,3 +252,8 @@ def layer_from_own_config(layer):
         with serialization_lib.SafeModeScope(False):
             return layer.__class__.from_config(layer.get_config())
     return layer.__class__.from_config(layer.get_config())
+
+
+def node_arguments(node):
+    """``(args, kwargs)`` a node's operation was called with (symbolic tensors in place)."""
+    return tuple(node.arguments.args), dict(node.arguments.kwargs)

@@ -38,6 +38,7 @@ import numpy as np
 
 from tf_dessilbi import _compat
 from tf_dessilbi import registry
+from tf_dessilbi.shrink import attention as attention_lib
 from tf_dessilbi.shrink import handlers as handlers_lib
 from tf_dessilbi.shrink import ops as ops_lib
 
@@ -95,6 +96,7 @@ class LayerInfo:
     out_elems: Optional[np.ndarray] = None  # producer / depthwise output units
     calls: list = dataclasses.field(default_factory=list)  # [(input tids, output tids)]
     keep: bool = False
+    part: str = ""  # a part of a layer with several (an attention layer's "query" heads)
 
 
 class Graph:
@@ -151,6 +153,8 @@ class Graph:
                 self._submodel(op, ins, outs)
             elif getattr(op, "name", None) in self.keep:
                 self._opaque(op, ins, outs)
+            elif isinstance(op, keras.layers.MultiHeadAttention):
+                self._attention(op, node, ins, outs)
             elif isinstance(op, keras.layers.Layer):
                 self._leaf(op, ins, outs)
             else:
@@ -273,6 +277,37 @@ class Graph:
             self._set(outs[0], in_labels[0])
         else:
             self._merge(op, in_labels, outs[0])
+
+    def _attention(self, layer, node, ins, outs) -> None:
+        """MultiHeadAttention (`tf_dessilbi.shrink.attention`): heads as internal units."""
+        attention_lib.check(layer)
+        args, kwargs = _compat.node_arguments(node)
+        named = dict(zip(("query", "value", "key"), args))
+        named.update({k: v for k, v in kwargs.items() if k in ("query", "value", "key")})
+        if named.get("key") is None:
+            named["key"] = named["value"]
+        for t in ins:  # masks and other tensors: left as they are
+            if all(t is not named[role] for role in attention_lib.ROLES):
+                self.pinned.extend(self.labels[id(t)].tolist())
+        info = self._info(layer, "producer", attention_lib.HEADS_INTO)
+        info.calls.append(([id(named["query"])], [id(outs[0])]))
+        if info.in_elems is None:
+            heads = self.uf.new(int(layer.num_heads))
+            info.in_elems = heads
+            info.out_elems = self.uf.new(_channels(outs[0]))
+            for role in attention_lib.ROLES:
+                self.infos[(id(layer), role)] = LayerInfo(
+                    layer, "producer", attention_lib.HEADS_FROM[role],
+                    in_elems=self.uf.new(_channels(named[role])), out_elems=heads, part=role,
+                )
+        for role in attention_lib.ROLES:
+            part = self.infos[(id(layer), role)]
+            self.uf.union_arrays(part.in_elems, self.labels[id(named[role])])
+            self.edges.append((part, id(named[role])))
+        heads_tid = -len(self.edges) - 1  # the heads: a tensor the graph does not hold
+        self.labels[heads_tid] = info.in_elems
+        self.edges.append((info, heads_tid))
+        self._set(outs[0], info.out_elems)
 
     def _join_groups(self, elems, groups, more=None) -> None:
         """Joins the labels of each of ``groups`` equal groups (and of ``more``'s group)."""

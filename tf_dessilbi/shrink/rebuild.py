@@ -87,7 +87,15 @@ class Rebuilder:
             return new
         config = layer.get_config()
         kept = self.decision.kept
-        if info.role == "producer":
+        if hasattr(info.handler, "cut_attention"):
+            keep = {
+                role: np.flatnonzero(kept(self.graph.infos[(id(layer), role)].in_elems))
+                for role in ("query", "key", "value")
+            }
+            keep["heads"] = np.flatnonzero(kept(info.in_elems))
+            keep["out"] = np.flatnonzero(kept(info.out_elems))
+            config, w = info.handler.cut_attention(config, w, keep, self.bias_delta.get(id(layer)))
+        elif info.role == "producer":
             config, w = info.handler.cut(
                 config,
                 w,
