@@ -54,10 +54,8 @@ class GroupedHandler(handlers_lib.ProducerHandler):
         flat = k.reshape(-1, per_in, k.shape[-1])
         for g in range(self.groups):
             cols = slice(g * per_out, (g + 1) * per_out)
-            block = flat[:, :, cols][:, :, kept[cols]]
-            rows[g * per_in:(g + 1) * per_in] = block.reshape(-1, per_in, block.shape[-1]).any(
-                axis=(0, 2)
-            )
+            block = flat[:, :, cols][:, :, kept[cols]]  # (taps, in/G, kept outputs of g)
+            rows[g * per_in:(g + 1) * per_in] = block.any(axis=(0, 2)) if block.size else False
         return rows
 
     def fold(self, w, values) -> np.ndarray:
