@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.py | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -e ".[test,backends]"
+	$(PY) -m pip install -e ".[test,backends,hub]"
 	touch $@
 
 $(FMNIST):

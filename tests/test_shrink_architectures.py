@@ -10,6 +10,7 @@ registered with one call.
 
 import keras
 import numpy as np
+import pytest
 from absl.testing import absltest
 from absl.testing import parameterized
 from keras import layers
@@ -150,6 +151,30 @@ class AttentionTest(parameterized.TestCase):
         for a, b in zip(small.get_layer("mha").get_weights(), model.get_layer("mha").get_weights()):
             np.testing.assert_array_equal(a, b)
         ref.assert_close(small, ref.sparse_model(model, masks), ref.inputs_for(model))
+
+
+class KerasHubTest(parameterized.TestCase):
+    def test_transformer_encoder_loses_feedforward_neurons(self):
+        keras_hub = pytest.importorskip("keras_hub")
+        keras.utils.set_random_seed(0)
+        x = keras.Input((6, 8))
+        h = layers.Dense(8, name="embed")(x)
+        h = keras_hub.layers.TransformerEncoder(16, 2, name="enc")(h)
+        h = layers.GlobalAveragePooling1D()(h)
+        model = ref.randomize(keras.Model(x, layers.Dense(3, name="out")(h)))
+        ffn = model.get_layer("enc")._feedforward_intermediate_dense
+        kernel = np.array(ffn.kernel)
+        kernel[:, ::3] = 0  # neurons 0, 3, ..., 15 dead
+        ffn.kernel.assign(kernel)
+        small, report = shrink(model, fold_constants=False, return_report=True)
+        self.assertEqual(report.removed, {"enc/feedforward": [0, 3, 6, 9, 12, 15]})
+        self.assertEqual(small.get_layer("enc").get_config()["intermediate_dim"], 10)
+        reference = ref.copy_model(model)
+        bias = reference.get_layer("enc")._feedforward_intermediate_dense.bias
+        b = np.array(bias)
+        b[::3] = 0
+        bias.assign(b)
+        ref.assert_close(small, reference, ref.inputs_for(model))
 
 
 class KeepAndRefusalTest(parameterized.TestCase):

@@ -140,3 +140,47 @@ class HeadsInto(handlers_lib.ProducerHandler):
 
 HEADS_FROM = {role: HeadsFrom(role) for role in ROLES}
 HEADS_INTO = HeadsInto()
+
+
+class EncoderFeedForward:
+    """keras-hub's `TransformerEncoder`: its feed-forward neurons go, from inside the layer.
+
+    Its residual stream passes LayerNormalization, so its inputs and outputs
+    stay whole (pinned); inside, hidden neuron j of the feed-forward block is
+    dead when its column of ``feedforward_intermediate_dense/kernel`` is zero
+    (its output is act(b_j), 0 in the reference that zeroes b_j), and it
+    goes with row j of ``feedforward_output_dense/kernel`` (``intermediate_dim``
+    one smaller). Heads stay: the layer derives its key size from the width
+    and ``num_heads``, so fewer heads would change the others.
+    """
+
+    inner = "feedforward_intermediate_dense"
+    outer = "feedforward_output_dense"
+
+    def dead(self, w) -> np.ndarray:
+        return ~w[f"{self.inner}/kernel"].any(axis=0)
+
+    def cut_inner(self, config, w):
+        """``(config, weights, removed neurons)`` of the layer without its dead neurons."""
+        dead = self.dead(w)
+        keep = np.flatnonzero(~dead)
+        if len(keep) == 0:  # min_units: the neuron with the largest |b_j|
+            keep = np.array([int(np.argmax(np.abs(w.get(f"{self.inner}/bias", np.zeros(1)))))])
+        config = dict(config)
+        config["intermediate_dim"] = len(keep)
+        w = dict(w)
+        w[f"{self.inner}/kernel"] = w[f"{self.inner}/kernel"][:, keep]
+        if f"{self.inner}/bias" in w:
+            w[f"{self.inner}/bias"] = w[f"{self.inner}/bias"][keep]
+        w[f"{self.outer}/kernel"] = w[f"{self.outer}/kernel"][keep]
+        return config, w, np.setdiff1d(np.arange(len(dead)), keep)
+
+
+# Layers of other packages cut from inside: {(top-level module, class name): handler}.
+INNER_BLOCKS = {("keras_hub", "TransformerEncoder"): EncoderFeedForward()}
+
+
+def inner_handler(layer):
+    """The `INNER_BLOCKS` handler of a layer, or None."""
+    cls = type(layer)
+    return INNER_BLOCKS.get((cls.__module__.split(".")[0], cls.__name__))

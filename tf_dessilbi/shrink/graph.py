@@ -153,6 +153,10 @@ class Graph:
                 self._submodel(op, ins, outs)
             elif getattr(op, "name", None) in self.keep:
                 self._opaque(op, ins, outs)
+            elif attention_lib.inner_handler(op) is not None:  # cut from inside, stream whole
+                self._opaque(op, ins, outs)
+                self.infos[id(op)].role = "inner"
+                self.infos[id(op)].handler = attention_lib.inner_handler(op)
             elif isinstance(op, keras.layers.MultiHeadAttention):
                 self._attention(op, node, ins, outs)
             elif isinstance(op, keras.layers.Layer):

@@ -87,6 +87,11 @@ class Rebuilder:
             return new
         config = layer.get_config()
         kept = self.decision.kept
+        if info.role == "inner":  # a block cut from inside (keras-hub's TransformerEncoder)
+            config, w, _ = info.handler.cut_inner(config, w)
+            new = layer.__class__.from_config(config)
+            self.pending.append((new, w))
+            return new
         if hasattr(info.handler, "cut_attention"):
             keep = {
                 role: np.flatnonzero(kept(self.graph.infos[(id(layer), role)].in_elems))

@@ -145,6 +145,11 @@ def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> S
     rows, removed, folded, zeroed, pinned = [], {}, {}, {}, {}
     pinned_roots = set(int(decision.roots[p]) for p in extra_pinned)
     for info in graph.infos.values():
+        if info.role == "inner":
+            gone = info.handler.cut_inner(info.layer.get_config(), handlers_lib.weights_of(info.layer))[2]
+            if len(gone):
+                removed[f"{info.layer.name}/feedforward"] = gone.tolist()
+            continue
         if info.role not in ("producer", "depthwise", "channelwise") or info.part:
             continue
         layer = info.layer
