@@ -129,6 +129,18 @@ def register_layer(
     Raises:
         TypeError: ``layer_class`` is not a Layer subclass.
         ValueError: a bad argument (named in the message).
+
+    Example: a layer `shrink` refuses ("cannot reason about layer 'scale'
+    (Scale)") joins the table once; a per-channel layer (every weight's last
+    axis is the channel axis) is cut with its channels, a pass-through one
+    (activations, any op keeping each channel apart) just passes them on::
+
+        tf_dessilbi.register_layer(Scale, weight_name=None, role="channelwise")
+        tf_dessilbi.register_layer(MyActivation, weight_name=None, role="passthrough")
+        small = tf_dessilbi.shrink(model, optimizer=model.optimizer)
+
+    A layer that mixes channels in another way stays whole with
+    ``shrink(..., keep=["its name"])`` instead.
     """
     if weight_name is not None and (not isinstance(weight_name, str) or not weight_name):
         raise ValueError(

@@ -20,12 +20,20 @@ layer role of `tf_dessilbi.registry`:
   every input joined (a channel goes only if it goes in every input);
 * concatenate: labels concatenated (offsets) along the channel axis;
 * nested Sequential / Functional sub-models: their graphs inlined, their
-  inputs joined to the tensors they are called on.
+  inputs joined to the tensors they are called on;
+* per-channel layers (Rescaling, Normalization, layer scale) are channelwise;
+  GroupNormalization and grouped convolutions (`grouped`) join the channels
+  of each group, so only whole groups go; element-wise `keras.ops` nodes
+  (`ops`) pass labels through or merge them; MultiHeadAttention
+  (`attention`) has its heads as internal units between q/k/v and its
+  output projection; a Permute keeping the channel axis last passes through.
 
 Classes that may never go are *pinned*: model inputs and outputs, the inputs
-and outputs of layers in ``keep``, the channels of a softmax or of a
-LayerNormalization (both mix channels: removing one changes the others), and
-a channel broadcast across a merge.
+and outputs of layers in ``keep`` (and of layers whose channel mapping is
+unknown: a reshape or permute that moves the channel axis, a per-channel
+layer over another axis), the channels of a softmax, LayerNormalization or
+UnitNormalization (they mix channels: removing one changes the others), and
+a channel broadcast across a merge or met by a per-channel constant.
 """
 
 from __future__ import annotations
