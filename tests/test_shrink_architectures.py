@@ -143,6 +143,45 @@ class AttentionTest(parameterized.TestCase):
         ref.assert_close(small, reference, ref.inputs_for(model))
         self.assertLess(report.macs_after, report.macs_before)
 
+    def test_head_unit_mask(self):
+        model = ref.randomize(transformer())
+        small, report = shrink(model, {"mha": np.array([1, 0, 1, 0], bool)},
+                               fold_constants=False, return_report=True)
+        self.assertEqual(report.removed, {"mha/heads": [1, 3]})
+        self.assertEqual(small.get_layer("mha").num_heads, 2)
+        reference = ref.copy_model(model)
+        for variable in reference.get_layer("mha").weights[:6]:
+            v = np.array(variable)
+            v[..., [1, 3], :] = 0
+            variable.assign(v)
+        ref.assert_close(small, reference, ref.inputs_for(model))
+
+    def test_dessilbi_head_structure(self):
+        keras.utils.set_random_seed(0)
+        model = transformer()
+        structure = tfd.structures_for(model)
+        self.assertEqual(structure["^mha/value/kernel$"], "head")
+        opt = tfd.DessiLBI(learning_rate=0.05, kappa=1.0, mu=5.0, lambda_=0.1, structure=structure)
+        model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((32, 6, 8)).astype("float32")
+        model.fit(x, rng.integers(0, 3, 32), batch_size=16, epochs=3, verbose=0)
+        support = np.asarray(opt.support(model.get_layer("mha").weights[4]))
+        heads_in = support.any(axis=(0, 2))
+        self.assertTrue((support == heads_in[None, :, None]).all())  # whole heads enter Γ
+        small, report = shrink(model, optimizer=opt, fold_constants=False, return_report=True)
+        gone = report.removed.get("mha/heads", [])
+        self.assertTrue(0 < len(gone) < 4, gone)
+        np.testing.assert_array_equal(gone, np.flatnonzero(~heads_in) if heads_in.any()
+                                      else np.arange(1, 4))
+        reference = tfd.strip(model, opt)
+        for variable in reference.get_layer("mha").weights[:6]:
+            v = np.array(variable)
+            v[..., gone, :] = 0
+            variable.assign(v)
+        ref.zero_units(reference, {k: v for k, v in report.removed.items() if "/" not in k})
+        ref.assert_close(small, reference, x[:4])
+
     def test_keep_leaves_attention_whole(self):
         # Its sub-layers each own a `kernel` and a `bias`: rebuilt by their paths.
         model, masks = self._sparse([1, 3], [0])

@@ -230,6 +230,8 @@ class OptimizerSupport:
             weights[key] = np.asarray(keras.ops.convert_to_numpy(self.optimizer.support(variable)), bool)
             if structure in ("filter", "neuron"):
                 units[layer.name] = unit_mask_of(weights[key], (-1,))
+            elif structure == "head":
+                units[layer.name] = unit_mask_of(weights[key], (-2,))
         return Mask(weights, units)
 
 

@@ -16,7 +16,8 @@ For each layer class the table records (a `LayerSpec`):
   unchanged, no per-channel weights: activations, pooling, dropout, padding),
   ``"flatten"``, ``"reshape"``, ``"permute"`` (a Permute keeping the channel
   axis last; one moving it leaves its channels whole), ``"merge"`` (element-wise Add, Multiply, …:
-  channels coupled across inputs), ``"concatenate"``, ``"input"``;
+  channels coupled across inputs), ``"concatenate"``, ``"input"``,
+  ``"attention"`` (MultiHeadAttention: heads as units);
 * ``structure``: the DessiLBI structure `structures_for` gives the weight
   (``"filter"``, ``"elementwise"`` or None);
 * ``gateable``: whether `SparseGate` / `MaskedLayer` can wrap it;
@@ -63,8 +64,9 @@ ROLES = (
     "merge",
     "concatenate",
     "input",
+    "attention",
 )
-_STRUCTURES = ("filter", "neuron", "elementwise", None)
+_STRUCTURES = ("filter", "neuron", "head", "elementwise", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +290,9 @@ def _register_builtins():
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
         register_layer(cls, weight_name=None, input_axis=None, role="merge")
     register_layer(L.Concatenate, weight_name=None, input_axis=None, role="concatenate")
+    # Heads are the units: the value kernel (d, H, d_v) by its axis -2 (tf_dessilbi.shrink.attention).
+    register_layer(L.MultiHeadAttention, weight_name="value/kernel", unit_axes=(-2,),
+                   input_axis=0, role="attention", structure="head", gateable=False)
     register_layer(L.InputLayer, weight_name=None, input_axis=None, role="input")
 
 

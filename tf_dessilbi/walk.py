@@ -62,6 +62,10 @@ def find_weight(layer, weight_name: str) -> Tuple[str, keras.Variable]:
     Raises:
         TypeError: the layer holds no such variable.
     """
+    if "/" in weight_name:  # a sub-layer's variable, by its path ("value/kernel")
+        for variable in layer.weights:
+            if (getattr(variable, "path", None) or variable.name).endswith("/" + weight_name):
+                return weight_name, variable
     own = vars(layer)
     for attr in (weight_name, "_" + weight_name):
         value = own.get(attr)
