@@ -216,6 +216,28 @@ class KerasHubTest(parameterized.TestCase):
         ref.assert_close(small, reference, ref.inputs_for(model))
 
 
+    def test_bert_backbone_from_config(self):
+        keras_hub = pytest.importorskip("keras_hub")
+        keras.utils.set_random_seed(0)
+        bert = keras_hub.models.BertBackbone(
+            vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=8,
+            intermediate_dim=16, max_sequence_length=8,
+        )
+        with self.assertRaisesRegex(ValueError, r"layer 'token_embedding' \(ReversibleEmbedding\)"
+                                    r".*keep=\['token_embedding'\]"):
+            shrink(bert)
+        for name in ("transformer_layer_0", "transformer_layer_1"):
+            ffn = bert.get_layer(name)._feedforward_intermediate_dense
+            ffn.kernel.assign(np.array(ffn.kernel) * (np.arange(16) % 2))  # even neurons dead
+        keep = ["token_embedding", "segment_embedding", "position_embedding", "get_item"]
+        small, report = shrink(bert, keep=keep, return_report=True)
+        self.assertEqual(report.removed["transformer_layer_1/feedforward"], list(range(0, 16, 2)))
+        x = {"token_ids": np.tile(np.arange(1, 9), (2, 1)),
+             "segment_ids": np.zeros((2, 8), "int32"), "padding_mask": np.ones((2, 8), "int32")}
+        for key, value in bert(x).items():  # the dead neurons' biases are 0: exact
+            np.testing.assert_allclose(np.asarray(small(x)[key]), np.asarray(value), atol=1e-6)
+
+
 class KeepAndRefusalTest(parameterized.TestCase):
     def test_keep_grouped_conv_and_lambda(self):
         x = keras.Input((6, 6, 4))

@@ -93,8 +93,12 @@ def _random_inputs(model, seed=0):
     rng = np.random.default_rng(seed)
     inputs = []
     for tensor in _compat.functional_graph(model).inputs:
-        shape = [2] + [int(d) for d in tensor.shape[1:]]
-        inputs.append(rng.standard_normal(shape).astype(tensor.dtype or "float32"))
+        shape = [2] + [2 if d is None else int(d) for d in tensor.shape[1:]]
+        dtype = tensor.dtype or "float32"
+        if np.issubdtype(np.dtype(dtype), np.integer) or dtype == "bool":  # ids, masks: 0 / 1
+            inputs.append(rng.integers(0, 2, shape).astype(dtype))
+        else:
+            inputs.append(rng.standard_normal(shape).astype(dtype))
     return inputs
 
 

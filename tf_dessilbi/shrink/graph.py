@@ -131,6 +131,9 @@ class Graph:
         self._models_seen = set()
         inputs = _compat.functional_graph(model).inputs
         for tensor in inputs:
+            if tensor.shape[-1] is None:  # token ids, masks: (batch, length), nothing to cut
+                self._set(tensor, np.zeros(0, np.int64))
+                continue
             labels = self._fresh(tensor)
             self.pinned.extend(labels.tolist())
         self._walk(model)

@@ -38,7 +38,8 @@ class Rebuilder:
         return int(self.decision.kept(self.graph.labels[id(tensor)]).sum())
 
     def _input(self, tensor):
-        shape = tuple(tensor.shape[1:-1]) + (self._width(tensor),)
+        last = tensor.shape[-1]
+        shape = tuple(tensor.shape[1:-1]) + (None if last is None else self._width(tensor),)
         return keras.Input(shape=shape, dtype=tensor.dtype, name=tensor.name)
 
     def _model(self, model):
