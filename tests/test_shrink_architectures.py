@@ -91,6 +91,16 @@ class BlocksTest(parameterized.TestCase):
             small, report = _exact(model, masks)
             self.assertLess(report.params_after, report.params_before)
 
+    @parameterized.parameters(("stem", stem_and_hard_swish), ("grouped", grouped), ("scales", scales))
+    def test_gated_model_shrinks_exactly(self, _, build):
+        # CS gates wrap every conv (grouped ones too) around the ops nodes; shrink reads 1[s > 0].
+        model = ref.randomize(build())
+        gated = tfd.gate_model(model)
+        small, report = shrink(gated, fold_constants=False, return_report=True)
+        self.assertTrue(report.removed)
+        reference = ref.zero_units(tfd.strip(gated), report.removed)
+        ref.assert_close(small, reference, ref.inputs_for(model))
+
     def test_grouped_conv_loses_whole_groups(self):
         model = ref.randomize(grouped(), 0)
         # A group's inputs and outputs form one class: g4's group 1 reads dw channels 2-3

@@ -101,6 +101,8 @@ def bias_of(layer) -> Optional[keras.Variable]:
 
 def plain_clone(layer):
     """A fresh layer of the same class and config, and a function copying the weights into it."""
+    if not isinstance(layer, keras.layers.Layer):
+        return layer, lambda c: None  # a stateless keras.ops operation (x + 3.0)
     clone = _compat.layer_from_own_config(layer)
     weights = layer.get_weights()
     return clone, lambda c: c.set_weights(weights)
