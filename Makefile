@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= runs/fmnist_dessilbi
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test data train tensorboard test bench clean
+.PHONY: setup setup-test data train tensorboard test test-applications bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -46,6 +46,10 @@ tensorboard: $(VENV)/.installed
 # end-to-end tests do not leave one core waiting (≈ 40 s less than --dist loadfile here).
 test: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 $(PYTEST_ARGS)
+
+# shrink on every keras.applications architecture: its own step (hours on 2 CPU cores).
+test-applications: $(VENV)/.installed-test
+	TF_DESSILBI_APPLICATIONS=1 $(PY) -m pytest -n 2 --dist worksteal -q -rs tests/test_shrink_applications.py
 
 bench: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m bench.run

@@ -8,10 +8,18 @@ Then one DessiLBI step with `structures_for` (filters of every conv, Dense
 kernels elementwise): shrinking by its supp(Γ) equals `strip` with the same
 units zeroed.
 
-Slow: the whole list takes tens of minutes on a CPU. Run it as its own step:
+Slow (hours on two CPU cores: each model is built, shrunk and run at full
+width), so it is its own step, skipped unless TF_DESSILBI_APPLICATIONS=1:
 
-    pytest tests/test_shrink_applications.py -m slow
+    make test-applications
+    TF_DESSILBI_APPLICATIONS=1 pytest tests/test_shrink_applications.py -k MobileNet
+
+``python -m tests.test_shrink_applications [names]`` prints the table
+(CHECKS=check_unit_mask for the mask check alone).
 """
+
+import os
+
 
 import keras
 import numpy as np
@@ -68,6 +76,8 @@ def check_dessilbi_step(name, seed=0):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TF_DESSILBI_APPLICATIONS"),
+                    reason="the keras.applications sweep: set TF_DESSILBI_APPLICATIONS=1")
 class ApplicationsTest(parameterized.TestCase):
     @parameterized.parameters(*APPLICATIONS)
     def test_random_unit_mask_is_exact(self, name):
@@ -84,8 +94,6 @@ class ApplicationsTest(parameterized.TestCase):
 if __name__ == "__main__":
     import sys
     import time
-
-    import os
 
     checks = [check_unit_mask, check_dessilbi_step]
     if os.environ.get("CHECKS"):  # e.g. CHECKS=check_unit_mask
