@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= runs/fmnist_dessilbi
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test setup-docs data train tensorboard test bench docs clean
+.PHONY: setup setup-test setup-docs data train tensorboard test test-applications bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -20,9 +20,9 @@ $(VENV)/.installed: setup.py | $(VENV)/bin/python
 	$(PY) -m pip install -e ".[plot]"
 	touch $@
 
-# onnx: every export format's tests run (LiteRT needs only TensorFlow).
+# onnx: every export format's tests run (LiteRT needs only TensorFlow); hub: keras-hub layers.
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
-	$(PY) -m pip install -e ".[test,backends,onnx]"
+	$(PY) -m pip install -e ".[test,backends,onnx,hub]"
 	touch $@
 
 $(VENV)/.installed-docs: $(VENV)/.installed
@@ -52,6 +52,10 @@ tensorboard: $(VENV)/.installed
 # end-to-end tests do not leave one core waiting (≈ 40 s less than --dist loadfile here).
 test: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 $(PYTEST_ARGS)
+
+# shrink on every keras.applications architecture: its own step (hours on 2 CPU cores).
+test-applications: $(VENV)/.installed-test
+	TF_DESSILBI_APPLICATIONS=1 $(PY) -m pytest -n 2 --dist worksteal -q -rs tests/test_shrink_applications.py
 
 bench: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m bench.run

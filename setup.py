@@ -41,6 +41,8 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.7,<4"],
+        # keras-hub's transformer layers, for the shrink tests on transformer encoders.
+        "hub": ["keras-hub>=0.32,<0.33"],
         "test": [
             "pytest>=7.4,<10",
             "pytest-xdist>=3.3,<4",

@@ -68,6 +68,12 @@ def zero_units(model, units: dict, with_bias: bool = True):
                         w[n].assign(v)
         elif kind == "PReLU":
             pass
+        elif _kernel_name(layer) not in w:  # other per-channel layers: γ/β as BN's
+            for n in ("gamma", "beta") if with_bias else ():
+                if n in w:
+                    v = np.array(w[n])
+                    v[..., index] = 0
+                    w[n].assign(v)
         else:
             kn = _kernel_name(layer)
             k = np.array(w[kn])

@@ -176,3 +176,32 @@ def test_initial_epoch_after_backup_and_restore(tmp_path):
         assert _compat.initial_epoch(restored) == 2
 
     _pinned("initial_epoch", check)
+
+
+def test_graph_ops_and_application_layers_for_shrink():
+    def check():
+        x = keras.Input((4, 4, 3))
+        y = keras.layers.ReLU(name="r")(x + 3.0)
+        model = keras.Model(x, y)
+        nodes = _compat.graph_nodes(model)
+        add = _compat.node_operation(nodes[0])
+        assert _compat.keras_op_name(add) == "Add"
+        assert _compat.keras_op_name(_compat.node_operation(nodes[1])) is None
+        assert _compat.node_constants(nodes[0]) == [3.0]
+        args, kwargs = _compat.node_arguments(nodes[0])
+        assert args[0] is x and kwargs == {}
+        classes = _compat.application_layer_classes()
+        assert set(classes) == {"LayerScale", "CustomScaleLayer"}
+        assert all(issubclass(c, keras.layers.Layer) for c in classes.values())
+
+    _pinned("keras_op_name / node_constants / node_arguments / application_layer_classes", check)
+
+
+def test_layer_from_own_config_clones_a_lambda():
+    def check():
+        layer = keras.layers.Lambda(lambda t: t * 2.0, name="double")
+        clone = _compat.layer_from_own_config(layer)
+        assert clone.name == "double"
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(np.ones((1, 2), "float32"))), [[2.0, 2.0]])
+
+    _pinned("layer_from_own_config", check)

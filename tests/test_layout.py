@@ -32,8 +32,8 @@ LAYERS = (
     ("_cli_start", "_compat", "_validate", "models", "configs"),  # configs: the index of names
     ("registry",),
     ("walk",),
-    ("dependency",),
     ("masks",),
+    ("dependency",),
     ("layers", "gates"),
     ("dessilbi", "sparsity"),
     ("export.strip",),

@@ -186,3 +186,57 @@ def tf_keras_variable_index(optimizer, variable):
 def initial_epoch(model) -> int:
     """The epoch `keras.callbacks.BackupAndRestore` resumes ``model`` at (0 when it restored nothing)."""
     return int(getattr(model, "_initial_epoch", 0) or 0)
+
+
+def node_constants(node) -> list:
+    """The non-tensor values a node's call was given (``3.0`` in ``x + 3.0``), flattened."""
+    return [
+        value
+        for value in keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
+        if not isinstance(value, keras.KerasTensor)
+    ]
+
+
+def keras_op_name(operation):
+    """The class name of a `keras.ops` operation recorded in a graph (``"Add"``), else None."""
+    cls = type(operation)
+    if isinstance(operation, keras.layers.Layer) or not cls.__module__.startswith("keras.src.ops"):
+        return None
+    return cls.__name__
+
+
+def application_layer_classes() -> dict:
+    """The private layer classes `keras.applications` build with: ``{name: class}``."""
+    found = {}
+    for module_name, names in (
+        ("keras.src.applications.convnext", ("LayerScale",)),
+        ("keras.src.applications.inception_resnet_v2", ("CustomScaleLayer",)),
+    ):
+        try:
+            module = __import__(module_name, fromlist=list(names))
+        except ImportError:  # pragma: no cover - another Keras layout
+            continue
+        for name in names:
+            if hasattr(module, name):
+                found[name] = getattr(module, name)
+    return found
+
+
+def layer_from_own_config(layer):
+    """A new layer of the same class from ``layer.get_config()``.
+
+    A `Lambda` layer's config holds its function as code, which Keras' safe
+    mode refuses to load from a file; this config was just taken from a layer
+    alive in this process, so it is loaded with safe mode off.
+    """
+    if isinstance(layer, keras.layers.Lambda):
+        from keras.src.saving import serialization_lib
+
+        with serialization_lib.SafeModeScope(False):
+            return layer.__class__.from_config(layer.get_config())
+    return layer.__class__.from_config(layer.get_config())
+
+
+def node_arguments(node):
+    """``(args, kwargs)`` a node's operation was called with (symbolic tensors in place)."""
+    return tuple(node.arguments.args), dict(node.arguments.kwargs)

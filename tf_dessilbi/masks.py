@@ -236,6 +236,8 @@ class OptimizerSupport:
             weights[key] = gamma != 0
             if structure in ("filter", "neuron"):
                 units[layer.name] = unit_mask_of(weights[key], (-1,))
+            elif structure == "head":
+                units[layer.name] = unit_mask_of(weights[key], (-2,))
         return Mask(weights, units)
 
 

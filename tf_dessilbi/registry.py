@@ -14,8 +14,10 @@ For each layer class the table records (a `LayerSpec`):
   in = out), ``"channelwise"`` (per-channel parameters, channels kept:
   BatchNormalization, LayerNormalization, PReLU), ``"passthrough"`` (channels
   unchanged, no per-channel weights: activations, pooling, dropout, padding),
-  ``"flatten"``, ``"reshape"``, ``"merge"`` (element-wise Add, Multiply, …:
-  channels coupled across inputs), ``"concatenate"``, ``"input"``;
+  ``"flatten"``, ``"reshape"``, ``"permute"`` (a Permute keeping the channel
+  axis last; one moving it leaves its channels whole), ``"merge"`` (element-wise Add, Multiply, …:
+  channels coupled across inputs), ``"concatenate"``, ``"input"``,
+  ``"attention"`` (MultiHeadAttention: heads as units);
 * ``structure``: the DessiLBI structure `structures_for` gives the weight
   (``"filter"``, ``"elementwise"`` or None);
 * ``gateable``: whether `SparseGate` / `MaskedLayer` can wrap it;
@@ -48,6 +50,7 @@ from typing import Any, Optional
 
 import keras
 
+from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 
 ROLES = (
@@ -57,11 +60,13 @@ ROLES = (
     "passthrough",
     "flatten",
     "reshape",
+    "permute",
     "merge",
     "concatenate",
     "input",
+    "attention",
 )
-_STRUCTURES = ("filter", "neuron", "elementwise", None)
+_STRUCTURES = ("filter", "neuron", "head", "elementwise", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +131,18 @@ def register_layer(
     Raises:
         TypeError: ``layer_class`` is not a Layer subclass.
         ValueError: a bad argument (named in the message).
+
+    Example: a layer `shrink` refuses ("cannot reason about layer 'scale'
+    (Scale)") joins the table once; a per-channel layer (every weight's last
+    axis is the channel axis) is cut with its channels, a pass-through one
+    (activations, any op keeping each channel apart) just passes them on::
+
+        tf_dessilbi.register_layer(Scale, weight_name=None, role="channelwise")
+        tf_dessilbi.register_layer(MyActivation, weight_name=None, role="passthrough")
+        small = tf_dessilbi.shrink(model, optimizer=model.optimizer)
+
+    A layer that mixes channels in another way stays whole with
+    ``shrink(..., keep=["its name"])`` instead.
     """
     if weight_name is not None and (not isinstance(weight_name, str) or not weight_name):
         raise ValueError(
@@ -237,8 +254,21 @@ def _register_builtins():
         register_layer(cls, unit_axes=(-2,), input_axis=-1)
     for cls in (L.SeparableConv1D, L.SeparableConv2D):
         register_layer(cls, weight_name="pointwise_kernel", gateable=False)
-    for cls in (L.BatchNormalization, L.LayerNormalization, L.PReLU):
+    channelwise = [
+        L.BatchNormalization, L.LayerNormalization, L.PReLU, L.GroupNormalization,
+        L.Rescaling, L.Normalization,
+    ]
+    for cls in channelwise:
         register_layer(cls, weight_name=None, input_axis=None, role="channelwise")
+    applications = _compat.application_layer_classes()
+    if "LayerScale" in applications:  # ConvNeXt: x * gamma
+        register_layer(
+            applications["LayerScale"], weight_name=None, input_axis=None, role="channelwise"
+        )
+    if "CustomScaleLayer" in applications:  # InceptionResNetV2: x0 + x1 * scale
+        register_layer(
+            applications["CustomScaleLayer"], weight_name=None, input_axis=None, role="merge"
+        )
     passthrough = [
         L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.Dropout, L.SpatialDropout1D,
         L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout,
@@ -250,14 +280,19 @@ def _register_builtins():
         L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
         L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
         L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+        L.UnitNormalization,
     ]
     for cls in passthrough:
         register_layer(cls, weight_name=None, input_axis=None, role="passthrough")
     register_layer(L.Flatten, weight_name=None, input_axis=None, role="flatten")
     register_layer(L.Reshape, weight_name=None, input_axis=None, role="reshape")
+    register_layer(L.Permute, weight_name=None, input_axis=None, role="permute")
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
         register_layer(cls, weight_name=None, input_axis=None, role="merge")
     register_layer(L.Concatenate, weight_name=None, input_axis=None, role="concatenate")
+    # Heads are the units: the value kernel (d, H, d_v) by its axis -2 (tf_dessilbi.dependency.attention).
+    register_layer(L.MultiHeadAttention, weight_name="value/kernel", unit_axes=(-2,),
+                   input_axis=0, role="attention", structure="head", gateable=False)
     register_layer(L.InputLayer, weight_name=None, input_axis=None, role="input")
 
 

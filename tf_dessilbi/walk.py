@@ -62,6 +62,10 @@ def find_weight(layer, weight_name: str) -> Tuple[str, keras.Variable]:
     Raises:
         TypeError: the layer holds no such variable.
     """
+    if "/" in weight_name:  # a sub-layer's variable, by its path ("value/kernel")
+        for variable in layer.weights:
+            if (getattr(variable, "path", None) or variable.name).endswith("/" + weight_name):
+                return weight_name, variable
     own = vars(layer)
     for attr in (weight_name, "_" + weight_name):
         value = own.get(attr)
@@ -97,7 +101,9 @@ def bias_of(layer) -> Optional[keras.Variable]:
 
 def plain_clone(layer):
     """A fresh layer of the same class and config, and a function copying the weights into it."""
-    clone = layer.__class__.from_config(layer.get_config())
+    if not isinstance(layer, keras.layers.Layer):
+        return layer, lambda c: None  # a stateless keras.ops operation (x + 3.0)
+    clone = _compat.layer_from_own_config(layer)
     weights = layer.get_weights()
     return clone, lambda c: c.set_weights(weights)
 

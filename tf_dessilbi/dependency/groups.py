@@ -61,7 +61,7 @@ def unit_groups(model, keep: Iterable[str] = ()) -> list:
     roots = graph.uf.roots()
     pinned = set(roots[np.asarray(graph.pinned, np.int64)].tolist())
     members = {}
-    for info in graph.producers():
+    for info in (i for i in graph.producers() if not i.part):  # not attention heads
         for unit, root in enumerate(roots[info.out_elems].tolist()):
             members.setdefault(root, []).append((info.layer.name, unit))
     return [UnitGroup(tuple(group), root not in pinned) for root, group in members.items()]

@@ -22,7 +22,7 @@ parameter (momentum + V) instead of 12.
 from __future__ import annotations
 
 from tf_dessilbi.dessilbi import proximal
-from tf_dessilbi.dessilbi.structures import ELEMENTWISE, GROUP_STRUCTURES
+from tf_dessilbi.dessilbi.structures import ELEMENTWISE, GROUP_STRUCTURES, HEAD
 
 
 def momentum_direction(gradient, buffer, momentum, nesterov: bool):
@@ -49,6 +49,10 @@ def prox(v, threshold, structure: str):
         return proximal.soft_threshold(v, threshold)
     if structure in GROUP_STRUCTURES:
         return proximal.group_soft_threshold(v, threshold)
+    if structure == HEAD:  # one group per head: every axis but -2
+        rank = len(v.shape)
+        return proximal.group_soft_threshold(v, threshold, axis=tuple(
+            a for a in range(rank) if a != rank - 2))
     raise ValueError(f"Unknown structure {structure!r}")
 
 
@@ -129,7 +133,7 @@ def init_norm_scale(initial, structure: str) -> float:
     import numpy as np
 
     w = np.asarray(initial, dtype=np.float64)
-    units = int(w.shape[-1]) if w.ndim else 1
+    units = int(w.shape[-2 if structure == HEAD else -1]) if w.ndim else 1
     total = float((w ** 2).sum())
     if total == 0.0 or w.size == 0:
         return threshold_scale(w.shape, structure, "fan_in")
@@ -163,6 +167,9 @@ def unit_init_norm_scale(initial, structure: str):
     from tf_dessilbi.masks import unit_norms
 
     w = np.asarray(initial, dtype=np.float64).reshape(np.shape(initial) or (1,))
+    if structure == HEAD:  # one factor per head, shaped (H, 1) to broadcast over (d, H, d_h)
+        norms = unit_norms(np.moveaxis(w, -2, -1))[:, None]
+        return np.where(norms > 0, norms, init_norm_scale(w, structure)).astype(np.float32)
     norms = unit_norms(w)
     if structure == ELEMENTWISE:
         norms = norms / np.sqrt(max(w.size // max(w.shape[-1], 1), 1))

@@ -7,6 +7,10 @@ A *structure* names the sparsity pattern of Γ for one variable:
   axis of a Keras conv kernel ``(*kernel_size, in, out)``).
 * ``"neuron"``: group lasso with one group per Dense output unit (the last
   axis of a Dense kernel ``(in, out)``).
+* ``"head"``: group lasso with one group per attention head: axis -2 of a
+  MultiHeadAttention projection kernel ``(d, H, d_h)`` (`structures_for`
+  couples the value kernel: a head out of supp Γ then outputs nothing and
+  `tf_dessilbi.shrink` removes it).
 * ``None``: the variable is not coupled and takes plain (momentum) SGD steps.
 
 ``"auto"`` couples Conv1D/2D/3D kernels by filter and Dense kernels
@@ -30,7 +34,8 @@ import keras
 ELEMENTWISE = "elementwise"
 FILTER = "filter"
 NEURON = "neuron"
-STRUCTURES = (ELEMENTWISE, FILTER, NEURON)
+HEAD = "head"
+STRUCTURES = (ELEMENTWISE, FILTER, NEURON, HEAD)
 GROUP_STRUCTURES = (FILTER, NEURON)
 AUTO = "auto"
 PRESETS = (AUTO, "elementwise")  # string values of ``structure=``
@@ -166,6 +171,11 @@ def resolve_structures(variables, structure) -> list:
                 f"Structure {chosen!r} groups a kernel by its last axis and "
                 f"needs a variable of rank >= 2, but variable {path!r} has "
                 f"shape {tuple(variable.shape)}. Use 'elementwise' or None."
+            )
+        if chosen == HEAD and len(variable.shape) != 3:
+            raise ValueError(
+                f"Structure 'head' groups an attention kernel (d, heads, d_head) by its "
+                f"heads (axis -2), but variable {path!r} has shape {tuple(variable.shape)}."
             )
         result.append(chosen)
     unused = [p for p, _ in structure if p not in used]

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import walk
@@ -126,7 +127,7 @@ def strip(model: keras.Model, optimizer=None, prune_bias: bool = True) -> keras.
             clone = layer.layer.__class__.from_config(layer.layer.get_config())
             arrays = _wrapper_weights(layer)
         else:
-            clone = layer.__class__.from_config(layer.get_config())
+            clone = _compat.layer_from_own_config(layer)
             arrays = [keras.ops.convert_to_numpy(w) for w in layer.weights]
         return clone, lambda c: c.set_weights(arrays)
 

@@ -9,7 +9,7 @@ and the producer units that leave together), decides what goes
 (`rebuild`), with a `ShrinkReport` of units, parameters and MACs.
 """
 
-from tf_dessilbi.shrink import handlers  # attaches the cut handlers to the layer table
+from tf_dessilbi.dependency import handlers  # attaches the cut handlers to the layer table
 from tf_dessilbi.shrink.api import shrink
 from tf_dessilbi.dependency.groups import UnitGroup
 from tf_dessilbi.dependency.groups import unit_groups

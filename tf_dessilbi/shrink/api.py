@@ -13,7 +13,7 @@ from tf_dessilbi import masks as masks_lib
 from tf_dessilbi import walk
 from tf_dessilbi.shrink import fold as fold_lib
 from tf_dessilbi.dependency import graph as graph_lib
-from tf_dessilbi.shrink import handlers as handlers_lib
+from tf_dessilbi.dependency import handlers as handlers_lib
 from tf_dessilbi.shrink import rebuild as rebuild_lib
 from tf_dessilbi.shrink import report as report_lib
 from tf_dessilbi.shrink import units as units_lib
@@ -64,9 +64,10 @@ def shrink(
             Defaults to `None`.
         round_to: each producer keeps a multiple of this many units (the
             strongest removed units, by ‖W[…, j]‖₂, are kept back). Defaults to `1`.
-        keep: names of layers kept whole, inputs and outputs. The layers
-            feeding the model's outputs keep their output units anyway.
-            Defaults to `()`.
+        keep: names of layers (or `keras.ops` nodes) kept whole, weights,
+            inputs and outputs, whatever they hold: layers shrink cannot
+            reason about go here. The layers feeding the model's outputs
+            keep their output units anyway. Defaults to `()`.
         min_units: a producer never keeps fewer units (an emptied layer keeps
             its strongest). Defaults to `1`.
         fold_constants: fold removed units' constant outputs into consumer
@@ -85,11 +86,12 @@ def shrink(
 
     Raises:
         TypeError: a wrong argument type, or a subclassed model.
-        ValueError: a layer shrink cannot reason about (named, with its class
-            and the supported ones), a mask for an unknown layer or of the
-            wrong length, or a bad argument; a layer the mask empties
-            (without ``allow_dead=True``); non-finite weights or Γ. Nothing
-            is modified.
+        ValueError: a layer or op shrink cannot reason about (named, with its
+            class and the way out: ``keep=`` or `tf_dessilbi.register_layer`),
+            a mask for an unknown layer or of the wrong length, or a bad
+            argument, raised before anything is built; a layer the mask
+            empties (without ``allow_dead=True``); non-finite weights or Γ.
+            Nothing is modified.
 
     Example:
 

@@ -3,7 +3,7 @@
 `shrink` cuts each layer's weights along the units it keeps; an optimizer's
 per-variable state (SGD's momentum buffer b, Adam's m and v, DessiLBI's
 momentum and V) is shaped like those weights and is cut the same way here,
-with the same handlers (`tf_dessilbi.shrink.handlers`) and the kept indices
+with the same handlers (`tf_dessilbi.dependency.handlers`) and the kept indices
 `ShrinkReport.kept` records. Everything else is copied: the step count
 ``iterations`` (so a learning-rate schedule continues at its position), a
 learning rate a callback changed, DessiLBI's κ, μ, λ and its per-layer
@@ -31,7 +31,7 @@ import numpy as np
 from tf_dessilbi import _compat
 from tf_dessilbi import registry
 from tf_dessilbi import walk
-from tf_dessilbi.shrink import handlers as handlers_lib
+from tf_dessilbi.dependency import handlers as handlers_lib
 from tf_dessilbi.shrink.report import ShrinkReport
 
 

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from tf_dessilbi import _compat
-from tf_dessilbi.shrink import handlers as handlers_lib
+from tf_dessilbi.dependency import handlers as handlers_lib
 
 _TOLERANCE = 1e-6
 
@@ -93,14 +93,19 @@ def _random_inputs(model, seed=0):
     rng = np.random.default_rng(seed)
     inputs = []
     for tensor in _compat.functional_graph(model).inputs:
-        shape = [2] + [int(d) for d in tensor.shape[1:]]
-        inputs.append(rng.standard_normal(shape).astype(tensor.dtype or "float32"))
+        shape = [2] + [2 if d is None else int(d) for d in tensor.shape[1:]]
+        dtype = tensor.dtype or "float32"
+        if np.issubdtype(np.dtype(dtype), np.integer) or dtype == "bool":  # ids, masks: 0 / 1
+            inputs.append(rng.integers(0, 2, shape).astype(dtype))
+        else:
+            inputs.append(rng.standard_normal(shape).astype(dtype))
     return inputs
 
 
 def _zeroed_weights(graph, weights, decision) -> dict:
+    """``{id(layer): weights}`` with the removed units zeroed (every part of a layer in turn)."""
     zeroed = {}
-    for key, info in graph.infos.items():
+    for info in graph.infos.values():
         if info.role == "producer":
             units = np.flatnonzero(~decision.kept(info.out_elems))
         elif info.role in ("depthwise", "channelwise"):
@@ -108,7 +113,8 @@ def _zeroed_weights(graph, weights, decision) -> dict:
         else:
             continue
         if len(units):
-            zeroed[key] = info.handler.zero_units(weights[key], units)
+            key = id(info.layer)
+            zeroed[key] = info.handler.zero_units(zeroed.get(key, weights[key]), units)
     return zeroed
 
 
@@ -125,11 +131,11 @@ def plan(graph, model, weights, decision, fold_constants: bool) -> FoldPlan:
     result = FoldPlan()
     if not needs:
         return result
-    record = {graph.edges[i][1] for i, _ in needs}
+    record = {graph.edges[i][1] for i, _ in needs if graph.edges[i][1] >= 0}
     inputs = _random_inputs(model)
     sparse = run_graph(model, inputs, record)
     zeroed_weights = _zeroed_weights(graph, weights, decision)
-    layers = {key: graph.infos[key].layer for key in zeroed_weights}
+    layers = {id(info.layer): info.layer for info in graph.infos.values()}
     try:
         for key, w in zeroed_weights.items():
             handlers_lib.assign(layers[key], w)
@@ -141,7 +147,11 @@ def plan(graph, model, weights, decision, fold_constants: bool) -> FoldPlan:
     entries = {}  # class root -> [(edge index, row, c, z)]
     for index, rows in needs:
         tid = graph.edges[index][1]
-        c, z = _constants(sparse[tid]), _constants(reference[tid])
+        if tid < 0:  # attention heads: the reference gives a removed head 0
+            width = len(graph.labels[tid])
+            c, z = np.full(width, np.nan), np.zeros(width)
+        else:
+            c, z = _constants(sparse[tid]), _constants(reference[tid])
         classes = roots[graph.labels[tid]]
         for r in np.flatnonzero(rows):
             entries.setdefault(int(classes[r]), []).append((index, int(r), c[r], z[r]))

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from tf_dessilbi import _compat
-from tf_dessilbi.shrink import handlers as handlers_lib
+from tf_dessilbi.dependency import handlers as handlers_lib
 
 
 class Rebuilder:
@@ -38,7 +38,8 @@ class Rebuilder:
         return int(self.decision.kept(self.graph.labels[id(tensor)]).sum())
 
     def _input(self, tensor):
-        shape = tuple(tensor.shape[1:-1]) + (self._width(tensor),)
+        last = tensor.shape[-1]
+        shape = tuple(tensor.shape[1:-1]) + (None if last is None else self._width(tensor),)
         return keras.Input(shape=shape, dtype=tensor.dtype, name=tensor.name)
 
     def _model(self, model):
@@ -69,6 +70,8 @@ class Rebuilder:
     def _layer_or_model(self, op):
         if _compat.is_graph_model(op):
             return self._model(op)
+        if not isinstance(op, keras.layers.Layer):
+            return op  # a stateless keras.ops operation: called again as it is
         if id(op) not in self.cache:
             self.cache[id(op)] = self._layer(op)
         return self.cache[id(op)]
@@ -76,12 +79,29 @@ class Rebuilder:
     # ---------------------------------------------------------------- layers
     def _layer(self, layer):
         info = self.graph.infos[id(layer)]
-        config = layer.get_config()
         w = self.weights.get(id(layer))
         if w is None:
             w = handlers_lib.weights_of(layer)
+        if info.role == "opaque":  # left whole: same config, same weights
+            new = _compat.layer_from_own_config(layer)
+            self.pending.append((new, w))
+            return new
+        config = layer.get_config()
         kept = self.decision.kept
-        if info.role == "producer":
+        if info.role == "inner":  # a block cut from inside (keras-hub's TransformerEncoder)
+            config, w, _ = info.handler.cut_inner(config, w)
+            new = layer.__class__.from_config(config)
+            self.pending.append((new, w))
+            return new
+        if hasattr(info.handler, "cut_attention"):
+            keep = {
+                role: np.flatnonzero(kept(self.graph.infos[(id(layer), role)].in_elems))
+                for role in ("query", "key", "value")
+            }
+            keep["heads"] = np.flatnonzero(kept(info.in_elems))
+            keep["out"] = np.flatnonzero(kept(info.out_elems))
+            config, w = info.handler.cut_attention(config, w, keep, self.bias_delta.get(id(layer)))
+        elif info.role == "producer":
             config, w = info.handler.cut(
                 config,
                 w,
@@ -90,7 +110,9 @@ class Rebuilder:
                 self.bias_delta.get(id(layer)),
             )
         elif info.role in ("depthwise", "channelwise"):
-            config, w = info.handler.cut(config, w, np.flatnonzero(kept(info.in_elems)))
+            config, w = info.handler.cut(
+                config, w, np.flatnonzero(kept(info.in_elems)), total=len(info.in_elems)
+            )
         elif isinstance(layer, keras.layers.Reshape):
             out = info.calls[0][1][0]
             shape = self.graph.shapes[out]

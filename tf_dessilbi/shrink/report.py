@@ -143,7 +143,8 @@ def _summary(report) -> str:
 
 def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> ShrinkReport:
     """The report of a shrink (see `tf_dessilbi.shrink.api`)."""
-    from tf_dessilbi.shrink import handlers as handlers_lib
+    from tf_dessilbi.dependency import attention as attention_lib
+    from tf_dessilbi.dependency import handlers as handlers_lib
 
     new_layers = {}
     for layer in _leaves(shrunk):
@@ -151,7 +152,12 @@ def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> S
     rows, removed, folded, zeroed, pinned, kept = [], {}, {}, {}, {}, {}
     pinned_roots = set(int(decision.roots[p]) for p in extra_pinned)
     for info in graph.infos.values():
-        if info.role not in ("producer", "depthwise", "channelwise"):
+        if info.role == "inner":
+            gone = info.handler.cut_inner(info.layer.get_config(), handlers_lib.weights_of(info.layer))[2]
+            if len(gone):
+                removed[f"{info.layer.name}/feedforward"] = gone.tolist()
+            continue
+        if info.role not in ("producer", "depthwise", "channelwise") or info.part:
             continue
         layer = info.layer
         elems = info.out_elems if info.role == "producer" else info.in_elems
@@ -162,6 +168,10 @@ def build_report(graph, decision, fold_plan, working, shrunk, extra_pinned) -> S
                             if info.role == "producer" else kept_in)
         if len(gone):
             removed[layer.name] = gone.tolist()
+        if isinstance(info.handler, attention_lib.HeadsInto):
+            heads = np.flatnonzero(~decision.kept(info.in_elems))
+            if len(heads):
+                removed[f"{layer.name}/heads"] = heads.tolist()
         for target, roots, need_removed in (
             (folded, fold_plan.folded, True),
             (zeroed, fold_plan.zeroed, True),

@@ -49,11 +49,14 @@ class ProducerHandler:
     kernel = "kernel"
 
     def check(self, layer) -> None:
-        if int(getattr(layer, "groups", 1) or 1) != 1:
-            raise ValueError(
-                f"shrink() does not cut grouped convolutions; {layer.name!r} has "
-                f"groups={layer.groups}."
-            )
+        pass
+
+    def for_layer(self, layer):
+        """The handler of this layer: a grouped convolution gets `grouped.GroupedHandler`."""
+        groups = int(getattr(layer, "groups", 1) or 1)
+        if groups == 1:
+            return self
+        return _GROUPED_HANDLER[0](groups)
 
     # The kernel seen as (*k, in, out).
     def _k(self, w):
@@ -180,7 +183,7 @@ class DepthwiseHandler:
     def check(self, layer) -> None:
         pass
 
-    def cut(self, config, w, keep):
+    def cut(self, config, w, keep, total=None):
         keep = np.asarray(keep, np.int64)
         kernel = w["kernel"]
         mult = kernel.shape[-1]
@@ -205,16 +208,37 @@ class DepthwiseHandler:
 
 
 class ChannelwiseHandler:
-    """BatchNormalization, PReLU: every weight's last axis is the channel axis."""
+    """Per-channel layers: every weight's last axis is the channel axis (scalars stay).
+
+    BatchNormalization, PReLU, Normalization, Rescaling, layer-scale weights.
+    ``config_lists`` names config entries holding one value per channel
+    (Normalization's ``mean``; Rescaling's ``scale`` when it is a list), sliced
+    with the channels; ``width_key`` a config entry set to the kept count
+    (ConvNeXt's ``LayerScale(projection_dim)``).
+    """
 
     zeroed = ("gamma", "beta")
+
+    def __init__(self, config_lists=(), width_key=None):
+        self.config_lists = tuple(config_lists)
+        self.width_key = width_key
 
     def check(self, layer) -> None:
         pass
 
-    def cut(self, config, w, keep):
+    def cut(self, config, w, keep, total=None):
         keep = np.asarray(keep, np.int64)
-        return dict(config), {k: _axis_take(v, keep, -1) for k, v in w.items()}
+        config = dict(config)
+        for key in self.config_lists:
+            value = config.get(key)
+            if isinstance(value, (list, tuple)) and len(value) == (total or len(value)) > 1:
+                config[key] = [value[i] for i in keep.tolist()]
+        if self.width_key is not None and self.width_key in config:
+            config[self.width_key] = len(keep)
+        def per_channel(v):
+            return np.ndim(v) > 0 and np.shape(v)[-1] == (total or np.shape(v)[-1]) > 1
+
+        return config, {k: (_axis_take(v, keep, -1) if per_channel(v) else v) for k, v in w.items()}
 
     def zero_units(self, w, channels) -> dict:
         w = dict(w)
@@ -249,24 +273,68 @@ def _attach():
         registry.set_cut(cls, DEPTHWISE)
     for cls in (L.BatchNormalization, L.PReLU, L.LayerNormalization):
         registry.set_cut(cls, CHANNELWISE)
+    registry.set_cut(L.Rescaling, ChannelwiseHandler(config_lists=("scale", "offset")))
+    registry.set_cut(L.Normalization, ChannelwiseHandler(config_lists=("mean", "variance")))
+    from tf_dessilbi import _compat
+
+    layer_scale = _compat.application_layer_classes().get("LayerScale")
+    if layer_scale is not None:
+        registry.set_cut(layer_scale, ChannelwiseHandler(width_key="projection_dim"))
 
 
 _attach()
 
+# The handler class of a convolution with ``groups > 1``; `tf_dessilbi.dependency.grouped`
+# (which subclasses the handlers here) sets it, with GroupNormalization's cut, on import.
+_GROUPED_HANDLER = []
+
+
+def register_grouped(grouped_handler_class) -> None:
+    """Sets the handler class `ProducerHandler.for_layer` gives a grouped convolution."""
+    _GROUPED_HANDLER[:] = [grouped_handler_class]
+
+
+def weight_keys(layer) -> list:
+    """A unique key for each of a layer's weights, in ``layer.weights`` order.
+
+    The shortest trailing part of the variable paths that tells them apart:
+    ``kernel`` and ``bias`` for a Dense, ``query/kernel`` … for a layer whose
+    sub-layers each own a ``kernel`` (MultiHeadAttention, Bidirectional, a
+    custom block). A rebuilt layer of the same class gets the same keys.
+    """
+    parts = [(getattr(v, "path", None) or v.name).split("/") for v in layer.weights]
+    for depth in range(1, max((len(p) for p in parts), default=1) + 1):
+        keys = ["/".join(p[-depth:]) for p in parts]
+        if len(set(keys)) == len(keys):
+            return keys
+    return [f"{i}:{k}" for i, k in enumerate(keys)]  # pragma: no cover - same paths
+
 
 def weights_of(layer) -> dict:
-    """``{weight name: NumPy copy}`` of a layer's own weights."""
+    """``{weight key: NumPy copy}`` of a layer's weights (`weight_keys`); {} for a keras.ops op."""
     import keras
 
+    if not isinstance(layer, keras.layers.Layer):
+        return {}
     return {
-        v.name.split("/")[-1]: np.array(keras.ops.convert_to_numpy(v)) for v in layer.weights
+        key: np.array(keras.ops.convert_to_numpy(v))
+        for key, v in zip(weight_keys(layer), layer.weights)
     }
 
 
 def assign(layer, weights: dict) -> None:
-    """Sets a built layer's weights from ``{weight name: array}``."""
-    missing = [v.name for v in layer.weights if v.name.split("/")[-1] not in weights]
-    if missing:
+    """Sets a built layer's weights from ``{weight key: array}`` (`weight_keys`)."""
+    keys = weight_keys(layer)
+    missing = [key for key in keys if key not in weights]
+    if missing and len(keys) == len(weights):
+        # unnamed variables (``variable_54``) get new numbers in a new layer: by position
+        keys = list(weights)
+    elif missing:
         raise ValueError(f"No values for weights {missing} of layer {layer.name!r}.")
-    for v in layer.weights:
-        v.assign(weights[v.name.split("/")[-1]])
+    for key, v in zip(keys, layer.weights):
+        if tuple(v.shape) != tuple(np.shape(weights[key])):
+            raise ValueError(  # pragma: no cover - a handler bug, never a user error
+                f"Weight {key!r} of layer {layer.name!r} has shape {tuple(v.shape)}; "
+                f"the cut gives {np.shape(weights[key])}."
+            )
+        v.assign(weights[key])
