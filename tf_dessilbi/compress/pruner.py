@@ -125,25 +125,14 @@ class Pruner:
             (against the model this step started from). After the last step
             calling again raises.
         """
-        from tf_dessilbi.shrink import api as shrink_api
-
         if self.current_step >= self.iterative_steps:
             raise ValueError(f"All {self.iterative_steps} steps are done; the budget is met.")
         target = self.step_target(self.current_step + 1)
         (removed, cost_model, order), _ = self._plan(self.model, data, target)
+        small, report = shrink_to(self.model, cost_model, order, removed, self.kind, target,
+                                  self.round_to, self.min_units, self.keep)
         which = 0 if self.kind == "macs" else 1
-        k = int(np.searchsorted(np.isin(order, removed).cumsum(), len(removed)) + 1)
-        while True:  # shrink may add a folded bias: check the real count, remove more if over
-            masks = cost_model.unit_masks(removed)
-            small, report = shrink_api.shrink(self.model, masks, min_units=self.min_units,
-                                              keep=self.keep, return_report=True)
-            real = (report.macs_after, report.params_after)[which]
-            if real <= target or k > len(order):
-                break
-            k += 1
-            removed = budget_lib.removed_at(cost_model, order, k, self.round_to, self.min_units)
-        if real > target:
-            raise ValueError(f"shrink() left {real:,} {self.kind} over the target {target:,.0f}.")
+        real = (report.macs_after, report.params_after)[which]
         logging.info("Pruner step %d/%d: %s %d → %d (%.3f× dense).", self.current_step + 1,
                      self.iterative_steps, self.kind, (report.macs_before, report.params_before)[which],
                      real, real / self.dense_cost[which])
@@ -156,3 +145,32 @@ class Pruner:
         """``(MACs, parameters)`` of ``model`` (default: the current one) as fractions of the dense model's."""
         cost_model = groups_lib.CostModel(self.model if model is None else model, self.keep)
         return (cost_model.macs_dense / self.dense_cost[0], cost_model.params_dense / self.dense_cost[1])
+
+
+def shrink_to(model, cost_model, order, removed, kind, target, round_to=1, min_units=1, keep=()):
+    """``shrink(model)`` without the groups ``removed`` (a `budget.plan`), checked against ``target``.
+
+    `shrink` may add a bias where it folds a removed channel's constant (more
+    parameters than `CostModel` counts) or remove more (unconsumed
+    channels); the shrunk model's own `ShrinkReport` decides: while it is
+    over ``target``, the next group of ``order`` goes too.
+
+    Returns:
+        ``(shrunk model, ShrinkReport)``.
+    """
+    from tf_dessilbi.shrink import api as shrink_api
+
+    which = 0 if kind == "macs" else 1
+    k = int(np.isin(order, removed).nonzero()[0].max() + 1) if len(removed) else 0
+    while True:
+        masks = cost_model.unit_masks(removed)
+        small, report = shrink_api.shrink(model, masks, min_units=min_units, keep=keep,
+                                          return_report=True)
+        real = (report.macs_after, report.params_after)[which]
+        if real <= target or k >= len(order):
+            break
+        k += 1
+        removed = budget_lib.removed_at(cost_model, order, k, round_to, min_units)
+    if real > target:
+        raise ValueError(f"shrink() left {real:,} {kind} over the target {target:,.0f}.")
+    return small, report
