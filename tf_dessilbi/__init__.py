@@ -8,6 +8,7 @@ models to plain Keras, SavedModel and TF-MOT.
 __version__ = "0.1.0"
 
 from tf_dessilbi import callbacks  # GateTemperature
+from tf_dessilbi import compress  # Pruner, importances, budgets, DessiLBI warm start
 from tf_dessilbi import layers  # SparseGate
 from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used
 from tf_dessilbi import masks  # Mask, MaskSource and the adapters
@@ -19,6 +20,8 @@ from tf_dessilbi.dessilbi import joint_unit_groups
 from tf_dessilbi.dessilbi import structures_for
 from tf_dessilbi.dessilbi.proximal import group_soft_threshold
 from tf_dessilbi.dessilbi.proximal import soft_threshold
+from tf_dessilbi.compress import DessiLBIWarmStart
+from tf_dessilbi.compress import Pruner
 from tf_dessilbi.export import export_saved_model
 from tf_dessilbi.export import strip
 from tf_dessilbi.gates.gating import gate_masks
@@ -51,8 +54,10 @@ def make_train_step(*args, **kwargs):
 
 __all__ = [
     "DessiLBI",
+    "DessiLBIWarmStart",
     "Mask",
     "MaskSource",
+    "Pruner",
     "ShrinkReport",
     "SparsityReport",
     "SparsityRow",
@@ -63,6 +68,7 @@ __all__ = [
     "apply_w_star",
     "joint_unit_groups",
     "callbacks",
+    "compress",
     "export_saved_model",
     "gate_masks",
     "gate_model",

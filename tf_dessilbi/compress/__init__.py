@@ -14,6 +14,8 @@ from tf_dessilbi.compress.importance import Importance
 from tf_dessilbi.compress.importance import Magnitude
 from tf_dessilbi.compress.importance import Taylor
 from tf_dessilbi.compress.pruner import Pruner
+from tf_dessilbi.compress.warm_start import BudgetFork
+from tf_dessilbi.compress.warm_start import DessiLBIWarmStart
 
-__all__ = ["BatchNormScale", "ChannelGroup", "CostModel", "Importance", "Magnitude", "Pruner",
-           "Taylor"]
+__all__ = ["BatchNormScale", "BudgetFork", "ChannelGroup", "CostModel", "DessiLBIWarmStart",
+           "Importance", "Magnitude", "Pruner", "Taylor"]
