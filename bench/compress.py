@@ -98,8 +98,6 @@ def _evaluate(model, data) -> float:
 
 
 def _finish(small, report, data, result, name):
-    import tf_dessilbi
-
     result.update(
         accuracy=_evaluate(small, data), macs=report.macs_after, params=int(small.count_params()),
         widths=[int(r.units_after) for r in report.rows if r.kind == "Conv2D"])
@@ -107,7 +105,6 @@ def _finish(small, report, data, result, name):
     small.compile()  # the fine-tune's optimizer is not saved
     small.save(path)
     result["model_path"] = path
-    del tf_dessilbi
     return result
 
 
