@@ -114,7 +114,9 @@ def run_keras(method, target, args, dense, name) -> dict:
     import tf_dessilbi
 
     keras.utils.clear_session()
-    data = protocol.load_data(args.seed, args.epochs, train_limit=args.limit or None,
+    if method == "dessilbi" and args.epochs == 0:
+        raise ValueError("dessilbi needs a fine-tune budget (its path runs in it): --epochs >= 1")
+    data = protocol.load_data(args.seed, max(1, args.epochs), train_limit=args.limit or None,
                               test_limit=args.limit or None)
     model = keras.models.clone_model(dense)
     model.set_weights(dense.get_weights())
@@ -146,7 +148,8 @@ def run_keras(method, target, args, dense, name) -> dict:
             if i == 0:
                 result["accuracy_before_fine_tune"] = _evaluate(small, data)
             n = per_step if i < steps - 1 else total - per_step * (steps - 1)
-            losses += _fine_tune(small, data, n, total, i * per_step, args.lr)
+            if n > 0:
+                losses += _fine_tune(small, data, n, total, i * per_step, args.lr)
         result["train_loss"] = losses
         report = pruner.reports[-1]  # MACs after: absolute, the last step's shrunk model
     result["wall_s"] = time.perf_counter() - t0
@@ -160,7 +163,7 @@ def run_keras(method, target, args, dense, name) -> dict:
 def run_torch(method, target, args, dense) -> dict:
     from bench import compress_torch
 
-    data = protocol.load_data(args.seed, args.epochs, train_limit=args.limit or None,
+    data = protocol.load_data(args.seed, max(1, args.epochs), train_limit=args.limit or None,
                               test_limit=args.limit or None)
     result = compress_torch.run_tp(dense, data, method.split("_", 1)[1], target, args.epochs,
                                    args.lr, args.seed, args.round_to)
@@ -263,7 +266,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--epochs", type=int, default=3, help="fine-tune budget (epochs)")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="fine-tune budget (epochs); 0: one-shot accuracy without fine-tune")
     parser.add_argument("--dense-epochs", type=int, default=protocol.EPOCHS)
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate")
     parser.add_argument("--round-to", type=int, default=1)

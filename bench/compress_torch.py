@@ -198,6 +198,8 @@ def fine_tune(module, data, epochs: int, peak_lr: float, seed: int) -> list:
     torch, nn = _torch()
     from bench import protocol
 
+    if epochs == 0:
+        return []
     torch.manual_seed(seed)
     opt = torch.optim.SGD(module.parameters(), lr=peak_lr, momentum=protocol.MOMENTUM, nesterov=True)
     steps = data.steps_per_epoch * epochs
