@@ -230,7 +230,7 @@ def latency(out, args) -> dict:
 def to_markdown(out) -> str:
     dense = out["dense"]
     lat = out.get("latency", {})
-    lines = [f"Dense ResNet-20 (protocol, SGD E = 10, seed {out['args']['seed']}): "
+    lines = [f"Dense ResNet-20 (protocol, SGD E = {out['args']['dense_epochs']}, seed {out['args']['seed']}): "
              f"**{100 * dense['accuracy']:.2f} %**, {dense['macs']:,} MACs, {dense['params']:,} parameters.",
              "", "| target MACs | method | accuracy | Δ vs dense | MACs | params | before fine-tune | "
              "SavedModel b1 / b128 (× dense) | TFLite b1 / b128 (× dense) |",
