@@ -70,6 +70,12 @@ setup(
             "jax[cpu]>=0.4.30,<1",
             "torch>=2.4,<2.14",
         ],
+        # bench/compress.py's peer: Torch-Pruning on a PyTorch port of the same model
+        # (torch pinned as in "backends": the CPU wheel, not a CUDA build).
+        "bench": [
+            "torch>=2.4,<2.14",
+            "torch-pruning>=1.6,<1.7",
+        ],
     },
     entry_points={
         "console_scripts": ["tf-dessilbi-train=tf_dessilbi.training.main:run_main"],

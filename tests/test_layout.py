@@ -39,7 +39,7 @@ LAYERS = (
     ("export.strip",),
     ("sparse", "shrink"),
     ("export", "tfmot"),
-    ("procedures", "bilevel"),
+    ("procedures", "bilevel", "compress"),
     ("training",),
     ("callbacks", "train", "configs.*", ""),  # configs.*: the config files; "": the top-level __init__
 )

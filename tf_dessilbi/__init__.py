@@ -12,6 +12,7 @@ from tf_dessilbi import _cli_start
 _cli_start.quiet_import_for_the_cli()  # before Keras imports TensorFlow: the CLI starts quiet
 
 from tf_dessilbi import callbacks  # GateTemperature
+from tf_dessilbi import compress  # Pruner, importances, budgets, DessiLBI warm start
 from tf_dessilbi import layers  # SparseGate
 from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when used
 from tf_dessilbi import masks  # Mask, MaskSource and the adapters
@@ -24,6 +25,8 @@ from tf_dessilbi.dessilbi import structures_for
 from tf_dessilbi.dessilbi.proximal import group_soft_threshold
 from tf_dessilbi.dessilbi.proximal import soft_threshold
 from tf_dessilbi.export import export_model
+from tf_dessilbi.compress import DessiLBIWarmStart
+from tf_dessilbi.compress import Pruner
 from tf_dessilbi.export import export_saved_model
 from tf_dessilbi.export import strip
 from tf_dessilbi.gates.gating import gate_masks
@@ -59,8 +62,10 @@ def make_train_step(*args, **kwargs):
 
 __all__ = [
     "DessiLBI",
+    "DessiLBIWarmStart",
     "Mask",
     "MaskSource",
+    "Pruner",
     "ShrinkReport",
     "SparsityReport",
     "SparsityRow",
@@ -73,6 +78,7 @@ __all__ = [
     "joint_unit_groups",
     "callbacks",
     "export_model",
+    "compress",
     "export_saved_model",
     "fit_with_switch",
     "gate_masks",

@@ -246,6 +246,21 @@ class DessiLBIMixin:
         slot = self._vs[index]
         return None if slot is None else ops.convert_to_tensor(slot)
 
+    def set_v(self, variable, value) -> None:
+        """Sets the auxiliary V of a coupled model variable (a warm start, a carried path).
+
+        Raises:
+            ValueError: ``variable`` is uncoupled, or ``value`` has another shape.
+        """
+        index = self._slot_index(variable)
+        slot = self._vs[index]
+        if slot is None:
+            raise ValueError(f"set_v(): variable {self._variable_path(variable)!r} is not coupled to Γ.")
+        if tuple(ops.shape(value)) != tuple(slot.shape):
+            raise ValueError(f"set_v(): value of shape {tuple(ops.shape(value))} for V of shape "
+                             f"{tuple(slot.shape)} ({self._variable_path(variable)!r}).")
+        self._assign_slot(slot, ops.cast(value, slot.dtype))
+
     def support(self, variable):
         """Boolean mask ``Γ ≠ 0`` shaped like `variable`, or ``None`` if uncoupled."""
         gamma = self.gamma(variable)
