@@ -1,6 +1,6 @@
 """Deployable files: size, latency and accuracy of dense, stripped, shrunk and int8 exports.
 
-    python -m bench.deploy --epochs fmnist=10 resnet20=3   # writes bench/DEPLOY.md
+    python -m bench.deploy --epochs fmnist=10 resnet20=3   # writes docs/research/reports/DEPLOY.md
 
 FMNIST-CNN-S and ResNet-20 (28×28×1) are trained under `bench.protocol`
 (real Fashion-MNIST, the per-(seed, epoch) order, Nesterov 0.9, peak lr
@@ -43,7 +43,7 @@ from bench import protocol
 
 bench.quiet_tf()
 
-RESULTS = os.path.join(bench.REPO_ROOT, "bench", "DEPLOY.md")
+RESULTS = os.path.join(bench.REPORTS_DIR, "DEPLOY.md")
 # (structure, recipe, the config's epochs) of each protocol config (bench.parity_recipe tokens).
 RECIPES = {
     "fmnist": ("filter", "init+mu40+lam0.25+u0.5+trim", 10),

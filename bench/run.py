@@ -241,6 +241,8 @@ HEADLINES = (
      "physically removed", "PARITY_RESNET20_E10.md",
      "python -m bench.parity --model resnet20 --epochs 10 --seeds 0 1 2 --no-tickets "
      "--structures filter --recipes unitinit+lam0.45+u0.5+trim+groups unitinit+lam0.45+u0.5+trim"),
+    ("Deployable files: LiteRT, ONNX, float16 and int8 of FMNIST-CNN-S against TF-MOT's",
+     "DEPLOY.md", "python -m bench.deploy --models fmnist --epochs fmnist=2"),
 )
 
 
