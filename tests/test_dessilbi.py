@@ -277,7 +277,7 @@ def test_base_optimizer_features_still_apply():
         ({"momentum": -0.1}, ValueError, r"`momentum` must be >= 0"),
         ({"momentum": 0.0, "nesterov": True}, ValueError, r"`nesterov=True` needs `momentum` > 0"),
         ({"nesterov": "yes"}, TypeError, r"`nesterov` must be a bool"),
-        ({"structure": "filters"}, ValueError, r"`structure` must be one of \('auto', 'elementwise'\) or a mapping.*Received: structure='filters'"),
+        ({"structure": "filters"}, ValueError, r"`structure` must be one of \('auto', 'elementwise', 'filter', 'filter_neuron'\) or a mapping.*Received: structure='filters'"),
         ({"structure": {"conv": "filters"}}, ValueError, r"`structure\['conv'\]` must be one of .*Received: 'filters'"),
         ({"structure": {"conv[": "filter"}}, ValueError, r"`structure` key 'conv\[' is not a valid regular expression"),
         ({"structure": {3: "filter"}}, TypeError, r"`structure` keys must be regex strings"),

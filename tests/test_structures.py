@@ -1,5 +1,7 @@
 """Structures: "auto" from paths, explicit mappings, `structures_for` from the layer table."""
 
+import re
+
 import keras
 import pytest
 
@@ -112,3 +114,33 @@ def test_named_structures_and_an_unknown_name():
     assert fn == ["filter", "filter", "filter", "neuron", "elementwise"]
     with pytest.raises(ValueError, match=r"`structure` must be one of .*Received: structure='filters'"):
         structures.named_structure("filters", model)
+
+
+@pytest.mark.parametrize("name", ["filter", "filter_neuron"])
+def test_the_api_takes_the_cli_structure_names(name):
+    # One vocabulary: DessiLBI(structure=name) couples what the CLI's
+    # config.optimizer.structure=name couples (named_structure, from the layer table).
+    from tf_dessilbi import models
+    from tf_dessilbi.dessilbi import structures
+
+    model = models.fmnist_cnn_s()
+    opt = tf_dessilbi.DessiLBI(structure=name)
+    opt.build(model.trainable_variables)
+    got = [opt.variable_structure(v) for v in model.trainable_variables]
+    mapping = structures.named_structure(name, model)
+    expected = [next((s for p, s in mapping.items() if re.search(p, v.path)), None)
+                for v in model.trainable_variables]
+    assert got == expected and any(got)
+    assert opt.get_config()["structure"] == name
+
+
+def test_a_pattern_selects_kernels_unless_it_names_another_variable():
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv1"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, name="out")])
+    opt = tf_dessilbi.DessiLBI(structure={"conv": "filter"})  # conv1/bias is not selected
+    opt.build(model.trainable_variables)
+    by_path = {v.path.split("/", 1)[-1]: opt.variable_structure(v) for v in model.trainable_variables}
+    assert by_path == {"conv1/kernel": "filter", "conv1/bias": None, "out/kernel": None, "out/bias": None}
+    opt = tf_dessilbi.DessiLBI(structure={"conv1/bias": "elementwise", "conv": "filter"})
+    opt.build(model.trainable_variables)
+    assert opt.variable_structure(model.get_layer("conv1").bias) == "elementwise"

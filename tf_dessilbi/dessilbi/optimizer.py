@@ -62,10 +62,15 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             Defaults to `1.0`.
         momentum: float in [0, 1). Defaults to `0.9`.
         nesterov: whether to use Nesterov momentum. Defaults to `False`.
-        structure: ``"auto"`` (Conv1D/2D/3D kernels by filter, Dense kernels
-            elementwise) or a mapping ``{regex: structure}`` matched with
-            `re.search` against variable paths, the first match winning;
-            values are ``"elementwise"``, ``"filter"``, ``"neuron"`` or
+        structure: a preset — ``"auto"`` (Conv1D/2D/3D kernels by filter,
+            Dense kernels elementwise), ``"elementwise"``, ``"filter"`` (conv
+            filters, Dense kernels uncoupled) or ``"filter_neuron"`` (conv
+            filters, Dense neurons, the logits elementwise), the names the
+            CLI's ``config.optimizer.structure`` takes — or a mapping
+            ``{regex: structure}`` matched with `re.search` against variable
+            paths, the first match winning; a pattern selects kernels unless it
+            names another variable (``"conv1/bias"``); values are
+            ``"elementwise"``, ``"filter"``, ``"neuron"``, ``"head"`` or
             ``None``; unmatched variables are uncoupled. See
             `tf_dessilbi.structures_for`. Defaults to `"auto"`.
         lambda_scaling: ``"fan_in"`` thresholds an elementwise kernel at

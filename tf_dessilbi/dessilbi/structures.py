@@ -21,6 +21,16 @@ sees layers; `structures_for(model)` decides from the layer classes instead
 and returns an explicit mapping that can be passed as ``structure=``.
 ``"elementwise"`` couples the same kernels as ``"auto"``, every one of them
 elementwise (the lasso path of the paper's unstructured experiments).
+``"filter"`` couples the conv kernels by filter and leaves the Dense kernels
+uncoupled; ``"filter_neuron"`` couples conv kernels by filter and Dense
+kernels by neuron, except the last Dense kernel (the logits: a class unit
+cannot go), which stays elementwise. These are the names the CLI's
+``config.optimizer.structure`` takes too.
+
+In a ``{pattern: structure}`` mapping a pattern selects kernels: it matches a
+variable that is not a ``kernel`` (``conv1/bias``, a BatchNorm's ``gamma``)
+only when the pattern names that variable (``"conv1/bias"``), so
+``{"conv": "filter"}`` couples the conv kernels and leaves their biases alone.
 """
 
 from __future__ import annotations
@@ -38,7 +48,8 @@ HEAD = "head"
 STRUCTURES = (ELEMENTWISE, FILTER, NEURON, HEAD)
 GROUP_STRUCTURES = (FILTER, NEURON)
 AUTO = "auto"
-PRESETS = (AUTO, "elementwise")  # string values of ``structure=``
+FILTER_NEURON = "filter_neuron"
+PRESETS = (AUTO, ELEMENTWISE, FILTER, FILTER_NEURON)  # string values of ``structure=``
 
 _EXCLUDED_BY_AUTO = ("depthwise", "transpose", "separable")
 
@@ -81,9 +92,19 @@ def check_pattern(argument: str, pattern) -> str:
     return pattern
 
 
-def first_match(path: str, patterns) -> Optional[str]:
-    """The first of ``patterns`` (in order) that `re.search` finds in ``path``; None if none does."""
-    return next((pattern for pattern in patterns if re.search(pattern, path)), None)
+def first_match(path: str, patterns, kernels_only: bool = False) -> Optional[str]:
+    """The first of ``patterns`` (in order) that `re.search` finds in ``path``; None if none does.
+
+    With ``kernels_only``, a pattern matches a variable whose name (the last
+    part of its path) is not ``kernel`` only if the pattern contains that name.
+    """
+    name = path.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if kernels_only and name != "kernel" and name not in pattern:
+            continue
+        if re.search(pattern, path):
+            return pattern
+    return None
 
 
 def validate_structure(structure):
@@ -153,16 +174,22 @@ def resolve_structures(variables, structure) -> list:
     paths = [_path(v) for v in variables]
     if structure == AUTO:
         return [auto_structure(p, v.shape) for p, v in zip(paths, variables)]
-    if structure == ELEMENTWISE:  # auto's choice of kernels, each one a lasso
-        return [None if auto_structure(p, v.shape) is None else ELEMENTWISE
-                for p, v in zip(paths, variables)]
+    if structure in (ELEMENTWISE, FILTER, FILTER_NEURON):  # auto's choice of kernels, restructured
+        autos = [auto_structure(p, v.shape) for p, v in zip(paths, variables)]
+        dense = [i for i, a in enumerate(autos) if a == ELEMENTWISE]
+        logits = dense[-1] if dense else None
+        if structure == ELEMENTWISE:
+            return [None if a is None else ELEMENTWISE for a in autos]
+        if structure == FILTER:
+            return [a if a == FILTER else None for a in autos]
+        return [NEURON if a == ELEMENTWISE and i != logits else a for i, a in enumerate(autos)]
     used = set()
     result = []
     values = {}
     for pattern, value in structure:  # the first value of a pattern given twice, as before
         values.setdefault(pattern, value)
     for path, variable in zip(paths, variables):
-        pattern = first_match(path, values)
+        pattern = first_match(path, values, kernels_only=True)
         chosen = None if pattern is None else values[pattern]
         if pattern is not None:
             used.add(pattern)
@@ -220,7 +247,7 @@ def structures_for(model: keras.Model) -> dict:
     }
 
 
-NAMED = ("auto", "elementwise", "filter", "filter_neuron")  # names of `named_structure`
+NAMED = PRESETS  # names of `named_structure`
 
 
 def named_structure(name: str, model: keras.Model):
@@ -238,7 +265,7 @@ def named_structure(name: str, model: keras.Model):
     """
     if name not in NAMED:
         raise ValueError(f"`structure` must be one of {NAMED}. Received: structure={name!r}")
-    if name in PRESETS:
+    if name in (AUTO, ELEMENTWISE):
         return name
     mapping = structures_for(model)  # conv → filter, dense → elementwise
     if name == "filter":
