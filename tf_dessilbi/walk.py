@@ -185,3 +185,22 @@ def output_is_constant(model, seed: int = 0) -> bool:
         if not np.allclose(out, out[:1], rtol=1e-6, atol=1e-7 * (1.0 + np.max(np.abs(out)))):
             return False
     return True
+
+
+def refuse_broken(model, *, allow_dead: bool, diverged: str, dead: str) -> None:
+    """Refuses a model with non-finite weights, or (unless ``allow_dead``) a dead one.
+
+    Dead: some layer keeps no weight and the outputs no longer depend on the
+    inputs (an emptied residual branch is alive). The messages are the
+    caller's: ``diverged`` is formatted with ``bad`` (the non-finite
+    weights, joined), ``dead`` with ``layers`` (the empty layers, joined).
+
+    Raises:
+        ValueError: with the caller's message.
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(diverged.format(bad=", ".join(bad)))
+    empty = dead_layers(model)
+    if empty and not allow_dead and output_is_constant(model):
+        raise ValueError(dead.format(layers=", ".join(empty)))

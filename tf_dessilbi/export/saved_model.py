@@ -240,16 +240,13 @@ def export_saved_model(
                                                                **(shrink_options or {})})
     else:
         stripped = strip(model, optimizer, prune_bias=prune_bias)
-    bad = walk.non_finite_weights(stripped)
-    if bad:
-        raise ValueError(f"export_saved_model(): model {model.name!r} has non-finite weights "
-                         f"({', '.join(bad)}): the run diverged; nothing was exported.")
-    dead = walk.dead_layers(stripped)
-    if dead and not allow_dead and walk.output_is_constant(stripped):
-        raise ValueError(
-            f"export_saved_model(): layer(s) {', '.join(dead)} keep no weight, so the model's "
-            f"outputs do not depend on its inputs; nothing was exported. Pass allow_dead=True "
-            f"to export it anyway.")
+    walk.refuse_broken(
+        stripped, allow_dead=allow_dead,
+        diverged=f"export_saved_model(): model {model.name!r} has non-finite weights ({{bad}}): "
+                 f"the run diverged; nothing was exported.",
+        dead="export_saved_model(): layer(s) {layers} keep no weight, so the model's outputs do "
+             "not depend on its inputs; nothing was exported. Pass allow_dead=True to export it "
+             "anyway.")
     module, concrete = _serving_module(stripped, preprocessing)
 
     os.makedirs(export_dir, exist_ok=True)

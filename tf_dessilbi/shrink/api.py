@@ -123,16 +123,13 @@ def shrink(
     for _, variable, weight_mask in masks_lib.apply_to(mask, working):
         value = keras.ops.convert_to_numpy(variable)
         variable.assign(np.where(weight_mask, value, np.zeros_like(value)))
-    bad = walk.non_finite_weights(working)
-    if bad:
-        raise ValueError(f"shrink(): model {model.name!r} has non-finite weights ({', '.join(bad)}): "
-                         f"the run diverged; nothing to shrink.")
-    dead = walk.dead_layers(working)
-    if dead and not allow_dead and walk.output_is_constant(working):
-        raise ValueError(
-            f"shrink(): the mask keeps no weight of layer(s) {', '.join(dead)}, so the network's "
-            f"outputs would not depend on its inputs. Train longer or lower the sparsity "
-            f"pressure; pass allow_dead=True to shrink it anyway.")
+    walk.refuse_broken(
+        working, allow_dead=allow_dead,
+        diverged=f"shrink(): model {model.name!r} has non-finite weights ({{bad}}): the run "
+                 f"diverged; nothing to shrink.",
+        dead="shrink(): the mask keeps no weight of layer(s) {layers}, so the network's outputs "
+             "would not depend on its inputs. Train longer or lower the sparsity pressure; pass "
+             "allow_dead=True to shrink it anyway.")
     graph = graph_lib.Graph(working, keep)
     weights = {key: handlers_lib.weights_of(info.layer) for key, info in graph.infos.items()}
 
