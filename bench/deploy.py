@@ -5,8 +5,8 @@
 FMNIST-CNN-S and ResNet-20 (28×28×1) are trained under `bench.protocol`
 (real Fashion-MNIST, the per-(seed, epoch) order, Nesterov 0.9, peak lr
 0.05, warm-up then cosine) at the supports of the protocol configs
-(``configs/fmnist_dessilbi_protocol.py``: filter groups,
-``init+mu40+lam0.25+u0.5+trim``; ``configs/fmnist_resnet20_dessilbi_protocol.py``:
+(``tf_dessilbi/configs/fmnist_dessilbi_protocol.py``: filter groups,
+``init+mu40+lam0.25+u0.5+trim``; ``tf_dessilbi/configs/fmnist_resnet20_dessilbi_protocol.py``:
 ``unitinit+lam0.45+u0.5+trim``; `bench.parity.dessilbi_run`), beside the
 dense SGD run of the same seed. Each network is then exported with
 `tf_dessilbi.export_model` as

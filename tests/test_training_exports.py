@@ -17,7 +17,7 @@ HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnx", "onnxru
 
 
 def _config(**outputs):
-    config = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_dessilbi.py"))
+    config = config_lib.load_config(os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py"))
     for key, value in outputs.items():
         config.outputs[key] = value
     return config
@@ -46,7 +46,7 @@ def test_bad_formats_name_the_field(outputs, match):
 
 def test_command_line_sets_formats_and_quantize():
     values = flags.FlagValues()
-    path = os.path.join(ROOT, "configs", "fmnist_dessilbi.py")
+    path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
     argv = ["prog", f"--config={path}", "--config.outputs.formats=('litert','onnx')",
             "--config.outputs.quantize=int8"]
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
