@@ -35,7 +35,9 @@ def main(quick: bool, out_dir: str) -> None:
 
     # 2. Export: a plain Keras model with W*, a versioned SavedModel, TF-MOT.
     sparse = tf_dessilbi.strip(model, opt)
-    path = tf_dessilbi.export_saved_model(sparse, os.path.join(out_dir, "fmnist"))
+    # --quick is a 16-step smoke run: supp Γ may still be empty there, which the export
+    # refuses (its outputs would not depend on the input) unless told otherwise.
+    path = tf_dessilbi.export_saved_model(sparse, os.path.join(out_dir, "fmnist"), allow_dead=quick)
     print("SavedModel:", path)
     masks = tf_dessilbi.tfmot.sparse_masks(model, opt)
     pruned = tf_dessilbi.tfmot.to_pruned(tf_dessilbi.tfmot.to_tf_keras(model, opt), masks)

@@ -76,7 +76,9 @@ def run_saved_model(path, x):
     ys = []
     for s in range(0, len(x), _CHUNK):
         outputs = signature(**{key: tf.constant(x[s:s + _CHUNK])})
-        ys.append(np.asarray(outputs[sorted(outputs)[0]]))
+        # The model's output: the first floating one (a serving signature may add class names).
+        floating = sorted(k for k, v in outputs.items() if v.dtype.is_floating)
+        ys.append(tf.cast(outputs[floating[0]], tf.float32).numpy())  # bfloat16 does not survive .npy
     return np.concatenate(ys)
 
 

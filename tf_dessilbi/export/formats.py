@@ -267,7 +267,8 @@ def export_model(
     quantized = quantize is not None
 
     if format == "saved_model":
-        target = export_saved_model(plain, path, version=version, overwrite=overwrite)
+        target = export_saved_model(plain, path, version=version, overwrite=overwrite,
+                                    allow_dead=allow_dead)
         result = (check_lib.check_export(format, target, plain, x_check, y_eval, quantized)
                   if checkable else None)
         return ExportedModel(target, format, quantize, _size(target), result)
