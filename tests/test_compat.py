@@ -205,3 +205,25 @@ def test_layer_from_own_config_clones_a_lambda():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(np.ones((1, 2), "float32"))), [[2.0, 2.0]])
 
     _pinned("layer_from_own_config", check)
+
+
+def test_clone_model_uncompiled_skips_an_unregistered_schedule():
+    class Unregistered(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return 0.01
+
+        def get_config(self):
+            return {}
+
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(Unregistered()), loss="mse")
+    with pytest.raises(TypeError, match="Unregistered"):  # what Keras' own clone does
+        keras.models.clone_model(model)
+
+    def check():
+        clone = _compat.clone_model_uncompiled(model, lambda layer: layer.__class__.from_config(layer.get_config()))
+        assert not clone.compiled
+        assert model.compiled  # restored
+        assert [l.name for l in clone.layers] == [l.name for l in model.layers]
+
+    _pinned("clone_model_uncompiled", check)

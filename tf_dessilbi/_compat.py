@@ -240,3 +240,25 @@ def layer_from_own_config(layer):
 def node_arguments(node):
     """``(args, kwargs)`` a node's operation was called with (symbolic tensors in place)."""
     return tuple(node.arguments.args), dict(node.arguments.kwargs)
+
+
+def clone_model_uncompiled(model, clone_function):
+    """``keras.models.clone_model(model, clone_function, recursive=True)``, not compiled.
+
+    Keras compiles a clone of a compiled model from ``get_compile_config()``,
+    which deserializes the optimizer, its learning-rate schedule and the loss:
+    a custom, unregistered schedule or loss makes the clone fail, and the
+    fresh optimizer would be built for the clone's full-size variables anyway.
+    The package's clones (masked copies, gated copies, shrunk and stripped
+    models) are returned uncompiled; `tf_dessilbi.carry_optimizer` carries
+    the optimizer state where that is wanted. ``model.compiled`` (a plain
+    attribute of Keras 3's ``Trainer``) is hidden for the call and restored.
+    """
+    compiled = getattr(model, "compiled", False)
+    try:
+        if compiled:
+            model.compiled = False
+        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        if compiled:
+            model.compiled = True

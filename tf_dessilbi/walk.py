@@ -109,7 +109,7 @@ def plain_clone(layer):
 
 
 def clone_with(model, make_clone: Callable) -> keras.Model:
-    """Clones ``model`` with ``make_clone(layer) -> (clone, copy_weights)``.
+    """Clones ``model`` with ``make_clone(layer) -> (clone, copy_weights)``; the clone is not compiled.
 
     ``copy_weights(clone)`` runs once the cloned model is built.
     """
@@ -120,7 +120,7 @@ def clone_with(model, make_clone: Callable) -> keras.Model:
         copies.append((clone, copy_weights))
         return clone
 
-    cloned = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    cloned = _compat.clone_model_uncompiled(model, clone_function)
     for clone, copy_weights in copies:
         copy_weights(clone)
     return cloned
