@@ -61,13 +61,15 @@ class DessiLBIWarmStart:
     Args:
         model: a trained, built graph model `shrink` can cut. Its weights are
             read here; fitting it with `optimizer` trains it in place.
-        macs, params: the budget, a fraction of ``model``'s MACs or
-            parameters (exactly one).
+        macs: the budget as a fraction of ``model``'s MACs (pass exactly
+            one of ``macs`` and ``params``).
+        params: the budget as a fraction of ``model``'s parameters.
         path_steps: T, the steps over which the support is scheduled to grow
             to the budget.
         learning_rate: α, constant along the path. Defaults to `0.01`.
         kappa: κ. Defaults to `1.0`.
-        momentum, nesterov: the optimizer's momentum. Defaults to `0.9`, `True`.
+        momentum: the optimizer's momentum. Defaults to `0.9`.
+        nesterov: Nesterov momentum. Defaults to `True`.
         decay: ρ, the e-folds by which an outside group shrinks over T steps
             (sets μ). Defaults to `1.0`.
         initial: the fraction of the budget the initial support fills, in
@@ -75,8 +77,12 @@ class DessiLBIWarmStart:
         importance: ranks the groups for the initial support and the
             schedule (`Pruner`'s names or an `Importance`). Defaults to `"l2"`
             (n_G, the quantity the path integrates).
-        round_to, min_units, keep: as `Pruner`. Defaults to `1`, `1`, `()`.
+        round_to: as `Pruner`'s. Defaults to `1`.
+        min_units: as `Pruner`'s. Defaults to `1`.
+        keep: as `Pruner`'s. Defaults to `()`.
         check_every: steps between the fork's support checks. Defaults to `10`.
+        data: (x, y) batches to score on, for an importance that needs data
+            (``"taylor"``). Defaults to `None`.
 
     Example:
 

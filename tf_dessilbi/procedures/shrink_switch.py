@@ -289,11 +289,13 @@ def fit_with_switch(model: keras.Model, x=None, y=None, *, finetune, epochs: int
 
     Args:
         model: a compiled model trained by `tf_dessilbi.DessiLBI`.
-        x, y: the training data, passed to both fits (a `tf.data.Dataset`
+        x: the training data (default `None`), passed to both fits (a `tf.data.Dataset`
             goes on with its own epoch order).
+        y: the targets when ``x`` is an array. Defaults to `None`.
         finetune: the `WStarFinetune` deciding the fork (``decouple=True``,
             ``prune_bias=True``).
-        epochs, initial_epoch: as `fit`'s.
+        epochs: as `fit`'s. Defaults to `1`.
+        initial_epoch: as `fit`'s. Defaults to `0`.
         callbacks: further callbacks for both fits. Defaults to `None`.
         switch: ``False`` runs the masked fine-tune on the big model (the
             comparison run). Defaults to `True`.
