@@ -140,6 +140,25 @@ class SourcesTest(parameterized.TestCase):
             np.testing.assert_array_equal(a, b)
 
 
+    def test_failing_shrink_restores_the_weights_it_masked_in_place(self):
+        # A plain model is masked in place while it is cut; an error on the way
+        # (here: the mask empties layer "a", refused as dead) restores it.
+        model = keras.Sequential(
+            [keras.Input((5,)), layers.Dense(6, name="a"), layers.Dense(2, name="b")], name="s"
+        )
+        before = [w.copy() for w in model.get_weights()]
+        with self.assertRaisesRegex(ValueError, "keeps no weight of layer"):
+            shrink(model, {"a": np.zeros(6, bool)})
+        for a, b in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        small = shrink(model, {"a": np.array([1, 0, 1, 0, 1, 1], bool)})
+        self.assertEqual(small.get_layer("a").units, 4)
+        self.assertTrue(all(
+            not any(w is v for v in model.weights) for w in small.weights))  # no shared variable
+        for a, b in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
 class ReportTest(parameterized.TestCase):
     def test_counts_from_shapes(self):
         model = small_cnn()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import keras
@@ -119,38 +120,35 @@ def shrink(
 
     mask = masks_lib.resolve(source, model, optimizer=optimizer)
     raw_norms = _raw_norms(model)
-    working = _strip(model, optimizer)
-    for _, variable, weight_mask in masks_lib.apply_to(mask, working):
-        value = keras.ops.convert_to_numpy(variable)
-        variable.assign(np.where(weight_mask, value, np.zeros_like(value)))
-    walk.refuse_broken(
-        working, allow_dead=allow_dead,
-        diverged=f"shrink(): model {model.name!r} has non-finite weights ({{bad}}): the run "
-                 f"diverged; nothing to shrink.",
-        dead="shrink(): the mask keeps no weight of layer(s) {layers}, so the network's outputs "
-             "would not depend on its inputs. Train longer or lower the sparsity pressure; pass "
-             "allow_dead=True to shrink it anyway.")
-    graph = graph_lib.Graph(working, keep)
-    weights = {key: handlers_lib.weights_of(info.layer) for key, info in graph.infos.items()}
+    with _masked(model, optimizer, mask) as working:
+        walk.refuse_broken(
+            working, allow_dead=allow_dead,
+            diverged=f"shrink(): model {model.name!r} has non-finite weights ({{bad}}): the run "
+                     f"diverged; nothing to shrink.",
+            dead="shrink(): the mask keeps no weight of layer(s) {layers}, so the network's outputs "
+                 "would not depend on its inputs. Train longer or lower the sparsity pressure; pass "
+                 "allow_dead=True to shrink it anyway.")
+        graph = graph_lib.Graph(working, keep)
+        weights = {key: handlers_lib.weights_of(info.layer) for key, info in graph.infos.items()}
 
-    extra_pinned = []
-    for _ in range(20):
-        decision = units_lib.decide(
-            graph,
-            weights,
-            extra_pinned=extra_pinned,
-            min_units=min_units,
-            round_to=round_to,
-            raw_norms=raw_norms,
-        )
-        plan = fold_lib.plan(graph, working, weights, decision, fold_constants)
-        if not plan.pin:
-            break
-        extra_pinned.extend(plan.pin)
-    else:  # pragma: no cover - each round pins at least one more class
-        raise RuntimeError("shrink(): constant folding did not settle.")
-    shrunk = rebuild_lib.Rebuilder(graph, decision, weights, plan.bias_delta).build(working)
-    report = report_lib.build_report(graph, decision, plan, working, shrunk, extra_pinned)
+        extra_pinned = []
+        for _ in range(20):
+            decision = units_lib.decide(
+                graph,
+                weights,
+                extra_pinned=extra_pinned,
+                min_units=min_units,
+                round_to=round_to,
+                raw_norms=raw_norms,
+            )
+            plan = fold_lib.plan(graph, working, weights, decision, fold_constants)
+            if not plan.pin:
+                break
+            extra_pinned.extend(plan.pin)
+        else:  # pragma: no cover - each round pins at least one more class
+            raise RuntimeError("shrink(): constant folding did not settle.")
+        shrunk = rebuild_lib.Rebuilder(graph, decision, weights, plan.bias_delta).build(working)
+        report = report_lib.build_report(graph, decision, plan, working, shrunk, extra_pinned)
     logging.info(
         "Shrank %r: parameters %d → %d, MACs %d → %d.",
         model.name,
@@ -175,8 +173,28 @@ def _raw_norms(model) -> dict:
     return norms
 
 
-def _strip(model, optimizer):
-    """A plain copy with the sparse weights (`tf_dessilbi.strip`)."""
-    from tf_dessilbi.export.strip import strip
+@contextlib.contextmanager
+def _masked(model, optimizer, mask):
+    """The model to cut: the sparse weights with ``mask`` applied.
 
-    return strip(model, optimizer)
+    A plain model without a DessiLBI ``optimizer`` is masked in place for the
+    duration of the block and restored on exit, even on an error (a copy of
+    a large model costs more than the rest of `shrink`); a model with mask
+    wrappers, or one whose W* comes from ``optimizer``, is first stripped to
+    a plain copy (`tf_dessilbi.strip`).
+    """
+    from tf_dessilbi.export.strip import is_mask_wrapper, strip
+
+    in_place = optimizer is None and not any(is_mask_wrapper(layer) for layer in walk.layers(model))
+    working = model if in_place else strip(model, optimizer)
+    saved = []
+    try:
+        for _, variable, weight_mask in masks_lib.apply_to(mask, working):
+            value = keras.ops.convert_to_numpy(variable)
+            if in_place:
+                saved.append((variable, value))
+            variable.assign(np.where(weight_mask, value, np.zeros_like(value)))
+        yield working
+    finally:
+        for variable, value in reversed(saved):
+            variable.assign(value)
