@@ -30,13 +30,14 @@ REF = {
 }
 
 
-# The longer runs (E = 10, ResNet-20) live in the research record, not in RESULTS.md.
-RESEARCH = "../docs/research/claims_notes.md"
+# The longer runs (E = 10, ResNet-20) live in the research record. The section is part
+# of the full run report, docs/research/reports/BENCH_RUN.md: links are relative to it.
+RESEARCH = "../claims_notes.md"
 
 
 def pointer(number: int) -> list:
     """One line sending the reader to the research record's note on claim ``number``."""
-    return [f"Longer budgets and ResNet-20: the headline tables below and "
+    return [f"Longer budgets and ResNet-20: the headline tables of bench/RESULTS.md and "
             f"[the research record's note on claim {number}]({RESEARCH}#claim-{number}).", ""]
 
 

@@ -216,14 +216,69 @@ def write_report(results: dict, quick: bool, output: str, command: str, wall: di
         if part == "step_time" and not quick:
             lines += _earlier_step_runs()
         if part == "accuracy" and "error" not in results[part]:
-            rel = os.path.relpath(figures, os.path.dirname(os.path.abspath(output)))
+            rel = os.path.relpath(figures, os.path.dirname(os.path.abspath(_full_report_path(output))))
             lines += [f"![accuracy vs weights kept]({rel}/accuracy_sparsity.png)", "",
                       f"![DessiLBI support along training]({rel}/dessilbi_support_path.png)", ""]
     lines.append(claims.reproduction(results, quick))
-    if not quick:
-        lines += _headlines()
-    with open(output, "w") as f:
+    full = _full_report_path(output)
+    with open(full, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
+    condensed = condense("\n".join(lines), os.path.relpath(full, os.path.dirname(os.path.abspath(output))))
+    if not quick:
+        condensed += "\n\n" + "\n".join(_headlines())
+    with open(output, "w") as f:
+        f.write(condensed.rstrip() + "\n")
+
+
+def _full_report_path(output: str) -> str:
+    """Where the whole run's report goes: the research record for bench/RESULTS.md, else beside ``output``."""
+    default = os.path.join(bench.REPO_ROOT, "bench", "RESULTS.md")
+    if os.path.abspath(output) == default:
+        return os.path.join(bench.REPORTS_DIR, "BENCH_RUN.md")
+    root, ext = os.path.splitext(output)
+    return f"{root}_full{ext or '.md'}"
+
+
+def _slug(title: str) -> str:
+    """MkDocs' anchor of a heading (lower case, punctuation dropped, spaces to hyphens)."""
+    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", title.lower()).strip())
+
+
+def condense(full: str, link: str) -> str:
+    """RESULTS.md's view of the full run report: each part's first table, each claim's verdict.
+
+    Machine and Commands stay whole; every other ``##`` part keeps its text up
+    to the end of its first table (figures and later tables stay in the full
+    report); the claims section keeps each claim's heading and verdict line.
+    Each shortened part links to its place in the full report at ``link``.
+    """
+    sections, current = [], []
+    for line in full.splitlines():
+        if line.startswith("## ") and current:
+            sections.append(current)
+            current = []
+        current.append(line)
+    sections.append(current)
+    out = sections[0] + [f"The whole run's report, with every table and figure: [{link}]({link}).", ""]
+    for section in sections[1:]:
+        title = section[0][3:]
+        if title in ("Machine", "Commands"):
+            out += section
+            continue
+        if title.startswith("Reproduction"):
+            kept = [section[0], ""]
+            for line in section[1:]:
+                if line.startswith("### ") or "Verdict:" in line:
+                    kept += [line, ""]
+            out += kept + [f"Evidence behind each verdict: [{link}#{_slug(title)}]({link}#{_slug(title)}).", ""]
+            continue
+        table = [i for i, line in enumerate(section) if line.startswith("|")]
+        if not table:
+            out += section
+            continue
+        end = next((i for i in range(table[0], len(section)) if not section[i].startswith("|")), len(section))
+        out += section[:end] + ["", f"More: [{link}#{_slug(title)}]({link}#{_slug(title)}).", ""]
+    return "\n".join(out)
 
 
 # Benchmarks run by their own commands (long, resumable, in the background); each

@@ -27,6 +27,7 @@ def test_a_reused_part_is_credited_to_the_command_that_ran_it(tmp_path, monkeypa
     text = report.read_text()
     assert "- step_time: `python -m bench.run`, finished 2026-12-02 00:00 UTC" in text
     assert "- memory: `python -m bench.run --parts memory`" in text  # an older file: no command
+    assert "R_full.md" in text and (tmp_path / "R_full.md").exists()  # the whole run, linked
     assert run._command(["accuracy"], quick=True) == "python -m bench.run --quick --parts accuracy"
     assert run._command(list(run.PARTS), quick=False) == "python -m bench.run"
 
