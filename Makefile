@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= runs/fmnist_dessilbi
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test setup-docs data train tensorboard test test-applications bench docs clean
+.PHONY: setup setup-test setup-docs data train tensorboard test test-sweep test-applications bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -47,15 +47,20 @@ train: $(VENV)/.installed $(FMNIST)
 tensorboard: $(VENV)/.installed
 	$(VENV)/bin/tensorboard --logdir $(WORKDIR)/tensorboard
 
-# The whole suite, slow end-to-end tests included (CI runs exactly this).
+# The suite, slow end-to-end tests included (CI's first step); the sweeps are `make test-sweep`.
 # worksteal: an idle worker takes half of the other's queue, so the few minute-long
 # end-to-end tests do not leave one core waiting (≈ 40 s less than --dist loadfile here).
 test: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 $(PYTEST_ARGS)
 
-# shrink on every keras.applications architecture: its own step (hours on 2 CPU cores).
+# The sweeps (pytest -m sweep): every packaged config through the CLI, shrink on every
+# keras.applications architecture, the optimizer tests under JAX and PyTorch (CI's second step).
+test-sweep: $(VENV)/.installed-test $(FMNIST)
+	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 -m sweep $(PYTEST_ARGS)
+
+# The keras.applications part of the sweep alone.
 test-applications: $(VENV)/.installed-test
-	TF_DESSILBI_APPLICATIONS=1 $(PY) -m pytest -n 2 --dist worksteal -q -rs tests/test_shrink_applications.py
+	$(PY) -m pytest -n 2 --dist worksteal -q -rs -m sweep tests/test_shrink_applications.py
 
 bench: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m bench.run

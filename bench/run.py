@@ -296,6 +296,8 @@ HEADLINES = (
      "physically removed", "PARITY_RESNET20_E10.md",
      "python -m bench.parity --model resnet20 --epochs 10 --seeds 0 1 2 --no-tickets "
      "--structures filter --recipes unitinit+lam0.45+u0.5+trim+groups unitinit+lam0.45+u0.5+trim"),
+    ("Compressing a trained ResNet-20 to 0.5× and 0.3× of its MACs, against Torch-Pruning 1.6",
+     "COMPRESS.md", "python -m bench.compress --latency"),
     ("Deployable files: LiteRT, ONNX, float16 and int8 of FMNIST-CNN-S against TF-MOT's",
      "DEPLOY.md", "python -m bench.deploy --models fmnist --epochs fmnist=2"),
 )

@@ -38,6 +38,7 @@ def test_every_listed_file_exists():
 
 
 @pytest.mark.slow
+@pytest.mark.sweep
 @pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
 def test_optimizer_tests_pass_on_backend(backend, module):
     if importlib.util.find_spec(module) is None:

@@ -88,6 +88,7 @@ def _cli(args, timeout=600):
 
 
 @pytest.mark.slow
+@pytest.mark.sweep
 @pytest.mark.parametrize("path", config_files(), ids=os.path.basename)
 def test_every_config_runs_through_the_cli(path, tmp_path):
     config, overrides = tiny_overrides(path)

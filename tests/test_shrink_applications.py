@@ -8,11 +8,10 @@ Then one DessiLBI step with `structures_for` (filters of every conv, Dense
 kernels elementwise) and V set so that supp Γ keeps a random half of each
 kernel's units: shrinking by supp Γ equals W* with the removed units zeroed.
 
-Slow (hours on two CPU cores: each model is built, shrunk and run at full
-width), so it is its own step, skipped unless TF_DESSILBI_APPLICATIONS=1:
+A sweep (marked ``sweep``: CI's second step, `make test-sweep`, not `make test`):
 
     make test-applications
-    TF_DESSILBI_APPLICATIONS=1 pytest tests/test_shrink_applications.py -k MobileNet
+    pytest -m sweep tests/test_shrink_applications.py -k MobileNet
 
 ``python -m tests.test_shrink_applications [names]`` prints the table
 (CHECKS=check_unit_mask for the mask check alone).
@@ -105,8 +104,7 @@ def check_dessilbi_step(name, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TF_DESSILBI_APPLICATIONS"),
-                    reason="the keras.applications sweep: set TF_DESSILBI_APPLICATIONS=1")
+@pytest.mark.sweep
 class ApplicationsTest(parameterized.TestCase):
     @parameterized.parameters(*APPLICATIONS)
     def test_random_unit_mask_is_exact(self, name):
