@@ -235,7 +235,8 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkey
     align = group_support.align_support
     monkeypatch.setattr(group_support, "align_support",
                         lambda *a, **k: calls.append(a[4:] or k) or align(*a, **k))
-    callback = finetune.WStarFinetune(Fork(units=0.5, check_every=1, trim=True, dependency_groups=True), group_margin=rule)
+    callback = finetune.WStarFinetune(Fork(units=0.5, check_every=1, trim=True, dependency_groups=True),
+                                      group_margin=rule)
     model.fit(x, y.astype("int32"), batch_size=16, epochs=6, shuffle=False, verbose=0,
               callbacks=[callback])
     assert callback.started_at_step is not None and callback.aligned is not None
@@ -322,7 +323,8 @@ def test_w_star_finetune_rounds_the_aligned_groups():
         model = _model()
         opt = DessiLBI(0.2, kappa=1.0, mu=5.0, lambda_=0.3, structure=COUPLED)
         model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        callback = finetune.WStarFinetune(Fork(units=0.3, check_every=1, trim=True, dependency_groups=True, round_to=round_to))
+        callback = finetune.WStarFinetune(Fork(units=0.3, check_every=1, trim=True,
+                                               dependency_groups=True, round_to=round_to))
         model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[callback])
         units = {n: _units(opt, model, n) for n in WIDTHS}
         _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)

@@ -94,7 +94,8 @@ def test_w_star_finetune_argument_errors(args, kwargs, error, match):
 @pytest.mark.parametrize("args, kwargs, fork, message", [
     ((), {"units_fraction": 0.5}, Fork(units=0.5),
      "units_fraction= is deprecated; pass fork=tf_dessilbi.Fork(units=0.5)"),
-    ((), {"start_epoch": 2}, Fork(epoch=2), "start_epoch= is deprecated; pass fork=tf_dessilbi.Fork(epoch=2)"),
+    ((), {"start_epoch": 2}, Fork(epoch=2),
+     "start_epoch= is deprecated; pass fork=tf_dessilbi.Fork(epoch=2)"),
     ((4,), {"weights_fraction": 0.2, "check_every": 1}, Fork(epoch=4, weights=0.2, check_every=1),
      "weights_fraction=, check_every= are deprecated; pass "
      "fork=tf_dessilbi.Fork(epoch=4, weights=0.2, check_every=1)"),

@@ -19,4 +19,5 @@ from tf_dessilbi.dessilbi.structures import structures_for
 from tf_dessilbi.dessilbi.w_star import WStar
 from tf_dessilbi.dessilbi.w_star import apply_w_star
 
-__all__ = ["DessiLBI", "Fork", "WStar", "WStarFinetune", "apply_w_star", "joint_unit_groups", "structures_for"]
+__all__ = ["DessiLBI", "Fork", "WStar", "WStarFinetune", "apply_w_star", "joint_unit_groups",
+           "structures_for"]

@@ -47,7 +47,6 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Optional
 
 import keras
 from keras import ops
