@@ -125,6 +125,24 @@ def _parse(argv):
     return values.config
 
 
+def test_old_command_line_overrides_still_override_a_packaged_config():
+    """``--config.optimizer.mu=40`` (the flat release's name) beats the config file's dessilbi.mu."""
+    from tf_dessilbi.training import main
+
+    path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
+    with pytest.warns(DeprecationWarning, match=r"--config.optimizer.mu is deprecated; pass --config.dessilbi.mu"):
+        argv = main._translate_old_names(["prog", f"--config={path}", "--config.optimizer.mu=40",
+                                          "--config.optimizer.finetune_epochs=1"])
+    config = _parse(argv[1:])
+    config_lib.validate(config)
+    assert config.dessilbi.mu == 40.0 and config.fork.last_epochs == 1
+    # Set directly on the placeholder (a config file of the flat release), it is moved too.
+    config = _parse([f"--config={path}", "--config.optimizer.kappa=2"])
+    with pytest.warns(DeprecationWarning, match="config.optimizer.kappa is deprecated; set config.dessilbi.kappa"):
+        config_lib.validate(config)
+    assert config.dessilbi.kappa == 2.0 and "kappa" not in config.optimizer
+
+
 def test_command_line_overrides():
     path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
     config = _parse([f"--config={path}", "--config.dessilbi.kappa=2", "--config.early_tickets.epochs=(1,2)"])

@@ -640,12 +640,13 @@ def test_finetune_layer_units_through_the_cli(tmp_path):
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
     with open(os.path.join(str(tmp_path), "config.json")) as f:
         assert json.load(f)["optimizer"]["finetune_layer_units"] == "^conv1/=3,^conv3/=5"
-    for field in ("fork.trim", "fork.dependency_groups", "joint_groups"):
+    for field in ("fork.trim", "fork.dependency_groups", "optimizer.joint_groups"):
         bad = tiny_config()
         bad.fork.units, bad.optimizer.finetune_layer_units = 0.5, "conv1/=2"
-        bad.optimizer[field] = True
+        section, name = field.split(".")
+        bad[section][name] = True
         with pytest.raises(ValueError, match=r"finetune_layer_units=.* with fork.trim, "
-                                             r"fork.dependency_groups or joint_groups"):
+                                             r"fork.dependency_groups or optimizer.joint_groups"):
             config_lib.validate(bad)
     bad = tiny_config()
     bad.fork.last_epochs, bad.optimizer.finetune_layer_units = 1, "conv1/=2"
