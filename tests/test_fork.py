@@ -148,14 +148,17 @@ def _run(callback):
 
 @pytest.mark.parametrize("old, new", [
     ({"units_fraction": 0.25, "check_every": 1, "trim": True}, Fork(units=0.25, check_every=1, trim=True)),
-    ({"start_epoch": 2, "round_to": 4}, Fork(epoch=2, round_to=4)),
+    ({"start_epoch": 3, "round_to": 4}, Fork(epoch=3, round_to=4)),
 ])
 def test_the_old_keywords_train_the_same_weights_as_the_fork(old, new):
     with pytest.warns(DeprecationWarning, match="deprecated; pass fork=tf_dessilbi.Fork"):
         old_callback = finetune.WStarFinetune(**old)
     old_weights, old_start = _run(old_callback)
-    new_weights, new_start = _run(finetune.WStarFinetune(new))
+    new_callback = finetune.WStarFinetune(new)
+    new_weights, new_start = _run(new_callback)
     assert old_start == new_start is not None
+    assert (old_callback.trimmed, old_callback.added) == (new_callback.trimmed, new_callback.added)
+    assert new_callback.trimmed or new_callback.added  # the trim / the rounding acted
     for a, b in zip(old_weights, new_weights):
         np.testing.assert_array_equal(a, b)
 
