@@ -149,14 +149,15 @@ def dessilbi_run(model_name, structure, seed, epochs, work, limit=0, ticket_step
         callbacks.append(path_speed.SteadyPathSpeed())
     if settings["finetune_epochs"] or settings["units_fraction"] or settings["weights_fraction"]:
         start = max(0, epochs - settings["finetune_epochs"]) if settings["finetune_epochs"] else None
-        callbacks.append(finetune.WStarFinetune(start, decouple=settings["decouple"],
-                                                units_fraction=settings["units_fraction"],
-                                                weights_fraction=settings["weights_fraction"],
-                                                check_every=1, trim=settings["trim"],
-                                                dependency_groups=settings["groups"],
-                                                group_margin="max" if settings["gmax"] else "joint",
-                                                layer_units=_layer_units(model_name, settings["widths"]),
-                                                round_to=settings["round_to"]))
+        fork = tfd.Fork(epoch=start, units=settings["units_fraction"],
+                        weights=settings["weights_fraction"], check_every=1, trim=settings["trim"],
+                        dependency_groups=settings["groups"], round_to=settings["round_to"])
+        deprecated = {}  # the recipes of options the study found not to move W* (gmax, widths)
+        if settings["gmax"]:
+            deprecated["group_margin"] = "max"
+        if settings["widths"]:
+            deprecated["layer_units"] = _layer_units(model_name, settings["widths"])
+        callbacks.append(finetune.WStarFinetune(fork, decouple=settings["decouple"], **deprecated))
     result = protocol.train(model, data, epochs, callbacks=callbacks, compile=False)
     result["recipe"], result["hparams"], result["step_loss"] = recipe, hparams, supports.losses
     if isinstance(callbacks[-1], finetune.WStarFinetune):

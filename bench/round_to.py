@@ -1,6 +1,6 @@
 """Rounded widths: does a conv width that is a multiple of r serve faster on this machine?
 
-`WStarFinetune(round_to=r)` (config ``optimizer.finetune_round_to``) raises
+`Fork(round_to=r)` (config ``fork.round_to``) raises
 each kernel's supp Γ to min(N_l, ⌈k_l/r⌉·r) units when the fine-tune starts,
 and `tf_dessilbi.shrink(round_to=r)` pads an export the same way; the
 rationale (Torch-Pruning's ``round_to``) is that kernels run on tiles of 8

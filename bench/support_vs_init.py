@@ -63,6 +63,7 @@ def run(model_name: str, seed: int, recipe: str, epochs: int) -> dict:
     import tf_dessilbi as tfd
     from bench import parity
     from tf_dessilbi.dessilbi import finetune, structures
+    from tf_dessilbi.dessilbi import fork as fork_lib
 
     settings = parity.parse_recipe(recipe)
     hparams = {**parity.HPARAMS, **settings["hparams"]}
@@ -74,8 +75,8 @@ def run(model_name: str, seed: int, recipe: str, epochs: int) -> dict:
                              structure=structures.named_structure("filter", model), **hparams)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    ft = finetune.WStarFinetune(units_fraction=settings["units_fraction"], check_every=1,
-                                trim=settings["trim"])
+    ft = finetune.WStarFinetune(fork_lib.Fork(units=settings["units_fraction"], check_every=1,
+                                              trim=settings["trim"]))
     out = {}
 
     class Stop(keras.callbacks.Callback):

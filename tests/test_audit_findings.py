@@ -12,6 +12,7 @@ import pytest
 import tf_dessilbi as tfd
 from tf_dessilbi.training import config_lib
 from tf_dessilbi.training import main as main_lib
+from tf_dessilbi.dessilbi.fork import Fork
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,12 +123,12 @@ def test_w_star_finetune_that_would_never_start_fails_at_fit():
     model = _model()
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = _data()
-    with pytest.raises(ValueError, match=r"start_epoch=5\) never starts in a fit of epochs=2"):
-        model.fit(x, y, epochs=2, verbose=0, callbacks=[WStarFinetune(start_epoch=5)])
+    with pytest.raises(ValueError, match=r"Fork\(epoch=5\)\) never starts in a fit of epochs=2"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[WStarFinetune(5)])
     with warnings.catch_warnings(record=True) as caught:  # a fraction can still start it
         warnings.simplefilter("always")
         model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[WStarFinetune(start_epoch=5, units_fraction=0.5)])
+                  callbacks=[WStarFinetune(Fork(epoch=5, units=0.5))])
     assert any("never starts" in str(w.message) for w in caught)
 
 
@@ -139,8 +140,8 @@ def test_units_fraction_with_elementwise_dessilbi_fails_before_the_first_step():
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     before = _weights(model)
     x, y = _data()
-    with pytest.raises(ValueError, match="units_fraction"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[WStarFinetune(units_fraction=0.5)])
+    with pytest.raises(ValueError, match=r"Fork\(units=...\).*count filters"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[WStarFinetune(Fork(units=0.5))])
     for a, b in zip(before, _weights(model)):  # not a single step was taken
         np.testing.assert_array_equal(a, b)
 

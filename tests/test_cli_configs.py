@@ -54,10 +54,10 @@ def tiny_overrides(path):
     if config.schedule.step_epochs:
         flags["schedule.step_epochs"] = 1
     if config.optimizer.name == "dessilbi":  # something enters supp Γ within 4 steps
-        flags["optimizer.lambda_"] = 0.05
-        flags["optimizer.mu"] = 1.0
-    if config.optimizer.finetune_epochs:
-        flags["optimizer.finetune_epochs"] = 1
+        flags["dessilbi.lambda_"] = 0.05
+        flags["dessilbi.mu"] = 1.0
+    if config.fork.last_epochs:
+        flags["fork.last_epochs"] = 1
     if tuple(config.early_tickets.epochs):
         flags["early_tickets.epochs"] = "(1,)"
         flags["early_tickets.retrain_epochs"] = 1

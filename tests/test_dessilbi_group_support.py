@@ -15,6 +15,7 @@ from tf_dessilbi import DessiLBI
 from tf_dessilbi.dessilbi import finetune
 from tf_dessilbi.dessilbi import group_support
 from tf_dessilbi.shrink import unit_groups
+from tf_dessilbi.dessilbi.fork import Fork
 
 WIDTHS = {"stem": 4, "a": 3, "b": 4, "c": 5}
 COUPLED = {f"{name}/kernel": "filter" for name in WIDTHS}
@@ -234,8 +235,8 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkey
     align = group_support.align_support
     monkeypatch.setattr(group_support, "align_support",
                         lambda *a, **k: calls.append(a[4:] or k) or align(*a, **k))
-    callback = finetune.WStarFinetune(units_fraction=0.5, check_every=1, trim=True,
-                                      dependency_groups=True, group_margin=rule)
+    callback = finetune.WStarFinetune(Fork(units=0.5, check_every=1, trim=True, dependency_groups=True),
+                                      group_margin=rule)
     model.fit(x, y.astype("int32"), batch_size=16, epochs=6, shuffle=False, verbose=0,
               callbacks=[callback])
     assert callback.started_at_step is not None and callback.aligned is not None
@@ -249,12 +250,12 @@ def test_w_star_finetune_with_dependency_groups_exports_its_support(rule, monkey
     _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)
     rows = {r.layer: r for r in report.rows}
     assert {n: rows[n].units_after for n in WIDTHS} == {n: int(units[n].sum()) for n in WIDTHS}
-    assert callback.get_config()["dependency_groups"] is True
-    assert callback.get_config()["group_margin"] == rule
+    assert callback.get_config()["fork"]["dependency_groups"] is True
+    assert callback.group_margin == rule  # deprecated: in get_config only when "max"
     with pytest.raises(ValueError, match="group_margin"):
-        finetune.WStarFinetune(start_epoch=1, group_margin="mean")
+        finetune.WStarFinetune(1, group_margin="mean")
     with pytest.raises(TypeError, match="dependency_groups"):
-        finetune.WStarFinetune(start_epoch=1, dependency_groups="yes")
+        finetune.WStarFinetune(Fork(epoch=1, dependency_groups="yes"))
 
 
 def _round_reference(round_to, rule):
@@ -322,8 +323,8 @@ def test_w_star_finetune_rounds_the_aligned_groups():
         model = _model()
         opt = DessiLBI(0.2, kappa=1.0, mu=5.0, lambda_=0.3, structure=COUPLED)
         model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        callback = finetune.WStarFinetune(units_fraction=0.3, check_every=1, trim=True,
-                                          dependency_groups=True, round_to=round_to)
+        callback = finetune.WStarFinetune(Fork(units=0.3, check_every=1, trim=True,
+                                               dependency_groups=True, round_to=round_to))
         model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[callback])
         units = {n: _units(opt, model, n) for n in WIDTHS}
         _, report = tf_dessilbi.shrink(model, optimizer=opt, return_report=True)
@@ -337,4 +338,4 @@ def test_w_star_finetune_rounds_the_aligned_groups():
     assert widths[1] == {n: min(WIDTHS[n], -(-k // 2) * 2) for n, k in widths[0].items()}
     added = sum(len(u) for u in callbacks[1].added.values())
     assert added == sum(widths[1][n] - widths[0][n] for n in WIDTHS)
-    assert callbacks[1].get_config()["round_to"] == 2
+    assert callbacks[1].get_config()["fork"]["round_to"] == 2

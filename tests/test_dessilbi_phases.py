@@ -13,6 +13,7 @@ import tf_dessilbi
 from tf_dessilbi import DessiLBI
 from tf_dessilbi.dessilbi import finetune
 from tf_dessilbi.dessilbi import path_speed
+from tf_dessilbi.dessilbi.fork import Fork
 
 
 def _data(n=64, seed=0):
@@ -181,7 +182,7 @@ def test_w_star_finetune_ends_at_w_star_and_freezes_entries(bn, decouple):
     snaps = _Snapshots()
     trace = _Trace()
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
-              callbacks=[finetune.WStarFinetune(start_epoch=3, decouple=decouple), snaps, trace])
+              callbacks=[finetune.WStarFinetune(3, decouple=decouple), snaps, trace])
     mu_during = set(trace.mu[12:])  # 4 steps per epoch: epochs 3, 4
     assert mu_during == ({finetune.DECOUPLED_MU} if decouple else {5.0})
     assert set(trace.mu[:12]) == {5.0}
@@ -211,7 +212,7 @@ def test_w_star_finetune_with_steady_path_speed_keeps_mu_decoupled_then_restores
     opt = _compile(model, _warmup_cosine(20, 4, 0.2), structure="auto")
     trace = _Trace()
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
-              callbacks=[finetune.WStarFinetune(start_epoch=3), path_speed.SteadyPathSpeed(), trace])
+              callbacks=[finetune.WStarFinetune(3), path_speed.SteadyPathSpeed(), trace])
     assert set(trace.mu[12:]) == {finetune.DECOUPLED_MU}  # SteadyPathSpeed yields
     assert min(trace.mu[4:12]) < 5.0  # and it ran before
     assert float(ops.convert_to_numpy(opt.mu)) == 5.0
@@ -225,7 +226,7 @@ def test_w_star_finetune_trains_the_support():
     opt = _compile(model, 0.2, structure="auto")
     snaps = _Snapshots()
     history = model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
-                        callbacks=[finetune.WStarFinetune(start_epoch=3), snaps])
+                        callbacks=[finetune.WStarFinetune(3), snaps])
     w3 = np.where(snaps.support[2], snaps.w[2], 0)
     assert np.abs(snaps.w[4] - w3)[snaps.support[4]].max() > 1e-4
     assert history.history["loss"][-1] < history.history["loss"][3]
@@ -233,14 +234,14 @@ def test_w_star_finetune_trains_the_support():
 
 
 def test_w_star_finetune_arguments_and_optimizer():
-    with pytest.raises(ValueError, match="start_epoch"):
-        finetune.WStarFinetune(start_epoch=-1)
-    with pytest.raises(TypeError, match="start_epoch"):
-        finetune.WStarFinetune(start_epoch=1.5)
+    with pytest.raises(ValueError, match=r"`epoch` must be >= 0. Received: epoch=-1"):
+        finetune.WStarFinetune(-1)
+    with pytest.raises(TypeError, match=r"`fork` must be a tf_dessilbi.Fork or an int epoch.*fork=1.5"):
+        finetune.WStarFinetune(1.5)
     with pytest.raises(TypeError, match="prune_bias"):
-        finetune.WStarFinetune(start_epoch=1, prune_bias="yes")
+        finetune.WStarFinetune(1, prune_bias="yes")
     with pytest.raises(TypeError, match="decouple"):
-        finetune.WStarFinetune(start_epoch=1, decouple=1)
+        finetune.WStarFinetune(1, decouple=1)
     x, y = _data()
     model = _model()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
@@ -271,7 +272,7 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
 
     model = _model()
     opt = _compile(model, 0.2, structure="auto")
-    callback = finetune.WStarFinetune(units_fraction=rho, check_every=every)
+    callback = finetune.WStarFinetune(Fork(units=rho, check_every=every))
     trace, after = _Trace(), _UnitFraction()
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
               callbacks=[callback, trace, after])
@@ -284,12 +285,10 @@ def test_w_star_finetune_starts_when_the_support_holds_the_units_fraction():
     assert float(ops.convert_to_numpy(opt.mu)) == 5.0
     assert finetune.support_unit_fraction(opt) == pytest.approx(after.fractions[-1])
     config = callback.get_config()
-    assert config == {"start_epoch": None, "decouple": True, "prune_bias": True,
-                      "units_fraction": rho, "check_every": every, "weights_fraction": None,
-                      "allow_empty_layers": False, "trim": False,
-                      "dependency_groups": False, "group_margin": "joint", "layer_units": None,
-                      "round_to": 1}
-    assert finetune.WStarFinetune(**config).get_config() == config
+    assert config == {"fork": {"epoch": None, "units": rho, "weights": None, "trim": False,
+                               "round_to": 1, "dependency_groups": False, "check_every": every},
+                      "decouple": True, "prune_bias": True, "allow_empty_layers": False}
+    assert finetune.WStarFinetune.from_config(config).get_config() == config
 
 
 class _WeightFraction(keras.callbacks.Callback):
@@ -316,7 +315,7 @@ def test_w_star_finetune_starts_when_the_support_holds_the_weights_fraction():
 
     model = _model()
     opt = _compile(model, 0.2, structure="elementwise")
-    callback = finetune.WStarFinetune(weights_fraction=rho, check_every=1)
+    callback = finetune.WStarFinetune(Fork(weights=rho, check_every=1))
     trace, after = _Trace(), _WeightFraction()
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
               callbacks=[callback, trace, after])
@@ -326,17 +325,17 @@ def test_w_star_finetune_starts_when_the_support_holds_the_weights_fraction():
     assert set(after.fractions[want - 1:]) == {after.fractions[want - 1]}  # the support is fixed
     _assert_is_w_star(model, opt)
     assert finetune.support_weight_fraction(opt) == pytest.approx(after.fractions[-1])
-    assert callback.get_config()["weights_fraction"] == rho
+    assert callback.get_config()["fork"]["weights"] == rho
     for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="weights_fraction"):
-            finetune.WStarFinetune(weights_fraction=bad)
+        with pytest.raises(ValueError, match="`weights` must be"):
+            finetune.WStarFinetune(Fork(weights=bad))
 
 
 def test_w_star_finetune_start_epoch_comes_first_when_the_fraction_is_never_reached():
     x, y = _data()
     model = _model()
     _compile(model, 0.2, structure="auto")
-    callback = finetune.WStarFinetune(start_epoch=3, units_fraction=1.0, check_every=1)
+    callback = finetune.WStarFinetune(Fork(epoch=3, units=1.0, check_every=1))
     trace = _Trace()
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[callback, trace])
     fraction = finetune.support_unit_fraction(model.optimizer)
@@ -345,21 +344,21 @@ def test_w_star_finetune_start_epoch_comes_first_when_the_fraction_is_never_reac
 
 
 def test_w_star_finetune_units_fraction_arguments():
-    with pytest.raises(ValueError, match="start_epoch`, `units_fraction` or `weights_fraction"):
+    with pytest.raises(ValueError, match="WStarFinetune needs `fork`"):
         finetune.WStarFinetune()
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="units_fraction"):
-            finetune.WStarFinetune(units_fraction=bad)
-    with pytest.raises(TypeError, match="units_fraction"):
-        finetune.WStarFinetune(units_fraction="half")
+        with pytest.raises(ValueError, match="units"):
+            finetune.WStarFinetune(Fork(units=bad))
+    with pytest.raises(TypeError, match="units"):
+        finetune.WStarFinetune(Fork(units="half"))
     with pytest.raises(ValueError, match="check_every"):
-        finetune.WStarFinetune(units_fraction=0.5, check_every=0)
+        finetune.WStarFinetune(Fork(units=0.5, check_every=0))
     x, y = _data()
     model = _model()
     _compile(model, 0.2, structure="elementwise")
     with pytest.raises(ValueError, match="couples no kernel by groups"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0,
-                  callbacks=[finetune.WStarFinetune(units_fraction=0.5, check_every=1)])
+                  callbacks=[finetune.WStarFinetune(Fork(units=0.5, check_every=1))])
 
 
 class _Emptiness(keras.callbacks.Callback):
@@ -393,7 +392,7 @@ def test_w_star_finetune_waits_for_every_coupled_layer_to_keep_a_unit():
 
     model = _model()
     opt = _compile(model, 0.2, structure="auto")
-    callback = finetune.WStarFinetune(weights_fraction=rho, check_every=1)
+    callback = finetune.WStarFinetune(Fork(weights=rho, check_every=1))
     trace = _Trace()
     with pytest.warns(UserWarning, match=r"empty in conv/kernel.*waits"):
         model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
@@ -407,20 +406,20 @@ def test_w_star_finetune_waits_for_every_coupled_layer_to_keep_a_unit():
     # allow_empty_layers: the first crossing starts it, empty layer and all.
     model = _model()
     _compile(model, 0.2, structure="auto")
-    callback = finetune.WStarFinetune(weights_fraction=rho, check_every=1, allow_empty_layers=True)
+    callback = finetune.WStarFinetune(Fork(weights=rho, check_every=1), allow_empty_layers=True)
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[callback])
     assert callback.started_at_step == naive and callback.empty_at_start == empty[naive - 1]
     assert callback.deferred_for == []
     assert callback.get_config()["allow_empty_layers"] is True
     with pytest.raises(TypeError, match="allow_empty_layers"):
-        finetune.WStarFinetune(start_epoch=1, allow_empty_layers="no")
+        finetune.WStarFinetune(1, allow_empty_layers="no")
 
 
 def test_w_star_finetune_started_by_epoch_on_an_empty_layer_says_so():
     x, y = _data()
     model = _model()
     _compile(model, 0.2, structure="auto", lambda_=50.0)  # nothing enters in 3 epochs
-    callback = finetune.WStarFinetune(start_epoch=2)
+    callback = finetune.WStarFinetune(2)
     with pytest.warns(UserWarning, match=r"starts at step 8 with supp Γ empty in "
                                          r"conv/kernel, hidden/kernel, head/kernel"):
         model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[callback])

@@ -14,6 +14,7 @@ from tf_dessilbi import DessiLBI
 from tf_dessilbi.dessilbi import finetune as finetune_lib
 from tf_dessilbi.procedures import shrink_switch
 from tf_dessilbi.shrink import carry
+from tf_dessilbi.dessilbi.fork import Fork
 
 _STRUCTURE = {r"conv\w*/kernel": "filter", "hidden/kernel": "neuron", "head/kernel": "elementwise"}
 
@@ -74,8 +75,8 @@ GRAPHS = {
     # conv_b is summed with the stem: a filter it drops stays where the stem keeps it
     "resnet": (_resnet, _widths({"conv_stem/": 4, "conv_a/": 3, "conv_b/": 5, "hidden/": 4})),
     # whole dependency groups: residual channels leave the stem and conv_b together
-    "resnet_groups": (_resnet, {"units_fraction": 0.5, "trim": True, "dependency_groups": True,
-                                "check_every": 1000}),
+    "resnet_groups": (_resnet, {"fork": {"units": 0.5, "trim": True, "dependency_groups": True,
+                                         "check_every": 1000}}),
     "concat": (_concat, _widths({"conv_l/": 2, "conv_r/": 3, "conv_m/": 4, "hidden/": 5})),
 }
 
@@ -98,7 +99,13 @@ def _compiled(make, strategy=None, nesterov=False):
 
 
 def _finetune(kwargs):
-    return finetune_lib.WStarFinetune(start_epoch=2, **kwargs)
+    """The fork at epoch 2; ``layer_units`` (deprecated, its warning silenced here) sets the widths."""
+    import warnings
+
+    fork = Fork(epoch=2, **kwargs.get("fork", {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return finetune_lib.WStarFinetune(fork, **{k: v for k, v in kwargs.items() if k != "fork"})
 
 
 def _runs(name, strategy=None, epochs=4, nesterov=False):
@@ -185,7 +192,7 @@ def test_refusals_leave_the_model_as_it_was():
     with pytest.raises(ValueError, match="decouple=False"):
         shrink_switch.fit_with_switch(
             _compiled(make), x, y, epochs=2,
-            finetune=finetune_lib.WStarFinetune(start_epoch=1, decouple=False))
+            finetune=finetune_lib.WStarFinetune(1, decouple=False))
     model = _compiled(make)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     before = [keras.ops.convert_to_numpy(v) for v in model.weights + model.optimizer.variables]

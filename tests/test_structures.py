@@ -119,7 +119,7 @@ def test_named_structures_and_an_unknown_name():
 @pytest.mark.parametrize("name", ["filter", "filter_neuron"])
 def test_the_api_takes_the_cli_structure_names(name):
     # One vocabulary: DessiLBI(structure=name) couples what the CLI's
-    # config.optimizer.structure=name couples (named_structure, from the layer table).
+    # config.dessilbi.structure=name couples (named_structure, from the layer table).
     from tf_dessilbi import models
     from tf_dessilbi.dessilbi import structures
 

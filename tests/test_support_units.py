@@ -11,6 +11,7 @@ import pytest
 from keras import ops
 
 from tf_dessilbi.dessilbi import finetune
+from tf_dessilbi.dessilbi.fork import Fork
 from tests.test_dessilbi_phases import (_UnitFraction, _assert_is_w_star, _compile, _data, _model,
                                         _reference_path)
 
@@ -145,7 +146,7 @@ def test_w_star_finetune_trim_fixes_the_width_exactly():
     at = _AtStep()
     model = _model()
     opt = _compile(model, 0.2, structure="auto")
-    callback = finetune.WStarFinetune(units_fraction=rho, check_every=1, trim=True)
+    callback = finetune.WStarFinetune(Fork(units=rho, check_every=1, trim=True))
     after = _UnitFraction()
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
               callbacks=[at, callback, after])
@@ -158,9 +159,9 @@ def test_w_star_finetune_trim_fixes_the_width_exactly():
     expect[dropped] = False
     np.testing.assert_array_equal(_units(opt, model.get_layer("conv")), expect)
     _assert_is_w_star(model, opt)
-    assert callback.get_config()["trim"] is True
-    with pytest.raises(ValueError, match="trim=True.*units_fraction=None"):
-        finetune.WStarFinetune(start_epoch=1, trim=True)
+    assert callback.get_config()["fork"]["trim"] is True
+    with pytest.raises(ValueError, match="trim=True.*units=None"):
+        finetune.WStarFinetune(Fork(epoch=1, trim=True))
 
 
 def test_set_layer_units_keeps_each_kernels_largest_margins():
@@ -203,7 +204,7 @@ def test_w_star_finetune_layer_units_trains_the_chosen_widths():
     x, y = _data()
     model = _model()
     opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
-    callback = finetune.WStarFinetune(start_epoch=2, layer_units={"conv": 3, "hidden": 5})
+    callback = finetune.WStarFinetune(2, layer_units={"conv": 3, "hidden": 5})
     after = _UnitFraction()
     model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[callback, after])
     assert callback.started_at_step == 8
@@ -214,7 +215,8 @@ def test_w_star_finetune_layer_units_trains_the_chosen_widths():
     _assert_group_kernels_are_w_star(model, opt)
     config = callback.get_config()
     assert config["layer_units"] == {"conv": 3, "hidden": 5}
-    assert finetune.WStarFinetune(**config).get_config() == config
+    with pytest.warns(DeprecationWarning, match="layer_units"):
+        assert finetune.WStarFinetune.from_config(config).get_config() == config
 
 
 @pytest.mark.parametrize("layer_units, error, match", [
@@ -228,7 +230,7 @@ def test_w_star_finetune_layer_units_trains_the_chosen_widths():
 ])
 def test_w_star_finetune_layer_units_arguments(layer_units, error, match):
     with pytest.raises(error, match=match):
-        finetune.WStarFinetune(start_epoch=1, layer_units=layer_units)
+        finetune.WStarFinetune(1, layer_units=layer_units)
 
 
 def test_parse_layer_units_reads_a_configs_text():
@@ -247,7 +249,7 @@ def test_parse_layer_units_reads_a_configs_text():
 def test_w_star_finetune_layer_units_are_checked_before_the_first_step():
     x, y = _data()
     with pytest.raises(ValueError, match=r"without trim and dependency_groups. Received: trim=True"):
-        finetune.WStarFinetune(units_fraction=0.5, trim=True, layer_units={"conv": 2})
+        finetune.WStarFinetune(Fork(units=0.5, trim=True), layer_units={"conv": 2})
     for layer_units, match in [({"head": 2}, r"patterns \['head'\] match none.*'conv/kernel'"),
                                ({"conv": 9}, r"asks 9 units of 'conv/kernel'")]:
         model = _model()
@@ -255,7 +257,7 @@ def test_w_star_finetune_layer_units_are_checked_before_the_first_step():
         start = [ops.convert_to_numpy(w).copy() for w in model.weights]
         with pytest.raises(ValueError, match=match):
             model.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                      callbacks=[finetune.WStarFinetune(start_epoch=1, layer_units=layer_units)])
+                      callbacks=[finetune.WStarFinetune(1, layer_units=layer_units)])
         for w, w0 in zip(model.weights, start):  # raised before any step
             np.testing.assert_array_equal(ops.convert_to_numpy(w), w0)
     model = _model()
@@ -263,7 +265,7 @@ def test_w_star_finetune_layer_units_are_checked_before_the_first_step():
              unit_groups=[[["conv/kernel", 0], ["conv/kernel", 1]]])
     with pytest.raises(ValueError, match=r"couples units jointly \(unit_groups\)"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0,
-                  callbacks=[finetune.WStarFinetune(start_epoch=1, layer_units={"conv": 2})])
+                  callbacks=[finetune.WStarFinetune(1, layer_units={"conv": 2})])
 
 
 def test_round_units_raises_each_kernel_to_a_multiple_by_margin():
@@ -315,7 +317,7 @@ def test_w_star_finetune_round_to_trains_multiples_of_r():
     model = _model()
     opt = _compile(model, 0.2, structure={"conv/kernel": "filter", "hidden/kernel": "neuron"}, lambda_=0.1)
     at = _SupportAtEpoch("conv", 1)
-    callback = finetune.WStarFinetune(start_epoch=1, round_to=4)
+    callback = finetune.WStarFinetune(Fork(epoch=1, round_to=4))
     after = _UnitFraction()
     model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[at, callback, after])
     k = int(at.units.sum())
@@ -329,20 +331,21 @@ def test_w_star_finetune_round_to_trains_multiples_of_r():
     assert set(after.fractions[4:]) == {expect.sum() / 8}  # fixed from the start on
     _assert_group_kernels_are_w_star(model, opt)
     config = callback.get_config()
-    assert config["round_to"] == 4 and finetune.WStarFinetune(**config).get_config() == config
+    assert config["fork"]["round_to"] == 4
+    assert finetune.WStarFinetune.from_config(config).get_config() == config
 
 
 def test_w_star_finetune_round_to_is_checked_before_the_first_step():
-    for kwargs, error, match in [
-        ({"round_to": 0}, ValueError, r"`round_to` must be >= 1. Received: round_to=0"),
-        ({"round_to": "8"}, TypeError, r"`round_to` must be an integer"),
-        ({"round_to": 2, "layer_units": {"conv": 4}}, ValueError,
+    for fork, kwargs, error, match in [
+        ({"round_to": 0}, {}, ValueError, r"`round_to` must be >= 1. Received: round_to=0"),
+        ({"round_to": "8"}, {}, TypeError, r"`round_to` must be an integer"),
+        ({"round_to": 2}, {"layer_units": {"conv": 4}}, ValueError,
          r"with layer_units choose multiples yourself.*Received: round_to=2, layer_units=\{'conv': 4\}"),
     ]:
         with pytest.raises(error, match=match):
-            finetune.WStarFinetune(start_epoch=1, **kwargs)
-    finetune.WStarFinetune(start_epoch=1, round_to=1, layer_units={"conv": 4})  # 1 is off
-    finetune.WStarFinetune(start_epoch=1, round_to=2, dependency_groups=True)  # rounds whole groups
+            finetune.WStarFinetune(Fork(epoch=1, **fork), **kwargs)
+    finetune.WStarFinetune(Fork(epoch=1, round_to=1), layer_units={"conv": 4})  # 1 is off
+    finetune.WStarFinetune(Fork(epoch=1, round_to=2, dependency_groups=True))  # rounds whole groups
     x, y = _data()
     for kwargs, match in [({"structure": "elementwise"}, r"round_to>1\) count filters.*couples no kernel"),
                           ({"structure": {"conv/kernel": "filter"},
@@ -353,6 +356,6 @@ def test_w_star_finetune_round_to_is_checked_before_the_first_step():
         start = [ops.convert_to_numpy(w).copy() for w in model.weights]
         with pytest.raises(ValueError, match=match):
             model.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                      callbacks=[finetune.WStarFinetune(start_epoch=1, round_to=2)])
+                      callbacks=[finetune.WStarFinetune(Fork(epoch=1, round_to=2))])
         for w, w0 in zip(model.weights, start):  # raised before any step
             np.testing.assert_array_equal(ops.convert_to_numpy(w), w0)

@@ -41,7 +41,7 @@ def test_config_is_valid_and_documented(path):
 @pytest.mark.parametrize(
     "variant,base,changed",
     [
-        ("fmnist_dessilbi_elementwise", "fmnist_dessilbi", {"optimizer.structure": "elementwise"}),
+        ("fmnist_dessilbi_elementwise", "fmnist_dessilbi", {"dessilbi.structure": "elementwise"}),
         ("cifar10_resnet20_dessilbi", "cifar10_resnet56_dessilbi", {"model.name": "resnet20"}),
         ("fmnist_cs", "fmnist_sgd", {"gates.enabled": True}),
     ],
@@ -60,16 +60,16 @@ def test_variants_override_a_few_fields(variant, base, changed):
         ("optimizer.name", "adam", r"config.optimizer.name='adam' is invalid: allowed one of \('sgd', 'dessilbi'\)"),
         ("model.name", "resnet99", r"config.model.name='resnet99'"),
         ("strategy", "horovod", r"config.strategy='horovod'.*'mirrored'"),
-        ("optimizer.kappa", -1.0, r"config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
-        ("optimizer.mu", 0.0, r"config.optimizer.mu=0.0"),
-        ("optimizer.lambda_", -0.5, r"config.optimizer.lambda_=-0.5"),
+        ("dessilbi.kappa", -1.0, r"config.dessilbi.kappa=-1.0 is invalid: allowed a finite number > 0"),
+        ("dessilbi.mu", 0.0, r"config.dessilbi.mu=0.0"),
+        ("dessilbi.lambda_", -0.5, r"config.dessilbi.lambda_=-0.5"),
         ("optimizer.momentum", 1.0, r"config.optimizer.momentum=1.0.*< 1"),
         ("optimizer.learning_rate", float("nan"), r"config.optimizer.learning_rate=nan"),
         ("num_epochs", 0, r"config.num_epochs=0.*>= 1"),
         ("batch_size", 2.5, r"config.batch_size=2.5.*an integer"),
         ("schedule.name", "linear", r"config.schedule.name='linear'"),
         ("mixed_precision", "float16", r"config.mixed_precision='float16'"),
-        ("optimizer.structure", "group", r"config.optimizer.structure='group'"),
+        ("dessilbi.structure", "group", r"config.dessilbi.structure='group'"),
         ("data.augment", "mixup", r"config.data.augment='mixup'"),
         ("early_tickets.epochs", (0,), r"config.early_tickets.epochs=\(0,\)"),
         ("early_tickets.epochs", (9,), r"integer epochs in \[1, num_epochs=3\]"),
@@ -125,10 +125,28 @@ def _parse(argv):
     return values.config
 
 
+def test_old_command_line_overrides_still_override_a_packaged_config():
+    """``--config.optimizer.mu=40`` (the flat release's name) beats the config file's dessilbi.mu."""
+    from tf_dessilbi.training import main
+
+    path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
+    with pytest.warns(DeprecationWarning, match=r"--config.optimizer.mu is deprecated; pass --config.dessilbi.mu"):
+        argv = main._translate_old_names(["prog", f"--config={path}", "--config.optimizer.mu=40",
+                                          "--config.optimizer.finetune_epochs=1"])
+    config = _parse(argv[1:])
+    config_lib.validate(config)
+    assert config.dessilbi.mu == 40.0 and config.fork.last_epochs == 1
+    # Set directly on the placeholder (a config file of the flat release), it is moved too.
+    config = _parse([f"--config={path}", "--config.optimizer.kappa=2"])
+    with pytest.warns(DeprecationWarning, match="config.optimizer.kappa is deprecated; set config.dessilbi.kappa"):
+        config_lib.validate(config)
+    assert config.dessilbi.kappa == 2.0 and "kappa" not in config.optimizer
+
+
 def test_command_line_overrides():
     path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
-    config = _parse([f"--config={path}", "--config.optimizer.kappa=2", "--config.early_tickets.epochs=(1,2)"])
-    assert config.optimizer.kappa == 2.0
+    config = _parse([f"--config={path}", "--config.dessilbi.kappa=2", "--config.early_tickets.epochs=(1,2)"])
+    assert config.dessilbi.kappa == 2.0
     assert tuple(config.early_tickets.epochs) == (1, 2)
     config_lib.validate(config)
 
@@ -142,7 +160,7 @@ def test_command_line_unknown_field_fails():
 def test_command_line_wrong_type_fails():
     path = os.path.join(ROOT, "tf_dessilbi", "configs", "fmnist_dessilbi.py")
     with pytest.raises(flags.Error):
-        _parse([f"--config={path}", "--config.optimizer.kappa=abc"])
+        _parse([f"--config={path}", "--config.dessilbi.kappa=abc"])
 
 
 def test_the_cli_locks_the_config_so_a_typo_is_an_error(tmp_path):
@@ -163,10 +181,10 @@ def test_the_cli_locks_the_config_so_a_typo_is_an_error(tmp_path):
 def test_the_protocol_path_config_is_the_protocol_config_without_its_fine_tune():
     """dense W (the path) and W* (its fork) come from one set of settings: only the fine-tune differs."""
     path, tuned = _load("fmnist_dessilbi_protocol_path").to_dict(), _load("fmnist_dessilbi_protocol").to_dict()
-    assert tuned["optimizer"]["finetune_units"] == 0.5 and tuned["optimizer"]["finetune_trim"]
-    o = path["optimizer"]
-    assert not (o["finetune_units"] or o["finetune_epochs"] or o["finetune_weights"] or o["finetune_trim"])
+    assert tuned["fork"]["units"] == 0.5 and tuned["fork"]["trim"]
+    f = path["fork"]
+    assert not (f["units"] or f["last_epochs"] or f["weights"] or f["trim"])
     differ = {f"{section}.{key}" for section in tuned for key in (
         tuned[section] if isinstance(tuned[section], dict) else [None])
         if (path[section].get(key) if key else path[section]) != (tuned[section].get(key) if key else tuned[section])}
-    assert differ == {"optimizer.finetune_units", "optimizer.finetune_trim"}
+    assert differ == {"fork.units", "fork.trim"}

@@ -63,4 +63,4 @@ def test_the_config_lands_in_the_hparams_tab(tmp_path):
             plugins |= {v.metadata.plugin_data.plugin_name for v in event.summary.value}
     assert "hparams" in plugins
     flat = summaries.flat_config(config_lib.base_config())
-    assert flat["optimizer.kappa"] == 1.0 and flat["data.mean"] == "()"
+    assert flat["dessilbi.kappa"] == 1.0 and flat["data.mean"] == "()"

@@ -34,8 +34,8 @@ def tiny_config(epochs=3):
     config.num_epochs = epochs
     config.steps_per_epoch = 3  # 4 batches per pass: epochs and passes interleave
     config.verbose = 0
-    config.optimizer.lambda_ = 0.05
-    config.optimizer.mu = 1.0
+    config.dessilbi.lambda_ = 0.05
+    config.dessilbi.mu = 1.0
     config.optimizer.learning_rate = 0.05
     config.outputs.export = False
     config.outputs.tensorboard = False
@@ -211,7 +211,7 @@ def test_summary_json_is_strict_json(tmp_path):
 
 def test_dead_layers_are_reported_and_not_exported(tmp_path):
     config = tiny_config(epochs=1)
-    config.optimizer.lambda_ = 5.0  # nothing enters the support in 3 steps
+    config.dessilbi.lambda_ = 5.0  # nothing enters the support in 3 steps
     config.outputs.export = True
     summary = train.train_and_evaluate(config, str(tmp_path / "dead"))
     assert summary["dead_layers"] == ["conv1", "conv2", "conv3", "fc1", "logits"]

@@ -1,4 +1,4 @@
-"""The CLI's fine-tune on the small model (`training.small_run`, ``optimizer.finetune_shrink``)."""
+"""The CLI's fine-tune on the small model (`training.small_run`, ``fork.shrink``)."""
 
 import os
 import signal
@@ -17,9 +17,9 @@ from test_training_reliability import ROOT, tiny_config as _reliability_config  
 
 def tiny_config(shrink=True):
     config = _reliability_config(epochs=4)
-    config.optimizer.finetune_epochs = 2  # the fork at epoch 2 of 4
+    config.fork.last_epochs = 2  # the fork at epoch 2 of 4
     config.optimizer.finetune_layer_units = "conv=4"
-    config.optimizer.finetune_shrink = shrink
+    config.fork.shrink = shrink
     config.outputs.path = True
     return config
 

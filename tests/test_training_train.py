@@ -30,8 +30,8 @@ def tiny_config(optimizer="dessilbi", name="fmnist_dessilbi"):
     config.steps_per_epoch = 3
     config.verbose = 0
     config.optimizer.name = optimizer
-    config.optimizer.lambda_ = 0.05  # let something enter the support in 6 steps
-    config.optimizer.mu = 1.0
+    config.dessilbi.lambda_ = 0.05  # let something enter the support in 6 steps
+    config.dessilbi.mu = 1.0
     return config
 
 
@@ -79,7 +79,7 @@ def test_train_and_evaluate_dessilbi(tmp_path):
     assert os.path.exists(os.path.join(workdir, "backup", "epoch-2.json"))
     assert os.path.exists(os.path.join(workdir, "train.log"))
     with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["optimizer"]["mu"] == 1.0
+        assert json.load(f)["dessilbi"]["mu"] == 1.0
 
 
 def test_tensorboard_scalars_and_histograms(tmp_path):
@@ -230,8 +230,8 @@ def test_early_tickets_retrain_the_support(tmp_path):
 
 def test_invalid_config_fails_before_training(tmp_path):
     config = tiny_config()
-    config.optimizer.kappa = -1.0
-    with pytest.raises(ValueError, match="config.optimizer.kappa=-1.0"):
+    config.dessilbi.kappa = -1.0
+    with pytest.raises(ValueError, match="config.dessilbi.kappa=-1.0"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
@@ -253,8 +253,8 @@ TINY_FLAGS = [
     "--config.batch_size=16",
     "--config.num_epochs=1",
     "--config.steps_per_epoch=2",
-    "--config.optimizer.lambda_=0.05",
-    "--config.optimizer.mu=1",
+    "--config.dessilbi.lambda_=0.05",
+    "--config.dessilbi.mu=1",
 ]
 
 
@@ -289,7 +289,7 @@ def test_cli_bad_flag_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("optimizer.kappa", -1.0, "config.optimizer.kappa=-1.0 is invalid: allowed a finite number > 0"),
+    ("dessilbi.kappa", -1.0, "config.dessilbi.kappa=-1.0 is invalid: allowed a finite number > 0"),
     ("method", "nope", "config.method='nope' is invalid"),
     ("workdir", "afile", "is a file, not a folder"),
 ])
@@ -304,7 +304,7 @@ def test_cli_bad_value_is_one_line_and_exit_2(tmp_path, capsys, field, value, me
     elif field == "method":
         config.method = value
     else:
-        config.optimizer.kappa = value
+        config.dessilbi.kappa = value
     code = main.run(config, workdir)
     err = capsys.readouterr().err
     assert code == 2
@@ -331,7 +331,7 @@ def test_cli_dead_model_exits_3(tmp_path, capsys):
 
     config = tiny_config()
     config.num_epochs = 1
-    config.optimizer.lambda_ = 5.0
+    config.dessilbi.lambda_ = 5.0
     config.outputs.tensorboard = False
     assert main.run(config, str(tmp_path)) == 3
     assert "SavedModel NOT exported: dead layers" in capsys.readouterr().out
@@ -344,7 +344,7 @@ def test_cli_helpfull_lists_the_config_fields():
 
     main.define_flags()
     text = flags.FLAGS["config"].help
-    assert "optimizer.kappa=1.0" in text and "outputs.allow_dead_export=False" in text
+    assert "dessilbi.kappa=1.0" in text and "outputs.allow_dead_export=False" in text
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
@@ -428,28 +428,28 @@ def test_a_decaying_schedule_with_steady_path_and_w_star_finetune(tmp_path):
     config.num_epochs = 3
     config.schedule.name = "cosine"
     config.schedule.warmup_epochs = 1.0
-    config.optimizer.steady_path = True
-    config.optimizer.finetune_epochs = 1
-    config.optimizer.lambda_scaling = "init_norm"
-    config.optimizer.lambda_ = 0.12
+    config.dessilbi.steady_path = True
+    config.fork.last_epochs = 1
+    config.dessilbi.lambda_scaling = "init_norm"
+    config.dessilbi.lambda_ = 0.12
     summary = train.train_and_evaluate(config, str(tmp_path))
     assert summary["eval"]["accuracy"] == summary["eval_w_star"]["accuracy"]
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
     assert 0 < summary["sparsity"]["weights_kept"] < summary["sparsity"]["weights_total"]
     with open(os.path.join(str(tmp_path), "config.json")) as f:
-        saved = json.load(f)["optimizer"]
-    assert saved["finetune_epochs"] == 1 and saved["steady_path"] is True
+        saved = json.load(f)
+    assert saved["fork"]["last_epochs"] == 1 and saved["dessilbi"]["steady_path"] is True
 
 
 def test_w_star_finetune_from_a_units_fraction_through_the_cli(tmp_path):
     config = tiny_config()
     config.num_epochs = 3
-    config.optimizer.structure = "filter"
-    config.optimizer.finetune_units = 0.25
-    config.optimizer.lambda_scaling = "init_norm"
-    config.optimizer.lambda_ = 0.12
+    config.dessilbi.structure = "filter"
+    config.fork.units = 0.25
+    config.dessilbi.lambda_scaling = "init_norm"
+    config.dessilbi.lambda_ = 0.12
     summary = train.train_and_evaluate(config, str(tmp_path / "units"))
-    config.optimizer.finetune_units = 0.0
+    config.fork.units = 0.0
     free = train.train_and_evaluate(config, str(tmp_path / "free"))
     # The support was frozen once it held ≥ 25 % of the filters: fewer enter than on the free path,
     kept = summary["sparsity"]["units_kept"]
@@ -458,18 +458,18 @@ def test_w_star_finetune_from_a_units_fraction_through_the_cli(tmp_path):
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
     assert summary["eval"]["accuracy"] == summary["eval_w_star"]["accuracy"]
     with open(os.path.join(str(tmp_path / "units"), "config.json")) as f:
-        assert json.load(f)["optimizer"]["finetune_units"] == 0.25
+        assert json.load(f)["fork"]["units"] == 0.25
 
 
 def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
     """Elementwise: the support is frozen once it holds ≥ 20 % of the coupled weights."""
     config = tiny_config()
     config.num_epochs = 3
-    config.optimizer.structure = "elementwise"
-    config.optimizer.finetune_weights = 0.2
-    config.optimizer.lambda_ = 0.1
+    config.dessilbi.structure = "elementwise"
+    config.fork.weights = 0.2
+    config.dessilbi.lambda_ = 0.1
     summary = train.train_and_evaluate(config, str(tmp_path / "weights"))
-    config.optimizer.finetune_weights = 0.0
+    config.fork.weights = 0.0
     free = train.train_and_evaluate(config, str(tmp_path / "free"))
     kept, total = summary["sparsity"]["weights_kept"], summary["sparsity"]["weights_total"]
     assert 0.2 * total <= kept < free["sparsity"]["weights_kept"]  # stopped growing at the crossing
@@ -485,10 +485,10 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     ranked by their strongest member): the export keeps exactly the filters in supp Γ."""
     config = tiny_config(name="fmnist_resnet20_dessilbi_protocol")
     config.num_epochs = 3
-    config.optimizer.lambda_ = 0.02  # half of the filters enter within the 9 steps
-    config.optimizer.mu = 1.0
+    config.dessilbi.lambda_ = 0.02  # half of the filters enter within the 9 steps
+    config.dessilbi.mu = 1.0
     if grouped:
-        config.optimizer.joint_groups = config.optimizer.finetune_groups = True
+        config.optimizer.joint_groups = config.fork.dependency_groups = True
         config.optimizer.finetune_group_margin = "max"
     summary = train.train_and_evaluate(config, str(tmp_path))
     sparsity = summary["sparsity"]
@@ -500,29 +500,29 @@ def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
     assert summary["eval_w_star"]["accuracy"] == pytest.approx(_export_accuracy(summary, config), abs=1e-6)
     with open(os.path.join(str(tmp_path), "config.json")) as f:
-        assert json.load(f)["optimizer"]["lambda_scaling"] == "unit_init_norm"
+        assert json.load(f)["dessilbi"]["lambda_scaling"] == "unit_init_norm"
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("optimizer.finetune_weights", 1.5, r"config.optimizer.finetune_weights=1.5"),
-    ("optimizer.finetune_epochs", 2, r"config.optimizer.finetune_epochs=2 .*< num_epochs=2"),
-    ("optimizer.steady_path", "yes", r"config.optimizer.steady_path=.yes."),
-    ("optimizer.finetune_allow_empty", "no", r"config.optimizer.finetune_allow_empty=.no."),
-    ("optimizer.finetune_trim", True, r"config.optimizer.finetune_trim=True .*finetune_units > 0"),
-    ("optimizer.finetune_groups", True, r"config.optimizer.finetune_groups=True .*fine-tune is on"),
-    ("optimizer.finetune_groups", "no", r"config.optimizer.finetune_groups=.no."),
-    ("optimizer.finetune_units", 1.5, r"config.optimizer.finetune_units=1.5"),
+    ("fork.weights", 1.5, r"config.fork.weights=1.5"),
+    ("fork.last_epochs", 2, r"config.fork.last_epochs=2 .*< num_epochs=2"),
+    ("dessilbi.steady_path", "yes", r"config.dessilbi.steady_path=.yes."),
+    ("fork.allow_empty", "no", r"config.fork.allow_empty=.no."),
+    ("fork.trim", True, r"config.fork.trim=True .*fork.units > 0"),
+    ("fork.dependency_groups", True, r"config.fork.dependency_groups=True .*fine-tune is on"),
+    ("fork.dependency_groups", "no", r"config.fork.dependency_groups=.no."),
+    ("fork.units", 1.5, r"config.fork.units=1.5"),
     ("optimizer.joint_groups", "no", r"config.optimizer.joint_groups=.no."),
     ("optimizer.finetune_group_margin", "mean", r"config.optimizer.finetune_group_margin=.mean."),
-    ("optimizer.finetune_group_margin", "max", r"finetune_group_margin=.max. .*finetune_groups=True"),
-    ("optimizer.finetune_units", -0.1, r"config.optimizer.finetune_units=-0.1"),
+    ("optimizer.finetune_group_margin", "max", r"finetune_group_margin=.max. .*fork.dependency_groups=True"),
+    ("fork.units", -0.1, r"config.fork.units=-0.1"),
     ("optimizer.finetune_layer_units", "conv1/=0", r"finetune_layer_units='conv1/=0' .*pattern=k"),
     ("optimizer.finetune_layer_units", "conv1/", r"finetune_layer_units='conv1/' .*Received: 'conv1/'"),
     ("optimizer.finetune_layer_units", "a=1,a=2", r"gives pattern 'a' twice"),
     ("optimizer.finetune_layer_units", "conv(=2", r"key 'conv\(' is not a valid regular expression"),
     ("optimizer.finetune_layer_units", "conv1/=2", r"finetune_layer_units='conv1/=2' .*fine-tune is on"),
-    ("optimizer.finetune_round_to", 0, r"config.optimizer.finetune_round_to=0 .*>= 1"),
-    ("optimizer.finetune_round_to", 4, r"finetune_round_to=4 .*fine-tune is on"),
+    ("fork.round_to", 0, r"config.fork.round_to=0 .*>= 1"),
+    ("fork.round_to", 4, r"fork.round_to=4 .*fine-tune is on"),
 ])
 def test_dessilbi_schedule_fields_are_validated(field, value, match):
     config = tiny_config()
@@ -535,24 +535,24 @@ def test_dessilbi_schedule_fields_are_validated(field, value, match):
 
 def test_dessilbi_schedule_fields_need_dessilbi():
     config = tiny_config("sgd")
-    config.optimizer.finetune_epochs = 1
-    with pytest.raises(ValueError, match=r"finetune_epochs=1 .*optimizer.name='dessilbi'"):
+    config.fork.last_epochs = 1
+    with pytest.raises(ValueError, match=r"fork.last_epochs=1 .*optimizer.name='dessilbi'"):
         config_lib.validate(config)
 
 
 def test_finetune_units_needs_groups_and_dessilbi():
     config = tiny_config()
-    config.optimizer.structure = "elementwise"
-    config.optimizer.finetune_units = 0.5
-    with pytest.raises(ValueError, match=r"finetune_units=0.5 .*elementwise"):
+    config.dessilbi.structure = "elementwise"
+    config.fork.units = 0.5
+    with pytest.raises(ValueError, match=r"fork.units=0.5 .*elementwise"):
         config_lib.validate(config)
-    config.optimizer.finetune_units, config.optimizer.finetune_weights = 0.0, 0.1
-    config.optimizer.finetune_groups = True
-    with pytest.raises(ValueError, match=r"finetune_groups=True .*elementwise"):
+    config.fork.units, config.fork.weights = 0.0, 0.1
+    config.fork.dependency_groups = True
+    with pytest.raises(ValueError, match=r"fork.dependency_groups=True .*elementwise"):
         config_lib.validate(config)
     config = tiny_config("sgd")
-    config.optimizer.finetune_units = 0.5
-    with pytest.raises(ValueError, match=r"finetune_units=0.5 .*optimizer.name='dessilbi'"):
+    config.fork.units = 0.5
+    with pytest.raises(ValueError, match=r"fork.units=0.5 .*optimizer.name='dessilbi'"):
         config_lib.validate(config)
 
 
@@ -574,15 +574,15 @@ def test_joint_groups_reach_the_optimizer_and_are_validated():
     assert optimizer.unit_groups == tuple(tuple((p, u) for p, u in g) for g in groups)
     config.optimizer.joint_groups = False
     assert components.build_optimizer(config, model, 10).unit_groups is None
-    config.optimizer.joint_groups, config.optimizer.finetune_units = True, 0.5
-    config.optimizer.finetune_trim = True
-    with pytest.raises(ValueError, match=r"finetune_trim=True .*finetune_groups=True"):
+    config.optimizer.joint_groups, config.fork.units = True, 0.5
+    config.fork.trim = True
+    with pytest.raises(ValueError, match=r"fork.trim=True .*fork.dependency_groups=True"):
         config_lib.validate(config)
-    config.optimizer.finetune_groups = True
+    config.fork.dependency_groups = True
     config_lib.validate(config)
-    config.optimizer.finetune_units, config.optimizer.finetune_trim = 0.0, False
-    config.optimizer.finetune_groups = False
-    config.optimizer.joint_groups, config.optimizer.structure = True, "elementwise"
+    config.fork.units, config.fork.trim = 0.0, False
+    config.fork.dependency_groups = False
+    config.optimizer.joint_groups, config.dessilbi.structure = True, "elementwise"
     with pytest.raises(ValueError, match=r"joint_groups=True .*elementwise"):
         config_lib.validate(config)
     config = tiny_config("sgd")
@@ -599,10 +599,10 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
     from tf_dessilbi.training import methods
 
     config = tiny_config()
-    config.optimizer.finetune_units = 0.4
-    config.optimizer.finetune_allow_empty = allow
-    config.optimizer.finetune_trim = allow
-    config.optimizer.finetune_groups = allow
+    config.fork.units = 0.4
+    config.fork.allow_empty = allow
+    config.fork.trim = allow
+    config.fork.dependency_groups = allow
     config.optimizer.finetune_group_margin = "max" if allow else "joint"
     config_lib.validate(config)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -612,10 +612,10 @@ def test_the_cli_passes_finetune_allow_empty_to_the_fine_tune(allow):
     assert callback.trim is allow and callback.dependency_groups is allow
     assert callback.group_margin == ("max" if allow else "joint")
     config.optimizer.finetune_group_margin = "joint"
-    config.optimizer.finetune_trim = config.optimizer.finetune_groups = False
-    config.optimizer.name, config.optimizer.finetune_units = "sgd", 0.0
+    config.fork.trim = config.fork.dependency_groups = False
+    config.optimizer.name, config.fork.units = "sgd", 0.0
     if allow:  # a DessiLBI-only switch left on for SGD
-        with pytest.raises(ValueError, match="finetune_allow_empty=True is invalid"):
+        with pytest.raises(ValueError, match="fork.allow_empty=True is invalid"):
             config_lib.validate(config)
     else:
         config_lib.validate(config)
@@ -625,8 +625,8 @@ def _layer_units_config(spec):
     """3 epochs, conv filters coupled, the last epoch a fine-tune starting at ``spec``'s widths."""
     config = tiny_config()
     config.num_epochs = 3
-    config.optimizer.structure = "filter"
-    config.optimizer.finetune_epochs = 1
+    config.dessilbi.structure = "filter"
+    config.fork.last_epochs = 1
     config.optimizer.finetune_layer_units = spec
     return config
 
@@ -640,16 +640,17 @@ def test_finetune_layer_units_through_the_cli(tmp_path):
     assert summary["eval"]["loss"] == pytest.approx(summary["eval_w_star"]["loss"], rel=1e-6)
     with open(os.path.join(str(tmp_path), "config.json")) as f:
         assert json.load(f)["optimizer"]["finetune_layer_units"] == "^conv1/=3,^conv3/=5"
-    for field in ("finetune_trim", "finetune_groups", "joint_groups"):
+    for field in ("fork.trim", "fork.dependency_groups", "optimizer.joint_groups"):
         bad = tiny_config()
-        bad.optimizer.finetune_units, bad.optimizer.finetune_layer_units = 0.5, "conv1/=2"
-        bad.optimizer[field] = True
-        with pytest.raises(ValueError, match=r"finetune_layer_units=.* with optimizer.finetune_trim, "
-                                             r"finetune_groups or joint_groups"):
+        bad.fork.units, bad.optimizer.finetune_layer_units = 0.5, "conv1/=2"
+        section, name = field.split(".")
+        bad[section][name] = True
+        with pytest.raises(ValueError, match=r"finetune_layer_units=.* with fork.trim, "
+                                             r"fork.dependency_groups or optimizer.joint_groups"):
             config_lib.validate(bad)
     bad = tiny_config()
-    bad.optimizer.finetune_epochs, bad.optimizer.finetune_layer_units = 1, "conv1/=2"
-    bad.optimizer.structure = "elementwise"
+    bad.fork.last_epochs, bad.optimizer.finetune_layer_units = 1, "conv1/=2"
+    bad.dessilbi.structure = "elementwise"
     with pytest.raises(ValueError, match=r"finetune_layer_units='conv1/=2' .*structure='elementwise'"):
         config_lib.validate(bad)
     sgd = tiny_config("sgd")
@@ -659,7 +660,7 @@ def test_finetune_layer_units_through_the_cli(tmp_path):
 
 
 def test_finetune_round_to_through_the_cli(tmp_path):
-    """``finetune_round_to`` widens the support the path chose to multiples of r when the fine-tune starts.
+    """``fork.round_to`` widens the support the path chose to multiples of r when the fine-tune starts.
 
     The path until then is the same run for run, so each conv keeps min(N, ⌈k/r⌉·r) of the k
     filters the run without rounding keeps.
@@ -667,9 +668,9 @@ def test_finetune_round_to_through_the_cli(tmp_path):
     from absl import logging
 
     config = _layer_units_config("")
-    config.optimizer.lambda_ = 0.1  # conv1 keeps 2 of 16 filters when the fine-tune starts
+    config.dessilbi.lambda_ = 0.1  # conv1 keeps 2 of 16 filters when the fine-tune starts
     plain = train.train_and_evaluate(config, str(tmp_path / "plain"))
-    config.optimizer.finetune_round_to = 4
+    config.fork.round_to = 4
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.INFO)  # what the CLI sets
     try:
@@ -680,7 +681,7 @@ def test_finetune_round_to_through_the_cli(tmp_path):
     with open(tmp_path / "rounded" / "train.log") as f:
         (line,) = [l for l in f if "W* fine-tune: supp Γ fixed from step" in l]
     kept = {row["layer"]: row["units_kept"] for row in rounded["sparsity"]["layers"]}
-    assert "from step 6 (epoch 2.00) on, the coupling off" in line  # finetune_epochs=1 of 3, 3 steps each
+    assert "from step 6 (epoch 2.00) on, the coupling off" in line  # fork.last_epochs=1 of 3, 3 steps each
     assert f"conv1/kernel {kept['conv1']}/16, conv2/kernel {kept['conv2']}/32" in line
     assert "added conv1/kernel [" in line and "trimmed" not in line
     widths = [{row["layer"]: (row["units_kept"], row["units_total"]) for row in s["sparsity"]["layers"]
@@ -691,24 +692,24 @@ def test_finetune_round_to_through_the_cli(tmp_path):
         assert widths[1][layer] == (min(total, -(-k // 4) * 4), total)
     assert rounded["eval"]["loss"] == pytest.approx(rounded["eval_w_star"]["loss"], rel=1e-6)
     bad = _layer_units_config("")
-    bad.optimizer.finetune_round_to, bad.optimizer.finetune_layer_units = 8, "conv1/=2"
-    with pytest.raises(ValueError, match=r"finetune_round_to=8 .* with optimizer.finetune_layer_units "
+    bad.fork.round_to, bad.optimizer.finetune_layer_units = 8, "conv1/=2"
+    with pytest.raises(ValueError, match=r"fork.round_to=8 .* with optimizer.finetune_layer_units "
                                          r"\(they set the support's units themselves: choose multiples"):
         config_lib.validate(bad)
     bad = _layer_units_config("")
-    bad.optimizer.finetune_round_to, bad.optimizer.joint_groups = 8, True
-    with pytest.raises(ValueError, match=r"finetune_round_to=8 .*joint_groups=True unless "
-                                         r"optimizer.finetune_groups=True"):
+    bad.fork.round_to, bad.optimizer.joint_groups = 8, True
+    with pytest.raises(ValueError, match=r"fork.round_to=8 .*joint_groups=True unless "
+                                         r"fork.dependency_groups=True"):
         config_lib.validate(bad)
-    bad.optimizer.finetune_groups = True  # rounded by whole groups: allowed
+    bad.fork.dependency_groups = True  # rounded by whole groups: allowed
     config_lib.validate(bad)
     bad = _layer_units_config("")
-    bad.optimizer.finetune_round_to, bad.optimizer.structure = 8, "elementwise"
-    with pytest.raises(ValueError, match=r"finetune_round_to=8 .*structure='elementwise'"):
+    bad.fork.round_to, bad.dessilbi.structure = 8, "elementwise"
+    with pytest.raises(ValueError, match=r"fork.round_to=8 .*structure='elementwise'"):
         config_lib.validate(bad)
     sgd = tiny_config("sgd")
-    sgd.optimizer.finetune_round_to = 8
-    with pytest.raises(ValueError, match=r"finetune_round_to=8 .*optimizer.name='dessilbi'"):
+    sgd.fork.round_to = 8
+    with pytest.raises(ValueError, match=r"fork.round_to=8 .*optimizer.name='dessilbi'"):
         config_lib.validate(sgd)
 
 

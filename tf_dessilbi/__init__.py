@@ -18,6 +18,8 @@ from tf_dessilbi import tfmot  # the TF-MOT bridge; imports tf_keras only when u
 from tf_dessilbi import masks  # Mask, MaskSource and the adapters
 from tf_dessilbi import sparse  # mask methods: GMP, SET, RigL, schedules, densities
 from tf_dessilbi.dessilbi import DessiLBI
+from tf_dessilbi.dessilbi import Fork
+from tf_dessilbi.dessilbi import WStarFinetune
 from tf_dessilbi.dessilbi import WStar
 from tf_dessilbi.dessilbi import apply_w_star
 from tf_dessilbi.dessilbi import joint_unit_groups
@@ -63,6 +65,7 @@ def make_train_step(*args, **kwargs):
 __all__ = [
     "DessiLBI",
     "DessiLBIWarmStart",
+    "Fork",
     "Mask",
     "MaskSource",
     "Pruner",
@@ -72,6 +75,7 @@ __all__ = [
     "TicketSearch",
     "TicketSearchResult",
     "WStar",
+    "WStarFinetune",
     "__version__",
     "apply_w_star",
     "carry_optimizer",

@@ -44,7 +44,7 @@ def load_config(quick: bool, name: str = CONFIG):
     config.batch_size = 128
     if quick:
         config.num_epochs = 2
-        config.optimizer.finetune_epochs = min(config.optimizer.finetune_epochs, 1)
+        config.fork.last_epochs = min(config.fork.last_epochs, 1)
         config.data.train_limit = 512
         config.data.eval_limit = 500
     return config, source
@@ -84,17 +84,17 @@ def dessilbi_hparams() -> dict:
 
     Returns:
         ``{"source": str, "optimizer": {DessiLBI kwargs, lr as a float},
-        "structure": config.optimizer.structure}``.
+        "structure": config.dessilbi.structure}``.
     """
     config, source = load_config(quick=False, name=CLI_CONFIG)
-    o = config.optimizer
+    o, d = config.optimizer, config.dessilbi
     opt = {
         "learning_rate": float(o.learning_rate),
-        "kappa": float(o.kappa),
-        "mu": float(o.mu),
-        "lambda_": float(o.lambda_),
+        "kappa": float(d.kappa),
+        "mu": float(d.mu),
+        "lambda_": float(d.lambda_),
         "momentum": float(o.momentum),
         "nesterov": bool(o.nesterov),
-        "lambda_scaling": o.lambda_scaling,
+        "lambda_scaling": d.lambda_scaling,
     }
-    return {"source": source, "optimizer": opt, "structure": o.structure}
+    return {"source": source, "optimizer": opt, "structure": d.structure}

@@ -36,12 +36,12 @@ def get_config():
     config.optimizer.learning_rate = 0.1  # lr/schedule: standard CIFAR, ours
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
-    config.optimizer.kappa = 1.0
-    config.optimizer.mu = 100.0
+    config.dessilbi.kappa = 1.0
+    config.dessilbi.mu = 100.0
     # The authors threshold ‖V_g‖/√(filter size) at conv λ 0.1; we threshold
     # ‖V_g‖ at λ, so their 0.1 is λ ≈ 0.1·√(3·3·32) ≈ 1.7 for the middle stage.
-    config.optimizer.lambda_ = 1.7
-    config.optimizer.structure = "auto"
+    config.dessilbi.lambda_ = 1.7
+    config.dessilbi.structure = "auto"
     config.schedule.name = "piecewise"
     config.schedule.boundaries = (100, 150)
     config.schedule.decay_factor = 0.1

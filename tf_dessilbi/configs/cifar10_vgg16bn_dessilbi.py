@@ -18,5 +18,5 @@ def get_config():
     config.model.name = "vgg16_bn"
     # DessiLBI lottery scripts, VGG-16-BN group: conv λ 0.05 on
     # ‖V_g‖/√(filter size); ≈ 0.05·√(3·3·256) = 2.4 on ‖V_g‖ (mid layers).
-    config.optimizer.lambda_ = 2.4
+    config.dessilbi.lambda_ = 2.4
     return config

@@ -39,11 +39,11 @@ def get_config():
     # μ 20 makes V grow at α/μ = 2.5e-3 per step, fast enough for filters
     # to enter within ~3 epochs.
     config.optimizer.learning_rate = 0.05
-    config.optimizer.mu = 20.0
-    config.optimizer.lambda_ = 1.5
+    config.dessilbi.mu = 20.0
+    config.dessilbi.lambda_ = 1.5
     config.optimizer.name = "dessilbi"
     config.optimizer.momentum = 0.9
-    config.optimizer.kappa = 1.0
-    config.optimizer.structure = "auto"
-    config.optimizer.lambda_scaling = "fan_in"
+    config.dessilbi.kappa = 1.0
+    config.dessilbi.structure = "auto"
+    config.dessilbi.lambda_scaling = "fan_in"
     return config

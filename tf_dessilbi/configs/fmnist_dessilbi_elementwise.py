@@ -22,5 +22,5 @@ def get_config():
     config = config_lib.load_config(
         os.path.join(os.path.dirname(__file__), "fmnist_dessilbi.py")
     )
-    config.optimizer.structure = "elementwise"
+    config.dessilbi.structure = "elementwise"
     return config

@@ -40,13 +40,13 @@ def get_config():
     config.num_epochs = 10
     # The recipe (bench/parity.py: filter, init+mu40+lam0.25+u0.5+trim; its path, dense W:
     # init+mu40+lam0.25, tf_dessilbi/configs/fmnist_dessilbi_protocol_path.py).
-    config.optimizer.structure = "filter"
-    config.optimizer.lambda_scaling = "init_norm"
-    config.optimizer.lambda_ = 0.25
-    config.optimizer.mu = 40.0
-    config.optimizer.kappa = 1.0
-    config.optimizer.finetune_units = 0.5
-    config.optimizer.finetune_trim = True
-    config.optimizer.finetune_epochs = 0
-    config.optimizer.steady_path = False
+    config.dessilbi.structure = "filter"
+    config.dessilbi.lambda_scaling = "init_norm"
+    config.dessilbi.lambda_ = 0.25
+    config.dessilbi.mu = 40.0
+    config.dessilbi.kappa = 1.0
+    config.fork.units = 0.5
+    config.fork.trim = True
+    config.fork.last_epochs = 0
+    config.dessilbi.steady_path = False
     return config

@@ -23,9 +23,9 @@ def get_config():
     config = config_lib.load_config(
         os.path.join(os.path.dirname(__file__), "fmnist_dessilbi_protocol.py"))
     config.num_epochs = 3
-    config.optimizer.structure = "auto"
-    config.optimizer.lambda_ = 0.5
-    config.optimizer.finetune_units = 0.0
-    config.optimizer.finetune_trim = False
-    config.optimizer.finetune_epochs = 2
+    config.dessilbi.structure = "auto"
+    config.dessilbi.lambda_ = 0.5
+    config.fork.units = 0.0
+    config.fork.trim = False
+    config.fork.last_epochs = 2
     return config

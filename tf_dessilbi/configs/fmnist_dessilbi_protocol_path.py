@@ -19,15 +19,15 @@ import os
 
 from tf_dessilbi.training import config_lib
 
-#: The fields of the protocol config that start or shape its fine-tune, and their "off" values.
-FINETUNE_OFF = {"finetune_units": 0.0, "finetune_trim": False, "finetune_epochs": 0,
-                "finetune_weights": 0.0, "finetune_groups": False, "finetune_round_to": 1,
-                "finetune_layer_units": ""}
+#: The fields of the protocol config that start or shape its fork, and their "off" values.
+FINETUNE_OFF = {"fork.units": 0.0, "fork.trim": False, "fork.last_epochs": 0,
+                "fork.weights": 0.0, "fork.dependency_groups": False, "fork.round_to": 1}
 
 
 def get_config():
     config = config_lib.load_config(os.path.join(os.path.dirname(__file__),
                                                  "fmnist_dessilbi_protocol.py"))
     for field, value in FINETUNE_OFF.items():
-        setattr(config.optimizer, field, value)
+        section, name = field.split(".")
+        config[section][name] = value
     return config

@@ -16,7 +16,7 @@ MACs (channels joined by a residual Add leave only together: 579 filters
 stay). At the protocol's full budget (``--config.num_epochs=10``, seeds 0–2,
 docs/research/reports/PARITY_RESNET20_E10.md): W* 93.07 ± 0.26 % against SGD
 92.91 ± 0.36 % with 392/784 filters out; with
-``--config.optimizer.finetune_groups=True`` (392 filters physically removed)
+``--config.fork.dependency_groups=True`` (392 filters physically removed)
 92.87 ± 0.18 %.
 
 How the recipe was found: docs/research/configs.md.
@@ -32,10 +32,10 @@ def get_config():
         os.path.join(os.path.dirname(__file__), "fmnist_dessilbi_protocol.py"))
     config.model.name = "resnet20"
     config.num_epochs = 3
-    config.optimizer.structure = "filter"
-    config.optimizer.lambda_scaling = "unit_init_norm"
-    config.optimizer.lambda_ = 0.45
-    config.optimizer.finetune_units = 0.5
-    config.optimizer.finetune_trim = True
-    config.optimizer.finetune_epochs = 0
+    config.dessilbi.structure = "filter"
+    config.dessilbi.lambda_scaling = "unit_init_norm"
+    config.dessilbi.lambda_ = 0.45
+    config.fork.units = 0.5
+    config.fork.trim = True
+    config.fork.last_epochs = 0
     return config

@@ -38,9 +38,9 @@ def get_config():
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
-    config.optimizer.kappa = 1.0
-    config.optimizer.mu = 100.0
-    config.optimizer.lambda_ = 1.7  # as for the CIFAR ResNets (see there)
+    config.dessilbi.kappa = 1.0
+    config.dessilbi.mu = 100.0
+    config.dessilbi.lambda_ = 1.7  # as for the CIFAR ResNets (see there)
     config.schedule.name = "piecewise"
     config.schedule.boundaries = (30, 60)
     config.schedule.decay_factor = 0.1

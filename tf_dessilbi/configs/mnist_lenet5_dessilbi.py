@@ -27,9 +27,9 @@ def get_config():
 
     config.optimizer.name = "dessilbi"
     config.optimizer.learning_rate = 0.1
-    config.optimizer.kappa = 1.0
-    config.optimizer.mu = 20.0
-    config.optimizer.lambda_ = 1.0  # the base code's hard-coded λ = 1
+    config.dessilbi.kappa = 1.0
+    config.dessilbi.mu = 20.0
+    config.dessilbi.lambda_ = 1.0  # the base code's hard-coded λ = 1
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 0.0
     config.schedule.name = "step"

@@ -71,6 +71,6 @@ def round_up_units(kept: int, total: int, round_to: int) -> int:
     """``kept`` raised to the next multiple of ``round_to``, at most ``total``: min(N, ⌈k/r⌉·r).
 
     The one rounding rule of ``round_to``, here at export and in
-    `WStarFinetune(round_to=...)` when the fine-tune starts (0 stays 0).
+    `Fork(round_to=...)` when the fine-tune starts (0 stays 0).
     """
     return min(total, -(-kept // round_to) * round_to)

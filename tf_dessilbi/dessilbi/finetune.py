@@ -1,54 +1,37 @@
-"""`WStarFinetune`: the last epochs of a DessiLBI run train W* on its support.
+"""`WStarFinetune`: from the fork on, a DessiLBI run trains W* on its support.
 
 The paper's sparse model is W* = W ⊙ 1[Γ ≠ 0] (Fu et al., ICML 2020), and
-the authors retrain it. Inside one training budget: from epoch ``start_epoch``
-on, after every step the model is projected onto W*,
+the authors retrain it. Inside one training budget: from the `Fork` on (an
+epoch, or the step supp Γ holds a fraction ρ of the units or ρ_w of the
+weights; see `tf_dessilbi.dessilbi.fork`), after every step the model is
+projected onto W*,
 
     W ← W ⊙ 1[Γ ≠ 0]   (with ``prune_bias``: the bias of every unit outside
                         the support and the γ/β of the BatchNormalization
                         channel it feeds are zeroed too, as `apply_w_star`),
 
-so the remaining steps train exactly the weights W* keeps. The fine-tune
-starts at epoch ``start_epoch``, or, with ``units_fraction`` = ρ, as soon as
-the support holds a fraction ρ of the group units (conv filters, dense
-neurons),
+so the remaining steps train exactly the weights W* keeps. A fraction ties
+the sparsity to ρ instead of to λ and the learning-rate schedule (at a
+fixed λ the number of filters at the end of a warm-up differs by 20 %
+between seeds).
 
-    Σ_l |{u : Γ_l[..., u] ≠ 0}| / Σ_l n_l  ≥  ρ   (checked every ``check_every`` steps),
-
-or, with ``weights_fraction`` = ρ_w, as soon as it holds a fraction ρ_w of
-the coupled weights (any structure; an elementwise run's density),
-
-    Σ_l |supp Γ_l| / Σ_l |W_l|  ≥  ρ_w,
-
-whichever comes first: the path is walked until the structure has the
-wanted size, then that support is retrained. This ties the sparsity to ρ
-instead of to λ and the learning-rate schedule (at a fixed λ the number of
-filters at the end of a warm-up differs by 20 % between seeds).
-
-Several units can cross λ in the step that reaches ρ. With ``trim`` the
-support is then cut back to exactly ⌈ρ·N⌉ units (N = Σ_l n_l): the units
-that entered last, those with the smallest margin ‖V_g‖₂ / λ_g (λ_g = λ·c_l,
-the layer's threshold, or λ·c_g per unit with ``"unit_init_norm"``), leave
-it (V_g ← 0), never the last unit of a layer.
-
-With ``layer_units`` = {pattern: k_l} the widths are yours and the ranking
-DessiLBI's: each matched kernel keeps exactly its k_l units of largest
-margin ‖V_g‖₂ / λ_g, units still below λ_g entering if needed
-(`set_layer_units`), e.g. to export a chosen architecture.
-
-With ``dependency_groups`` the support is set to whole dependency groups
-of physical removal when the fine-tune starts (`group_support.align_support`:
-the filters one residual Add sums stay or leave together, ranked by their
-joint margin ‖V_G‖₂ / λ_G; with ``trim``, groups enter by that margin while
-they hold at most ⌈ρ·N⌉ units), so the units W* zeroes are exactly those
-`shrink` removes, and the support's count is the exported network's.
+When the fine-tune starts, the fork's ``trim`` cuts supp Γ back to exactly
+⌈ρ·N⌉ units (N = Σ_l n_l): the units that entered last, those with the
+smallest margin ‖V_g‖₂ / λ_g (λ_g = λ·c_l, the layer's threshold, or λ·c_g
+per unit with ``"unit_init_norm"``), leave it (V_g ← 0), never the last
+unit of a layer. Its ``dependency_groups`` sets the support to whole
+dependency groups of physical removal (`group_support.align_support`: the
+filters one residual Add sums stay or leave together, ranked by their joint
+margin ‖V_G‖₂ / λ_G; with ``trim``, groups enter by that margin while they
+hold at most ⌈ρ·N⌉ units), so the units W* zeroes are exactly those
+`shrink` removes. Its ``round_to`` then raises each width to a multiple of r.
 
 A fraction does not start the fine-tune while supp Γ is empty in some
 coupled layer (unless ``allow_empty_layers``): in a feed-forward stack W*
 would output a constant, and fixing that support would spend the rest of
 the budget on a dead network (`tf_dessilbi.procedures.early_tickets` and IMP
 refuse such masks too). The path walks on until every coupled layer keeps a
-unit; a ``start_epoch`` still starts it, with a warning naming the layers.
+unit; a fork epoch still starts it, with a warning naming the layers.
 
 By default the coupling is switched off meanwhile (μ → `DECOUPLED_MU`): W
 takes plain SGD steps and V, so supp Γ, stays fixed — the paper's retraining
@@ -62,8 +45,8 @@ the dense W *is* W*: evaluating the model evaluates the sparse model, and
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from typing import Optional
 
 import keras
 from keras import ops
@@ -71,6 +54,7 @@ from keras import ops
 from tf_dessilbi import _compat
 from tf_dessilbi import _validate
 from tf_dessilbi.dessilbi import group_support
+from tf_dessilbi.dessilbi.fork import Fork
 from tf_dessilbi.dessilbi.structures import GROUP_STRUCTURES
 from tf_dessilbi.dessilbi import w_star as w_star_lib
 from tf_dessilbi.dessilbi.support_units import (  # noqa: F401  (re-exported: finetune.trim_units, ...)
@@ -81,10 +65,10 @@ from tf_dessilbi.masks import unwrap_optimizer
 from tf_dessilbi.dependency import groups as groups_lib
 
 
-_NO_GROUPS = ("WStarFinetune(units_fraction=...), WStarFinetune(dependency_groups=True) and "
-              "WStarFinetune(round_to>1) count filters and neurons, but the optimizer couples no "
-              "kernel by groups: use a 'filter'/'neuron' structure, or start_epoch without "
-              "dependency_groups and round_to.")
+_NO_GROUPS = ("Fork(units=...), Fork(dependency_groups=True) and Fork(round_to>1) count filters "
+              "and neurons, but the optimizer couples no kernel by groups: use a 'filter'/'neuron' "
+              "structure, or a Fork(epoch=...) or Fork(weights=...) without dependency_groups and "
+              "round_to.")
 DECOUPLED_MU = 2.0 ** 40  # α/μ·(W − Γ) then moves V by ~1e-14: below float32 resolution
 
 
@@ -93,8 +77,57 @@ def is_decoupled(optimizer) -> bool:
     return float(ops.convert_to_numpy(unwrap_optimizer(optimizer).mu)) == DECOUPLED_MU
 
 
+# The old keyword arguments that moved into `Fork` (old name -> Fork field), kept for one release.
+MOVED_TO_FORK = {"start_epoch": "epoch", "units_fraction": "units",
+                 "weights_fraction": "weights", "check_every": "check_every", "trim": "trim",
+                 "round_to": "round_to", "dependency_groups": "dependency_groups"}
+# The options the parity study found to change nothing, kept for one release (name -> the finding).
+DEPRECATED = {
+    "layer_units": (
+        "the parity study found that choosing the widths does not move W*: the best of eight "
+        "56-filter allocations set as the support reached 92.79 ± 0.03 % against 92.82 ± 0.16 % "
+        "for the path's own trimmed support (docs/research/reports/PARITY_E10_WIDTHS.md)"),
+    "group_margin": (
+        "the parity study found that ranking dependency groups by their strongest member does "
+        "not move W*: 91.55 ± 0.16 % against 91.48 ± 0.21 % for the joint margin "
+        "(docs/research/reports/PARITY_RESNET20_GROUPS.md)"),
+}
+
+
+def _fork_from(fork, deprecated: dict) -> Fork:
+    """The `Fork` of ``WStarFinetune(fork, **deprecated)``, warning for each deprecated name."""
+    moved = {name: deprecated.pop(name) for name in list(deprecated) if name in MOVED_TO_FORK}
+    if isinstance(fork, dict):  # from_config
+        fork = Fork.from_config(fork)
+    if isinstance(fork, Fork):
+        if moved:
+            raise TypeError(f"WStarFinetune takes `fork` or the deprecated {sorted(moved)}, not "
+                            f"both. Received: fork={fork!r}, "
+                            + ", ".join(f"{k}={v!r}" for k, v in moved.items()))
+        return fork
+    if fork is not None and "start_epoch" in moved:
+        raise TypeError("WStarFinetune got the epoch twice: positionally and as start_epoch=. "
+                        f"Received: fork={fork!r}, start_epoch={moved['start_epoch']!r}")
+    if fork is not None:
+        if isinstance(fork, bool) or not isinstance(fork, numbers.Integral):
+            raise TypeError("`fork` must be a tf_dessilbi.Fork or an int epoch (Fork(epoch=...)). "
+                            f"Received: fork={fork!r} of type {type(fork).__name__}")
+        moved["start_epoch"] = fork
+    if not moved:
+        raise ValueError("WStarFinetune needs `fork`: a tf_dessilbi.Fork (when to fork: an epoch, "
+                         "a units or weights fraction) or an int epoch. Received: fork=None")
+    built = Fork(**{MOVED_TO_FORK[name]: value for name, value in moved.items()})
+    names = [name for name in moved if not (name == "start_epoch" and fork is not None)]
+    if names:
+        warnings.warn(f"{', '.join(n + '=' for n in names)} "
+                      f"{'is' if len(names) == 1 else 'are'} deprecated; pass "
+                      f"fork=tf_dessilbi.{built!r} (WStarFinetune(fork, *, decouple, prune_bias, "
+                      "allow_empty_layers)).", DeprecationWarning, stacklevel=3)
+    return built
+
+
 class WStarFinetune(keras.callbacks.Callback):
-    """From epoch ``start_epoch`` on, keeps the model at W* after every step.
+    """From the `Fork` on, keeps the model at W* = W ⊙ 1[Γ ≠ 0] after every step.
 
     With ``decouple=True`` (the paper's retraining of the sparse model) the
     coupling is switched off for the fine-tune: μ is set to `DECOUPLED_MU`,
@@ -103,58 +136,31 @@ class WStarFinetune(keras.callbacks.Callback):
     ``decouple=False`` the coupling and V keep running on the support (a
     unit can still leave it). μ is restored when training ends.
 
+    ``WStarFinetune(3)`` is ``WStarFinetune(Fork(epoch=3))``. The keyword
+    arguments of the previous release (``start_epoch``, ``units_fraction``,
+    ``weights_fraction``, ``check_every``, ``trim``, ``round_to``,
+    ``dependency_groups``) still work for one release: each is mapped onto a
+    `Fork` (the same run, to the bit) with a `DeprecationWarning` naming the
+    replacement. ``layer_units`` and ``group_margin``, which the parity study
+    found not to move W*, still act for one release, with a
+    `DeprecationWarning`, and will be removed.
+
     Args:
-        start_epoch: the 0-based epoch (as `fit` counts, ``initial_epoch``
-            included) whose first step starts the fine-tune. With E epochs,
-            ``start_epoch=E-1`` fine-tunes the last epoch. ``None``: only
-            ``units_fraction`` starts it.
+        fork: a `tf_dessilbi.Fork` (when the fine-tune starts, how big and
+            what shape supp Γ is then), or an int epoch, short for
+            ``Fork(epoch=...)``.
         decouple: switch the coupling off during the fine-tune. Defaults to
             `True`.
         prune_bias: also zero the biases / BN channels of units outside the
             support (see `tf_dessilbi.apply_w_star`). Defaults to `True`.
-        units_fraction: ρ ∈ (0, 1]: start as soon as the support holds this
-            fraction of the group units (at the first check at or after the
-            step it is reached). ``None`` (default): not checked.
-        weights_fraction: ρ_w ∈ (0, 1]: start as soon as the support holds
-            this fraction of the coupled weights (same checks). ``None``
-            (default): not checked.
-        check_every: steps between two checks of the fractions. Defaults
-            to `10`.
-        trim: with ``units_fraction``, cut the support back to exactly
-            ⌈ρ·N⌉ units when it starts (`trim_units`). Defaults to `False`
-            (the support keeps every unit that crossed λ in that step).
         allow_empty_layers: let a fraction start the fine-tune while supp Γ
             is empty in a coupled layer (e.g. a residual branch that may
             go). Defaults to `False`: the start waits until every coupled
             layer keeps a unit.
-        dependency_groups: when the fine-tune starts, set supp Γ to whole
-            dependency groups of physical removal (`group_support.align_support`;
-            with ``trim``, the groups with the largest joint margins that fit
-            in ⌈ρ·N⌉ units, else those with margin > 1). Defaults to `False`.
-        group_margin: how ``dependency_groups`` ranks a group: ``"joint"``
-            (‖V_G‖₂/λ_G) or ``"max"`` (its strongest member's ‖V_g‖₂/λ_g);
-            see `group_support.align_support`. Defaults to `"joint"`.
-        layer_units: ``None``, or ``{pattern: k}``: when the fine-tune
-            starts, the group-coupled kernels whose path a pattern matches
-            (`re.search`, the first match wins) keep exactly k units, those
-            of largest margin ‖V_g‖₂/λ_g, units below λ_g entering if needed
-            (`set_layer_units`): DessiLBI's ranking, a width per layer you
-            choose (e.g. ``{"conv1/": 12, "conv2/": 16}``). Not with ``trim``
-            or ``dependency_groups``. Defaults to `None`.
-        round_to: r ≥ 1: when the fine-tune starts (after ``trim``), each
-            group-coupled kernel's support is raised to a multiple of r
-            units, min(N_l, ⌈k_l/r⌉·r), the units of largest margin outside
-            it entering (`round_units`; Torch-Pruning's ``round_to``, widths
-            that suit accelerators' tiles, trained rather than padded with
-            zeros at export). With ``dependency_groups`` the whole groups
-            of each channel space are rounded after the alignment
-            (`group_support.round_groups`), so each exported width is a
-            multiple of r (or all the layer's units). The total can exceed
-            ⌈ρ·N⌉ by up to r − 1 units per kernel (per channel space). Not
-            with ``layer_units`` (choose multiples there). Defaults to `1`
-            (off).
+        **deprecated: the previous release's keyword arguments (see above).
 
     Attributes:
+        fork: the `Fork`.
         started_at_step: the optimizer step the fine-tune started at (``None``
             before it starts).
         deferred_for: the coupled kernels that were empty when a fraction
@@ -163,59 +169,41 @@ class WStarFinetune(keras.callbacks.Callback):
         empty_at_start: the coupled kernels whose support was empty when
             the fine-tune started (``[]`` normally).
         trimmed: ``{variable path: [units]}`` that ``trim`` (or the
-            alignment, or ``layer_units``) took out of the support at the
-            start (``{}`` when none).
-        added: ``{variable path: [units]}`` that ``layer_units`` put into
-            the support at the start (``{}`` when none), ``round_to``'s
-            included.
+            alignment) took out of the support at the start (``{}`` when none).
+        added: ``{variable path: [units]}`` that ``round_to`` put into the
+            support at the start (``{}`` when none).
         aligned: the `group_support.Alignment` of ``dependency_groups``
             (``None`` without it, or before the start).
 
     Raises:
-        ValueError, TypeError: a bad argument, none of ``start_epoch``,
-            ``units_fraction`` and ``weights_fraction``; at train begin, an optimizer without a
-            support (not DessiLBI), ``units_fraction`` or ``dependency_groups``
-            with no group-coupled kernel, or ``dependency_groups`` on a model
-            the dependency graph cannot reason about.
+        ValueError, TypeError: a bad argument (see `Fork`); at train begin,
+            an optimizer without a support (not DessiLBI), ``units`` or
+            ``dependency_groups`` with no group-coupled kernel, or
+            ``dependency_groups`` on a model the dependency graph cannot
+            reason about.
     """
 
-    def __init__(self, start_epoch: Optional[int] = None, decouple: bool = True,
-                 prune_bias: bool = True, units_fraction: Optional[float] = None,
-                 check_every: int = 10, weights_fraction: Optional[float] = None,
-                 allow_empty_layers: bool = False, trim: bool = False,
-                 dependency_groups: bool = False, group_margin: str = "joint",
-                 layer_units: Optional[dict] = None, round_to: int = 1):
+    def __init__(self, fork=None, *, decouple: bool = True, prune_bias: bool = True,
+                 allow_empty_layers: bool = False, **deprecated):
         super().__init__()
-        if start_epoch is None and units_fraction is None and weights_fraction is None:
-            raise ValueError("WStarFinetune needs `start_epoch`, `units_fraction` or "
-                             "`weights_fraction`. Received: start_epoch=None, "
-                             "units_fraction=None, weights_fraction=None")
-        self.start_epoch = (None if start_epoch is None
-                            else _validate.integer("start_epoch", start_epoch, minimum=0))
+        unknown = sorted(set(deprecated) - set(MOVED_TO_FORK) - set(DEPRECATED))
+        if unknown:
+            raise TypeError(f"WStarFinetune() got unexpected keyword arguments {unknown}; it takes "
+                            "fork, decouple, prune_bias and allow_empty_layers.")
+        self.fork = _fork_from(fork, deprecated)
         self.decouple = _validate.boolean("decouple", decouple)
         self.prune_bias = _validate.boolean("prune_bias", prune_bias)
-        if units_fraction is not None:
-            units_fraction = _validate.real("units_fraction", units_fraction, minimum=0.0,
-                                            maximum=1.0, min_open=True)
-        self.units_fraction = units_fraction
-        if weights_fraction is not None:
-            weights_fraction = _validate.real("weights_fraction", weights_fraction, minimum=0.0,
-                                              maximum=1.0, min_open=True)
-        self.weights_fraction = weights_fraction
-        self.check_every = _validate.positive_int("check_every", check_every)
         self.allow_empty_layers = _validate.boolean("allow_empty_layers", allow_empty_layers)
-        self.trim = _validate.boolean("trim", trim)
-        self.dependency_groups = _validate.boolean("dependency_groups", dependency_groups)
-        self.group_margin = _validate.one_of("group_margin", group_margin, group_support.MARGINS)
-        if self.trim and units_fraction is None:
-            raise ValueError("WStarFinetune(trim=True) cuts the support to a units_fraction; "
-                             "received units_fraction=None.")
-        self.layer_units = validate_layer_units(layer_units)
+        for name in deprecated:
+            warnings.warn(f"WStarFinetune({name}=...) is deprecated and will be removed in the "
+                          f"next release: {DEPRECATED[name]}.", DeprecationWarning, stacklevel=2)
+        self.group_margin = _validate.one_of("group_margin", deprecated.get("group_margin", "joint"),
+                                             group_support.MARGINS)
+        self.layer_units = validate_layer_units(deprecated.get("layer_units"))
         if self.layer_units is not None and (self.trim or self.dependency_groups):
             raise ValueError("WStarFinetune(layer_units=...) sets each kernel's width itself: pass it "
                              f"without trim and dependency_groups. Received: trim={self.trim}, "
                              f"dependency_groups={self.dependency_groups}")
-        self.round_to = _validate.integer("round_to", round_to, minimum=1)
         if self.round_to > 1 and self.layer_units is not None:
             raise ValueError("WStarFinetune(round_to=...) rounds the widths the path chose; with "
                              "layer_units choose multiples yourself. Received: "
@@ -230,6 +218,16 @@ class WStarFinetune(keras.callbacks.Callback):
         self._projection = None
         self._mu = None
         self._decoupled = False
+
+    # The fork's fields, read where they act (`fork` is the one place they are set).
+    start_epoch = property(lambda self: self.fork.epoch, doc="`Fork.epoch`.")
+    units_fraction = property(lambda self: self.fork.units, doc="`Fork.units`.")
+    weights_fraction = property(lambda self: self.fork.weights, doc="`Fork.weights`.")
+    check_every = property(lambda self: self.fork.check_every, doc="`Fork.check_every`.")
+    trim = property(lambda self: self.fork.trim, doc="`Fork.trim`.")
+    round_to = property(lambda self: self.fork.round_to, doc="`Fork.round_to`.")
+    dependency_groups = property(lambda self: self.fork.dependency_groups,
+                                 doc="`Fork.dependency_groups`.")
 
     def on_train_begin(self, logs=None):
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -261,8 +259,8 @@ class WStarFinetune(keras.callbacks.Callback):
                 raise ValueError(_NO_GROUPS)
         epochs = (self.params or {}).get("epochs")
         if (self.start_epoch is not None and epochs is not None and self.start_epoch >= epochs):
-            message = (f"WStarFinetune(start_epoch={self.start_epoch}) never starts in a fit of "
-                       f"epochs={epochs} (epochs are counted from 0: start_epoch <= {epochs - 1})")
+            message = (f"WStarFinetune({self.fork!r}) never starts in a fit of "
+                       f"epochs={epochs} (epochs are counted from 0: epoch <= {epochs - 1})")
             if self.units_fraction is None and self.weights_fraction is None:
                 raise ValueError(message + ".")
             warnings.warn(message + "; only its units/weights fraction can start it.", stacklevel=2)
@@ -373,10 +371,14 @@ class WStarFinetune(keras.callbacks.Callback):
             self._decoupled = False
 
     def get_config(self):
-        return {"start_epoch": self.start_epoch, "decouple": self.decouple,
-                "prune_bias": self.prune_bias, "units_fraction": self.units_fraction,
-                "check_every": self.check_every, "weights_fraction": self.weights_fraction,
-                "allow_empty_layers": self.allow_empty_layers, "trim": self.trim,
-                "dependency_groups": self.dependency_groups, "group_margin": self.group_margin,
-                "layer_units": None if self.layer_units is None else dict(self.layer_units),
-                "round_to": self.round_to}
+        config = {"fork": self.fork.get_config(), "decouple": self.decouple,
+                  "prune_bias": self.prune_bias, "allow_empty_layers": self.allow_empty_layers}
+        if self.group_margin != "joint":  # the deprecated options, only where they act
+            config["group_margin"] = self.group_margin
+        if self.layer_units is not None:
+            config["layer_units"] = dict(self.layer_units)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -98,7 +98,7 @@ class DessiLBI(DessiLBIMixin, keras.optimizers.Optimizer):
             `tf_dessilbi.shrink` can remove. Members the structure does not
             couple by groups are left out; paths and units are checked at
             build. Cut such a support to K units by whole groups
-            (`WStarFinetune(trim=True, dependency_groups=True)`,
+            (`WStarFinetune(Fork(units=..., trim=True, dependency_groups=True))`,
             `group_support.align_support`), not unit by unit. See
             `tf_dessilbi.dessilbi.joint_groups`. Defaults to `None`.
         **kwargs: the base optimizer arguments (`weight_decay`, `clipnorm`,

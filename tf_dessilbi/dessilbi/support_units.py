@@ -158,7 +158,7 @@ def refuse_joint(optimizer, argument: str = "layer_units") -> None:
     if getattr(optimizer, "unit_groups", None) or getattr(optimizer, "_joint", None) is not None:
         raise ValueError(f"`{argument}` sets each kernel's units on its own, but this DessiLBI couples "
                          "units jointly (unit_groups): a unit enters with its whole group. Use "
-                         "WStarFinetune(trim=True, dependency_groups=True) instead.")
+                         "WStarFinetune(Fork(units=..., trim=True, dependency_groups=True)) instead.")
 
 
 def set_layer_units(optimizer, layer_units: dict) -> dict:
@@ -181,7 +181,7 @@ def set_layer_units(optimizer, layer_units: dict) -> dict:
         ValueError: a pattern matching no group-coupled kernel, a count
             above a kernel's units, or an optimizer with ``unit_groups``
             (a unit enters with its whole group, so per-kernel counts do not
-            hold: use `WStarFinetune(trim=True, dependency_groups=True)`).
+            hold: use `WStarFinetune(Fork(units=..., trim=True, dependency_groups=True))`).
     """
     optimizer = unwrap_optimizer(optimizer)
     refuse_joint(optimizer)

@@ -281,7 +281,7 @@ def fit_with_switch(model: keras.Model, x=None, y=None, *, finetune, epochs: int
 
     The big model trains (the DessiLBI path, and the masked fine-tune if it
     forks inside an epoch) up to the first epoch end at or after the fork;
-    there the fine-tune is started (if ``start_epoch`` is the next epoch),
+    there the fine-tune is started (if the fork's ``epoch`` is the next epoch),
     the model switches (`switch_to_small`) and a second ``fit`` continues
     on the small model from that epoch with the same ``callbacks`` (each is
     handed the small model; their ``on_train_begin`` / ``on_train_end`` run

@@ -111,7 +111,7 @@ def nonfinite_message(what: str, step: int, epoch: int, steps_per_epoch: int, co
             f"clip gradients (--config.optimizer.clipnorm=1.0)"
         )
         if config.optimizer.name == "dessilbi":
-            hint += f" or lower κ (--config.optimizer.kappa, now {config.optimizer.kappa:g})"
+            hint += f" or lower κ (--config.dessilbi.kappa, now {config.dessilbi.kappa:g})"
     return (
         f"Training diverged: {what} at global step {step} (epoch {epoch + 1}, batch "
         f"{step - epoch * steps_per_epoch + 1}/{steps_per_epoch}). The run was stopped "

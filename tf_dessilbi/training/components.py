@@ -14,6 +14,7 @@ import tensorflow as tf
 from tf_dessilbi import models as models_lib
 from tf_dessilbi.dessilbi.joint_groups import joint_unit_groups
 from tf_dessilbi.dessilbi.optimizer import DessiLBI
+from tf_dessilbi.training import dessilbi_config
 
 STRATEGIES = {
     "default": lambda config: tf.distribute.get_strategy(),
@@ -88,11 +89,11 @@ def learning_rate_schedule(config, steps_per_epoch: int):
 def _structure(config, model):
     from tf_dessilbi.dessilbi import structures
 
-    return structures.named_structure(config.optimizer.structure, model)
+    return structures.named_structure(config.dessilbi.structure, model)
 
 
 def build_optimizer(config, model, steps_per_epoch: int):
-    """SGD or DessiLBI from ``config.optimizer`` and ``config.schedule``."""
+    """SGD or DessiLBI from ``config.optimizer`` (``config.dessilbi``) and ``config.schedule``."""
     o = config.optimizer
     common = dict(
         learning_rate=learning_rate_schedule(config, steps_per_epoch),
@@ -104,12 +105,9 @@ def build_optimizer(config, model, steps_per_epoch: int):
     if o.name == "sgd":
         return keras.optimizers.SGD(**common)
     return DessiLBI(
-        kappa=o.kappa,
-        mu=o.mu,
-        lambda_=o.lambda_,
+        **dessilbi_config.dessilbi_kwargs(config),
         structure=_structure(config, model),
-        lambda_scaling=o.lambda_scaling,
-        unit_groups=joint_unit_groups(model) if o.joint_groups else None,
+        unit_groups=joint_unit_groups(model) if o.joint_groups else None,  # deprecated
         **common,
     )
 

@@ -2,7 +2,7 @@
 
 Every config file in ``tf_dessilbi/configs/`` starts from `base_config()` and sets a few
 fields, so every field exists (and can be overridden on the command line,
-``--config.optimizer.kappa=2``). `validate` checks a config before anything
+``--config.dessilbi.kappa=2``). `validate` checks a config before anything
 is built: unknown fields, unknown component names and out-of-range values
 raise a `ValueError` naming the field, the value and what is allowed.
 """
@@ -14,6 +14,7 @@ import os
 
 import ml_collections
 
+from tf_dessilbi.training import dessilbi_config
 from tf_dessilbi.training.config_checks import ConfigError  # noqa: F401  (re-exported)
 from tf_dessilbi.training.config_checks import choice as _choice
 from tf_dessilbi.training.config_checks import fail as _fail
@@ -23,8 +24,8 @@ OPTIMIZERS = ("sgd", "dessilbi")
 SCHEDULES = ("constant", "cosine", "piecewise", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRUCTURES = ("auto", "elementwise", "filter", "filter_neuron")
-LAMBDA_SCALINGS = ("fan_in", "none", "init_norm", "unit_init_norm")
+STRUCTURES = dessilbi_config.STRUCTURES
+LAMBDA_SCALINGS = dessilbi_config.LAMBDA_SCALINGS
 GRANULARITIES = ("weight", "filter", "neuron")
 REWINDS = ("init", "epoch")
 
@@ -81,49 +82,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.nesterov = False
     c.optimizer.weight_decay = 0.0  # Keras' decoupled weight decay
     c.optimizer.clipnorm = 0.0  # 0: no clipping
-    c.optimizer.kappa = 1.0  # DessiLBI κ
-    c.optimizer.mu = 100.0  # DessiLBI ν (the authors' "mu")
-    c.optimizer.lambda_ = 1.0  # DessiLBI λ
-    c.optimizer.structure = "auto"  # auto | elementwise | filter | filter_neuron
-    c.optimizer.lambda_scaling = "fan_in"
-    # DessiLBI under a decaying lr: hold V's speed α/μ once α peaks (SteadyPathSpeed),
-    # and train W* on its support in the last N epochs (WStarFinetune; 0: off), or
-    # from the step supp Γ holds this fraction of the filters/neurons (0: off), or
-    # this fraction of the coupled weights (0: off; any structure, e.g. elementwise).
-    # A fraction waits while supp Γ is empty in a coupled layer, unless finetune_allow_empty
-    # (a residual branch that may go).
-    c.optimizer.steady_path = False
-    c.optimizer.finetune_epochs = 0
-    c.optimizer.finetune_units = 0.0
-    c.optimizer.finetune_weights = 0.0
-    c.optimizer.finetune_allow_empty = False
-    # With finetune_units: cut the support back to exactly ⌈ρ·N⌉ units at the start
-    # (several can cross λ in the step that reaches ρ; WStarFinetune(trim=True)).
-    c.optimizer.finetune_trim = False
-    # When the fine-tune starts, set supp Γ to whole dependency groups of physical removal
-    # (the filters one residual Add sums go together), so the support's units are the
-    # exported model's (WStarFinetune(dependency_groups=True)).
-    c.optimizer.finetune_groups = False
-    # How finetune_groups ranks a group: "joint" (‖V_G‖/λ_G) or "max" (its strongest
-    # member's ‖V_g‖/λ_g; WStarFinetune(group_margin=...)).
-    c.optimizer.finetune_group_margin = "joint"
-    # When the fine-tune starts, set each matched kernel's width: "pattern=k,..." (re.search
-    # over variable paths, e.g. "conv1/=12,conv2/=16"; the k units of largest ‖V_g‖/λ_g, units
-    # below λ entering; WStarFinetune(layer_units=...)). "" (default): off.
-    c.optimizer.finetune_layer_units = ""
-    # When the fine-tune starts (after finetune_trim), raise each filter/neuron kernel's support
-    # to a multiple of this many units, those of largest ‖V_g‖/λ_g entering (Torch-Pruning's
-    # round_to: widths that suit accelerators; WStarFinetune(round_to=...)). 1 (default): off.
-    c.optimizer.finetune_round_to = 1
-    # Train the fine-tune on the physically small model: from the first epoch end at or after
-    # the fork the run goes on with the shrunk model, the optimizer state carried over (the same
-    # weights as the masked fine-tune, fewer FLOPs; tf_dessilbi.training.small_run). Off by
-    # itself for elementwise structures, MultiWorker and early tickets. False: the masked
-    # fine-tune on the full-width model (the comparison run).
-    c.optimizer.finetune_shrink = True
-    # Couple the units of each dependency group jointly during the whole path (one
-    # group-lasso group per residual channel: DessiLBI(unit_groups=joint_unit_groups(model))).
-    c.optimizer.joint_groups = False
+    # The previous release's flat DessiLBI fields (optimizer.kappa, optimizer.finetune_units, ...):
+    # unset placeholders that validate() moves to config.dessilbi / config.fork with a
+    # deprecation warning, and the three deprecated fields (dessilbi_config.DEPRECATED).
+    dessilbi_config.add_legacy_fields(c.optimizer)
+
+    # DessiLBI (optimizer.name="dessilbi"): κ, ν, λ, the structure (tf_dessilbi.DessiLBI).
+    c.dessilbi = dessilbi_config.dessilbi_section()
+    # DessiLBI's fork into the fine-tune of W* on supp Γ (tf_dessilbi.Fork, WStarFinetune); off.
+    c.fork = dessilbi_config.fork_section()
 
     # Learning-rate schedule, in epochs.
     c.schedule = ml_collections.ConfigDict()
@@ -211,56 +178,6 @@ def _check_export_formats(config):
         _fail("outputs.quantize", quantize, f"'' (none) or, for formats {tuple(formats)}, one of {tuple(offered)}")
 
 
-def _check_start_widths(config, field, off, verb, conflicts, note=""):
-    """A setting that acts on supp Γ's widths when the fine-tune starts (``finetune_layer_units``,
-    ``finetune_round_to``): it needs a fine-tune and filters/neurons, and none of ``conflicts``."""
-    o = config.optimizer
-    value = o[field]
-    if not (o.finetune_epochs or o.finetune_units or o.finetune_weights):
-        _fail(f"optimizer.{field}", value,
-              f"{off} unless a fine-tune is on (finetune_epochs, finetune_units or finetune_weights: "
-              f"it {verb} the widths when the fine-tune starts)")
-    if o.structure == "elementwise":
-        _fail(f"optimizer.{field}", value,
-              f"{off} with optimizer.structure='elementwise' (it {verb} filters and neurons)")
-    if any(o[c] for c in conflicts):
-        _fail(f"optimizer.{field}", value,
-              f"{off} with optimizer.{_either(conflicts)} (they set the "
-              f"support's units themselves{note})")
-
-
-def _either(names) -> str:
-    """``a``, ``a or b``, ``a, b or c``."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
-def _check_layer_units(config):
-    """``optimizer.finetune_layer_units``: parsable, with a fine-tune, without trim/groups/joint."""
-    from tf_dessilbi.dessilbi import finetune
-
-    o = config.optimizer
-    try:
-        finetune.parse_layer_units(o.finetune_layer_units)
-    except (TypeError, ValueError) as err:
-        _fail("optimizer.finetune_layer_units", o.finetune_layer_units,
-              f"'pattern=k,...' with k an integer >= 1 ({err})")
-    _check_start_widths(config, "finetune_layer_units", "''", "sets",
-                        ("finetune_trim", "finetune_groups", "joint_groups"))
-
-
-def _check_round_to(config):
-    """``optimizer.finetune_round_to`` > 1: DessiLBI, a fine-tune, filters/neurons, no set widths."""
-    if config.optimizer.name != "dessilbi":
-        _fail("optimizer.finetune_round_to", config.optimizer.finetune_round_to,
-              "1 unless optimizer.name='dessilbi' (it rounds the widths of supp Γ)")
-    _check_start_widths(config, "finetune_round_to", "1", "rounds", ("finetune_layer_units",),
-                        ": choose multiples there")
-    if config.optimizer.joint_groups and not config.optimizer.finetune_groups:
-        _fail("optimizer.finetune_round_to", config.optimizer.finetune_round_to,
-              "1 with optimizer.joint_groups=True unless optimizer.finetune_groups=True "
-              "(jointly coupled units are rounded by whole groups)")
-
-
 def _check_keys(config, schema, prefix=""):
     for key in config.keys():
         field = f"{prefix}{key}"
@@ -279,13 +196,19 @@ def _check_keys(config, schema, prefix=""):
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks a training config; raises `ValueError` naming the bad field.
 
+    First the previous release's flat names (``optimizer.kappa``, ``optimizer.finetune_units``,
+    ...) set in ``config`` are moved to ``config.dessilbi`` / ``config.fork``, in place, with a
+    deprecation warning (`dessilbi_config.upgrade`).
+
     Raises:
-        ValueError: unknown field, unknown name, or out-of-range value.
+        ValueError: unknown field, unknown name, out-of-range value, or an old and a new name
+            set to different values.
     """
     from tf_dessilbi import models as models_lib
     from tf_dessilbi.training import methods
 
     _check_keys(config, base_config())
+    dessilbi_config.upgrade(config)
     if config.method:
         _choice(config, "method", tuple(sorted(methods.METHODS)))
     _choice(config, "resume", (True, False))
@@ -300,15 +223,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "schedule.name", SCHEDULES)
     _choice(config, "strategy", STRATEGIES)
     _choice(config, "mixed_precision", PRECISIONS)
-    _choice(config, "optimizer.structure", STRUCTURES)
-    _choice(config, "optimizer.lambda_scaling", LAMBDA_SCALINGS)
-    _choice(config, "optimizer.steady_path", (True, False))
-    _choice(config, "optimizer.finetune_allow_empty", (True, False))
-    _choice(config, "optimizer.finetune_trim", (True, False))
-    _choice(config, "optimizer.finetune_groups", (True, False))
-    _choice(config, "optimizer.finetune_shrink", (True, False))
-    _choice(config, "optimizer.joint_groups", (True, False))
-    _choice(config, "optimizer.finetune_group_margin", ("joint", "max"))
     _choice(config, "gates.granularity", GRANULARITIES)
     _choice(config, "early_tickets.rewind", REWINDS)
     _choice(config, "data.augment", ("none", "cifar", "imagenet"))
@@ -321,22 +235,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "data.train_limit", "data.eval_limit", "data.image_size",
         "data.shuffle_buffer", "schedule.step_epochs",
         "early_tickets.retrain_epochs", "early_tickets.rewind_epoch",
-        "gates.rewind_epoch", "outputs.export_version", "optimizer.finetune_epochs",
+        "gates.rewind_epoch", "outputs.export_version",
     ):
         _number(config, field, 0, integer=True)
     for field in ("outputs.summary_every_steps", "outputs.path_points"):
         _number(config, field, 0, integer=True)
     _number(config, "gates.rounds", 1, integer=True)
-    _number(config, "optimizer.finetune_round_to", 1, integer=True)
     _number(config, "optimizer.learning_rate", 0, low_open=True)
     _number(config, "optimizer.momentum", 0, 1)
     _number(config, "optimizer.weight_decay", 0)
     _number(config, "optimizer.clipnorm", 0)
-    _number(config, "optimizer.kappa", 0, low_open=True)
-    _number(config, "optimizer.mu", 0, low_open=True)
-    _number(config, "optimizer.lambda_", 0)
-    _number(config, "optimizer.finetune_units", 0, 1)
-    _number(config, "optimizer.finetune_weights", 0, 1)
     _number(config, "model.weight_decay", 0)
     _number(config, "schedule.decay_factor", 0, low_open=True)
     _number(config, "schedule.warmup_epochs", 0)
@@ -356,46 +264,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.schedule.warmup_epochs >= config.num_epochs:
         _fail("schedule.warmup_epochs", config.schedule.warmup_epochs,
               f"< num_epochs={config.num_epochs}")
-    if config.optimizer.name != "dessilbi":
-        for field in ("steady_path", "finetune_epochs", "finetune_units", "finetune_weights",
-                      "finetune_allow_empty", "finetune_trim", "finetune_groups", "joint_groups",
-                      "finetune_layer_units"):
-            if config.optimizer[field]:
-                _fail(f"optimizer.{field}", config.optimizer[field],
-                      "off unless optimizer.name='dessilbi' (they drive DessiLBI's μ and Γ)")
-    if config.optimizer.finetune_units and config.optimizer.structure == "elementwise":
-        _fail("optimizer.finetune_units", config.optimizer.finetune_units,
-              "0 with optimizer.structure='elementwise' (it counts filters and neurons)")
-    if config.optimizer.finetune_trim and not config.optimizer.finetune_units:
-        _fail("optimizer.finetune_trim", config.optimizer.finetune_trim,
-              "False unless optimizer.finetune_units > 0 (it trims the support to that fraction)")
-    if config.optimizer.finetune_groups and config.optimizer.structure == "elementwise":
-        _fail("optimizer.finetune_groups", config.optimizer.finetune_groups,
-              "False with optimizer.structure='elementwise' (it groups filters and neurons)")
-    if config.optimizer.joint_groups and config.optimizer.structure == "elementwise":
-        _fail("optimizer.joint_groups", config.optimizer.joint_groups,
-              "False with optimizer.structure='elementwise' (it joins filters and neurons)")
-    if config.optimizer.finetune_layer_units:
-        _check_layer_units(config)
-    if config.optimizer.finetune_round_to != 1:
-        _check_round_to(config)
-    if config.optimizer.finetune_group_margin != "joint" and not config.optimizer.finetune_groups:
-        _fail("optimizer.finetune_group_margin", config.optimizer.finetune_group_margin,
-              "'joint' unless optimizer.finetune_groups=True (it ranks the dependency groups)")
-    if (config.optimizer.joint_groups and config.optimizer.finetune_trim
-            and not config.optimizer.finetune_groups):
-        _fail("optimizer.finetune_trim", config.optimizer.finetune_trim,
-              "False with optimizer.joint_groups=True unless optimizer.finetune_groups=True "
-              "(jointly coupled units are trimmed by whole groups)")
-    if config.optimizer.finetune_groups and not (config.optimizer.finetune_epochs
-                                                 or config.optimizer.finetune_units
-                                                 or config.optimizer.finetune_weights):
-        _fail("optimizer.finetune_groups", config.optimizer.finetune_groups,
-              "False unless a fine-tune is on (finetune_epochs, finetune_units or "
-              "finetune_weights: it acts when the fine-tune starts)")
-    if config.optimizer.finetune_epochs >= config.num_epochs:
-        _fail("optimizer.finetune_epochs", config.optimizer.finetune_epochs,
-              f"< num_epochs={config.num_epochs} (DessiLBI needs epochs to find the support)")
+    dessilbi_config.check(config)
     tickets = tuple(config.early_tickets.epochs)
     if tickets:
         if config.optimizer.name != "dessilbi":

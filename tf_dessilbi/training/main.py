@@ -1,7 +1,7 @@
 """The training CLI: ``tf-dessilbi-train --config=<name or file> --workdir=<folder>``.
 
     tf-dessilbi-train --config=fmnist_dessilbi --workdir=runs/fmnist_dessilbi \\
-        [--config.optimizer.kappa=2 ...]
+        [--config.dessilbi.kappa=2 ...]
 
 (``python -m tf_dessilbi.train`` is the same command.) ``--config`` is a
 config packaged with tf_dessilbi, by name (``--config=fmnist_dessilbi``; the
@@ -34,7 +34,7 @@ def _fields_help() -> str:
         for key, value in d.items():
             if hasattr(value, "items"):
                 yield from flat(value, f"{prefix}{key}.")
-            else:
+            elif value is not None:  # not the deprecated names' placeholders
                 yield f"{prefix}{key}={value!r}"
 
     return (
@@ -102,6 +102,16 @@ def config_by_name(argv: list) -> list:
 def _usage_error(message: str) -> None:
     sys.stderr.write(f"tf_dessilbi.train: error: {message}\n")
     sys.exit(EXIT_USAGE)
+
+
+def _translate_old_names(argv: list) -> list:
+    """The previous release's ``--config.optimizer.kappa=...`` overrides under their new names."""
+    from tf_dessilbi.training import dessilbi_config
+
+    try:
+        return dessilbi_config.translate_argv(argv)
+    except dessilbi_config.checks.ConfigError as e:
+        _usage_error(str(e))
 
 
 def _parse_flags(argv):
@@ -200,6 +210,7 @@ def run_main(argv: Optional[list] = None) -> None:
     from absl import app
 
     argv = config_by_name(sys.argv if argv is None else argv)
+    argv = _translate_old_names(argv)
     # absl's --help prints the main module's docstring: the console script has none.
     sys.modules["__main__"].__doc__ = usage_text()
     probe_devices_quietly()

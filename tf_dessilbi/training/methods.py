@@ -93,25 +93,20 @@ def _dessilbi_finish(config, model, evaluate) -> dict:
 
 
 def _dessilbi_callbacks(config, model, steps_per_epoch) -> list:
+    import warnings
+
     from tf_dessilbi.dessilbi import finetune, path_speed
+    from tf_dessilbi.training import dessilbi_config
     from tf_dessilbi.training.callbacks import FinetuneLog
 
     cbs = []
-    if config.optimizer.steady_path:
+    if config.dessilbi.steady_path:
         cbs.append(path_speed.SteadyPathSpeed())
-    o = config.optimizer
-    if o.finetune_epochs or o.finetune_units or o.finetune_weights:
-        start = config.num_epochs - o.finetune_epochs if o.finetune_epochs else None
-        cbs.append(finetune.WStarFinetune(start, units_fraction=o.finetune_units or None,
-                                          weights_fraction=o.finetune_weights or None,
-                                          check_every=1,
-                                          allow_empty_layers=bool(o.finetune_allow_empty),
-                                          trim=bool(o.finetune_trim),
-                                          dependency_groups=bool(o.finetune_groups),
-                                          group_margin=o.finetune_group_margin,
-                                          layer_units=(finetune.parse_layer_units(o.finetune_layer_units)
-                                                       if o.finetune_layer_units else None),
-                                          round_to=o.finetune_round_to))
+    fork = dessilbi_config.build_fork(config)
+    if fork is not None:
+        with warnings.catch_warnings():  # validate() already warned for the deprecated fields
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cbs.append(finetune.WStarFinetune(fork, **dessilbi_config.finetune_kwargs(config)))
         cbs.append(FinetuneLog(cbs[-1], steps_per_epoch))
     return cbs
 

@@ -1,4 +1,4 @@
-"""The CLI's fine-tune on the physically small model (``config.optimizer.finetune_shrink``).
+"""The CLI's fine-tune on the physically small model (``config.fork.shrink``).
 
 With a DessiLBI fine-tune (`WStarFinetune`) on, the run trains the big model
 up to the first epoch end at or after the fork, then switches to the shrunk
@@ -38,6 +38,7 @@ from tf_dessilbi.dessilbi import finetune as finetune_lib
 from tf_dessilbi import sparsity as sparsity_lib
 from tf_dessilbi.procedures import shrink_switch
 from tf_dessilbi.training import backup as backup_lib
+from tf_dessilbi.training import dessilbi_config
 from tf_dessilbi.training import methods as methods_lib
 from tf_dessilbi.training import path as path_lib
 from tf_dessilbi.training.callbacks import FinetuneLog
@@ -48,13 +49,11 @@ NO_FINETUNE = "no DessiLBI fine-tune"
 
 def off_reason(config) -> Optional[str]:
     """Why the run's fine-tune stays masked on the big model, or ``None`` when it switches."""
-    o = config.optimizer
-    if methods_lib.method_name(config) != "dessilbi" or not (
-            o.finetune_epochs or o.finetune_units or o.finetune_weights):
+    if methods_lib.method_name(config) != "dessilbi" or not dessilbi_config.fork_on(config):
         return NO_FINETUNE
-    if not o.get("finetune_shrink", False):
-        return "optimizer.finetune_shrink=False"
-    if o.structure == "elementwise":
+    if not config.fork.shrink:
+        return "fork.shrink=False"
+    if config.dessilbi.structure == "elementwise":
         return "an elementwise structure removes no whole unit"
     if config.strategy == "multi_worker":
         return "MultiWorker trains through the custom loop"

@@ -279,7 +279,7 @@ def _finish(config, workdir, chief, summary, model, optimizer, data=None) -> Non
         warning = (
             f"WARNING: layer(s) {', '.join(dead)} keep no weight at all: the model's "
             f"outputs no longer depend on its inputs (constant logits). Train longer, "
-            f"or lower the sparsity pressure (DessiLBI: --config.optimizer.lambda_; "
+            f"or lower the sparsity pressure (DessiLBI: --config.dessilbi.lambda_; "
             f"gates: --config.gates.penalty)."
         )
         logging.warning("%s", warning)

@@ -13,7 +13,10 @@ A field the saved config lacks was added to `config_lib.base_config` after
 that run started; its default keeps the behaviour of the version that wrote
 the workdir, so it counts as equal while it holds that default (a run
 started before ``optimizer.joint_groups`` existed resumes with
-``joint_groups=False``, and is refused with ``True``).
+``joint_groups=False``, and is refused with ``True``). A ``config.json`` of
+the release with flat ``optimizer.kappa``, ``optimizer.finetune_*`` fields is
+read with them in ``config.dessilbi`` / ``config.fork``
+(`dessilbi_config.upgrade_saved`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import shutil
 from absl import logging
 
 from tf_dessilbi.training import config_lib
+from tf_dessilbi.training import dessilbi_config
 from tf_dessilbi.training.backup import write_json
 
 # Fields that do not change the trained model: free to differ on a resume.
@@ -86,6 +90,7 @@ def config_differences(saved: dict, config_dict: dict, defaults: dict | None = N
     """
     if defaults is None:
         defaults = config_lib.base_config().to_dict()
+    saved = dessilbi_config.upgrade_saved(saved)  # the previous release's flat names, moved
     a, b, base = _comparable(saved), _comparable(config_dict), _comparable(defaults)
     out = []
     for key in sorted(set(a) | set(b)):
