@@ -177,24 +177,31 @@ def _raw_norms(model) -> dict:
 def _masked(model, optimizer, mask):
     """The model to cut: the sparse weights with ``mask`` applied.
 
-    A plain model without a DessiLBI ``optimizer`` is masked in place for the
-    duration of the block and restored on exit, even on an error (a copy of
-    a large model costs more than the rest of `shrink`); a model with mask
-    wrappers, or one whose W* comes from ``optimizer``, is first stripped to
-    a plain copy (`tf_dessilbi.strip`).
+    A plain model is masked in place for the duration of the block (W* set
+    first where ``optimizer`` is given, as `tf_dessilbi.apply_w_star` does)
+    and restored on exit, even on an error: a copy of a large model costs
+    more than the rest of `shrink`. A model with mask wrappers is first
+    stripped to a plain copy (`tf_dessilbi.strip`).
     """
+    from tf_dessilbi.dessilbi.w_star import apply_w_star
     from tf_dessilbi.export.strip import is_mask_wrapper, strip
 
-    in_place = optimizer is None and not any(is_mask_wrapper(layer) for layer in walk.layers(model))
-    working = model if in_place else strip(model, optimizer)
-    saved = []
-    try:
-        for _, variable, weight_mask in masks_lib.apply_to(mask, working):
-            value = keras.ops.convert_to_numpy(variable)
-            if in_place:
-                saved.append((variable, value))
-            variable.assign(np.where(weight_mask, value, np.zeros_like(value)))
-        yield working
-    finally:
-        for variable, value in reversed(saved):
-            variable.assign(value)
+    in_place = not any(is_mask_wrapper(layer) for layer in walk.layers(model))
+    with contextlib.ExitStack() as stack:
+        if not in_place:
+            working = strip(model, optimizer)
+        else:
+            working = model
+            if optimizer is not None:
+                stack.enter_context(apply_w_star(model, optimizer))
+        saved = []
+        try:
+            for _, variable, weight_mask in masks_lib.apply_to(mask, working):
+                value = keras.ops.convert_to_numpy(variable)
+                if in_place:
+                    saved.append((variable, value))
+                variable.assign(np.where(weight_mask, value, np.zeros_like(value)))
+            yield working
+        finally:
+            for variable, value in reversed(saved):
+                variable.assign(value)
