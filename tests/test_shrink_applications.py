@@ -13,17 +13,12 @@ A sweep (marked ``sweep``: CI's second step, `make test-sweep`, not `make test`)
     make test-applications
     pytest -m sweep tests/test_shrink_applications.py -k MobileNet
 
-``python -m tests.test_shrink_applications [names]`` prints the table
-(CHECKS=check_unit_mask for the mask check alone).
+``python -m tests.test_shrink_applications [names]`` prints the table.
 """
-
-import os
-
 
 import keras
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 import tf_dessilbi as tfd
 from tests import shrink_reference as ref
@@ -49,14 +44,14 @@ def relative_error(a_model, b_model, x) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
-def check_unit_mask(name, seed=0):
+def check_unit_mask(name, seed=0, model=None):
     """The random-mask check; returns (relative error, report).
 
     The reference is built in place on the model once `shrink` (which leaves
     its input unchanged) is done: the masked kernel columns, then the removed
     units' kernel, bias and BN γ/β zeroed.
     """
-    model = build(name, seed)
+    model = build(name, seed) if model is None else model
     masks = ref.random_unit_masks(model, seed, skip=("predictions",))
     x = ref.inputs_for(model, seed, batch=2)
     small, report = shrink(model, masks, fold_constants=False, return_report=True)
@@ -85,9 +80,9 @@ def random_support(model, optimizer, seed=0):
         optimizer.set_v(variable, (3.0 * threshold * signs * keep).astype("float32"))
 
 
-def check_dessilbi_step(name, seed=0):
+def check_dessilbi_step(name, seed=0, model=None):
     """One DessiLBI step, then a random supp Γ: shrink by it equals W* with the removed units zeroed."""
-    model = build(name, seed)
+    model = build(name, seed) if model is None else model
     # BatchNormalization runs in inference mode for the step: over a batch of 2
     # at 1×1 spatial size its batch variance is near zero, and the gradients
     # explode (one step at α = 1e-4 moved EfficientNetB0's stem kernel by 2e5).
@@ -107,37 +102,36 @@ def check_dessilbi_step(name, seed=0):
         return relative_error(small, ref.zero_units(model, report.removed), x), report
 
 
+def check_both(name, seed=0):
+    """Both checks on one built model (its weights put back in between): a build is most of a check's cost."""
+    model = build(name, seed)
+    weights = model.get_weights()
+    mask = check_unit_mask(name, seed, model)
+    model.set_weights(weights)
+    return mask, check_dessilbi_step(name, seed, model)
+
+
 @pytest.mark.slow
 @pytest.mark.sweep
-class ApplicationsTest(parameterized.TestCase):
-    @parameterized.parameters(*APPLICATIONS)
-    def test_random_unit_mask_is_exact(self, name):
-        error, report = check_unit_mask(name)
-        self.assertLessEqual(error, _TOLERANCE)
-        self.assertLess(report.params_after, report.params_before)
-
-    @parameterized.parameters(*APPLICATIONS)
-    def test_dessilbi_support_is_exact(self, name):
-        error, report = check_dessilbi_step(name)
-        self.assertLessEqual(error, _TOLERANCE)
-        self.assertLess(report.params_after, report.params_before)
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_random_unit_mask_and_dessilbi_support_are_exact(name):
+    (mask_error, mask_report), (step_error, step_report) = check_both(name)
+    assert mask_error <= _TOLERANCE
+    assert mask_report.params_after < mask_report.params_before
+    assert step_error <= _TOLERANCE
+    assert step_report.params_after < step_report.params_before
 
 
 if __name__ == "__main__":
     import sys
     import time
 
-    checks = [check_unit_mask, check_dessilbi_step]
-    if os.environ.get("CHECKS"):  # e.g. CHECKS=check_unit_mask
-        checks = [c for c in checks if c.__name__ in os.environ["CHECKS"].split(",")]
     for app in sys.argv[1:] or APPLICATIONS:  # the table of the report
-        for check in checks:
-            start = time.time()
-            try:
-                error, rep = check(app)
-                print(f"{app}\t{check.__name__}\t{error:.1e}\t{rep.params_before}\t"
-                      f"{rep.params_after}\t{time.time() - start:.0f}s", flush=True)
-            except Exception as e:  # noqa: BLE001 - the table lists failures too
-                print(f"{app}\t{check.__name__}\tFAIL {type(e).__name__}: {str(e)[:200]}",
-                      flush=True)
-            keras.backend.clear_session()
+        start = time.time()
+        try:
+            for check, (error, rep) in zip(("unit mask", "DessiLBI"), check_both(app)):
+                print(f"{app}\t{check}\t{error:.1e}\t{rep.params_before}\t{rep.params_after}", flush=True)
+            print(f"{app}\t{time.time() - start:.0f}s", flush=True)
+        except Exception as e:  # noqa: BLE001 - the table lists failures too
+            print(f"{app}\tFAIL {type(e).__name__}: {str(e)[:200]}", flush=True)
+        keras.backend.clear_session()
