@@ -53,8 +53,8 @@ tensorboard: $(VENV)/.installed
 test: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 $(PYTEST_ARGS)
 
-# The sweeps (pytest -m sweep): every packaged config through the CLI, shrink on every
-# keras.applications architecture, the optimizer tests under JAX and PyTorch (CI's second step).
+# The sweeps (pytest -m sweep), CI's second step: every packaged config through the CLI, shrink on every
+# keras.applications architecture, the optimizer tests under JAX and PyTorch, the longest end-to-end runs.
 test-sweep: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 -m sweep $(PYTEST_ARGS)
 

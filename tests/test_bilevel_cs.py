@@ -156,6 +156,7 @@ def test_weight_decay_problem():
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_train_cs_bilevel_end_to_end(tmp_path):
     config = config_lib.load_config(CONFIG)
     assert config.method == "cs_bilevel"

@@ -232,6 +232,7 @@ def test_make_train_step_adds_model_losses_and_validates():
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_fashion_mnist_end_to_end_w_star_close_to_dense():
     """Real data: a short DessiLBI run gives a sparse W* close to dense W."""
     from tf_dessilbi.training.data import fashion_mnist_datasets

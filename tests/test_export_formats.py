@@ -117,6 +117,7 @@ def test_onnx_dynamic_int8(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 @pytest.mark.parametrize("fmt", ["litert", "onnx"])
 def test_keras_applications_mobilenet_v2(tmp_path, fmt):
     if fmt == "onnx" and not HAVE_ONNX:

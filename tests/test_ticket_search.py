@@ -117,6 +117,7 @@ def test_optimizer_instance_is_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_real_search_on_fashion_mnist_removes_weights():
     from tf_dessilbi.training.data import fashion_mnist_datasets
     from tf_dessilbi.models import fmnist_cnn_s

@@ -109,6 +109,7 @@ def _stop(procs):
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_multi_worker_killed_worker_resumes_from_backup(tmp_path):
     workdir, logs = str(tmp_path / "run"), str(tmp_path)
     epochs = 4

@@ -441,6 +441,7 @@ def test_a_decaying_schedule_with_steady_path_and_w_star_finetune(tmp_path):
     assert saved["fork"]["last_epochs"] == 1 and saved["dessilbi"]["steady_path"] is True
 
 
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_w_star_finetune_from_a_units_fraction_through_the_cli(tmp_path):
     config = tiny_config()
     config.num_epochs = 3
@@ -461,6 +462,7 @@ def test_w_star_finetune_from_a_units_fraction_through_the_cli(tmp_path):
         assert json.load(f)["fork"]["units"] == 0.25
 
 
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
     """Elementwise: the support is frozen once it holds ≥ 20 % of the coupled weights."""
     config = tiny_config()
@@ -477,6 +479,7 @@ def test_w_star_finetune_from_a_weights_fraction_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 @pytest.mark.parametrize("grouped", [False, True], ids=["per_filter", "joint_groups_max"])
 def test_resnet20_protocol_config_exports_its_trimmed_w_star(tmp_path, grouped):
     """tf_dessilbi/configs/fmnist_resnet20_dessilbi_protocol.py on tiny data: per-filter λ (unit_init_norm),
@@ -631,6 +634,7 @@ def _layer_units_config(spec):
     return config
 
 
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_finetune_layer_units_through_the_cli(tmp_path):
     """``finetune_layer_units`` sets conv1 and conv3 to the asked widths when the fine-tune starts."""
     config = _layer_units_config("^conv1/=3,^conv3/=5")
@@ -659,6 +663,7 @@ def test_finetune_layer_units_through_the_cli(tmp_path):
         config_lib.validate(sgd)
 
 
+@pytest.mark.sweep  # CI's second step (make test-sweep)
 def test_finetune_round_to_through_the_cli(tmp_path):
     """``fork.round_to`` widens the support the path chose to multiples of r when the fine-tune starts.
 
