@@ -83,14 +83,17 @@ def random_support(model, optimizer, seed=0):
 def check_dessilbi_step(name, seed=0, model=None):
     """One DessiLBI step, then a random supp Γ: shrink by it equals W* with the removed units zeroed."""
     model = build(name, seed) if model is None else model
-    # BatchNormalization runs in inference mode for the step: over a batch of 2
-    # at 1×1 spatial size its batch variance is near zero, and the gradients
-    # explode (one step at α = 1e-4 moved EfficientNetB0's stem kernel by 2e5).
+    # BatchNormalization runs in inference mode for the step (over a batch of 2
+    # at 1×1 spatial size its batch variance is near zero and the gradients
+    # explode: one step at α = 1e-4 moved EfficientNetB0's stem kernel by 2e5),
+    # and the gradient is clipped (the randomized EfficientNetV2M starts at a
+    # loss of ~1e3; unclipped, its step gives NaN outputs).
     for layer in ref.all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     opt = tfd.DessiLBI(
-        learning_rate=1e-3, kappa=1.0, mu=1.0, lambda_=0.1, structure=tfd.structures_for(model)
+        learning_rate=1e-3, kappa=1.0, mu=1.0, lambda_=0.1, structure=tfd.structures_for(model),
+        clipnorm=1.0,
     )
     model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=False),
                   run_eagerly=True)  # one step: tracing the train step would cost far more
