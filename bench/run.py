@@ -266,10 +266,13 @@ def condense(full: str, link: str) -> str:
             out += section
             continue
         if title.startswith("Reproduction"):
-            kept = [section[0], ""]
+            kept, heading = [section[0], ""], None
             for line in section[1:]:
-                if line.startswith("### ") or "Verdict:" in line:
-                    kept += [line, ""]
+                if line.startswith("### "):
+                    heading = line
+                elif "Verdict:" in line:
+                    kept += ([heading, ""] if heading else []) + [line, ""]
+                    heading = None
             out += kept + [f"Evidence behind each verdict: [{link}#{_slug(title)}]({link}#{_slug(title)}).", ""]
             continue
         table = [i for i, line in enumerate(section) if line.startswith("|")]
@@ -298,6 +301,8 @@ HEADLINES = (
      "--structures filter --recipes unitinit+lam0.45+u0.5+trim+groups unitinit+lam0.45+u0.5+trim"),
     ("Compressing a trained ResNet-20 to 0.5× and 0.3× of its MACs, against Torch-Pruning 1.6",
      "COMPRESS.md", "python -m bench.compress --latency"),
+    ("A keras.applications network end to end: MobileNetV2 compressed to 0.5× MACs, shrunk, LiteRT",
+     "COMPRESS_APPS.md", "python -m bench.compress_apps --epochs 3 --fine-tune-epochs 1 --macs 0.5"),
     ("Deployable files: LiteRT, ONNX, float16 and int8 of FMNIST-CNN-S against TF-MOT's",
      "DEPLOY.md", "python -m bench.deploy --models fmnist --epochs fmnist=2"),
 )
