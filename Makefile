@@ -55,12 +55,13 @@ test: $(VENV)/.installed-test $(FMNIST)
 
 # The sweeps (pytest -m sweep), CI's second step: every packaged config through the CLI, shrink on every
 # keras.applications architecture, the optimizer tests under JAX and PyTorch, the longest end-to-end runs.
+# loadgroup: the keras.applications tests run one at a time on one worker (the largest peaks at ~14 GB).
 test-sweep: $(VENV)/.installed-test $(FMNIST)
-	$(PY) -m pytest -n 2 --dist worksteal -q -rs --durations=15 -m sweep $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup -q -rs --durations=15 -m sweep $(PYTEST_ARGS)
 
 # The keras.applications part of the sweep alone.
 test-applications: $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist worksteal -q -rs -m sweep tests/test_shrink_applications.py
+	$(PY) -m pytest -q -rs -m sweep tests/test_shrink_applications.py
 
 bench: $(VENV)/.installed-test $(FMNIST)
 	$(PY) -m bench.run
