@@ -275,12 +275,11 @@ def condense(full: str, link: str) -> str:
                     heading = None
             out += kept + [f"Evidence behind each verdict: [{link}#{_slug(title)}]({link}#{_slug(title)}).", ""]
             continue
-        table = [i for i, line in enumerate(section) if line.startswith("|")]
-        if not table:
+        span = _table_span(section)
+        if span is None:
             out += section
             continue
-        end = next((i for i in range(table[0], len(section)) if not section[i].startswith("|")), len(section))
-        out += section[:end] + ["", f"More: [{link}#{_slug(title)}]({link}#{_slug(title)}).", ""]
+        out += section[:span[1]] + ["", f"More: [{link}#{_slug(title)}]({link}#{_slug(title)}).", ""]
     return "\n".join(out)
 
 
@@ -308,14 +307,20 @@ HEADLINES = (
 )
 
 
+def _table_span(lines: list):
+    """``(start, end)`` of the first markdown table in ``lines``, or None when there is none."""
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return start, end
+
+
 def first_table(text: str) -> list:
     """The lines of the first markdown table in ``text`` (``[]`` when it has none)."""
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
-    if start is None:
-        return []
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return lines[start:end]
+    span = _table_span(lines)
+    return lines[span[0]:span[1]] if span else []
 
 
 _SPREAD = re.compile(r" \([^()|]*IQR[^()|]*\)")

@@ -197,6 +197,8 @@ def _masked(model, optimizer, mask):
         saved = []
         try:
             for _, variable, weight_mask in masks_lib.apply_to(mask, working):
+                if np.all(weight_mask):  # nothing to zero: no write, nothing to restore
+                    continue
                 value = keras.ops.convert_to_numpy(variable)
                 if in_place:
                     saved.append((variable, value))
